@@ -1,0 +1,69 @@
+//! The architectures the engine knows by name.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    Mistral,
+    Gemma,
+    Mixtral,
+    Llama,
+    Phi2,
+    Phi3,
+    Qwen2,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 7] = [
+        Architecture::Mistral,
+        Architecture::Gemma,
+        Architecture::Mixtral,
+        Architecture::Llama,
+        Architecture::Phi2,
+        Architecture::Phi3,
+        Architecture::Qwen2,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Mistral => "mistral",
+            Architecture::Gemma => "gemma",
+            Architecture::Mixtral => "mixtral",
+            Architecture::Llama => "llama",
+            Architecture::Phi2 => "phi2",
+            Architecture::Phi3 => "phi3",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let lower = s.to_ascii_lowercase();
+        Self::ALL.into_iter().find(|a| a.name() == lower).ok_or_else(|| {
+            Error::invalid(format!("unknown architecture `{s}`; supported: {}", Self::names()))
+        })
+    }
+
+    /// The architecture a transformers `config.json` `model_type` names.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        Some(match model_type {
+            "mistral" => Architecture::Mistral,
+            "gemma" => Architecture::Gemma,
+            "mixtral" => Architecture::Mixtral,
+            "llama" => Architecture::Llama,
+            "phi" => Architecture::Phi2,
+            "phi3" => Architecture::Phi3,
+            "qwen2" => Architecture::Qwen2,
+            _ => return None,
+        })
+    }
+
+    pub fn names() -> String {
+        Self::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

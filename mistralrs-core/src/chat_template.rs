@@ -1,0 +1,189 @@
+//! Chat templates: the Jinja templates of `tokenizer_config.json` / GGUF
+//! rendered with minijinja, set up the way transformers sets up jinja2
+//! (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`,
+//! `strftime_now`).
+
+use std::path::Path;
+
+use minijinja::{context, Environment, ErrorKind};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+/// A template given to the Runner: a `.json` file (`{"chat_template", "bos_token"?, "eos_token"?}`),
+/// a `.jinja` file, or the template text itself.
+pub struct TemplateOverride {
+    pub template: String,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+impl TemplateOverride {
+    pub fn parse(arg: &str) -> Result<Self> {
+        let path = Path::new(arg);
+        let looks_like_file = arg.ends_with(".json") || arg.ends_with(".jinja");
+        if looks_like_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::not_found(path, format!("cannot read chat template: {e}")))?;
+            if arg.ends_with(".json") {
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
+                let s = |k: &str| v.get(k).and_then(token_text);
+                let template = s("chat_template")
+                    .ok_or_else(|| Error::bad_file(path, "no `chat_template` string in the file"))?;
+                return Ok(Self { template, bos_token: s("bos_token"), eos_token: s("eos_token") });
+            }
+            return Ok(Self { template: text, bos_token: None, eos_token: None });
+        }
+        Ok(Self { template: arg.to_string(), bos_token: None, eos_token: None })
+    }
+}
+
+/// A special token as tokenizer_config.json writes it: a string or `{"content": ...}`.
+pub fn token_text(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+}
+
+/// tokenizer_config.json's `chat_template`: a string, or a list of named
+/// templates of which "default" is used.
+pub fn template_from_config(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| items.first())
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+impl ChatTemplate {
+    pub fn new(template: String, bos_token: String, eos_token: String) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_template_owned("chat", template)
+            .map_err(|e| Error::invalid(format!("the chat template does not parse: {e}")))?;
+        Ok(Self { env, bos_token, eos_token })
+    }
+
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template("chat").map_err(|e| Error::runtime(e))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+        .map_err(|e| Error::invalid(format!("chat template error: {e}")))
+    }
+}
+
+/// `strftime_now(fmt)` for the formats chat templates use (%d %m %Y %y %b %B %H %M %S %%), in UTC.
+fn strftime_now(fmt: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let tod = secs.rem_euclid(86_400);
+    const MONTHS: [&str; 12] = [
+        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+        "November", "December",
+    ];
+    let month = MONTHS[(m - 1) as usize];
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y % 100)),
+            Some('b') => out.push_str(&month[..3]),
+            Some('B') => out.push_str(month),
+            Some('H') => out.push_str(&format!("{:02}", tod / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", tod / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", tod % 60)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_renders_like_transformers() {
+        let t = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        let ct = ChatTemplate::new(t.into(), "<s>".into(), "</s>".into()).unwrap();
+        let msgs = [ChatMessage { role: "user".into(), content: "Hi".into() }];
+        assert_eq!(ct.render(&msgs, true).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = "{{ raise_exception('only user and assistant roles') }}";
+        let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
+        let err = ct.render(&[], true).unwrap_err().to_string();
+        assert!(err.contains("only user and assistant roles"), "{err}");
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = "{{ messages[0]['content'].strip().upper() }}";
+        let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
+        let msgs = [ChatMessage { role: "user".into(), content: "  hi ".into() }];
+        assert_eq!(ct.render(&msgs, false).unwrap(), "HI");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+    }
+}

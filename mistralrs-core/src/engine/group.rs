@@ -1,0 +1,182 @@
+//! One request's bookkeeping: its choices' results, timings, and the
+//! responses (or stream chunks) sent back on its channel.
+
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use super::sequence::Sequence;
+use crate::error::{Error, Result};
+use crate::request::RequestKind;
+use crate::response::*;
+
+pub type Responder = Sender<Result<Event>>;
+
+pub struct Group {
+    pub id: String,
+    pub kind: RequestKind,
+    pub model: String,
+    pub fingerprint: String,
+    pub created: u64,
+    pub stream: bool,
+    pub logprobs: bool,
+    pub n_choices: usize,
+    /// Text put before each completion (`echo_prompt`).
+    pub echo: Option<String>,
+    pub prompt_tokens: usize,
+    pub responder: Responder,
+    /// One slot per generated sequence (best_of of them).
+    pub finished: Vec<Option<Finished>>,
+    pub admitted: Option<Instant>,
+    pub prompt_done: Option<Instant>,
+    /// The client stopped listening; its sequences are dropped.
+    pub cancelled: bool,
+}
+
+pub struct Finished {
+    pub text: String,
+    pub reason: &'static str,
+    pub logprobs: Vec<ResponseLogprob>,
+    pub tokens: usize,
+    pub mean_logprob: f64,
+}
+
+impl Group {
+    pub fn send(&mut self, ev: Event) {
+        if self.responder.send(Ok(ev)).is_err() {
+            self.cancelled = true;
+        }
+    }
+
+    pub fn fail(&mut self, e: Error) {
+        let _ = self.responder.send(Err(e));
+        self.cancelled = true;
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.finished.iter().all(Option::is_some)
+    }
+
+    pub fn record(&mut self, seq: &Sequence) {
+        let g = seq.generated().max(1) as f64;
+        self.finished[seq.choice] = Some(Finished {
+            text: seq.text.clone(),
+            reason: seq.finish.unwrap_or("stop"),
+            logprobs: seq.logprobs.clone(),
+            tokens: seq.generated(),
+            mean_logprob: seq.logprob_sum / g,
+        });
+    }
+
+    fn usage(&self) -> Usage {
+        let now = Instant::now();
+        let start = self.admitted.unwrap_or(now);
+        let prompt_done = self.prompt_done.unwrap_or(now);
+        let completion_tokens: usize = self.finished.iter().flatten().map(|f| f.tokens).sum();
+        let prompt_s = prompt_done.duration_since(start).as_secs_f64();
+        let compl_s = now.duration_since(prompt_done).as_secs_f64();
+        let total_s = now.duration_since(start).as_secs_f64();
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        // The first token of each choice comes out of the prompt pass; the
+        // completion rate counts the tokens decoded after it.
+        let decoded = completion_tokens.saturating_sub(self.finished.len());
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            total_tokens: self.prompt_tokens + completion_tokens,
+            avg_tok_per_sec: rate(self.prompt_tokens + completion_tokens, total_s),
+            avg_prompt_tok_per_sec: rate(self.prompt_tokens, prompt_s),
+            avg_compl_tok_per_sec: rate(decoded, compl_s),
+            total_time_sec: total_s,
+            total_prompt_time_sec: prompt_s,
+            total_completion_time_sec: compl_s,
+        }
+    }
+
+    fn logprobs_of(&self, f: &Finished) -> Option<Logprobs> {
+        self.logprobs.then(|| Logprobs { content: f.logprobs.clone() })
+    }
+
+    /// A streamed piece of choice `choice` (`reason` on its last piece).
+    pub fn chunk(&mut self, choice: usize, text: String, reason: Option<&'static str>, lp: Option<Vec<ResponseLogprob>>) {
+        let usage = (reason.is_some() && self.is_done()).then(|| self.usage());
+        let logprobs = lp.filter(|_| self.logprobs).map(|content| Logprobs { content });
+        let ev = match self.kind {
+            RequestKind::Chat => Event::ChatChunk(ChatCompletionChunkResponse {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: self.fingerprint.clone(),
+                choices: vec![ChunkChoice {
+                    index: choice,
+                    delta: Delta { role: "assistant".into(), content: text },
+                    finish_reason: reason.map(str::to_string),
+                    logprobs,
+                }],
+                usage,
+            }),
+            RequestKind::Completion => Event::CompletionChunk(CompletionResponse {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: self.fingerprint.clone(),
+                choices: vec![CompletionChoice { index: choice, text, finish_reason: reason.map(str::to_string), logprobs }],
+                usage,
+            }),
+        };
+        self.send(ev);
+    }
+
+    /// The whole response, once every choice is finished.
+    pub fn complete(&mut self) {
+        let usage = self.usage();
+        let mut order: Vec<usize> = (0..self.finished.len()).collect();
+        if self.finished.len() > self.n_choices {
+            // best_of: keep the choices with the highest mean logprob.
+            let score = |i: &usize| self.finished[*i].as_ref().map_or(f64::MIN, |f| f.mean_logprob);
+            order.sort_by(|a, b| score(b).total_cmp(&score(a)));
+            order.truncate(self.n_choices);
+        }
+        let done: Vec<&Finished> = order.iter().filter_map(|&i| self.finished[i].as_ref()).collect();
+        let ev = match self.kind {
+            RequestKind::Chat => Event::Chat(ChatCompletionResponse {
+                id: self.id.clone(),
+                object: "chat.completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: self.fingerprint.clone(),
+                choices: done
+                    .iter()
+                    .enumerate()
+                    .map(|(index, f)| Choice {
+                        index,
+                        finish_reason: f.reason.into(),
+                        message: ResponseMessage { role: "assistant".into(), content: f.text.clone() },
+                        logprobs: self.logprobs_of(f),
+                    })
+                    .collect(),
+                usage,
+            }),
+            RequestKind::Completion => Event::Completion(CompletionResponse {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: self.fingerprint.clone(),
+                choices: done
+                    .iter()
+                    .enumerate()
+                    .map(|(index, f)| CompletionChoice {
+                        index,
+                        text: format!("{}{}", self.echo.as_deref().unwrap_or(""), f.text),
+                        finish_reason: Some(f.reason.into()),
+                        logprobs: self.logprobs_of(f),
+                    })
+                    .collect(),
+                usage: Some(usage),
+            }),
+        };
+        self.send(ev);
+    }
+}

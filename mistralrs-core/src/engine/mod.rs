@@ -1,0 +1,254 @@
+//! The engine thread: receives requests, and every step runs one forward
+//! pass over all running sequences (new prompts and decoding tokens of
+//! different requests together), samples each, and answers on each request's
+//! own channel. It knows nothing of any architecture.
+
+mod group;
+mod sequence;
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+use crate::kv_cache::{KvStore, SeqKvCache};
+use crate::models::{CausalLm, ForwardBatch};
+use crate::request::GenerationRequest;
+use crate::sampler::Sampler;
+use crate::tokenizer::TextTokenizer;
+pub use group::Responder;
+use group::Group;
+use sequence::{Sequence, StopRules};
+
+pub struct EngineConfig {
+    pub max_seqs: usize,
+    pub no_kv_cache: bool,
+    pub repeat_last_n: usize,
+    pub default_seed: Option<u64>,
+}
+
+/// A validated, tokenized request on its way to the engine.
+pub struct Admission {
+    pub id: String,
+    pub created: u64,
+    pub fingerprint: String,
+    pub request: GenerationRequest,
+    pub prompt: Vec<u32>,
+    pub max_new: usize,
+    pub responder: Responder,
+}
+
+pub enum Message {
+    Add(Box<Admission>),
+    Stop,
+}
+
+pub struct Engine {
+    model: Box<dyn CausalLm>,
+    tokenizer: Arc<TextTokenizer>,
+    eos: Vec<u32>,
+    device: Device,
+    cfg: EngineConfig,
+    groups: HashMap<u64, (Group, GenerationRequest)>,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    next_group: u64,
+}
+
+impl Engine {
+    pub fn new(model: Box<dyn CausalLm>, tokenizer: Arc<TextTokenizer>, eos: Vec<u32>, device: Device, cfg: EngineConfig) -> Self {
+        Self {
+            model,
+            tokenizer,
+            eos,
+            device,
+            cfg,
+            groups: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_group: 0,
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<Message>) {
+        loop {
+            // Block only when there is nothing to compute.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(Message::Add(a)) => self.admit(*a),
+                    Ok(Message::Stop) | Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(Message::Add(a)) => self.admit(*a),
+                    Ok(Message::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            while self.running.len() < self.cfg.max_seqs {
+                let Some(seq) = self.waiting.pop_front() else { break };
+                if let Some((g, _)) = self.groups.get_mut(&seq.group) {
+                    g.admitted.get_or_insert_with(Instant::now);
+                }
+                self.running.push(seq);
+            }
+            // A panic in a step fails the requests of that step, never the process.
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
+            let err = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(p) => Some(Error::runtime(format!("internal error in the engine: {}", panic_text(&p)))),
+            };
+            if let Some(e) = err {
+                self.fail_running(e);
+            }
+            self.retire();
+        }
+    }
+
+    fn admit(&mut self, a: Admission) {
+        let id = self.next_group;
+        self.next_group += 1;
+        let req = a.request;
+        let seed = req.seed.or(self.cfg.default_seed).unwrap_or_else(rand::random);
+        let sampler = Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices);
+        let mut seq = Sequence::new(id, 0, a.prompt.clone(), self.model.config().num_layers, sampler, a.max_new);
+        seq.forks = req.best_of - 1;
+        let echo = match (&req.prompt, req.echo_prompt) {
+            (crate::request::PromptInput::Completion(p), true) => Some(p.clone()),
+            _ => None,
+        };
+        let group = Group {
+            id: a.id,
+            kind: req.kind(),
+            model: req.model.clone(),
+            fingerprint: a.fingerprint,
+            created: a.created,
+            stream: req.stream,
+            logprobs: req.logprobs,
+            n_choices: req.n_choices,
+            echo,
+            prompt_tokens: a.prompt.len(),
+            responder: a.responder,
+            finished: (0..req.best_of).map(|_| None).collect(),
+            admitted: None,
+            prompt_done: None,
+            cancelled: false,
+        };
+        self.groups.insert(id, (group, req));
+        self.waiting.push_back(seq);
+    }
+
+    fn step(&mut self) -> Result<()> {
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        if self.cfg.no_kv_cache {
+            let layers = self.model.config().num_layers;
+            for s in &mut self.running {
+                s.cache = SeqKvCache::new(layers);
+            }
+        }
+        let logits = {
+            let inputs: Vec<(&[u32], usize)> = self.running.iter().map(Sequence::pending).collect();
+            let batch = ForwardBatch::new(&inputs, &self.device)?;
+            let mut caches: Vec<&mut dyn KvStore> =
+                self.running.iter_mut().map(|s| &mut s.cache as &mut dyn KvStore).collect();
+            self.model.forward(&batch, &mut caches)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
+        };
+        let now = Instant::now();
+        let mut forked = Vec::new();
+        for (seq, mut row) in self.running.iter_mut().zip(logits) {
+            let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
+            if seq.generated() == 0 && seq.choice == 0 {
+                group.prompt_done = Some(now);
+                // Sibling choices share the prompt's cache and sample from the same logits.
+                for c in 1..=seq.forks {
+                    let seed = req.seed.or(self.cfg.default_seed).map_or_else(rand::random, |s| s.wrapping_add(c as u64));
+                    let sampler = Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices);
+                    forked.push((seq.fork(c, sampler)?, row.clone()));
+                }
+                seq.forks = 0;
+            }
+            advance(seq, &mut row, group, req, &self.tokenizer, &self.eos)?;
+        }
+        for (mut seq, mut row) in forked {
+            let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
+            advance(&mut seq, &mut row, group, req, &self.tokenizer, &self.eos)?;
+            self.running.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Removes finished and abandoned sequences and answers finished requests.
+    fn retire(&mut self) {
+        let groups = &mut self.groups;
+        self.running.retain(|s| {
+            let Some((g, _)) = groups.get_mut(&s.group) else { return false };
+            if g.cancelled {
+                return false;
+            }
+            if s.finish.is_some() {
+                g.record(s);
+                return false;
+            }
+            true
+        });
+        self.waiting.retain(|s| groups.get(&s.group).is_some_and(|(g, _)| !g.cancelled));
+        let done: Vec<u64> =
+            groups.iter().filter(|(_, (g, _))| g.cancelled || g.is_done()).map(|(id, _)| *id).collect();
+        for id in done {
+            if let Some((mut g, _)) = groups.remove(&id) {
+                if !g.cancelled && !g.stream {
+                    g.complete();
+                }
+            }
+        }
+    }
+
+    fn fail_running(&mut self, e: Error) {
+        let msg = e.to_string();
+        for s in self.running.drain(..) {
+            if let Some((g, _)) = self.groups.get_mut(&s.group) {
+                if !g.cancelled {
+                    g.fail(Error::Runtime(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Samples one token for `seq` from its logits row and streams what it adds.
+fn advance(
+    seq: &mut Sequence,
+    row: &mut [f32],
+    group: &mut Group,
+    req: &GenerationRequest,
+    tok: &TextTokenizer,
+    eos: &[u32],
+) -> Result<()> {
+    let sampled = seq.sampler.sample(row, &seq.tokens);
+    let rules = StopRules { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs };
+    let before = seq.logprobs.len();
+    let piece = seq.accept(sampled, tok, &rules)?;
+    if group.stream && (!piece.is_empty() || seq.finish.is_some()) {
+        if seq.finish.is_some() {
+            group.record(seq);
+        }
+        let lp = seq.logprobs[before..].to_vec();
+        group.chunk(seq.choice, piece, seq.finish, Some(lp));
+    }
+    Ok(())
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}

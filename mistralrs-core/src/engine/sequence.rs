@@ -1,0 +1,165 @@
+//! One sequence being generated: its tokens, cache, sampler, and the text it
+//! has produced (with stop strings cut and held back while they may start).
+
+use crate::error::Result;
+use crate::kv_cache::{KvStore, SeqKvCache};
+use crate::response::{ResponseLogprob, TopLogprob};
+use crate::sampler::{Sampled, Sampler};
+use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+
+pub struct Sequence {
+    /// The request this sequence answers, and which of its choices it is.
+    pub group: u64,
+    pub choice: usize,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub cache: SeqKvCache,
+    pub sampler: Sampler,
+    decoder: IncrementalDecoder,
+    /// Generated text so far, stop strings cut off.
+    pub text: String,
+    /// Bytes of `text` already streamed.
+    emitted: usize,
+    pub logprobs: Vec<ResponseLogprob>,
+    pub logprob_sum: f64,
+    pub finish: Option<&'static str>,
+    /// Generated tokens allowed (max_tokens, or what the context leaves).
+    pub max_new: usize,
+    /// Sibling choices still to be forked from this one once its prompt is in the cache.
+    pub forks: usize,
+}
+
+/// What the engine needs to judge each new token.
+pub struct StopRules<'a> {
+    pub eos: &'a [u32],
+    pub ignore_eos: bool,
+    pub stop_seqs: &'a [String],
+    pub logprobs: bool,
+}
+
+impl Sequence {
+    pub fn new(group: u64, choice: usize, prompt: Vec<u32>, layers: usize, sampler: Sampler, max_new: usize) -> Self {
+        Self {
+            group,
+            choice,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            cache: SeqKvCache::new(layers),
+            sampler,
+            decoder: IncrementalDecoder::default(),
+            text: String::new(),
+            emitted: 0,
+            logprobs: Vec::new(),
+            logprob_sum: 0.0,
+            finish: None,
+            max_new,
+            forks: 0,
+        }
+    }
+
+    /// A sibling choice sharing this sequence's prompt (and its cached keys/values).
+    pub fn fork(&self, choice: usize, sampler: Sampler) -> candle_core::Result<Self> {
+        let mut s = Self::new(self.group, choice, self.tokens[..self.prompt_len].to_vec(), 0, sampler, self.max_new);
+        s.cache = self.cache.deep_clone()?;
+        Ok(s)
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// The tokens this step must run: the whole prompt first, then the last token.
+    pub fn pending(&self) -> (&[u32], usize) {
+        let past = self.cache.len();
+        (&self.tokens[past..], past)
+    }
+
+    /// Takes a sampled token; returns the text that may be streamed now.
+    pub fn accept(&mut self, s: Sampled, tok: &TextTokenizer, rules: &StopRules) -> Result<String> {
+        if !rules.ignore_eos && rules.eos.contains(&s.token) {
+            self.finish = Some("stop");
+            return Ok(self.take_emittable(rules.stop_seqs));
+        }
+        self.tokens.push(s.token);
+        if let Some(lp) = s.logprob {
+            self.logprob_sum += lp as f64;
+        }
+        if rules.logprobs {
+            self.logprobs.push(ResponseLogprob {
+                token: token_text(tok, s.token),
+                logprob: s.logprob.unwrap_or(0.0),
+                bytes: tok.token_bytes(s.token).to_vec(),
+                top_logprobs: s
+                    .top
+                    .iter()
+                    .map(|&(t, l)| TopLogprob { token: token_text(tok, t), logprob: l, bytes: tok.token_bytes(t).to_vec() })
+                    .collect(),
+            });
+        }
+        let piece = self.decoder.step(tok, &self.tokens[self.prompt_len..])?;
+        let searched_from = self.text.len();
+        self.text.push_str(&piece);
+        if let Some(cut) = find_stop(&self.text, searched_from, rules.stop_seqs) {
+            self.text.truncate(cut);
+            self.finish = Some("stop");
+        } else if self.generated() >= self.max_new {
+            self.finish = Some("length");
+        }
+        Ok(self.take_emittable(rules.stop_seqs))
+    }
+
+    /// Text not yet streamed, minus (while running) a tail that could be the
+    /// start of a stop string.
+    fn take_emittable(&mut self, stops: &[String]) -> String {
+        let held = if self.finish.is_some() { 0 } else { partial_stop_len(&self.text, stops) };
+        let end = self.text.len() - held;
+        let end = end.max(self.emitted);
+        let out = self.text[self.emitted..end].to_string();
+        self.emitted = end;
+        out
+    }
+
+}
+
+/// Byte offset of the earliest stop string in `text`, looking only where a
+/// match could involve text added after `from`.
+fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter_map(|s| {
+            let mut start = from.saturating_sub(s.len() - 1);
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            text[start..].find(s.as_str()).map(|i| start + i)
+        })
+        .min()
+}
+
+/// Length of the longest tail of `text` that is a proper prefix of a stop string.
+fn partial_stop_len(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k)).find(|&k| text.ends_with(&s[..k])))
+        .max()
+        .unwrap_or(0)
+}
+
+fn token_text(tok: &TextTokenizer, id: u32) -> String {
+    String::from_utf8_lossy(tok.token_bytes(id)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_found_across_pieces() {
+        let stops = vec!["END".to_string()];
+        assert_eq!(find_stop("abcEN", 3, &stops), None);
+        assert_eq!(find_stop("abcEND!", 5, &stops), Some(3));
+        assert_eq!(partial_stop_len("abcEN", &stops), 2);
+        assert_eq!(partial_stop_len("abc", &stops), 0);
+    }
+}

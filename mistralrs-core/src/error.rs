@@ -1,0 +1,66 @@
+//! The one error type of the engine. The Python binding maps each variant to
+//! one exception class, so the variant says *what kind* of failure this is and
+//! the message says which file or field and why.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model file or folder that does not exist (locally or in the hub cache).
+    #[error("{path}: {reason}")]
+    NotFound { path: PathBuf, reason: String },
+
+    /// A file that exists but whose content is wrong or unsupported.
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+
+    /// A request or option with a bad value.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// A feature named in the API whose implementation is a later milestone.
+    #[error("{0}")]
+    NotImplemented(String),
+
+    /// The engine was closed or its thread is gone.
+    #[error("{0}")]
+    EngineClosed(String),
+
+    /// Anything else that went wrong while computing.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn not_found(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+        Error::NotFound { path: path.as_ref().to_path_buf(), reason: reason.into() }
+    }
+    pub fn bad_file(path: impl AsRef<Path>, reason: impl std::fmt::Display) -> Self {
+        Error::BadFile { path: path.as_ref().to_path_buf(), reason: reason.to_string() }
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+    pub fn runtime(msg: impl std::fmt::Display) -> Self {
+        Error::Runtime(msg.to_string())
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Runtime(e.to_string())
+    }
+}
+
+/// Attach a file path to an error coming from a parser of that file.
+pub trait FileContext<T> {
+    fn in_file(self, path: &Path) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> FileContext<T> for std::result::Result<T, E> {
+    fn in_file(self, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::bad_file(path, e))
+    }
+}

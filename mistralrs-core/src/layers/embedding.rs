@@ -1,0 +1,27 @@
+//! Token embeddings. A quantized table stays quantized: rows are dequantized
+//! as they are looked up, so a 150k-token vocabulary costs its file size, not
+//! four bytes per weight.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Result, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: QMatMul,
+}
+
+impl Embedding {
+    pub fn new(table: QMatMul) -> Self {
+        Self { table }
+    }
+
+    /// `ids`: (tokens,) u32 -> (tokens, hidden).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.table.embedding(ids)
+    }
+
+    /// The same matrix, for models whose output head is tied to the embeddings.
+    pub fn table(&self) -> &QMatMul {
+        &self.table
+    }
+}

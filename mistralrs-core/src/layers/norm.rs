@@ -1,0 +1,21 @@
+//! RMSNorm as in transformers' `LlamaRMSNorm`: statistics in f32, then the
+//! learned scale.
+
+use candle_core::{Result, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps: eps as f32 }
+    }
+
+    /// `x`: (tokens, hidden) -> (tokens, hidden).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}

@@ -1,0 +1,185 @@
+//! From a model spec (what the Python `Which` names) to a loaded model with
+//! its tokenizer, chat template and end-of-sequence tokens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::architecture::Architecture;
+use crate::chat_template::{template_from_config, token_text, ChatTemplate, TemplateOverride};
+use crate::error::{Error, Result};
+use crate::hub::{ModelRepo, TokenSource};
+use crate::models::{self, CausalLm, ModelConfig};
+use crate::tokenizer::{gguf::from_gguf, TextTokenizer};
+use crate::weights::gguf::{model_config, GgufFile, GgufSource};
+use crate::weights::safetensors::SafetensorsSource;
+
+#[derive(Debug, Clone)]
+pub enum ModelSpec {
+    Plain { model_id: String, arch: Architecture, tokenizer_json: Option<String> },
+    Gguf { tok_model_id: Option<String>, quantized_model_id: String, quantized_filename: String, tokenizer_json: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub token_source: TokenSource,
+    /// `Runner(chat_template=...)`: a path or a literal template.
+    pub chat_template: Option<String>,
+    pub device: Device,
+}
+
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: TextTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub eos_ids: Vec<u32>,
+    pub context_len: usize,
+}
+
+/// What a tokenizer folder (`tokenizer_config.json`, `generation_config.json`) says.
+#[derive(Default)]
+struct TokenizerFolder {
+    tokenizer_json: Option<PathBuf>,
+    chat_template: Option<String>,
+    bos: Option<String>,
+    eos: Option<String>,
+    eos_ids: Vec<u32>,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::not_found(path, e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))
+}
+
+fn read_tokenizer_folder(repo: &ModelRepo) -> Result<TokenizerFolder> {
+    let mut f = TokenizerFolder { tokenizer_json: repo.get_optional("tokenizer.json")?, ..Default::default() };
+    if let Some(p) = repo.get_optional("tokenizer_config.json")? {
+        let v = read_json(&p)?;
+        f.chat_template = v.get("chat_template").and_then(template_from_config);
+        f.bos = v.get("bos_token").and_then(token_text);
+        f.eos = v.get("eos_token").and_then(token_text);
+    }
+    if let Some(p) = repo.get_optional("generation_config.json")? {
+        let v = read_json(&p)?;
+        match v.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => f.eos_ids.extend(n.as_u64().map(|x| x as u32)),
+            Some(serde_json::Value::Array(a)) => f.eos_ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+fn progress_bar(layers: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(layers as u64), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("loading layers {bar:30} {pos}/{len} [{elapsed}]") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
+    let device = &opts.device;
+    let (cfg, model, folder, gguf_vocab) = match spec {
+        ModelSpec::Plain { model_id, arch, .. } => {
+            let repo = ModelRepo::open(model_id, &opts.token_source)?;
+            let cfg = ModelConfig::from_hf_json(&repo.get("config.json")?, *arch)?;
+            let files = safetensors_files(&repo)?;
+            let weights = SafetensorsSource::open(&files, device)?;
+            let bar = progress_bar(cfg.num_layers);
+            let model = models::load(&cfg, &weights, device, &|i| bar.set_position(i as u64))?;
+            bar.finish_and_clear();
+            (cfg, model, read_tokenizer_folder(&repo)?, None)
+        }
+        ModelSpec::Gguf { tok_model_id, quantized_model_id, quantized_filename, .. } => {
+            let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
+            let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
+            let cfg = model_config(&file)?;
+            let weights = GgufSource::new(file.clone(), &cfg, device)?;
+            let bar = progress_bar(cfg.num_layers);
+            let model = models::load(&cfg, &weights, device, &|i| bar.set_position(i as u64))?;
+            bar.finish_and_clear();
+            let folder = match tok_model_id {
+                Some(id) => read_tokenizer_folder(&ModelRepo::open(id, &opts.token_source)?)?,
+                None => TokenizerFolder::default(),
+            };
+            // The GGUF vocabulary is needed when no tokenizer.json is given, and
+            // its chat template / EOS ids complete what a folder lacks.
+            let vocab = if file.get_str("tokenizer.ggml.model").is_some() { Some(from_gguf(&file)) } else { None };
+            (cfg, model, folder, vocab)
+        }
+    };
+
+    let tokenizer_json = match spec {
+        ModelSpec::Plain { tokenizer_json, .. } | ModelSpec::Gguf { tokenizer_json, .. } => tokenizer_json,
+    };
+    let gguf_vocab = match (gguf_vocab, tokenizer_json.is_some() || folder.tokenizer_json.is_some()) {
+        (Some(Err(e)), false) => return Err(e),
+        (Some(Ok(v)), _) => Some(v),
+        _ => None,
+    };
+    let (gguf_tokenizer, gguf_bos, gguf_eos, gguf_eos_ids, gguf_template) = match gguf_vocab {
+        Some(v) => (Some(v.tokenizer), v.bos, v.eos, v.eos_ids, v.chat_template),
+        None => (None, None, None, Vec::new(), None),
+    };
+    let tokenizer = match (tokenizer_json, &folder.tokenizer_json) {
+        (Some(p), _) => TextTokenizer::from_file(Path::new(p))?,
+        (None, Some(p)) => TextTokenizer::from_file(p)?,
+        (None, None) => match gguf_tokenizer {
+            Some(t) => t,
+            None => {
+                return Err(Error::invalid(match spec {
+                    ModelSpec::Plain { model_id, .. } => format!("{model_id}: no tokenizer.json; pass tokenizer_json"),
+                    ModelSpec::Gguf { quantized_filename, .. } => format!(
+                        "{quantized_filename}: no tokenizer in the GGUF metadata; pass tok_model_id or tokenizer_json"
+                    ),
+                }))
+            }
+        },
+    };
+
+    let over = opts.chat_template.as_deref().map(TemplateOverride::parse).transpose()?;
+    let template = over.as_ref().map(|o| o.template.clone()).or(folder.chat_template.clone()).or(gguf_template);
+    let bos = over.as_ref().and_then(|o| o.bos_token.clone()).or(folder.bos.clone()).or(gguf_bos);
+    let eos = over.as_ref().and_then(|o| o.eos_token.clone()).or(folder.eos.clone()).or(gguf_eos);
+
+    // Every EOS the files name ends generation.
+    let mut eos_ids = folder.eos_ids.clone();
+    eos_ids.extend(eos.as_deref().and_then(|e| tokenizer.token_id(e)));
+    eos_ids.extend(gguf_eos_ids);
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
+
+    let chat_template = template
+        .map(|t| ChatTemplate::new(t, bos.unwrap_or_default(), eos.unwrap_or_default()))
+        .transpose()?;
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        // Padded embedding tables are common; a tokenizer larger than the
+        // model's vocabulary is not, and would index past the embeddings.
+        return Err(Error::invalid(format!(
+            "the tokenizer has {} tokens but the model's vocabulary has {}",
+            tokenizer.vocab_size(),
+            cfg.vocab_size
+        )));
+    }
+    Ok(LoadedModel { context_len: cfg.max_position_embeddings, model, tokenizer, chat_template, eos_ids })
+}
+
+fn safetensors_files(repo: &ModelRepo) -> Result<Vec<PathBuf>> {
+    if let Some(p) = repo.get_optional("model.safetensors")? {
+        return Ok(vec![p]);
+    }
+    let index = repo.get_optional("model.safetensors.index.json")?.ok_or_else(|| {
+        Error::not_found(repo.describe(), "neither model.safetensors nor model.safetensors.index.json is there")
+    })?;
+    let v = read_json(&index)?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::bad_file(&index, "no `weight_map` object"))?;
+    let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    shards.into_iter().map(|s| repo.get(s)).collect()
+}

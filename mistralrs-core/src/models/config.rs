@@ -1,0 +1,207 @@
+//! The shape of a model, read from a transformers `config.json` or from GGUF
+//! metadata, in one form every architecture file consumes.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::architecture::Architecture;
+use crate::error::{Error, Result};
+use crate::layers::rotary::default_inv_freq;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (transformers' "linear").
+    Linear { factor: f64 },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
+    /// Per-pair divisors of the inverse frequencies (llama.cpp's `rope_freqs.weight`).
+    Factors(Vec<f32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    /// The context length: prompts plus generated tokens never exceed it.
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub sliding_window: Option<usize>,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+}
+
+impl ModelConfig {
+    /// Inverse rotary frequencies with the configured scaling applied.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let base = default_inv_freq(self.head_dim, self.rope_theta);
+        match &self.rope_scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| (*f as f64 / factor) as f32).collect(),
+            RopeScaling::Factors(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                let low_wavelen = original_max_position / low_freq_factor;
+                let high_wavelen = original_max_position / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let f = f as f64;
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                        if medium {
+                            let smooth = (original_max_position / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
+                        } else {
+                            scaled as f32
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The subset of transformers' config.json fields the engine reads. Both the
+/// older layout (`rope_theta`, `rope_scaling` at top level) and transformers
+/// 5's `rope_parameters` are accepted.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: usize,
+    tie_word_embeddings: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+}
+
+fn arch_of_class(class: &str) -> Option<Architecture> {
+    Some(match class {
+        "MistralForCausalLM" => Architecture::Mistral,
+        "GemmaForCausalLM" => Architecture::Gemma,
+        "MixtralForCausalLM" => Architecture::Mixtral,
+        "LlamaForCausalLM" => Architecture::Llama,
+        "PhiForCausalLM" => Architecture::Phi2,
+        "Phi3ForCausalLM" => Architecture::Phi3,
+        "Qwen2ForCausalLM" => Architecture::Qwen2,
+        _ => return None,
+    })
+}
+
+fn rope_scaling_of(v: &serde_json::Value, path: &Path) -> Result<RopeScaling> {
+    let get = |k: &str| v.get(k).and_then(|x| x.as_f64());
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
+    let need = |k: &str| {
+        get(k).ok_or_else(|| Error::bad_file(path, format!("rope scaling `{kind}` needs `{k}`")))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: need("factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position: need("original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(Error::bad_file(
+                path,
+                format!("rope scaling type `{other}` is not supported (supported: default, linear, llama3)"),
+            ))
+        }
+    })
+}
+
+impl ModelConfig {
+    /// Reads `config.json` and checks that it describes `arch`.
+    pub fn from_hf_json(path: &Path, arch: Architecture) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::not_found(path, format!("cannot read config.json: {e}")))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
+        let c: HfConfig = serde_json::from_value(raw)
+            .map_err(|e| Error::bad_file(path, format!("not a supported model config: {e}")))?;
+
+        let found = c
+            .model_type
+            .as_deref()
+            .and_then(Architecture::from_model_type)
+            .or_else(|| c.architectures.iter().find_map(|a| arch_of_class(a)));
+        let named = c.model_type.clone().unwrap_or_else(|| c.architectures.join(","));
+        match found {
+            Some(a) if a == arch => {}
+            _ => {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "the Runner was asked for arch `{arch}` but config.json describes `{named}` \
+                         (model_type/architectures); supported: {}",
+                        Architecture::names()
+                    ),
+                ))
+            }
+        }
+
+        // transformers 5 moves rope settings into `rope_parameters`.
+        let params = c.rope_parameters.as_ref();
+        let rope_theta = c
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|x| x.as_f64()))
+            .unwrap_or(10_000.0);
+        let scaling_src = c.rope_scaling.as_ref().filter(|v| !v.is_null()).or(params);
+        let rope_scaling = match scaling_src {
+            Some(v) => rope_scaling_of(v, path)?,
+            None => RopeScaling::None,
+        };
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 && c.head_dim.is_none() {
+            return Err(Error::bad_file(path, "hidden_size must be a multiple of num_attention_heads"));
+        }
+        let num_kv_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
+        if num_kv_heads == 0 || c.num_attention_heads % num_kv_heads != 0 {
+            return Err(Error::bad_file(path, "num_attention_heads must be a multiple of num_key_value_heads"));
+        }
+        let sliding_window = if c.use_sliding_window == Some(false) { None } else { c.sliding_window };
+        Ok(ModelConfig {
+            arch,
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_layers: c.num_hidden_layers,
+            num_heads: c.num_attention_heads,
+            num_kv_heads,
+            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+            norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: c.max_position_embeddings,
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
+            sliding_window,
+            attention_bias: c.attention_bias.unwrap_or(false),
+            mlp_bias: c.mlp_bias.unwrap_or(false),
+        })
+    }
+}

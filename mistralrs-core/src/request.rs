@@ -1,0 +1,108 @@
+//! A generation request as the engine receives it, and its validation.
+
+use crate::chat_template::{ChatMessage, ROLES};
+use crate::error::{Error, Result};
+use crate::sampler::SamplingParams;
+
+#[derive(Debug, Clone)]
+pub enum PromptInput {
+    /// Rendered with the chat template, then tokenized without special tokens.
+    Messages(Vec<ChatMessage>),
+    /// An already-templated chat prompt, tokenized without special tokens.
+    Templated(String),
+    /// A completion prompt, tokenized with the tokenizer's special-token rules.
+    Completion(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Chat,
+    Completion,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub model: String,
+    pub prompt: PromptInput,
+    pub sampling: SamplingParams,
+    /// Raw from the caller (validated below); None = until EOS or the context ends.
+    pub max_tokens: Option<i64>,
+    pub n_choices: usize,
+    /// Completions: generate this many and keep the best `n_choices` by mean logprob.
+    pub best_of: usize,
+    pub stop_seqs: Vec<String>,
+    pub ignore_eos: bool,
+    pub stream: bool,
+    pub echo_prompt: bool,
+    pub seed: Option<u64>,
+    pub logprobs: bool,
+}
+
+impl GenerationRequest {
+    pub fn kind(&self) -> RequestKind {
+        match self.prompt {
+            PromptInput::Completion(_) => RequestKind::Completion,
+            _ => RequestKind::Chat,
+        }
+    }
+
+    /// Every field check that needs no model.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(m) = self.max_tokens {
+            if m < 0 {
+                return Err(Error::invalid(format!("max_tokens must be >= 0, got {m}")));
+            }
+        }
+        let s = &self.sampling;
+        if let Some(t) = s.temperature {
+            if !(t >= 0.0 && t.is_finite()) {
+                return Err(Error::invalid(format!("temperature must be >= 0, got {t}")));
+            }
+        }
+        if let Some(p) = s.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::invalid(format!("top_p must be in (0, 1], got {p}")));
+            }
+        }
+        if let Some(p) = s.min_p {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::invalid(format!("min_p must be in [0, 1], got {p}")));
+            }
+        }
+        if let Some(r) = s.repetition_penalty {
+            if !(r > 0.0 && r.is_finite()) {
+                return Err(Error::invalid(format!("repetition_penalty must be > 0, got {r}")));
+            }
+        }
+        if let Some(n) = s.top_logprobs {
+            if n > 20 {
+                return Err(Error::invalid(format!("top_logprobs must be at most 20, got {n}")));
+            }
+        }
+        if self.n_choices == 0 {
+            return Err(Error::invalid("n_choices must be at least 1"));
+        }
+        if self.best_of < self.n_choices {
+            return Err(Error::invalid(format!(
+                "best_of ({}) must be at least n_choices ({})",
+                self.best_of, self.n_choices
+            )));
+        }
+        if self.stop_seqs.iter().any(String::is_empty) {
+            return Err(Error::invalid("stop_seqs must not contain an empty string"));
+        }
+        if let PromptInput::Messages(msgs) = &self.prompt {
+            if msgs.is_empty() {
+                return Err(Error::invalid("messages must not be empty"));
+            }
+            if let Some(m) = msgs.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
+                return Err(Error::invalid(format!(
+                    "unknown message role `{}` (expected one of {})",
+                    m.role,
+                    ROLES.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! OpenAI-shaped responses. With the `pyo3` feature these are the Python
+//! classes themselves (read-only attributes), so the binding needs no copy.
+
+use serde::Serialize;
+
+macro_rules! py_value {
+    ($($ty:ident),* $(,)?) => {$(
+        #[cfg(feature = "pyo3")]
+        #[pyo3::pymethods]
+        impl $ty {
+            fn __repr__(&self) -> String {
+                format!("{self:?}")
+            }
+        }
+    )*};
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub avg_tok_per_sec: f64,
+    pub avg_prompt_tok_per_sec: f64,
+    pub avg_compl_tok_per_sec: f64,
+    pub total_time_sec: f64,
+    pub total_prompt_time_sec: f64,
+    pub total_completion_time_sec: f64,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct Logprobs {
+    pub content: Vec<ResponseLogprob>,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    pub index: usize,
+    pub finish_reason: String,
+    pub message: ResponseMessage,
+    pub logprobs: Option<Logprobs>,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct Delta {
+    pub role: String,
+    pub content: String,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<Logprobs>,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionChunkResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<ChunkChoice>,
+    pub usage: Option<Usage>,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<Logprobs>,
+}
+
+/// A completion, or with `stream=True` one chunk of it (`usage` on the last).
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Option<Usage>,
+}
+
+py_value!(
+    Usage,
+    TopLogprob,
+    ResponseLogprob,
+    Logprobs,
+    ResponseMessage,
+    Choice,
+    ChatCompletionResponse,
+    Delta,
+    ChunkChoice,
+    ChatCompletionChunkResponse,
+    CompletionChoice,
+    CompletionResponse,
+);
+
+/// What a request's channel carries.
+#[derive(Debug, Clone)]
+pub enum Event {
+    ChatChunk(ChatCompletionChunkResponse),
+    CompletionChunk(CompletionResponse),
+    Chat(ChatCompletionResponse),
+    Completion(CompletionResponse),
+}

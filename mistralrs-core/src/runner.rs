@@ -1,0 +1,191 @@
+//! The front of the engine that the bindings hold: loads the model, starts
+//! the engine thread, and turns requests into token ids (so bad requests fail
+//! in the caller, before any work).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::chat_template::ChatTemplate;
+use crate::engine::{Admission, Engine, EngineConfig, Message};
+use crate::error::{Error, Result};
+use crate::loader::{self, LoadOptions, ModelSpec};
+use crate::request::{GenerationRequest, PromptInput};
+use crate::response::Event;
+use crate::tokenizer::TextTokenizer;
+
+pub struct RunnerConfig {
+    pub max_seqs: usize,
+    pub no_kv_cache: bool,
+    pub repeat_last_n: usize,
+    pub seed: Option<u64>,
+}
+
+pub struct Runner {
+    tx: Mutex<Option<Sender<Message>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    tokenizer: Arc<TextTokenizer>,
+    chat_template: Option<ChatTemplate>,
+    context_len: usize,
+    fingerprint: String,
+    next_id: AtomicU64,
+}
+
+/// The events of one request, in order; the last is the full response (or
+/// the last chunk when streaming).
+pub struct ResponseStream {
+    rx: Receiver<Result<Event>>,
+}
+
+impl ResponseStream {
+    /// The next event, or None once the request is answered.
+    pub fn recv(&self) -> Option<Result<Event>> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Runner {
+    pub fn new(spec: &ModelSpec, opts: &LoadOptions, cfg: RunnerConfig) -> Result<Self> {
+        if cfg.max_seqs == 0 {
+            return Err(Error::invalid("max_seqs must be at least 1"));
+        }
+        let loaded = loader::load(spec, opts)?;
+        let tokenizer = Arc::new(loaded.tokenizer);
+        let device_name = if opts.device.is_cpu() { "cpu" } else if opts.device.is_cuda() { "cuda" } else { "metal" };
+        let engine = Engine::new(
+            loaded.model,
+            tokenizer.clone(),
+            loaded.eos_ids,
+            opts.device.clone(),
+            EngineConfig {
+                max_seqs: cfg.max_seqs,
+                no_kv_cache: cfg.no_kv_cache,
+                repeat_last_n: cfg.repeat_last_n,
+                default_seed: cfg.seed,
+            },
+        );
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("mistralrs-engine".into())
+            .spawn(move || engine.run(rx))
+            .map_err(|e| Error::runtime(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            tokenizer,
+            chat_template: loaded.chat_template,
+            context_len: loaded.context_len,
+            fingerprint: format!("mistralrs-{}-{device_name}", env!("CARGO_PKG_VERSION")),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    pub fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    /// Validates and tokenizes `req`, then hands it to the engine.
+    pub fn send(&self, req: GenerationRequest) -> Result<ResponseStream> {
+        req.validate()?;
+        if req.stream && req.best_of > req.n_choices {
+            return Err(Error::invalid("best_of cannot be combined with stream=True"));
+        }
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(bad) = req.sampling.logit_bias.keys().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid(format!("logit_bias names token {bad}, outside the vocabulary (size {vocab})")));
+        }
+        let prompt = match &req.prompt {
+            PromptInput::Messages(msgs) => {
+                let tmpl = self.chat_template.as_ref().ok_or_else(|| {
+                    Error::invalid("this model has no chat template; pass Runner(chat_template=...) or send a string prompt")
+                })?;
+                self.tokenizer.encode_plain(&tmpl.render(msgs, true)?)?
+            }
+            PromptInput::Templated(text) => self.tokenizer.encode_plain(text)?,
+            PromptInput::Completion(text) => self.tokenizer.encode_with_specials(text)?,
+        };
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        let room = self.context_len.saturating_sub(prompt.len());
+        let max_new = match req.max_tokens {
+            Some(0) => return Err(Error::invalid("max_tokens must be at least 1")),
+            Some(m) if prompt.len() + m as usize > self.context_len => {
+                return Err(Error::invalid(format!(
+                    "the prompt ({} tokens) plus max_tokens ({m}) exceeds the model's context length ({})",
+                    prompt.len(),
+                    self.context_len
+                )))
+            }
+            Some(m) => m as usize,
+            None if room == 0 => {
+                return Err(Error::invalid(format!(
+                    "the prompt ({} tokens) fills the model's context length ({})",
+                    prompt.len(),
+                    self.context_len
+                )))
+            }
+            None => room,
+        };
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let prefix = match req.kind() {
+            crate::request::RequestKind::Chat => "chatcmpl",
+            crate::request::RequestKind::Completion => "cmpl",
+        };
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (responder, rx) = channel();
+        let admission = Admission {
+            id: format!("{prefix}-{n}"),
+            created,
+            fingerprint: self.fingerprint.clone(),
+            request: req,
+            prompt,
+            max_new,
+            responder,
+        };
+        let tx = self.tx.lock().map_err(|_| Error::EngineClosed("the runner is unusable".into()))?;
+        let tx = tx.as_ref().ok_or_else(|| Error::EngineClosed("the runner is closed".into()))?;
+        tx.send(Message::Add(Box::new(admission)))
+            .map_err(|_| Error::EngineClosed("the engine thread has stopped".into()))?;
+        Ok(ResponseStream { rx })
+    }
+
+    pub fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        if add_special_tokens {
+            self.tokenizer.encode_with_specials(text)
+        } else {
+            self.tokenizer.encode_plain(text)
+        }
+    }
+
+    pub fn detokenize(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer.decode(ids, skip_special_tokens)
+    }
+
+    /// Stops the engine thread and frees the model; later requests fail.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(Message::Stop);
+            }
+        }
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.lock().map_or(true, |t| t.is_none())
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

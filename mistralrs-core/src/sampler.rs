@@ -1,0 +1,251 @@
+//! Choosing the next token from one step's logits, in the order the API
+//! documents: logit bias, penalties, then greedy or temperature + top-k /
+//! top-p / min-p and a seeded draw. Log-probabilities are taken after bias
+//! and penalties, before temperature (as OpenAI reports them).
+
+use std::collections::HashMap;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+#[derive(Debug, Clone, Default)]
+pub struct SamplingParams {
+    pub temperature: Option<f64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub logit_bias: HashMap<u32, f32>,
+    /// Report the chosen token's logprob and this many alternatives (None: no logprobs).
+    pub top_logprobs: Option<usize>,
+}
+
+impl SamplingParams {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature.is_none_or(|t| t == 0.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub token: u32,
+    /// ln p(token), when asked for (logprobs, or best_of ranking).
+    pub logprob: Option<f32>,
+    /// The most likely tokens and their logprobs, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    repeat_last_n: usize,
+    want_logprob: bool,
+    /// Scratch reused every step: (token, weight) candidates.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// `want_logprob`: compute the chosen token's logprob even without
+    /// `top_logprobs` (best_of ranks choices by it).
+    pub fn new(params: SamplingParams, seed: u64, repeat_last_n: usize, want_logprob: bool) -> Self {
+        let want_logprob = want_logprob || params.top_logprobs.is_some();
+        Self { params, rng: StdRng::seed_from_u64(seed), repeat_last_n, want_logprob, candidates: Vec::new() }
+    }
+
+    /// `logits` (the vocabulary's, modified in place); `context`: prompt and
+    /// generated tokens so far.
+    pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Sampled {
+        self.apply_bias_and_penalties(logits, context);
+
+        let log_norm = self.want_logprob.then(|| log_sum_exp(logits));
+        let token = if self.params.is_greedy() { argmax(logits) } else { self.draw(logits) };
+        let logprob = log_norm.map(|z| logits[token as usize] - z);
+        let top = match (self.params.top_logprobs, log_norm) {
+            (Some(n), Some(z)) if n > 0 => top_n(logits, n).into_iter().map(|(t, l)| (t, l - z)).collect(),
+            _ => Vec::new(),
+        };
+        Sampled { token, logprob, top }
+    }
+
+    fn apply_bias_and_penalties(&self, logits: &mut [f32], context: &[u32]) {
+        for (&tok, &bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(tok as usize) {
+                *l += bias;
+            }
+        }
+        let p = &self.params;
+        if p.repetition_penalty.is_none() && p.frequency_penalty.is_none() && p.presence_penalty.is_none() {
+            return;
+        }
+        let window = &context[context.len().saturating_sub(self.repeat_last_n)..];
+        // The window is short (repeat_last_n), so counting by scanning it beats a map.
+        for (i, &tok) in window.iter().enumerate() {
+            if window[..i].contains(&tok) {
+                continue;
+            }
+            let count = window[i..].iter().filter(|&&t| t == tok).count() as f32;
+            let Some(l) = logits.get_mut(tok as usize) else { continue };
+            if let Some(rp) = p.repetition_penalty {
+                *l = if *l > 0.0 { *l / rp } else { *l * rp };
+            }
+            *l -= p.frequency_penalty.unwrap_or(0.0) * count + p.presence_penalty.unwrap_or(0.0);
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let temp = self.params.temperature.unwrap_or(1.0) as f32;
+        let cands = &mut self.candidates;
+        cands.clear();
+        cands.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l / temp)));
+        cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(k) = self.params.top_k.filter(|&k| k > 0) {
+            cands.truncate(k);
+        }
+        // Probabilities of the remaining candidates, best first.
+        let max = cands[0].1;
+        let mut total = 0f32;
+        for c in cands.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            total += c.1;
+        }
+        for c in cands.iter_mut() {
+            c.1 /= total;
+        }
+        if let Some(top_p) = self.params.top_p.filter(|&p| p < 1.0) {
+            // Keep the smallest prefix whose mass reaches top_p.
+            let mut mass = 0f32;
+            let keep = cands
+                .iter()
+                .position(|c| {
+                    mass += c.1;
+                    mass >= top_p as f32
+                })
+                .map_or(cands.len(), |i| i + 1);
+            cands.truncate(keep);
+        }
+        if let Some(min_p) = self.params.min_p.filter(|&p| p > 0.0) {
+            let floor = cands[0].1 * min_p as f32;
+            let keep = cands.iter().take_while(|c| c.1 >= floor).count().max(1);
+            cands.truncate(keep);
+        }
+        let total: f32 = cands.iter().map(|c| c.1).sum();
+        let mut x = self.rng.random::<f32>() * total;
+        for c in cands.iter() {
+            x -= c.1;
+            if x <= 0.0 {
+                return c.0;
+            }
+        }
+        cands.last().map_or(0, |c| c.0)
+    }
+}
+
+/// First index of the largest value (torch's argmax tie rule).
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_sum_exp(xs: &[f32]) -> f32 {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = xs.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    max + sum.ln() as f32
+}
+
+fn top_n(xs: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (i, &x) in xs.iter().enumerate() {
+        if best.len() == n && best.last().is_some_and(|b| x <= b.1) {
+            continue;
+        }
+        let at = best.partition_point(|b| b.1 >= x);
+        best.insert(at, (i as u32, x));
+        best.truncate(n);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(p: SamplingParams) -> Sampler {
+        Sampler::new(p, 0, 64, false)
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = sampler(SamplingParams::default());
+        assert_eq!(s.sample(&mut [1.0, 3.0, 3.0, 2.0], &[]).token, 1);
+    }
+
+    #[test]
+    fn logit_bias_comes_first() {
+        let mut p = SamplingParams::default();
+        p.logit_bias.insert(0, 10.0);
+        assert_eq!(sampler(p).sample(&mut [1.0, 3.0], &[]).token, 0);
+    }
+
+    #[test]
+    fn repetition_penalty_as_transformers() {
+        let p = SamplingParams { repetition_penalty: Some(2.0), ..Default::default() };
+        let mut logits = [4.0, -1.0, 3.0];
+        sampler(p).apply_bias_and_penalties(&mut logits, &[0, 1, 0]);
+        assert_eq!(logits, [2.0, -2.0, 3.0]);
+    }
+
+    #[test]
+    fn frequency_and_presence_as_openai() {
+        let p = SamplingParams { frequency_penalty: Some(0.5), presence_penalty: Some(1.0), ..Default::default() };
+        let mut logits = [4.0, 4.0, 4.0];
+        sampler(p).apply_bias_and_penalties(&mut logits, &[0, 0, 1]);
+        assert_eq!(logits, [2.0, 2.5, 4.0]);
+    }
+
+    #[test]
+    fn penalties_only_see_the_last_n_tokens() {
+        let p = SamplingParams { presence_penalty: Some(1.0), ..Default::default() };
+        let mut s = Sampler::new(p, 0, 2, false);
+        let mut logits = [0.0, 0.0, 0.0];
+        s.apply_bias_and_penalties(&mut logits, &[0, 1, 2]);
+        assert_eq!(logits, [0.0, -1.0, -1.0]);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax() {
+        let p = SamplingParams { top_logprobs: Some(2), ..Default::default() };
+        let out = sampler(p).sample(&mut [0.0, (2f32).ln()], &[]);
+        assert_eq!(out.token, 1);
+        assert!((out.logprob.unwrap() - (2f32 / 3.0).ln()).abs() < 1e-6);
+        assert_eq!(out.top[0].0, 1);
+        assert!((out.top[1].1 - (1f32 / 3.0).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_seeds_repeat() {
+        let p = SamplingParams { temperature: Some(1.0), top_k: Some(1), ..Default::default() };
+        assert_eq!(sampler(p).sample(&mut [0.0, 1.0, 0.5], &[]).token, 1);
+        let p = SamplingParams { temperature: Some(1.0), ..Default::default() };
+        let draw = |seed| {
+            let mut s = Sampler::new(p.clone(), seed, 64, false);
+            (0..20).map(|_| s.sample(&mut [0.0; 8], &[]).token).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn top_p_keeps_the_head() {
+        let p = SamplingParams { temperature: Some(1.0), top_p: Some(0.5), ..Default::default() };
+        let mut s = sampler(p);
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [5.0, 0.0, 0.0], &[]).token, 0);
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! A `tokenizers` tokenizer rebuilt from GGUF metadata (`tokenizer.ggml.*`),
+//! for both vocabularies llama.cpp writes: `gpt2` (byte-level BPE with
+//! merges) and `llama` (SentencePiece pieces with scores).
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::Value;
+use serde_json::{json, Value as Json};
+use tokenizers::Tokenizer;
+
+use super::TextTokenizer;
+use crate::error::{Error, Result};
+use crate::weights::gguf::{value_as_u64, GgufFile};
+
+// llama.cpp's token types.
+const TYPE_NORMAL: u64 = 1;
+const TYPE_CONTROL: u64 = 3;
+const TYPE_USER_DEFINED: u64 = 4;
+const TYPE_BYTE: u64 = 6;
+
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// What the tokenizer metadata says besides the pieces themselves.
+pub struct GgufVocab {
+    pub tokenizer: TextTokenizer,
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    /// EOS and end-of-turn ids.
+    pub eos_ids: Vec<u32>,
+    pub chat_template: Option<String>,
+}
+
+fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
+    match file.get(key) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|_| Error::bad_file(&file.path, format!("`{key}` holds a non-string"))))
+            .collect(),
+        Some(_) => Err(Error::bad_file(&file.path, format!("`{key}` is not an array"))),
+        None => Err(Error::bad_file(&file.path, format!("missing metadata key `{key}`; pass tok_model_id or tokenizer_json"))),
+    }
+}
+
+fn numbers(file: &GgufFile, key: &str) -> Option<Vec<u64>> {
+    match file.get(key) {
+        Some(Value::Array(items)) => items.iter().map(value_as_u64).collect(),
+        _ => None,
+    }
+}
+
+fn scores(file: &GgufFile, key: &str) -> Option<Vec<f32>> {
+    match file.get(key) {
+        Some(Value::Array(items)) => items.iter().map(|v| v.to_f32().ok()).collect(),
+        _ => None,
+    }
+}
+
+fn bool_key(file: &GgufFile, key: &str) -> Option<bool> {
+    file.get(key).and_then(|v| v.to_bool().ok())
+}
+
+pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
+    let model = file
+        .get_str("tokenizer.ggml.model")
+        .ok_or_else(|| Error::bad_file(&file.path, "no tokenizer in the GGUF metadata (`tokenizer.ggml.model`); pass tok_model_id or tokenizer_json"))?
+        .to_string();
+    let tokens = strings(file, "tokenizer.ggml.tokens")?;
+    let types = numbers(file, "tokenizer.ggml.token_type").unwrap_or_else(|| vec![TYPE_NORMAL; tokens.len()]);
+    if types.len() != tokens.len() {
+        return Err(Error::bad_file(&file.path, "`tokenizer.ggml.token_type` and `tokenizer.ggml.tokens` differ in length"));
+    }
+    let id = |key: &str| file.get_usize(key).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+    let bos_id = id("tokenizer.ggml.bos_token_id");
+    let eos_id = id("tokenizer.ggml.eos_token_id");
+    let eot_id = id("tokenizer.ggml.eot_token_id");
+
+    let (json, default_add_bos) = match model.as_str() {
+        "gpt2" => (gpt2_json(file, &tokens)?, false),
+        "llama" => (llama_json(file, &tokens, &types)?, true),
+        other => {
+            return Err(Error::bad_file(
+                &file.path,
+                format!("GGUF tokenizer model `{other}` is not supported (gpt2 and llama are); pass tokenizer_json"),
+            ))
+        }
+    };
+    let mut json = json;
+    // Control and user-defined pieces are matched whole, before the model runs.
+    let added: Vec<Json> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
+        .map(|(i, &t)| {
+            json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": t == TYPE_CONTROL})
+        })
+        .collect();
+    json["added_tokens"] = Json::Array(added);
+    let add_bos = bool_key(file, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+    if let (true, Some(b)) = (add_bos, bos_id) {
+        let bos = &tokens[b as usize];
+        json["post_processor"] = json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [b], "tokens": [bos]}}
+        });
+    }
+    let text = json.to_string();
+    let tokenizer: Tokenizer = text
+        .parse()
+        .map_err(|e| Error::bad_file(&file.path, format!("cannot build a tokenizer from the GGUF vocabulary: {e}")))?;
+
+    let mut eos_ids: Vec<u32> = eos_id.into_iter().chain(eot_id).collect();
+    eos_ids.dedup();
+    Ok(GgufVocab {
+        tokenizer: TextTokenizer::new(tokenizer),
+        bos: bos_id.map(|i| tokens[i as usize].clone()),
+        eos: eos_id.map(|i| tokens[i as usize].clone()),
+        eos_ids,
+        chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
+    })
+}
+
+fn vocab_map(tokens: &[String]) -> serde_json::Map<String, Json> {
+    tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect()
+}
+
+fn split_regex(regex: &str) -> Json {
+    json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
+}
+
+fn byte_level(use_regex: bool) -> Json {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+}
+
+/// Byte-level BPE; the pre-tokenizer follows `tokenizer.ggml.pre`, the name
+/// llama.cpp gives each model family's splitting rules.
+fn gpt2_json(file: &GgufFile, tokens: &[String]) -> Result<Json> {
+    let merges: Vec<Json> = strings(file, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
+            json!([a, b])
+        })
+        .collect();
+    let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+    let (normalizer, pre_tokenizer) = match pre {
+        "default" | "gpt-2" | "gpt2" => (Json::Null, byte_level(true)),
+        "smollm" => (
+            Json::Null,
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        ),
+        "llama3" | "llama-bpe" | "smaug-bpe" => (
+            Json::Null,
+            json!({"type": "Sequence", "pretokenizers": [split_regex(LLAMA3_REGEX), byte_level(false)]}),
+        ),
+        "qwen2" => (
+            json!({"type": "NFC"}),
+            json!({"type": "Sequence", "pretokenizers": [split_regex(QWEN2_REGEX), byte_level(false)]}),
+        ),
+        other => {
+            return Err(Error::bad_file(
+                &file.path,
+                format!(
+                    "GGUF pre-tokenizer `{other}` is not supported (default, gpt-2, smollm, llama3, llama-bpe, qwen2 are); \
+                     pass tok_model_id or tokenizer_json"
+                ),
+            ))
+        }
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab_map(tokens), "merges": merges}
+    }))
+}
+
+/// SentencePiece BPE as transformers converts it: merges ranked by the score
+/// of the piece they produce, byte fallback for unknown characters, and a
+/// space prefix (`▁`) added by the normalizer.
+fn llama_json(file: &GgufFile, tokens: &[String], types: &[u64]) -> Result<Json> {
+    let scores = scores(file, "tokenizer.ggml.scores")
+        .ok_or_else(|| Error::bad_file(&file.path, "missing metadata key `tokenizer.ggml.scores`"))?;
+    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut merges: Vec<(usize, usize, f32)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types[i] != TYPE_NORMAL && types[i] != TYPE_USER_DEFINED {
+            continue;
+        }
+        let mut local: Vec<(usize, usize, f32)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*ids.get(l)?, *ids.get(r)?, scores[i]))
+            })
+            .collect();
+        local.sort_by_key(|&(l, r, _)| (l, r));
+        merges.extend(local);
+    }
+    // Stable: equal scores keep the piece order above.
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let merges: Vec<Json> = merges.iter().map(|&(l, r, _)| json!([tokens[l], tokens[r]])).collect();
+    let unk = types.iter().position(|&t| t == 2).map(|i| tokens[i].clone());
+    let byte_fallback = types.contains(&TYPE_BYTE);
+    let add_prefix = bool_key(file, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let mut norm = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+    let mut dec = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if add_prefix {
+        norm.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+        dec.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "normalizer": {"type": "Sequence", "normalizers": norm},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": dec},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": byte_fallback, "ignore_merges": false,
+                  "vocab": vocab_map(tokens), "merges": merges}
+    }))
+}

@@ -1,0 +1,348 @@
+//! GGUF files (v2, v3): metadata, the model config it implies, and tensors
+//! under llama.cpp's names mapped to transformers' module names.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::WeightSource;
+use crate::architecture::Architecture;
+use crate::error::{Error, Result};
+use crate::layers::{Embedding, Linear};
+use crate::models::config::{ModelConfig, RopeScaling};
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    mmap: memmap2::Mmap,
+    content: Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::not_found(path, e.to_string()))?;
+        // SAFETY: read-only mapping; the file must not change while loaded.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::bad_file(path, e))?;
+        if mmap.len() < 8 || &mmap[..4] != b"GGUF" {
+            let magic: Vec<u8> = mmap.iter().take(4).copied().collect();
+            return Err(Error::bad_file(
+                path,
+                format!("not a GGUF file: bad magic {magic:?} (expected b\"GGUF\")"),
+            ));
+        }
+        let version = u32::from_le_bytes([mmap[4], mmap[5], mmap[6], mmap[7]]);
+        if !(2..=3).contains(&version) {
+            return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+        }
+        let mut cursor = std::io::Cursor::new(&mmap[..]);
+        let content = Content::read(&mut cursor)
+            .map_err(|e| Error::bad_file(path, format!("corrupt GGUF header: {e}")))?;
+        let file = Self { path: path.to_path_buf(), mmap, content };
+        file.check_tensor_bounds()?;
+        Ok(file)
+    }
+
+    /// A truncated file is caught here, at open, rather than at the first
+    /// tensor that falls off its end.
+    fn check_tensor_bounds(&self) -> Result<()> {
+        let len = self.mmap.len() as u64;
+        for (name, info) in &self.content.tensor_infos {
+            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
+            let end = self.content.tensor_data_offset + info.offset + bytes as u64;
+            if end > len {
+                return Err(Error::bad_file(
+                    &self.path,
+                    format!("truncated GGUF: tensor `{name}` ends at byte {end} but the file has {len} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| v.to_string().ok()).map(|s| s.as_str())
+    }
+
+    pub fn get_usize(&self, key: &str) -> Option<usize> {
+        self.get(key).and_then(value_as_u64).map(|v| v as usize)
+    }
+
+    pub fn get_f64(&self, key: &str) -> Option<f64> {
+        self.get(key).and_then(|v| match v {
+            Value::F32(x) => Some(*x as f64),
+            Value::F64(x) => Some(*x),
+            other => value_as_u64(other).map(|x| x as f64),
+        })
+    }
+
+    pub fn require_usize(&self, key: &str) -> Result<usize> {
+        self.get_usize(key).ok_or_else(|| Error::bad_file(&self.path, format!("missing metadata key `{key}`")))
+    }
+
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+            .ok_or_else(|| Error::bad_file(&self.path, "missing metadata key `general.architecture`"))
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Tensor `name` with its transformers-order shape (rows, cols).
+    pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` is missing")))?;
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
+        let data = &self.mmap[start..start + bytes];
+        qtensor_from_ggml(info.ggml_dtype, data, info.shape.dims().to_vec(), device)
+            .map_err(|e| Error::bad_file(&self.path, format!("tensor `{name}`: {e}")))
+    }
+
+    /// The ggml types of the file's tensors, counted (for logs and checks).
+    pub fn dtype_counts(&self) -> Vec<(GgmlDType, usize)> {
+        let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
+        for info in self.content.tensor_infos.values() {
+            match counts.iter_mut().find(|(d, _)| *d == info.ggml_dtype) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((info.ggml_dtype, 1)),
+            }
+        }
+        counts
+    }
+}
+
+pub fn value_as_u64(v: &Value) -> Option<u64> {
+    Some(match v {
+        Value::U8(x) => *x as u64,
+        Value::I8(x) => *x as u64,
+        Value::U16(x) => *x as u64,
+        Value::I16(x) => *x as u64,
+        Value::U32(x) => *x as u64,
+        Value::I32(x) => *x as u64,
+        Value::U64(x) => *x,
+        Value::I64(x) => *x as u64,
+        Value::Bool(x) => *x as u64,
+        _ => return None,
+    })
+}
+
+fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
+    elems / dtype.block_size() * dtype.type_size()
+}
+
+/// The architecture a GGUF's `general.architecture` names, and whether its
+/// converter interleaved the rotary pairs of Q and K (llama.cpp does that for
+/// the `llama` family only).
+fn arch_of_gguf(name: &str, path: &Path) -> Result<(Architecture, bool)> {
+    Ok(match name {
+        "llama" => (Architecture::Llama, true),
+        "mistral" => (Architecture::Mistral, true),
+        other => {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "GGUF architecture `{other}` is not supported by this build; supported: llama (including \
+                     Mistral and SmolLM files that declare `llama`)"
+                ),
+            ))
+        }
+    })
+}
+
+pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
+    let name = file.architecture()?.to_string();
+    let (arch, _) = arch_of_gguf(&name, &file.path)?;
+    let key = |k: &str| format!("{name}.{k}");
+    let hidden = file.require_usize(&key("embedding_length"))?;
+    let heads = file.require_usize(&key("attention.head_count"))?;
+    let kv_heads = file.get_usize(&key("attention.head_count_kv")).unwrap_or(heads);
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(Error::bad_file(&file.path, format!("bad head counts: {heads} heads, {kv_heads} KV heads")));
+    }
+    let head_dim = file.get_usize(&key("attention.key_length")).unwrap_or(hidden / heads);
+    let vocab = match file.content.tensor_infos.get("token_embd.weight") {
+        Some(info) => info.shape.dims()[0],
+        None => return Err(Error::bad_file(&file.path, "tensor `token_embd.weight` is missing")),
+    };
+    let rope_scaling = if file.has_tensor("rope_freqs.weight") {
+        let t = file.qtensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        RopeScaling::Factors(t.to_vec1::<f32>()?)
+    } else {
+        match (file.get_str(&key("rope.scaling.type")), file.get_f64(&key("rope.scaling.factor"))) {
+            (Some("linear"), Some(factor)) => RopeScaling::Linear { factor },
+            (None | Some("none"), _) => RopeScaling::None,
+            (Some(other), _) => {
+                return Err(Error::bad_file(&file.path, format!("rope scaling `{other}` is not supported")))
+            }
+        }
+    };
+    Ok(ModelConfig {
+        arch,
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: file.require_usize(&key("feed_forward_length"))?,
+        num_layers: file.require_usize(&key("block_count"))?,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        norm_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        rope_theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+        rope_scaling,
+        max_position_embeddings: file.require_usize(&key("context_length"))?,
+        tie_word_embeddings: !file.has_tensor("output.weight"),
+        sliding_window: None,
+        attention_bias: file.has_tensor("blk.0.attn_q.bias"),
+        mlp_bias: false,
+    })
+}
+
+/// llama.cpp's tensor name for a transformers module name.
+fn gguf_name(module: &str) -> Option<String> {
+    let direct = match module {
+        "model.embed_tokens" => Some("token_embd"),
+        "model.norm" => Some("output_norm"),
+        "lm_head" => Some("output"),
+        _ => None,
+    };
+    if let Some(n) = direct {
+        return Some(n.to_string());
+    }
+    let rest = module.strip_prefix("model.layers.")?;
+    let (idx, sub) = rest.split_once('.')?;
+    let part = match sub {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{part}"))
+}
+
+pub struct GgufSource {
+    file: Arc<GgufFile>,
+    /// (heads, kv_heads) when Q/K rows must be un-interleaved.
+    unpermute: Option<(usize, usize)>,
+    device: Device,
+}
+
+impl GgufSource {
+    pub fn new(file: Arc<GgufFile>, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let (_, interleaved) = arch_of_gguf(file.architecture()?, &file.path)?;
+        let unpermute = interleaved.then_some((cfg.num_heads, cfg.num_kv_heads));
+        Ok(Self { file, unpermute, device: device.clone() })
+    }
+
+    fn name(&self, module: &str) -> Result<String> {
+        gguf_name(module).ok_or_else(|| Error::runtime(format!("no GGUF name for module `{module}`")))
+    }
+
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        let t = self.file.qtensor(name, &self.device)?;
+        if t.shape().dims() != shape {
+            return Err(Error::bad_file(
+                &self.file.path,
+                format!("tensor `{name}` has shape {:?}, the metadata implies {shape:?}", t.shape().dims()),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Rows per head that llama.cpp's converter interleaved, if `module` is Q or K.
+    fn rotary_heads(&self, module: &str) -> Option<usize> {
+        let (heads, kv_heads) = self.unpermute?;
+        if module.ends_with("self_attn.q_proj") {
+            Some(heads)
+        } else if module.ends_with("self_attn.k_proj") {
+            Some(kv_heads)
+        } else {
+            None
+        }
+    }
+}
+
+/// Undo llama.cpp's `permute` of Q/K rows: within each head, GGUF row
+/// `2i + j` holds transformers row `j * head_dim/2 + i`. Rows are whole
+/// quantization blocks, so moving raw row bytes works for every ggml type.
+fn unpermute_rows(t: QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let (rows, cols) = t.shape().dims2()?;
+    let dtype = t.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let src = t.data()?;
+    let mut dst = vec![0u8; src.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let from = h * head_dim + 2 * i + j;
+                let to = h * head_dim + j * half + i;
+                dst[to * row_bytes..(to + 1) * row_bytes]
+                    .copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
+            }
+        }
+    }
+    qtensor_from_ggml(dtype, &dst, vec![rows, cols], &t.device())
+}
+
+fn unpermute_vector(v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let n = v.dims1()?;
+    v.reshape((heads, n / heads / 2, 2))?.transpose(1, 2)?.contiguous()?.reshape(n)
+}
+
+impl WeightSource for GgufSource {
+    fn linear(&self, module: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+        let name = self.name(module)?;
+        let mut w = self.checked(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let heads = self.rotary_heads(module);
+        if let Some(h) = heads {
+            w = unpermute_rows(w, h)?;
+        }
+        let b = if bias {
+            let b = self.checked(&format!("{name}.bias"), &[out_dim])?.dequantize(&self.device)?;
+            Some(match heads {
+                Some(h) => unpermute_vector(&b, h)?,
+                None => b,
+            })
+        } else {
+            None
+        };
+        Ok(Linear::new(QMatMul::from_arc(Arc::new(w))?, b))
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
+        let (module, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
+        let gname = format!("{}.{suffix}", self.name(module)?);
+        Ok(self.checked(&gname, &[len])?.dequantize(&self.device)?.to_dtype(DType::F32)?)
+    }
+
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        let name = format!("{}.weight", self.name(module)?);
+        let t = self.checked(&name, &[vocab, hidden])?;
+        Ok(Embedding::new(QMatMul::from_arc(Arc::new(t))?))
+    }
+
+    fn has_module(&self, module: &str) -> bool {
+        gguf_name(module).is_some_and(|n| self.file.has_tensor(&format!("{n}.weight")))
+    }
+}

@@ -1,0 +1,23 @@
+//! Where a model's tensors come from. Architectures ask for weights by their
+//! transformers module names (`model.layers.0.self_attn.q_proj`); each source
+//! translates to its own file's names and layout.
+
+pub mod gguf;
+pub mod safetensors;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::layers::{Embedding, Linear};
+
+pub trait WeightSource {
+    /// A linear layer `module` mapping `in_dim` to `out_dim`, with its bias
+    /// when `bias` is true.
+    fn linear(&self, module: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear>;
+    /// A dense 1-D f32 tensor (norm scales), `name` including `.weight`.
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor>;
+    /// The token embedding table `module` (vocab, hidden).
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding>;
+    /// Whether the module's weight is present (e.g. an untied `lm_head`).
+    fn has_module(&self, module: &str) -> bool;
+}
