@@ -15,7 +15,7 @@ macro_rules! py_value {
     )*};
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
@@ -29,7 +29,7 @@ pub struct Usage {
     pub total_completion_time_sec: f64,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct TopLogprob {
     pub token: String,
@@ -37,7 +37,7 @@ pub struct TopLogprob {
     pub bytes: Vec<u8>,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseLogprob {
     pub token: String,
@@ -46,20 +46,20 @@ pub struct ResponseLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Logprobs {
     pub content: Vec<ResponseLogprob>,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseMessage {
     pub role: String,
     pub content: String,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Choice {
     pub index: usize,
@@ -68,7 +68,7 @@ pub struct Choice {
     pub logprobs: Option<Logprobs>,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatCompletionResponse {
     pub id: String,
@@ -80,14 +80,14 @@ pub struct ChatCompletionResponse {
     pub usage: Usage,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Delta {
     pub role: String,
     pub content: String,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ChunkChoice {
     pub index: usize,
@@ -96,7 +96,7 @@ pub struct ChunkChoice {
     pub logprobs: Option<Logprobs>,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatCompletionChunkResponse {
     pub id: String,
@@ -108,7 +108,7 @@ pub struct ChatCompletionChunkResponse {
     pub usage: Option<Usage>,
 }
 
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionChoice {
     pub index: usize,
@@ -118,7 +118,7 @@ pub struct CompletionChoice {
 }
 
 /// A completion, or with `stream=True` one chunk of it (`usage` on the last).
-#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, skip_from_py_object, module = "mistralrs"))]
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionResponse {
     pub id: String,

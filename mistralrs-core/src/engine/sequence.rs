@@ -78,6 +78,8 @@ impl Sequence {
     /// Takes a sampled token; returns the text that may be streamed now.
     pub fn accept(&mut self, s: Sampled, tok: &TextTokenizer, rules: &StopRules) -> Result<String> {
         if !rules.ignore_eos && rules.eos.contains(&s.token) {
+            let tail = self.decoder.flush(tok, &self.tokens[self.prompt_len..])?;
+            self.text.push_str(&tail);
             self.finish = Some("stop");
             return Ok(self.take_emittable(rules.stop_seqs));
         }
@@ -97,7 +99,12 @@ impl Sequence {
                     .collect(),
             });
         }
-        let piece = self.decoder.step(tok, &self.tokens[self.prompt_len..])?;
+        let generated = &self.tokens[self.prompt_len..];
+        let piece = if self.generated() >= self.max_new {
+            self.decoder.flush(tok, generated)?
+        } else {
+            self.decoder.step(tok, generated)?
+        };
         let searched_from = self.text.len();
         self.text.push_str(&piece);
         if let Some(cut) = find_stop(&self.text, searched_from, rules.stop_seqs) {

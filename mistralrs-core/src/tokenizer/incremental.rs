@@ -16,9 +16,20 @@ impl IncrementalDecoder {
     /// The text that `ids` (all generated tokens so far, the newest last)
     /// adds to what was returned before.
     pub fn step(&mut self, tok: &TextTokenizer, ids: &[u32]) -> Result<String> {
+        self.next_piece(tok, ids, false)
+    }
+
+    /// Like `step`, for the last tokens: nothing is held back, so an
+    /// incomplete character comes out as U+FFFD as in a whole decode.
+    pub fn flush(&mut self, tok: &TextTokenizer, ids: &[u32]) -> Result<String> {
+        self.next_piece(tok, ids, true)
+    }
+
+    fn next_piece(&mut self, tok: &TextTokenizer, ids: &[u32], last: bool) -> Result<String> {
         let prefix = tok.decode(&ids[self.prefix_offset..self.read_offset], true)?;
         let full = tok.decode(&ids[self.prefix_offset..], true)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        let complete = last || !full.ends_with('\u{FFFD}');
+        if full.len() > prefix.len() && complete && full.is_char_boundary(prefix.len()) {
             let piece = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = ids.len();

@@ -1,0 +1,48 @@
+//! `mistralrs.build_info()`: what this build was compiled with and runs on.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+#[pyfunction]
+pub fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    let features: Vec<&str> = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("cudnn", cfg!(feature = "cudnn")),
+        ("metal", cfg!(feature = "metal")),
+        ("mkl", cfg!(feature = "mkl")),
+        ("accelerate", cfg!(feature = "accelerate")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    d.set_item("features", features)?;
+    d.set_item("simd", simd())?;
+    let device = if cfg!(feature = "cuda") { "cuda:0" } else if cfg!(feature = "metal") { "metal" } else { "cpu" };
+    d.set_item("default_device", device)?;
+    d.set_item("cpu_threads", candle_core::utils::get_num_threads())?;
+    Ok(d)
+}
+
+/// SIMD extensions the running CPU offers that the kernels use.
+fn simd() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("avx", std::is_x86_feature_detected!("avx")),
+            ("avx2", std::is_x86_feature_detected!("avx2")),
+            ("fma", std::is_x86_feature_detected!("fma")),
+            ("f16c", std::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::is_x86_feature_detected!("avx512f")),
+        ] {
+            if on {
+                v.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    v.push("neon");
+    v
+}

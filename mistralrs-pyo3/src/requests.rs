@@ -1,0 +1,283 @@
+//! `ChatCompletionRequest` and `CompletionRequest`: plain attribute holders,
+//! converted to the engine's request (and validated there) when sent.
+
+use std::collections::HashMap;
+
+use mistralrs_core::chat_template::ChatMessage;
+use mistralrs_core::request::{GenerationRequest, PromptInput};
+use mistralrs_core::sampler::SamplingParams;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+use crate::errors::not_implemented;
+
+fn non_negative(name: &str, v: Option<i64>) -> PyResult<Option<usize>> {
+    match v {
+        Some(x) if x < 0 => Err(PyValueError::new_err(format!("{name} must be >= 0, got {x}"))),
+        other => Ok(other.map(|x| x as usize)),
+    }
+}
+
+fn messages_of(obj: &Bound<'_, PyAny>) -> PyResult<PromptInput> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(PromptInput::Templated(s.extract::<String>()?));
+    }
+    let list = obj
+        .cast::<PyList>()
+        .map_err(|_| PyValueError::new_err("messages must be a list of {\"role\", \"content\"} dicts or a str"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let d = item.cast::<PyDict>().map_err(|_| PyValueError::new_err(format!("messages[{i}] is not a dict")))?;
+        let field = |k: &str| -> PyResult<String> {
+            let v = d.get_item(k)?.ok_or_else(|| PyValueError::new_err(format!("messages[{i}] has no `{k}`")))?;
+            v.extract::<String>().map_err(|_| PyValueError::new_err(format!("messages[{i}][`{k}`] must be a str")))
+        };
+        out.push(ChatMessage { role: field("role")?, content: field("content")? });
+    }
+    Ok(PromptInput::Messages(out))
+}
+
+/// The fields both request kinds share, to the engine's sampling parameters.
+#[allow(clippy::too_many_arguments)]
+fn sampling(
+    temperature: Option<f64>,
+    top_k: Option<i64>,
+    top_p: Option<f64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    logit_bias: &Option<HashMap<u32, f32>>,
+    logprobs: bool,
+    top_logprobs: Option<i64>,
+) -> PyResult<SamplingParams> {
+    let top_logprobs = non_negative("top_logprobs", top_logprobs)?;
+    Ok(SamplingParams {
+        temperature,
+        top_k: non_negative("top_k", top_k)?,
+        top_p,
+        min_p,
+        repetition_penalty,
+        frequency_penalty,
+        presence_penalty,
+        logit_bias: logit_bias.clone().unwrap_or_default(),
+        top_logprobs: logprobs.then_some(top_logprobs.unwrap_or(0)),
+    })
+}
+
+fn unsupported(grammar: &Option<String>, adapters: &Option<Vec<String>>) -> PyResult<()> {
+    if grammar.is_some() {
+        return Err(not_implemented("constrained generation (`grammar`)"));
+    }
+    if adapters.is_some() {
+        return Err(not_implemented("per-request LoRA adapters (`adapters`)"));
+    }
+    Ok(())
+}
+
+fn count(name: &str, v: i64) -> PyResult<usize> {
+    if v < 1 {
+        return Err(PyValueError::new_err(format!("{name} must be at least 1, got {v}")));
+    }
+    Ok(v as usize)
+}
+
+#[pyclass(get_all, set_all, module = "mistralrs")]
+pub struct ChatCompletionRequest {
+    messages: Py<PyAny>,
+    model: String,
+    logit_bias: Option<HashMap<u32, f32>>,
+    logprobs: bool,
+    top_logprobs: Option<i64>,
+    max_tokens: Option<i64>,
+    n_choices: i64,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    stop_seqs: Option<Vec<String>>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    stream: bool,
+    grammar: Option<String>,
+    grammar_type: Option<String>,
+    adapters: Option<Vec<String>>,
+    seed: Option<u64>,
+    ignore_eos: bool,
+}
+
+#[pymethods]
+impl ChatCompletionRequest {
+    #[new]
+    #[pyo3(signature = (messages, model, logit_bias=None, logprobs=false, top_logprobs=None, max_tokens=None,
+        n_choices=1, presence_penalty=None, frequency_penalty=None, repetition_penalty=None, stop_seqs=None,
+        temperature=None, top_p=None, top_k=None, min_p=None, stream=false, grammar=None, grammar_type=None,
+        adapters=None, seed=None, ignore_eos=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        messages: Py<PyAny>,
+        model: String,
+        logit_bias: Option<HashMap<u32, f32>>,
+        logprobs: bool,
+        top_logprobs: Option<i64>,
+        max_tokens: Option<i64>,
+        n_choices: i64,
+        presence_penalty: Option<f32>,
+        frequency_penalty: Option<f32>,
+        repetition_penalty: Option<f32>,
+        stop_seqs: Option<Vec<String>>,
+        temperature: Option<f64>,
+        top_p: Option<f64>,
+        top_k: Option<i64>,
+        min_p: Option<f64>,
+        stream: bool,
+        grammar: Option<String>,
+        grammar_type: Option<String>,
+        adapters: Option<Vec<String>>,
+        seed: Option<u64>,
+        ignore_eos: bool,
+    ) -> Self {
+        Self {
+            messages, model, logit_bias, logprobs, top_logprobs, max_tokens, n_choices, presence_penalty,
+            frequency_penalty, repetition_penalty, stop_seqs, temperature, top_p, top_k, min_p, stream, grammar,
+            grammar_type, adapters, seed, ignore_eos,
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let msgs = self.messages.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+        format!(
+            "ChatCompletionRequest(model={:?}, messages={msgs}, max_tokens={:?}, temperature={:?}, stream={})",
+            self.model, self.max_tokens, self.temperature, self.stream
+        )
+    }
+}
+
+impl ChatCompletionRequest {
+    pub fn to_core(&self, py: Python<'_>) -> PyResult<GenerationRequest> {
+        unsupported(&self.grammar, &self.adapters)?;
+        let n = count("n_choices", self.n_choices)?;
+        Ok(GenerationRequest {
+            model: self.model.clone(),
+            prompt: messages_of(self.messages.bind(py))?,
+            sampling: sampling(
+                self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty,
+                self.frequency_penalty, self.presence_penalty, &self.logit_bias, self.logprobs, self.top_logprobs,
+            )?,
+            max_tokens: self.max_tokens,
+            n_choices: n,
+            best_of: n,
+            stop_seqs: self.stop_seqs.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos,
+            stream: self.stream,
+            echo_prompt: false,
+            seed: self.seed,
+            logprobs: self.logprobs,
+        })
+    }
+}
+
+#[pyclass(get_all, set_all, module = "mistralrs")]
+pub struct CompletionRequest {
+    prompt: String,
+    model: String,
+    echo_prompt: bool,
+    best_of: i64,
+    max_tokens: Option<i64>,
+    n_choices: i64,
+    logit_bias: Option<HashMap<u32, f32>>,
+    logprobs: bool,
+    top_logprobs: Option<i64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    stop_seqs: Option<Vec<String>>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    suffix: Option<String>,
+    stream: bool,
+    grammar: Option<String>,
+    grammar_type: Option<String>,
+    adapters: Option<Vec<String>>,
+    seed: Option<u64>,
+    ignore_eos: bool,
+}
+
+#[pymethods]
+impl CompletionRequest {
+    #[new]
+    #[pyo3(signature = (prompt, model, echo_prompt=false, best_of=1, max_tokens=None, n_choices=1, logit_bias=None,
+        logprobs=false, top_logprobs=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None,
+        stop_seqs=None, temperature=None, top_p=None, top_k=None, min_p=None, suffix=None, stream=false,
+        grammar=None, grammar_type=None, adapters=None, seed=None, ignore_eos=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        prompt: String,
+        model: String,
+        echo_prompt: bool,
+        best_of: i64,
+        max_tokens: Option<i64>,
+        n_choices: i64,
+        logit_bias: Option<HashMap<u32, f32>>,
+        logprobs: bool,
+        top_logprobs: Option<i64>,
+        presence_penalty: Option<f32>,
+        frequency_penalty: Option<f32>,
+        repetition_penalty: Option<f32>,
+        stop_seqs: Option<Vec<String>>,
+        temperature: Option<f64>,
+        top_p: Option<f64>,
+        top_k: Option<i64>,
+        min_p: Option<f64>,
+        suffix: Option<String>,
+        stream: bool,
+        grammar: Option<String>,
+        grammar_type: Option<String>,
+        adapters: Option<Vec<String>>,
+        seed: Option<u64>,
+        ignore_eos: bool,
+    ) -> Self {
+        Self {
+            prompt, model, echo_prompt, best_of, max_tokens, n_choices, logit_bias, logprobs, top_logprobs,
+            presence_penalty, frequency_penalty, repetition_penalty, stop_seqs, temperature, top_p, top_k, min_p,
+            suffix, stream, grammar, grammar_type, adapters, seed, ignore_eos,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CompletionRequest(model={:?}, prompt={:?}, max_tokens={:?}, temperature={:?}, stream={})",
+            self.model, self.prompt, self.max_tokens, self.temperature, self.stream
+        )
+    }
+}
+
+impl CompletionRequest {
+    pub fn to_core(&self) -> PyResult<GenerationRequest> {
+        unsupported(&self.grammar, &self.adapters)?;
+        if self.suffix.is_some() {
+            return Err(not_implemented("fill-in-the-middle completion (`suffix`)"));
+        }
+        Ok(GenerationRequest {
+            model: self.model.clone(),
+            prompt: PromptInput::Completion(self.prompt.clone()),
+            sampling: sampling(
+                self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty,
+                self.frequency_penalty, self.presence_penalty, &self.logit_bias, self.logprobs, self.top_logprobs,
+            )?,
+            max_tokens: self.max_tokens,
+            n_choices: count("n_choices", self.n_choices)?,
+            best_of: count("best_of", self.best_of)?,
+            stop_seqs: self.stop_seqs.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos,
+            stream: self.stream,
+            echo_prompt: self.echo_prompt,
+            seed: self.seed,
+            logprobs: self.logprobs,
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! `Runner`: loads a model, starts its engine, and answers requests. Every
+//! wait on the engine releases the GIL, so many Python threads can send at
+//! once and the engine batches them.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
+use mistralrs_core::hub::TokenSource;
+use mistralrs_core::response::Event;
+use mistralrs_core::{LoadOptions, ModelSpec, ResponseStream, RunnerConfig};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::errors::{not_implemented, to_py};
+use crate::requests::{ChatCompletionRequest, CompletionRequest};
+use crate::which::Which;
+
+const ISQ_TYPES: [&str; 11] = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"];
+
+#[pyclass(frozen, module = "mistralrs")]
+pub struct Runner {
+    inner: Arc<mistralrs_core::Runner>,
+}
+
+fn spec_of(which: &Which) -> PyResult<ModelSpec> {
+    Ok(match which {
+        Which::Plain { model_id, arch, tokenizer_json, .. } => {
+            ModelSpec::Plain { model_id: model_id.clone(), arch: arch.core(), tokenizer_json: tokenizer_json.clone() }
+        }
+        Which::GGUF { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => ModelSpec::Gguf {
+            tok_model_id: tok_model_id.clone(),
+            quantized_model_id: quantized_model_id.clone(),
+            quantized_filename: quantized_filename.clone(),
+            tokenizer_json: tokenizer_json.clone(),
+        },
+        Which::Lora { .. } | Which::LoraGGUF { .. } | Which::LoraGGML { .. } => {
+            return Err(not_implemented("LoRA adapters (Which.Lora, Which.LoraGGUF, Which.LoraGGML)"))
+        }
+        Which::XLora { .. } | Which::XLoraGGUF { .. } | Which::XLoraGGML { .. } => {
+            return Err(not_implemented("X-LoRA (Which.XLora, Which.XLoraGGUF, Which.XLoraGGML)"))
+        }
+        Which::GGML { .. } => return Err(not_implemented("loading legacy GGML files (Which.GGML)")),
+    })
+}
+
+fn device_of(device: Option<&str>) -> PyResult<Device> {
+    let default = if cfg!(feature = "cuda") { "cuda:0" } else if cfg!(feature = "metal") { "metal" } else { "cpu" };
+    let name = device.unwrap_or(default);
+    let bad = |e: candle_core::Error| PyValueError::new_err(format!("device `{name}` is not available: {e}"));
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Device::new_metal(0).map_err(bad),
+        _ => match name.strip_prefix("cuda:").or((name == "cuda").then_some("0")) {
+            Some(n) => {
+                let n: usize = n.parse().map_err(|_| PyValueError::new_err(format!("bad device `{name}`")))?;
+                Device::new_cuda(n).map_err(bad)
+            }
+            None => Err(PyValueError::new_err(format!("device must be \"cpu\", \"cuda:N\" or \"metal\", got `{name}`"))),
+        },
+    }
+}
+
+impl Runner {
+    fn send_and_wait(&self, py: Python<'_>, req: mistralrs_core::request::GenerationRequest) -> PyResult<Py<PyAny>> {
+        let stream = req.stream;
+        let inner = self.inner.clone();
+        let rx = py.detach(|| inner.send(req)).map_err(to_py)?;
+        if stream {
+            let it = ResponseIterator { rx: Mutex::new(Some(rx)) };
+            return Ok(Py::new(py, it)?.into_any());
+        }
+        let ev = py.detach(move || rx.recv());
+        match ev {
+            Some(Ok(ev)) => event_to_py(py, ev),
+            Some(Err(e)) => Err(to_py(e)),
+            None => Err(PyRuntimeError::new_err("the engine stopped before answering")),
+        }
+    }
+}
+
+fn event_to_py(py: Python<'_>, ev: Event) -> PyResult<Py<PyAny>> {
+    Ok(match ev {
+        Event::Chat(r) => Py::new(py, r)?.into_any(),
+        Event::Completion(r) | Event::CompletionChunk(r) => Py::new(py, r)?.into_any(),
+        Event::ChatChunk(r) => Py::new(py, r)?.into_any(),
+    })
+}
+
+#[pymethods]
+impl Runner {
+    #[new]
+    #[pyo3(signature = (which, max_seqs=16, no_kv_cache=false, prefix_cache_n=16, token_source="cache",
+        speculative_gamma=32, which_draft=None, chat_template=None, num_device_layers=None, in_situ_quant=None,
+        seed=None, device=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        which: Which,
+        max_seqs: i64,
+        no_kv_cache: bool,
+        prefix_cache_n: i64,
+        token_source: &str,
+        speculative_gamma: i64,
+        which_draft: Option<Which>,
+        chat_template: Option<String>,
+        num_device_layers: Option<Vec<String>>,
+        in_situ_quant: Option<String>,
+        seed: Option<u64>,
+        device: Option<String>,
+    ) -> PyResult<Self> {
+        if max_seqs < 1 {
+            return Err(PyValueError::new_err(format!("max_seqs must be at least 1, got {max_seqs}")));
+        }
+        if prefix_cache_n < 0 {
+            return Err(PyValueError::new_err(format!("prefix_cache_n must be >= 0, got {prefix_cache_n}")));
+        }
+        if speculative_gamma < 1 {
+            return Err(PyValueError::new_err(format!("speculative_gamma must be at least 1, got {speculative_gamma}")));
+        }
+        if let Some(q) = &in_situ_quant {
+            if !ISQ_TYPES.contains(&q.as_str()) {
+                return Err(PyValueError::new_err(format!("in_situ_quant `{q}` is not one of {}", ISQ_TYPES.join(", "))));
+            }
+            return Err(not_implemented("in-situ quantization (in_situ_quant)"));
+        }
+        if which_draft.is_some() {
+            return Err(not_implemented("speculative decoding (which_draft)"));
+        }
+        if num_device_layers.is_some() {
+            return Err(not_implemented("splitting layers across devices (num_device_layers)"));
+        }
+        let spec = spec_of(&which)?;
+        let opts = LoadOptions {
+            token_source: TokenSource::parse(token_source).map_err(to_py)?,
+            chat_template,
+            device: device_of(device.as_deref())?,
+        };
+        let cfg = RunnerConfig {
+            max_seqs: max_seqs as usize,
+            no_kv_cache,
+            repeat_last_n: which.repeat_last_n(),
+            seed,
+        };
+        let inner = py.detach(|| mistralrs_core::Runner::new(&spec, &opts, cfg)).map_err(to_py)?;
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Sends a chat request; returns a ChatCompletionResponse, or with
+    /// stream=True an iterator of ChatCompletionChunkResponse.
+    fn send_chat_completion_request(&self, py: Python<'_>, request: PyRef<'_, ChatCompletionRequest>) -> PyResult<Py<PyAny>> {
+        let req = request.to_core(py)?;
+        drop(request);
+        self.send_and_wait(py, req)
+    }
+
+    /// Sends a completion request; returns a CompletionResponse, or with
+    /// stream=True an iterator of CompletionResponse chunks.
+    fn send_completion_request(&self, py: Python<'_>, request: PyRef<'_, CompletionRequest>) -> PyResult<Py<PyAny>> {
+        let req = request.to_core()?;
+        drop(request);
+        self.send_and_wait(py, req)
+    }
+
+    /// Token ids of `text` as a completion prompt is tokenized (BOS added where the tokenizer adds it).
+    #[pyo3(signature = (text, add_special_tokens=true))]
+    fn tokenize(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
+        let inner = self.inner.clone();
+        py.detach(|| inner.tokenize(text, add_special_tokens)).map_err(to_py)
+    }
+
+    /// The text of `ids`, special tokens left out unless asked for.
+    #[pyo3(signature = (ids, skip_special_tokens=true))]
+    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        let inner = self.inner.clone();
+        py.detach(|| inner.detokenize(&ids, skip_special_tokens)).map_err(to_py)
+    }
+
+    fn send_re_isq(&self, dtype: &str) -> PyResult<()> {
+        if !ISQ_TYPES.contains(&dtype) {
+            return Err(PyValueError::new_err(format!("`{dtype}` is not one of {}", ISQ_TYPES.join(", "))));
+        }
+        Err(not_implemented("re-quantizing a loaded model (send_re_isq)"))
+    }
+
+    fn activate_adapters(&self, names: Vec<String>) -> PyResult<()> {
+        let _ = names;
+        Err(not_implemented("switching LoRA adapters (activate_adapters)"))
+    }
+
+    /// Stops the engine and frees the model; later requests raise RuntimeError.
+    fn close(&self, py: Python<'_>) {
+        let inner = self.inner.clone();
+        py.detach(|| inner.close());
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+}
+
+/// The chunks of a streamed response, in order.
+#[pyclass(module = "mistralrs")]
+pub struct ResponseIterator {
+    rx: Mutex<Option<ResponseStream>>,
+}
+
+#[pymethods]
+impl ResponseIterator {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let next = py.detach(|| {
+            let guard = self.rx.lock().ok()?;
+            guard.as_ref()?.recv()
+        });
+        match next {
+            Some(Ok(ev)) => event_to_py(py, ev).map(Some),
+            Some(Err(e)) => {
+                if let Ok(mut g) = self.rx.lock() {
+                    *g = None;
+                }
+                Err(to_py(e))
+            }
+            None => Ok(None),
+        }
+    }
+}

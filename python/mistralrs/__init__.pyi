@@ -1,0 +1,558 @@
+"""Type stubs for mistralrs (SPEC.md §1). Keep in step with mistralrs-pyo3."""
+
+from typing import ClassVar, Generic, Literal, Mapping, Sequence, TypeAlias, TypeVar
+
+__version__: str
+
+# ----------------------------------------------------------------------------- Architecture
+
+class Architecture:
+    """A model architecture. Every ``arch`` parameter also accepts the lowercase value."""
+
+    Mistral: ClassVar[Architecture]
+    Gemma: ClassVar[Architecture]
+    Mixtral: ClassVar[Architecture]
+    Llama: ClassVar[Architecture]
+    Phi2: ClassVar[Architecture]
+    Phi3: ClassVar[Architecture]
+    Qwen2: ClassVar[Architecture]
+    @property
+    def value(self) -> Literal["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2"]: ...
+
+ArchLike: TypeAlias = Architecture | Literal["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2"]
+
+# ----------------------------------------------------------------------------- Which
+
+class Which:
+    """Which model to load and from where. Immutable value objects; each
+    ``*_model_id`` is a local path or a Hugging Face hub id."""
+
+    class Plain(Which):
+        """A safetensors model (``config.json`` + ``model.safetensors``)."""
+
+        def __init__(
+            self,
+            *,
+            model_id: str,
+            arch: ArchLike,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def model_id(self) -> str: ...
+        @property
+        def arch(self) -> ArchLike: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class XLora(Which):
+        """A plain model with X-LoRA adapters; ``model_id=None`` means the ordering file's base model."""
+
+        def __init__(
+            self,
+            *,
+            arch: ArchLike,
+            xlora_model_id: str,
+            order: str,
+            tgt_non_granular_index: int | None = None,
+            model_id: str | None = None,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def arch(self) -> ArchLike: ...
+        @property
+        def xlora_model_id(self) -> str: ...
+        @property
+        def order(self) -> str: ...
+        @property
+        def tgt_non_granular_index(self) -> int | None: ...
+        @property
+        def model_id(self) -> str | None: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class Lora(Which):
+        """A plain model with LoRA adapters; ``model_id=None`` means the ordering file's base model."""
+
+        def __init__(
+            self,
+            *,
+            arch: ArchLike,
+            adapters_model_id: str,
+            order: str,
+            model_id: str | None = None,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def arch(self) -> ArchLike: ...
+        @property
+        def adapters_model_id(self) -> str: ...
+        @property
+        def order(self) -> str: ...
+        @property
+        def model_id(self) -> str | None: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class GGUF(Which):
+        """A GGUF file. ``tok_model_id=None``: tokenizer and chat template from the GGUF metadata."""
+
+        def __init__(
+            self,
+            *,
+            tok_model_id: str | None,
+            quantized_model_id: str,
+            quantized_filename: str,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def tok_model_id(self) -> str | None: ...
+        @property
+        def quantized_model_id(self) -> str: ...
+        @property
+        def quantized_filename(self) -> str: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class XLoraGGUF(Which):
+        def __init__(
+            self,
+            *,
+            tok_model_id: str | None,
+            quantized_model_id: str,
+            quantized_filename: str,
+            xlora_model_id: str,
+            order: str,
+            tgt_non_granular_index: int | None = None,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def tok_model_id(self) -> str | None: ...
+        @property
+        def quantized_model_id(self) -> str: ...
+        @property
+        def quantized_filename(self) -> str: ...
+        @property
+        def xlora_model_id(self) -> str: ...
+        @property
+        def order(self) -> str: ...
+        @property
+        def tgt_non_granular_index(self) -> int | None: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class LoraGGUF(Which):
+        def __init__(
+            self,
+            *,
+            tok_model_id: str | None,
+            quantized_model_id: str,
+            quantized_filename: str,
+            adapters_model_id: str,
+            order: str,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def tok_model_id(self) -> str | None: ...
+        @property
+        def quantized_model_id(self) -> str: ...
+        @property
+        def quantized_filename(self) -> str: ...
+        @property
+        def adapters_model_id(self) -> str: ...
+        @property
+        def order(self) -> str: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class GGML(Which):
+        """A pre-GGUF llama.cpp file (ggml, ggmf, ggjt v1-v3); the tokenizer from ``tok_model_id``."""
+
+        def __init__(
+            self,
+            *,
+            tok_model_id: str | None,
+            quantized_model_id: str,
+            quantized_filename: str,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def tok_model_id(self) -> str | None: ...
+        @property
+        def quantized_model_id(self) -> str: ...
+        @property
+        def quantized_filename(self) -> str: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class XLoraGGML(Which):
+        def __init__(
+            self,
+            *,
+            tok_model_id: str | None,
+            quantized_model_id: str,
+            quantized_filename: str,
+            xlora_model_id: str,
+            order: str,
+            tgt_non_granular_index: int | None = None,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def tok_model_id(self) -> str | None: ...
+        @property
+        def quantized_model_id(self) -> str: ...
+        @property
+        def quantized_filename(self) -> str: ...
+        @property
+        def xlora_model_id(self) -> str: ...
+        @property
+        def order(self) -> str: ...
+        @property
+        def tgt_non_granular_index(self) -> int | None: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+    class LoraGGML(Which):
+        def __init__(
+            self,
+            *,
+            tok_model_id: str | None,
+            quantized_model_id: str,
+            quantized_filename: str,
+            adapters_model_id: str,
+            order: str,
+            tokenizer_json: str | None = None,
+            repeat_last_n: int = 64,
+        ) -> None: ...
+        @property
+        def tok_model_id(self) -> str | None: ...
+        @property
+        def quantized_model_id(self) -> str: ...
+        @property
+        def quantized_filename(self) -> str: ...
+        @property
+        def adapters_model_id(self) -> str: ...
+        @property
+        def order(self) -> str: ...
+        @property
+        def tokenizer_json(self) -> str | None: ...
+        @property
+        def repeat_last_n(self) -> int: ...
+
+# ----------------------------------------------------------------------------- requests
+
+Message: TypeAlias = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+GrammarType: TypeAlias = Literal["regex", "json_schema", "lark"]
+
+class ChatCompletionRequest:
+    def __init__(
+        self,
+        messages: Sequence[Message] | str,
+        model: str,
+        logit_bias: Mapping[int, float] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        max_tokens: int | None = None,
+        n_choices: int = 1,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
+        stop_seqs: Sequence[str] | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        stream: bool = False,
+        grammar: str | None = None,
+        grammar_type: GrammarType | None = None,
+        adapters: Sequence[str] | None = None,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+    ) -> None: ...
+    messages: Sequence[Message] | str
+    model: str
+    logit_bias: Mapping[int, float] | None
+    logprobs: bool
+    top_logprobs: int | None
+    max_tokens: int | None
+    n_choices: int
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    repetition_penalty: float | None
+    stop_seqs: Sequence[str] | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    stream: bool
+    grammar: str | None
+    grammar_type: GrammarType | None
+    adapters: Sequence[str] | None
+    seed: int | None
+    ignore_eos: bool
+
+class CompletionRequest:
+    def __init__(
+        self,
+        prompt: str,
+        model: str,
+        echo_prompt: bool = False,
+        best_of: int = 1,
+        max_tokens: int | None = None,
+        n_choices: int = 1,
+        logit_bias: Mapping[int, float] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
+        stop_seqs: Sequence[str] | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        suffix: str | None = None,
+        stream: bool = False,
+        grammar: str | None = None,
+        grammar_type: GrammarType | None = None,
+        adapters: Sequence[str] | None = None,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+    ) -> None: ...
+    prompt: str
+    model: str
+    echo_prompt: bool
+    best_of: int
+    max_tokens: int | None
+    n_choices: int
+    logit_bias: Mapping[int, float] | None
+    logprobs: bool
+    top_logprobs: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    repetition_penalty: float | None
+    stop_seqs: Sequence[str] | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    suffix: str | None
+    stream: bool
+    grammar: str | None
+    grammar_type: GrammarType | None
+    adapters: Sequence[str] | None
+    seed: int | None
+    ignore_eos: bool
+
+# ----------------------------------------------------------------------------- responses
+
+FinishReason: TypeAlias = Literal["stop", "length"]
+
+class Usage:
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @property
+    def avg_tok_per_sec(self) -> float: ...
+    @property
+    def avg_prompt_tok_per_sec(self) -> float: ...
+    @property
+    def avg_compl_tok_per_sec(self) -> float: ...
+    @property
+    def total_time_sec(self) -> float: ...
+    @property
+    def total_prompt_time_sec(self) -> float: ...
+    @property
+    def total_completion_time_sec(self) -> float: ...
+
+class TopLogprob:
+    @property
+    def token(self) -> str: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def bytes(self) -> list[int]: ...
+
+class ResponseLogprob:
+    @property
+    def token(self) -> str: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def bytes(self) -> list[int]: ...
+    @property
+    def top_logprobs(self) -> list[TopLogprob]: ...
+
+class Logprobs:
+    @property
+    def content(self) -> list[ResponseLogprob]: ...
+
+class ResponseMessage:
+    @property
+    def role(self) -> Literal["assistant"]: ...
+    @property
+    def content(self) -> str: ...
+
+class Choice:
+    @property
+    def index(self) -> int: ...
+    @property
+    def finish_reason(self) -> FinishReason: ...
+    @property
+    def message(self) -> ResponseMessage: ...
+    @property
+    def logprobs(self) -> Logprobs | None: ...
+
+class ChatCompletionResponse:
+    @property
+    def id(self) -> str: ...
+    @property
+    def object(self) -> Literal["chat.completion"]: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def system_fingerprint(self) -> str: ...
+    @property
+    def choices(self) -> list[Choice]: ...
+    @property
+    def usage(self) -> Usage: ...
+
+class Delta:
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+
+class ChunkChoice:
+    @property
+    def index(self) -> int: ...
+    @property
+    def delta(self) -> Delta: ...
+    @property
+    def finish_reason(self) -> FinishReason | None: ...
+    @property
+    def logprobs(self) -> Logprobs | None: ...
+
+class ChatCompletionChunkResponse:
+    @property
+    def id(self) -> str: ...
+    @property
+    def object(self) -> Literal["chat.completion.chunk"]: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def choices(self) -> list[ChunkChoice]: ...
+    @property
+    def usage(self) -> Usage | None: ...
+
+class CompletionChoice:
+    @property
+    def index(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def finish_reason(self) -> FinishReason | None: ...
+    @property
+    def logprobs(self) -> Logprobs | None: ...
+
+class CompletionResponse:
+    @property
+    def id(self) -> str: ...
+    @property
+    def object(self) -> Literal["text_completion"]: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def system_fingerprint(self) -> str: ...
+    @property
+    def choices(self) -> list[CompletionChoice]: ...
+    @property
+    def usage(self) -> Usage | None:
+        """Always set on a whole response; on a streamed chunk only on the last one."""
+
+# ----------------------------------------------------------------------------- Runner
+
+QuantType: TypeAlias = Literal["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"]
+
+class Runner:
+    """Loads a model and runs its engine thread (continuous batching).
+
+    Loading raises FileNotFoundError (missing files), ValueError (bad or
+    unsupported content) or RuntimeError, each naming the file and the reason.
+    The send methods release the GIL and are safe to call from many threads.
+    """
+
+    def __init__(
+        self,
+        which: Which,
+        max_seqs: int = 16,
+        no_kv_cache: bool = False,
+        prefix_cache_n: int = 16,
+        token_source: str = "cache",
+        speculative_gamma: int = 32,
+        which_draft: Which | None = None,
+        chat_template: str | None = None,
+        num_device_layers: Sequence[str] | None = None,
+        in_situ_quant: QuantType | None = None,
+        seed: int | None = None,
+        device: str | None = None,
+    ) -> None: ...
+    def send_chat_completion_request(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletionResponse | ResponseIterator[ChatCompletionChunkResponse]:
+        """A ChatCompletionResponse, or with ``stream=True`` an iterator of chunks."""
+    def send_completion_request(
+        self, request: CompletionRequest
+    ) -> CompletionResponse | ResponseIterator[CompletionResponse]:
+        """A CompletionResponse, or with ``stream=True`` an iterator of partial ones."""
+    def send_re_isq(self, dtype: QuantType) -> None: ...
+    def activate_adapters(self, names: Sequence[str]) -> None: ...
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Runner: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+_T = TypeVar("_T")
+
+class ResponseIterator(Generic[_T]):
+    """The chunks of a streamed response, in order (``stream=True``)."""
+
+    def __iter__(self) -> ResponseIterator[_T]: ...
+    def __next__(self) -> _T: ...
+
+def build_info() -> dict[str, object]:
+    """How this build was compiled and what it runs on: ``version``, ``features``
+    (cuda, metal, mkl, ...), ``simd`` (CPU extensions in use), ``default_device``, ``cpu_threads``."""
