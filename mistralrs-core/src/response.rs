@@ -34,7 +34,8 @@ pub struct Usage {
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
-    pub bytes: Vec<u8>,
+    /// UTF-8 bytes as ints (Python `list[int]`, as OpenAI returns them).
+    pub bytes: Vec<u16>,
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
@@ -42,7 +43,8 @@ pub struct TopLogprob {
 pub struct ResponseLogprob {
     pub token: String,
     pub logprob: f32,
-    pub bytes: Vec<u8>,
+    /// UTF-8 bytes as ints (Python `list[int]`, as OpenAI returns them).
+    pub bytes: Vec<u16>,
     pub top_logprobs: Vec<TopLogprob>,
 }
 

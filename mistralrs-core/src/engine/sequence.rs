@@ -91,11 +91,11 @@ impl Sequence {
             self.logprobs.push(ResponseLogprob {
                 token: token_text(tok, s.token),
                 logprob: s.logprob.unwrap_or(0.0),
-                bytes: tok.token_bytes(s.token).to_vec(),
+                bytes: byte_list(tok, s.token),
                 top_logprobs: s
                     .top
                     .iter()
-                    .map(|&(t, l)| TopLogprob { token: token_text(tok, t), logprob: l, bytes: tok.token_bytes(t).to_vec() })
+                    .map(|&(t, l)| TopLogprob { token: token_text(tok, t), logprob: l, bytes: byte_list(tok, t) })
                     .collect(),
             });
         }
@@ -151,6 +151,10 @@ fn partial_stop_len(text: &str, stops: &[String]) -> usize {
         .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k)).find(|&k| text.ends_with(&s[..k])))
         .max()
         .unwrap_or(0)
+}
+
+fn byte_list(tok: &TextTokenizer, id: u32) -> Vec<u16> {
+    tok.token_bytes(id).iter().map(|&b| b as u16).collect()
 }
 
 fn token_text(tok: &TextTokenizer, id: u32) -> String {
