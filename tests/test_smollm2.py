@@ -1,0 +1,142 @@
+"""A real model end to end: SmolLM2-135M-Instruct, GGUF Q4_1 (scripts/fetch_models.py),
+tokenizer and chat template read from the GGUF metadata (tok_model_id=None).
+
+References: the facts the questions ask about (Paris, Berlin; the model answers
+them correctly under transformers and llama.cpp), the non-streamed response
+(for streaming), each request's own sequential output (for concurrent batched
+requests, SPEC §4), and the request's seed (SPEC §1 sampling)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pytest
+from conftest import chat
+from mistralrs import ChatCompletionChunkResponse, ChatCompletionRequest, CompletionRequest
+
+
+@pytest.mark.parametrize(
+    "question,answer",
+    [("Which city is the capital of France?", "Paris"), ("What is the capital of Germany?", "Berlin")],
+)
+def test_greedy_answers_capitals(smollm2_runner, question, answer):
+    res = chat(smollm2_runner, question, max_tokens=64, temperature=0)
+    text = res.choices[0].message.content
+    assert answer in text, text
+    assert res.choices[0].finish_reason == "stop"
+    u = res.usage
+    assert u.prompt_tokens > 0 and u.completion_tokens > 0
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert u.avg_prompt_tok_per_sec > 0 and u.avg_compl_tok_per_sec > 0 and u.avg_tok_per_sec > 0
+    assert u.total_time_sec > 0 and u.total_prompt_time_sec > 0 and u.total_completion_time_sec > 0
+
+
+def test_greedy_is_deterministic(smollm2_runner):
+    a = chat(smollm2_runner, "Tell me a fact about cats.", max_tokens=32)
+    b = chat(smollm2_runner, "Tell me a fact about cats.", max_tokens=32)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_completion_request(smollm2_runner):
+    res = smollm2_runner.send_completion_request(
+        CompletionRequest(prompt="The capital of France is", model="smollm2", max_tokens=8, temperature=0)
+    )
+    assert "Paris" in res.choices[0].text, res.choices[0].text
+
+
+def test_stream_concatenates_to_the_non_streamed_text(smollm2_runner):
+    question = "Which city is the capital of France?"
+    ref = chat(smollm2_runner, question, max_tokens=64)
+    stream = smollm2_runner.send_chat_completion_request(
+        ChatCompletionRequest(
+            messages=[{"role": "user", "content": question}],
+            model="smollm2",
+            max_tokens=64,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert not isinstance(stream, (list, tuple))  # an iterator, chunks arrive as they are made
+    chunks = list(stream)
+    assert len(chunks) > 1
+    assert all(isinstance(c, ChatCompletionChunkResponse) for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ref.choices[0].message.content
+    for c in chunks:
+        if c.choices and c.choices[0].delta.role is not None:
+            assert c.choices[0].delta.role == "assistant"
+    # Usage arrives on the last chunk only, with the non-streamed counts.
+    assert all(c.usage is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.usage is not None
+    assert last.usage.completion_tokens == ref.usage.completion_tokens
+    assert last.usage.prompt_tokens == ref.usage.prompt_tokens
+    assert last.choices[0].finish_reason == "stop"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1] if c.choices)
+
+
+QUESTIONS = [
+    "Which city is the capital of France?",
+    "What is the capital of Germany?",
+    "Name a primary color.",
+    "What is 3 plus 4?",
+    "Write a haiku about rain.",
+    "What do bees make?",
+    "Give me a synonym for happy.",
+    "What is the largest planet in the solar system?",
+]
+
+
+def test_concurrent_threads_get_their_sequential_outputs(smollm2_runner):
+    # SPEC §4: a batched greedy output equals the same request's unbatched output,
+    # and SPEC §1: the send methods are safe to call from many Python threads.
+    def ask(q):
+        return chat(smollm2_runner, q, max_tokens=40).choices[0].message.content
+
+    t0 = time.perf_counter()
+    sequential = [ask(q) for q in QUESTIONS]
+    t_seq = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(QUESTIONS)) as pool:
+        concurrent_out = list(pool.map(ask, QUESTIONS))
+    t_conc = time.perf_counter() - t0
+
+    print(f"\n8 requests: sequential {t_seq:.2f} s, concurrent {t_conc:.2f} s")
+    for q, s, c in zip(QUESTIONS, sequential, concurrent_out, strict=True):
+        assert c == s, f"{q!r}: concurrent {c!r} != sequential {s!r}"
+
+
+def test_concurrent_streams(smollm2_runner):
+    # Streams consumed from several threads at once each see their own request's chunks.
+    def stream_text(q):
+        it = smollm2_runner.send_chat_completion_request(
+            ChatCompletionRequest(
+                messages=[{"role": "user", "content": q}], model="m", max_tokens=24, temperature=0, stream=True
+            )
+        )
+        return "".join(c.choices[0].delta.content or "" for c in it if c.choices)
+
+    qs = QUESTIONS[:4]
+    expected = [chat(smollm2_runner, q, max_tokens=24).choices[0].message.content for q in qs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(stream_text, qs))
+    assert got == expected
+
+
+def sampled(runner, seed):
+    res = chat(
+        runner, "Tell me a short story about a dragon.", max_tokens=32, temperature=0.8, seed=seed, ignore_eos=True
+    )
+    return res.choices[0].message.content
+
+
+def test_same_seed_same_text(smollm2_runner):
+    assert sampled(smollm2_runner, 1234) == sampled(smollm2_runner, 1234)
+
+
+def test_different_seeds_different_text(smollm2_runner):
+    texts = {sampled(smollm2_runner, s) for s in (1, 2, 3)}
+    assert len(texts) > 1
