@@ -64,3 +64,11 @@ impl<T, E: std::fmt::Display> FileContext<T> for std::result::Result<T, E> {
         self.map_err(|e| Error::bad_file(path, e))
     }
 }
+
+/// The text of a caught panic, for the error that replaces it.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::chat_template::ChatTemplate;
 use crate::engine::{Admission, Engine, EngineConfig, Message};
-use crate::error::{Error, Result};
+use crate::error::{panic_message, Error, Result};
 use crate::loader::{self, LoadOptions, ModelSpec};
 use crate::request::{GenerationRequest, PromptInput};
 use crate::response::Event;
@@ -50,7 +50,8 @@ impl Runner {
         if cfg.max_seqs == 0 {
             return Err(Error::invalid("max_seqs must be at least 1"));
         }
-        let loaded = loader::load(spec, opts)?;
+        // A malformed file must surface as an error, never as a panic in the caller.
+        let loaded = guard(|| loader::load(spec, opts))?;
         let tokenizer = Arc::new(loaded.tokenizer);
         let device_name = if opts.device.is_cpu() { "cpu" } else if opts.device.is_cuda() { "cuda" } else { "metal" };
         let engine = Engine::new(
@@ -95,16 +96,7 @@ impl Runner {
         if let Some(bad) = req.sampling.logit_bias.keys().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid(format!("logit_bias names token {bad}, outside the vocabulary (size {vocab})")));
         }
-        let prompt = match &req.prompt {
-            PromptInput::Messages(msgs) => {
-                let tmpl = self.chat_template.as_ref().ok_or_else(|| {
-                    Error::invalid("this model has no chat template; pass Runner(chat_template=...) or send a string prompt")
-                })?;
-                self.tokenizer.encode_plain(&tmpl.render(msgs, true)?)?
-            }
-            PromptInput::Templated(text) => self.tokenizer.encode_plain(text)?,
-            PromptInput::Completion(text) => self.tokenizer.encode_with_specials(text)?,
-        };
+        let prompt = guard(|| self.prompt_ids(&req))?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
@@ -153,6 +145,20 @@ impl Runner {
         Ok(ResponseStream { rx })
     }
 
+    /// The prompt's token ids, rendered with the chat template where it is a message list.
+    fn prompt_ids(&self, req: &GenerationRequest) -> Result<Vec<u32>> {
+        Ok(match &req.prompt {
+            PromptInput::Messages(msgs) => {
+                let tmpl = self.chat_template.as_ref().ok_or_else(|| {
+                    Error::invalid("this model has no chat template; pass Runner(chat_template=...) or send a string prompt")
+                })?;
+                self.tokenizer.encode_plain(&tmpl.render(msgs, true)?)?
+            }
+            PromptInput::Templated(text) => self.tokenizer.encode_plain(text)?,
+            PromptInput::Completion(text) => self.tokenizer.encode_with_specials(text)?,
+        })
+    }
+
     pub fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         if add_special_tokens {
             self.tokenizer.encode_with_specials(text)
@@ -188,4 +194,10 @@ impl Drop for Runner {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Runs `f`, turning a panic into an error so it never unwinds into the caller.
+fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(Error::runtime(format!("internal error: {}", panic_message(p.as_ref())))))
 }

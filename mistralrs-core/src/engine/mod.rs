@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use crate::error::{Error, Result};
+use crate::error::{panic_message, Error, Result};
 use crate::kv_cache::{KvStore, SeqKvCache};
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
@@ -102,7 +102,7 @@ impl Engine {
             let err = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
-                Err(p) => Some(Error::runtime(format!("internal error in the engine: {}", panic_text(&p)))),
+                Err(p) => Some(Error::runtime(format!("internal error in the engine: {}", panic_message(p.as_ref())))),
             };
             if let Some(e) = err {
                 self.fail_running(e);
@@ -244,11 +244,4 @@ fn advance(
         group.chunk(seq.choice, piece, seq.finish, Some(lp));
     }
     Ok(())
-}
-
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
 }

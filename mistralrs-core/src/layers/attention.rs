@@ -1,18 +1,79 @@
-//! Scaled dot-product attention for one sequence of a batch, with grouped
-//! query heads served without copying the KV heads.
+//! Rotary self-attention over a batch of sequences, each against its own KV
+//! cache, with grouped query heads served without copying the KV heads.
 
 use candle_core::{Device, Result, Tensor};
+
+use super::batch::StepContext;
+use super::linear::Linear;
+use super::rotary::Rotary;
+use crate::kv_cache::KvStore;
+
+/// Q, K and V projections: three matrices, or one (phi3, some phi2 files)
+/// whose output rows are Q, then K, then V.
+pub enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+pub struct SelfAttention {
+    qkv: QkvProj,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Leading dims of each head that are rotated (phi2 rotates part of each head).
+    rotary_dim: usize,
+    scale: f64,
+}
+
+impl SelfAttention {
+    pub fn new(qkv: QkvProj, o_proj: Linear, heads: usize, kv_heads: usize, head_dim: usize, rotary_dim: usize) -> Self {
+        Self { qkv, o_proj, heads, kv_heads, head_dim, rotary_dim, scale: 1.0 / (head_dim as f64).sqrt() }
+    }
+
+    fn rotate(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        if self.rotary_dim == self.head_dim {
+            return Rotary::apply(x, &ctx.cos, &ctx.sin);
+        }
+        let rot = Rotary::apply(&x.narrow(2, 0, self.rotary_dim)?, &ctx.cos, &ctx.sin)?;
+        let pass = x.narrow(2, self.rotary_dim, self.head_dim - self.rotary_dim)?;
+        Tensor::cat(&[rot, pass], 2)
+    }
+
+    /// `x`: (tokens, hidden) -> (tokens, hidden).
+    pub fn forward(&self, x: &Tensor, ctx: &StepContext, caches: &mut [&mut dyn KvStore], layer: usize) -> Result<Tensor> {
+        let t = x.dims2()?.0;
+        let (q_dim, kv_dim) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                (y.narrow(1, 0, q_dim)?, y.narrow(1, q_dim, kv_dim)?, y.narrow(1, q_dim + kv_dim, kv_dim)?)
+            }
+        };
+        let q = self.rotate(&q.reshape((t, self.heads, self.head_dim))?, ctx)?;
+        let k = self.rotate(&k.reshape((t, self.kv_heads, self.head_dim))?, ctx)?;
+        let v = v.reshape((t, self.kv_heads, self.head_dim))?;
+
+        // Projections ran over the whole batch at once; attention runs per
+        // sequence, each against its own cache.
+        let mut outs = Vec::with_capacity(ctx.batch.slots.len());
+        for (i, slot) in ctx.batch.slots.iter().enumerate() {
+            let qs = q.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (heads, len, dim)
+            let ks = k.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (kv_heads, len, dim)
+            let vs = v.narrow(0, slot.start, slot.len)?.transpose(0, 1)?;
+            let (k_all, v_all) = caches[i].append(layer, &ks, &vs)?;
+            outs.push(grouped_attention(&qs, &k_all, &v_all, ctx.masks[i].as_ref(), self.scale)?);
+        }
+        let y = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
+        self.o_proj.forward(&y)
+    }
+}
 
 /// `q`: (heads, q_len, head_dim); `k`, `v`: (kv_heads, kv_len, head_dim);
 /// `mask`: additive (q_len, kv_len) or None when every key is visible.
 /// Returns (q_len, heads * head_dim).
-pub fn grouped_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
+pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let (heads, q_len, head_dim) = q.dims3()?;
     let (kv_heads, kv_len, _) = k.dims3()?;
     let group = heads / kv_heads;
@@ -31,21 +92,14 @@ pub fn grouped_attention(
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(&v)?; // (kv_heads, group * q_len, head_dim)
-    out.reshape((heads, q_len, head_dim))?
-        .transpose(0, 1)?
-        .reshape((q_len, heads * head_dim))
+    out.reshape((heads, q_len, head_dim))?.transpose(0, 1)?.reshape((q_len, heads * head_dim))
 }
 
 /// Additive mask for `q_len` new tokens following `past` cached ones:
 /// token i sees keys 0..=past+i, and with a sliding window only the last
 /// `window` of those. None when nothing is masked (one new token, no window
 /// reach).
-pub fn causal_mask(
-    q_len: usize,
-    past: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Option<Tensor>> {
+pub fn causal_mask(q_len: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Option<Tensor>> {
     let kv_len = past + q_len;
     let window_cuts = window.is_some_and(|w| kv_len > w);
     if q_len == 1 && !window_cuts {

@@ -2,13 +2,17 @@
 //! weights came from (safetensors, GGUF, GGML) or how the KV cache is stored.
 
 pub mod attention;
+pub mod batch;
 pub mod embedding;
 pub mod linear;
+pub mod mlp;
 pub mod norm;
 pub mod rotary;
 
-pub use attention::{causal_mask, grouped_attention};
+pub use attention::{QkvProj, SelfAttention};
+pub use batch::{ForwardBatch, SeqSlot, StepContext};
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use norm::RmsNorm;
+pub use mlp::{Activation, GateUp, GatedMlp, Mlp};
+pub use norm::{LayerNorm, RmsNorm};
 pub use rotary::Rotary;

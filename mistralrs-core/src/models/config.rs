@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
 use crate::layers::rotary::default_inv_freq;
+use crate::layers::Activation;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -37,14 +38,23 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub sliding_window: Option<usize>,
-    pub attention_bias: bool,
+    /// Biases on the Q, K and V projections (Qwen2; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection.
+    pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Leading dims of each head that are rotated (all of them except in phi2).
+    pub rotary_dim: usize,
+    pub hidden_act: Activation,
+    /// Mixture-of-experts: experts per layer (0 for a dense MLP) and experts per token.
+    pub num_experts: usize,
+    pub experts_per_token: usize,
 }
 
 impl ModelConfig {
     /// Inverse rotary frequencies with the configured scaling applied.
     pub fn inv_freq(&self) -> Vec<f32> {
-        let base = default_inv_freq(self.head_dim, self.rope_theta);
+        let base = default_inv_freq(self.rotary_dim, self.rope_theta);
         match &self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| (*f as f64 / factor) as f32).collect(),
@@ -88,6 +98,12 @@ struct HfConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     rms_norm_eps: Option<f64>,
+    layer_norm_eps: Option<f64>,
+    partial_rotary_factor: Option<f64>,
+    hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
     rope_parameters: Option<serde_json::Value>,
@@ -184,7 +200,21 @@ impl ModelConfig {
         if num_kv_heads == 0 || c.num_attention_heads % num_kv_heads != 0 {
             return Err(Error::bad_file(path, "num_attention_heads must be a multiple of num_key_value_heads"));
         }
-        let sliding_window = if c.use_sliding_window == Some(false) { None } else { c.sliding_window };
+        // Qwen2 configs carry a window that is off unless `use_sliding_window` says otherwise.
+        let window_on = match arch {
+            Architecture::Qwen2 => c.use_sliding_window == Some(true),
+            _ => c.use_sliding_window != Some(false),
+        };
+        let sliding_window = c.sliding_window.filter(|_| window_on);
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
+        let rotary_dim = match c.partial_rotary_factor {
+            Some(f) => (head_dim as f64 * f) as usize,
+            None => head_dim,
+        };
+        // Gemma names its activation `hidden_activation` (and keeps a stale `hidden_act`).
+        let act_name = c.hidden_activation.as_deref().or(c.hidden_act.as_deref()).unwrap_or("silu");
+        let hidden_act = Activation::from_hf(act_name)
+            .ok_or_else(|| Error::bad_file(path, format!("activation `{act_name}` is not supported")))?;
         Ok(ModelConfig {
             arch,
             vocab_size: c.vocab_size,
@@ -193,15 +223,20 @@ impl ModelConfig {
             num_layers: c.num_hidden_layers,
             num_heads: c.num_attention_heads,
             num_kv_heads,
-            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
-            norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+            head_dim,
+            norm_eps: c.rms_norm_eps.or(c.layer_norm_eps).unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
             max_position_embeddings: c.max_position_embeddings,
-            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(arch == Architecture::Gemma),
             sliding_window,
-            attention_bias: c.attention_bias.unwrap_or(false),
+            qkv_bias: arch == Architecture::Qwen2 || c.attention_bias.unwrap_or(false),
+            o_bias: arch != Architecture::Qwen2 && c.attention_bias.unwrap_or(false),
             mlp_bias: c.mlp_bias.unwrap_or(false),
+            rotary_dim,
+            hidden_act,
+            num_experts: c.num_local_experts.unwrap_or(0),
+            experts_per_token: c.num_experts_per_tok.unwrap_or(2),
         })
     }
 }

@@ -2,7 +2,11 @@
 //! its weights can be stored; `load` is the registry.
 
 pub mod config;
+pub mod gemma;
 pub mod llama;
+pub mod mixtral;
+pub mod phi2;
+pub mod phi3;
 
 use candle_core::{Device, Tensor};
 
@@ -10,55 +14,8 @@ use crate::architecture::Architecture;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvStore;
 use crate::weights::WeightSource;
+pub use crate::layers::{ForwardBatch, SeqSlot};
 pub use config::ModelConfig;
-
-/// One sequence's share of a batched forward pass.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqSlot {
-    /// First row of this sequence in the batch's token rows.
-    pub start: usize,
-    /// New tokens this step (the whole prompt chunk, or 1 when decoding).
-    pub len: usize,
-    /// Tokens already in this sequence's KV cache.
-    pub past: usize,
-}
-
-/// The input of one step: the new tokens of every running sequence, laid
-/// end to end.
-#[derive(Debug)]
-pub struct ForwardBatch {
-    /// (tokens,) u32
-    pub input_ids: Tensor,
-    /// (tokens,) u32, each token's position in its own sequence.
-    pub positions: Tensor,
-    pub slots: Vec<SeqSlot>,
-    /// (sequences,) u32, the row of each sequence's last token (whose logits are wanted).
-    pub last_rows: Tensor,
-}
-
-impl ForwardBatch {
-    /// `seqs`: for each sequence, (new tokens, tokens already cached).
-    pub fn new(seqs: &[(&[u32], usize)], device: &Device) -> candle_core::Result<Self> {
-        let total: usize = seqs.iter().map(|(t, _)| t.len()).sum();
-        let mut ids = Vec::with_capacity(total);
-        let mut positions = Vec::with_capacity(total);
-        let mut slots = Vec::with_capacity(seqs.len());
-        let mut last = Vec::with_capacity(seqs.len());
-        for (tokens, past) in seqs {
-            slots.push(SeqSlot { start: ids.len(), len: tokens.len(), past: *past });
-            ids.extend_from_slice(tokens);
-            positions.extend((*past..*past + tokens.len()).map(|p| p as u32));
-            last.push((ids.len() - 1) as u32);
-        }
-        let n = last.len();
-        Ok(Self {
-            input_ids: Tensor::from_vec(ids, total, device)?,
-            positions: Tensor::from_vec(positions, total, device)?,
-            slots,
-            last_rows: Tensor::from_vec(last, n, device)?,
-        })
-    }
-}
 
 pub trait CausalLm: Send + Sync {
     /// Runs every sequence's new tokens, appending to its cache
@@ -69,20 +26,18 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// Builds the model for `cfg.arch` from `weights`.
-pub fn load(
-    cfg: &ModelConfig,
-    weights: &dyn WeightSource,
-    device: &Device,
-    progress: &dyn Fn(usize),
-) -> Result<Box<dyn CausalLm>> {
-    match cfg.arch {
-        // Mistral is Llama with a sliding attention window, which the shared
-        // attention mask already handles.
-        Architecture::Llama | Architecture::Mistral => {
-            Ok(Box::new(llama::Llama::load(cfg, weights, device, progress)?))
-        }
-        other => Err(Error::NotImplemented(format!(
-            "architecture `{other}` is not implemented in this build yet (implemented: llama, mistral)"
-        ))),
+pub fn load(cfg: &ModelConfig, weights: &dyn WeightSource, device: &Device, progress: &dyn Fn(usize)) -> Result<Box<dyn CausalLm>> {
+    if cfg.num_experts > 0 && cfg.arch != Architecture::Mixtral {
+        return Err(Error::invalid(format!("a mixture of experts is only supported for mixtral, not {}", cfg.arch)));
     }
+    Ok(match cfg.arch {
+        // Mistral and Qwen2 are Llama with a sliding window / Q, K, V biases (see llama.rs).
+        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => {
+            Box::new(llama::Llama::load(cfg, weights, device, progress)?)
+        }
+        Architecture::Gemma => Box::new(gemma::Gemma::load(cfg, weights, device, progress)?),
+        Architecture::Mixtral => Box::new(mixtral::Mixtral::load(cfg, weights, device, progress)?),
+        Architecture::Phi2 => Box::new(phi2::Phi2::load(cfg, weights, device, progress)?),
+        Architecture::Phi3 => Box::new(phi3::Phi3::load(cfg, weights, device, progress)?),
+    })
 }

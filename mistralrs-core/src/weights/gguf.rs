@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use super::WeightSource;
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
-use crate::layers::{Embedding, Linear};
+use crate::layers::{Activation, Embedding, Linear};
 use crate::models::config::{ModelConfig, RopeScaling};
 
 pub struct GgufFile {
@@ -145,20 +145,34 @@ fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
     elems / dtype.block_size() * dtype.type_size()
 }
 
-/// The architecture a GGUF's `general.architecture` names, and whether its
-/// converter interleaved the rotary pairs of Q and K (llama.cpp does that for
-/// the `llama` family only).
-fn arch_of_gguf(name: &str, path: &Path) -> Result<(Architecture, bool)> {
+/// How llama.cpp stores an architecture.
+struct GgufArch {
+    arch: Architecture,
+    /// The converter interleaved the rotary pairs of Q and K (the `llama` family only).
+    interleaved_rope: bool,
+    /// Norm weights are stored with transformers' `1 +` already added (gemma).
+    norm_plus_one: bool,
+}
+
+const SUPPORTED_GGUF: &str = "llama (also Mistral and Mixtral files), qwen2, gemma, phi2, phi3";
+
+fn arch_of_gguf(file: &GgufFile) -> Result<GgufArch> {
+    let name = file.architecture()?;
+    let plain = |arch| GgufArch { arch, interleaved_rope: false, norm_plus_one: false };
     Ok(match name {
-        "llama" => (Architecture::Llama, true),
-        "mistral" => (Architecture::Mistral, true),
+        "llama" | "mistral" => {
+            let moe = file.get_usize(&format!("{name}.expert_count")).unwrap_or(0) > 0;
+            let arch = if moe { Architecture::Mixtral } else { Architecture::Llama };
+            GgufArch { arch, interleaved_rope: true, norm_plus_one: false }
+        }
+        "qwen2" => plain(Architecture::Qwen2),
+        "phi2" => plain(Architecture::Phi2),
+        "phi3" => plain(Architecture::Phi3),
+        "gemma" => GgufArch { arch: Architecture::Gemma, interleaved_rope: false, norm_plus_one: true },
         other => {
             return Err(Error::bad_file(
-                path,
-                format!(
-                    "GGUF architecture `{other}` is not supported by this build; supported: llama (including \
-                     Mistral and SmolLM files that declare `llama`)"
-                ),
+                &file.path,
+                format!("GGUF architecture `{other}` is not supported; supported: {SUPPORTED_GGUF}"),
             ))
         }
     })
@@ -166,7 +180,7 @@ fn arch_of_gguf(name: &str, path: &Path) -> Result<(Architecture, bool)> {
 
 pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
     let name = file.architecture()?.to_string();
-    let (arch, _) = arch_of_gguf(&name, &file.path)?;
+    let kind = arch_of_gguf(file)?;
     let key = |k: &str| format!("{name}.{k}");
     let hidden = file.require_usize(&key("embedding_length"))?;
     let heads = file.require_usize(&key("attention.head_count"))?;
@@ -176,8 +190,8 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
     }
     let head_dim = file.get_usize(&key("attention.key_length")).unwrap_or(hidden / heads);
     let vocab = match file.content.tensor_infos.get("token_embd.weight") {
-        Some(info) => info.shape.dims()[0],
-        None => return Err(Error::bad_file(&file.path, "tensor `token_embd.weight` is missing")),
+        Some(info) if info.shape.rank() == 2 => info.shape.dims()[0],
+        _ => return Err(Error::bad_file(&file.path, "tensor `token_embd.weight` is missing or not 2-D")),
     };
     let rope_scaling = if file.has_tensor("rope_freqs.weight") {
         let t = file.qtensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
@@ -191,8 +205,16 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
             }
         }
     };
+    let eps = file
+        .get_f64(&key("attention.layer_norm_rms_epsilon"))
+        .or_else(|| file.get_f64(&key("attention.layer_norm_epsilon")))
+        .unwrap_or(1e-5);
+    let hidden_act = match kind.arch {
+        Architecture::Gemma | Architecture::Phi2 => Activation::GeluTanh,
+        _ => Activation::Silu,
+    };
     Ok(ModelConfig {
-        arch,
+        arch: kind.arch,
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: file.require_usize(&key("feed_forward_length"))?,
@@ -200,14 +222,19 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
-        norm_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        norm_eps: eps,
         rope_theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling,
         max_position_embeddings: file.require_usize(&key("context_length"))?,
         tie_word_embeddings: !file.has_tensor("output.weight"),
-        sliding_window: None,
-        attention_bias: file.has_tensor("blk.0.attn_q.bias"),
+        sliding_window: file.get_usize(&key("attention.sliding_window")).filter(|&w| w > 0),
+        qkv_bias: file.has_tensor("blk.0.attn_q.bias"),
+        o_bias: file.has_tensor("blk.0.attn_output.bias"),
         mlp_bias: false,
+        rotary_dim: file.get_usize(&key("rope.dimension_count")).unwrap_or(head_dim),
+        hidden_act,
+        num_experts: file.get_usize(&key("expert_count")).unwrap_or(0),
+        experts_per_token: file.get_usize(&key("expert_used_count")).unwrap_or(2),
     })
 }
 
@@ -215,7 +242,7 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
 fn gguf_name(module: &str) -> Option<String> {
     let direct = match module {
         "model.embed_tokens" => Some("token_embd"),
-        "model.norm" => Some("output_norm"),
+        "model.norm" | "model.final_layernorm" => Some("output_norm"),
         "lm_head" => Some("output"),
         _ => None,
     };
@@ -228,29 +255,85 @@ fn gguf_name(module: &str) -> Option<String> {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "self_attn.o_proj" | "self_attn.dense" => "attn_output",
         "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
+        "mlp.up_proj" | "mlp.gate_up_proj" | "mlp.fc1" => "ffn_up",
+        "mlp.down_proj" | "mlp.fc2" => "ffn_down",
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
+        "block_sparse_moe.gate" => "ffn_gate_inp",
+        _ => return expert_name(idx, sub),
     };
     Some(format!("blk.{idx}.{part}"))
+}
+
+/// `block_sparse_moe.experts.E.w1` -> expert E of the stacked `ffn_gate_exps`
+/// (written `blk.N.ffn_gate_exps#E`; older files have `blk.N.ffn_gate.E`).
+fn expert_name(idx: &str, sub: &str) -> Option<String> {
+    let rest = sub.strip_prefix("block_sparse_moe.experts.")?;
+    let (e, w) = rest.split_once('.')?;
+    let part = match w {
+        "w1" => "ffn_gate",
+        "w2" => "ffn_down",
+        "w3" => "ffn_up",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{part}_exps#{e}"))
 }
 
 pub struct GgufSource {
     file: Arc<GgufFile>,
     /// (heads, kv_heads) when Q/K rows must be un-interleaved.
     unpermute: Option<(usize, usize)>,
+    /// Gemma files store `1 + w` for norms; the models expect transformers' `w`.
+    norm_plus_one: bool,
+    /// Rows of Q, K and V within a fused `attn_qkv` (for files that fuse what the model keeps apart).
+    qkv_rows: (usize, usize),
     device: Device,
 }
 
 impl GgufSource {
     pub fn new(file: Arc<GgufFile>, cfg: &ModelConfig, device: &Device) -> Result<Self> {
-        let (_, interleaved) = arch_of_gguf(file.architecture()?, &file.path)?;
-        let unpermute = interleaved.then_some((cfg.num_heads, cfg.num_kv_heads));
-        Ok(Self { file, unpermute, device: device.clone() })
+        let kind = arch_of_gguf(&file)?;
+        let unpermute = kind.interleaved_rope.then_some((cfg.num_heads, cfg.num_kv_heads));
+        let qkv_rows = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        Ok(Self { file, unpermute, norm_plus_one: kind.norm_plus_one, qkv_rows, device: device.clone() })
+    }
+
+    /// The (weight or bias) tensor `name`, resolving stacked experts (`name#E`)
+    /// and Q/K/V kept fused in the file.
+    fn resolve(&self, name: &str, suffix: &str, shape: &[usize]) -> Result<QTensor> {
+        if let Some((base, e)) = name.split_once('#') {
+            let e: usize = e.parse().map_err(|_| Error::runtime(format!("bad expert index in `{name}`")))?;
+            let stacked = format!("{base}.{suffix}");
+            if self.file.has_tensor(&stacked) {
+                let t = self.file.qtensor(&stacked, &self.device)?;
+                let rows = shape[0];
+                return Ok(slice_rows(&t, e * rows, rows, shape)?);
+            }
+            // Older files: one tensor per expert, `blk.N.ffn_gate.E.weight`.
+            let per_expert = format!("{}.{e}.{suffix}", base.trim_end_matches("_exps"));
+            return self.checked(&per_expert, shape);
+        }
+        let full = format!("{name}.{suffix}");
+        if !self.file.has_tensor(&full) {
+            if let Some((blk, part)) = name.rsplit_once('.') {
+                let (q, kv) = self.qkv_rows;
+                let range = match part {
+                    "attn_q" => Some((0, q)),
+                    "attn_k" => Some((q, kv)),
+                    "attn_v" => Some((q + kv, kv)),
+                    _ => None,
+                };
+                let fused = format!("{blk}.attn_qkv.{suffix}");
+                if let (Some((start, n)), true) = (range, self.file.has_tensor(&fused)) {
+                    let t = self.file.qtensor(&fused, &self.device)?;
+                    return Ok(slice_rows(&t, start, n, shape)?);
+                }
+            }
+        }
+        self.checked(&full, shape)
     }
 
     fn name(&self, module: &str) -> Result<String> {
@@ -310,16 +393,36 @@ fn unpermute_vector(v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     v.reshape((heads, n / heads / 2, 2))?.transpose(1, 2)?.contiguous()?.reshape(n)
 }
 
+/// Rows `start..start + n` of a tensor read as (rows, row length), as a
+/// tensor of `shape`: a stacked 3-D expert tensor is (experts * rows, cols),
+/// a 1-D bias is rows of one element. Whole rows are whole quantization
+/// blocks, so this is a byte range.
+fn slice_rows(t: &QTensor, start: usize, n: usize, shape: &[usize]) -> candle_core::Result<QTensor> {
+    let dims = t.shape().dims();
+    let (rows, row_len) = match dims {
+        [len] => (*len, 1),
+        [.., last] => (dims[..dims.len() - 1].iter().product(), *last),
+        [] => candle_core::bail!("cannot slice a scalar"),
+    };
+    if start + n > rows || n * row_len != shape.iter().product::<usize>() {
+        candle_core::bail!("cannot take rows {start}..{} of a {dims:?} tensor as {shape:?}", start + n);
+    }
+    let dtype = t.dtype();
+    let row_bytes = row_len / dtype.block_size() * dtype.type_size();
+    let data = t.data()?;
+    qtensor_from_ggml(dtype, &data[start * row_bytes..(start + n) * row_bytes], shape.to_vec(), &t.device())
+}
+
 impl WeightSource for GgufSource {
     fn linear(&self, module: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
         let name = self.name(module)?;
-        let mut w = self.checked(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let mut w = self.resolve(&name, "weight", &[out_dim, in_dim])?;
         let heads = self.rotary_heads(module);
         if let Some(h) = heads {
             w = unpermute_rows(w, h)?;
         }
         let b = if bias {
-            let b = self.checked(&format!("{name}.bias"), &[out_dim])?.dequantize(&self.device)?;
+            let b = self.resolve(&name, "bias", &[out_dim])?.dequantize(&self.device)?;
             Some(match heads {
                 Some(h) => unpermute_vector(&b, h)?,
                 None => b,
@@ -333,7 +436,11 @@ impl WeightSource for GgufSource {
     fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
         let (module, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
         let gname = format!("{}.{suffix}", self.name(module)?);
-        Ok(self.checked(&gname, &[len])?.dequantize(&self.device)?.to_dtype(DType::F32)?)
+        let v = self.checked(&gname, &[len])?.dequantize(&self.device)?.to_dtype(DType::F32)?;
+        if self.norm_plus_one && suffix == "weight" && (module.ends_with("norm") || module.ends_with("layernorm")) {
+            return Ok((v - 1.0)?);
+        }
+        Ok(v)
     }
 
     fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
@@ -344,5 +451,10 @@ impl WeightSource for GgufSource {
 
     fn has_module(&self, module: &str) -> bool {
         gguf_name(module).is_some_and(|n| self.file.has_tensor(&format!("{n}.weight")))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        let (module, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
+        gguf_name(module).is_some_and(|n| self.file.has_tensor(&format!("{n}.{suffix}")))
     }
 }

@@ -20,4 +20,6 @@ pub trait WeightSource {
     fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding>;
     /// Whether the module's weight is present (e.g. an untied `lm_head`).
     fn has_module(&self, module: &str) -> bool;
+    /// Whether tensor `name` (e.g. `lm_head.bias`) is present.
+    fn has_tensor(&self, name: &str) -> bool;
 }

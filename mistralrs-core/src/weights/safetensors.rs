@@ -81,6 +81,10 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn has_module(&self, module: &str) -> bool {
-        self.tensors.get(&format!("{module}.weight")).is_ok()
+        self.has_tensor(&format!("{module}.weight"))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.get(name).is_ok()
     }
 }

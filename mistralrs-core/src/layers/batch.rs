@@ -1,0 +1,76 @@
+//! The input of one batched step, and what all layers of that step share.
+
+use candle_core::{Device, Result, Tensor};
+
+use super::attention::causal_mask;
+use super::rotary::Rotary;
+
+/// One sequence's share of a batched forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqSlot {
+    /// First row of this sequence in the batch's token rows.
+    pub start: usize,
+    /// New tokens this step (the whole prompt chunk, or 1 when decoding).
+    pub len: usize,
+    /// Tokens already in this sequence's KV cache.
+    pub past: usize,
+}
+
+/// The new tokens of every running sequence, laid end to end.
+#[derive(Debug)]
+pub struct ForwardBatch {
+    /// (tokens,) u32
+    pub input_ids: Tensor,
+    /// (tokens,) u32, each token's position in its own sequence.
+    pub positions: Tensor,
+    pub slots: Vec<SeqSlot>,
+    /// (sequences,) u32, the row of each sequence's last token (whose logits are wanted).
+    pub last_rows: Tensor,
+}
+
+impl ForwardBatch {
+    /// `seqs`: for each sequence, (new tokens, tokens already cached).
+    pub fn new(seqs: &[(&[u32], usize)], device: &Device) -> Result<Self> {
+        let total: usize = seqs.iter().map(|(t, _)| t.len()).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut slots = Vec::with_capacity(seqs.len());
+        let mut last = Vec::with_capacity(seqs.len());
+        for (tokens, past) in seqs {
+            slots.push(SeqSlot { start: ids.len(), len: tokens.len(), past: *past });
+            ids.extend_from_slice(tokens);
+            positions.extend((*past..*past + tokens.len()).map(|p| p as u32));
+            last.push((ids.len() - 1) as u32);
+        }
+        let n = last.len();
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, total, device)?,
+            positions: Tensor::from_vec(positions, total, device)?,
+            slots,
+            last_rows: Tensor::from_vec(last, n, device)?,
+        })
+    }
+}
+
+/// Computed once per forward pass and shared by every layer: the rotary
+/// rows of each token and each sequence's attention mask.
+pub struct StepContext<'a> {
+    pub batch: &'a ForwardBatch,
+    /// (tokens, rotary_dim / 2)
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Per sequence: additive (len, past + len) mask, None when nothing is masked.
+    pub masks: Vec<Option<Tensor>>,
+}
+
+impl<'a> StepContext<'a> {
+    pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
+        let (cos, sin) = rotary.tables(&batch.positions)?;
+        let masks = batch
+            .slots
+            .iter()
+            .map(|s| causal_mask(s.len, s.past, window, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { batch, cos, sin, masks })
+    }
+}

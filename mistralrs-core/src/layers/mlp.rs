@@ -1,0 +1,83 @@
+//! Feed-forward blocks: gated (SwiGLU, GeGLU; gate and up stored apart or
+//! fused) and plain two-layer (phi2).
+
+use candle_core::{Result, Tensor};
+
+use super::linear::Linear;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// Exact GELU (`gelu`).
+    Gelu,
+}
+
+impl Activation {
+    /// transformers' `hidden_act` names.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => Self::Silu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "gelu" => Self::Gelu,
+            _ => return None,
+        })
+    }
+
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Silu => candle_nn::ops::silu(x),
+            Self::GeluTanh => x.gelu(),
+            Self::Gelu => x.gelu_erf(),
+        }
+    }
+}
+
+pub enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    /// One matrix whose output is the gate then the up projection (phi3).
+    Fused(Linear),
+}
+
+/// `down(act(gate(x)) * up(x))`
+pub struct GatedMlp {
+    gate_up: GateUp,
+    down: Linear,
+    act: Activation,
+}
+
+impl GatedMlp {
+    pub fn new(gate_up: GateUp, down: Linear, act: Activation) -> Self {
+        Self { gate_up, down, act }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused(gu) => {
+                let y = gu.forward(x)?;
+                let half = y.dims2()?.1 / 2;
+                (y.narrow(1, 0, half)?, y.narrow(1, half, half)?)
+            }
+        };
+        self.down.forward(&(self.act.apply(&gate)? * up)?)
+    }
+}
+
+/// `fc2(act(fc1(x)))`
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn new(fc1: Linear, fc2: Linear, act: Activation) -> Self {
+        Self { fc1, fc2, act }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+    }
+}

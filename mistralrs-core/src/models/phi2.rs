@@ -1,0 +1,91 @@
+//! Phi-2 (transformers' `PhiForCausalLM`): LayerNorm, attention and MLP in
+//! parallel from the same normalized input, rotary on the leading part of
+//! each head only, biases everywhere, and a biased output head.
+
+use candle_core::{Device, Result, Tensor};
+
+use super::{CausalLm, ModelConfig};
+use crate::error::Result as LoadResult;
+use crate::kv_cache::KvStore;
+use crate::layers::{Embedding, ForwardBatch, LayerNorm, Linear, Mlp, QkvProj, Rotary, SelfAttention, StepContext};
+use crate::weights::WeightSource;
+
+fn load_layer_norm(cfg: &ModelConfig, w: &dyn WeightSource, module: &str) -> LoadResult<LayerNorm> {
+    let n = cfg.hidden_size;
+    Ok(LayerNorm::new(w.vector(&format!("{module}.weight"), n)?, w.vector(&format!("{module}.bias"), n)?, cfg.norm_eps))
+}
+
+struct DecoderLayer {
+    input_layernorm: LayerNorm,
+    self_attn: SelfAttention,
+    mlp: Mlp,
+}
+
+pub struct Phi2 {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    final_layernorm: LayerNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    cfg: ModelConfig,
+    device: Device,
+}
+
+impl Phi2 {
+    pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: &dyn Fn(usize)) -> LoadResult<Self> {
+        let (h, kv, d, hidden, inter) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);
+        let embed_tokens = w.embedding("model.embed_tokens", cfg.vocab_size, hidden)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let qkv = QkvProj::Separate {
+                q: w.linear(&format!("{p}.self_attn.q_proj"), h * d, hidden, true)?,
+                k: w.linear(&format!("{p}.self_attn.k_proj"), kv * d, hidden, true)?,
+                v: w.linear(&format!("{p}.self_attn.v_proj"), kv * d, hidden, true)?,
+            };
+            let dense = w.linear(&format!("{p}.self_attn.dense"), hidden, h * d, true)?;
+            layers.push(DecoderLayer {
+                input_layernorm: load_layer_norm(cfg, w, &format!("{p}.input_layernorm"))?,
+                self_attn: SelfAttention::new(qkv, dense, h, kv, d, cfg.rotary_dim),
+                mlp: Mlp::new(
+                    w.linear(&format!("{p}.mlp.fc1"), inter, hidden, true)?,
+                    w.linear(&format!("{p}.mlp.fc2"), hidden, inter, true)?,
+                    cfg.hidden_act,
+                ),
+            });
+            progress(i + 1);
+        }
+        let lm_head = if w.has_module("lm_head") {
+            w.linear("lm_head", cfg.vocab_size, hidden, w.has_tensor("lm_head.bias"))?
+        } else {
+            Linear::new(embed_tokens.table().clone(), None)
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            final_layernorm: load_layer_norm(cfg, w, "model.final_layernorm")?,
+            lm_head,
+            rotary: Rotary::new(&cfg.inv_freq(), cfg.max_position_embeddings, device)?,
+            cfg: cfg.clone(),
+            device: device.clone(),
+        })
+    }
+}
+
+impl CausalLm for Phi2 {
+    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+        let ctx = StepContext::new(batch, &self.rotary, self.cfg.sliding_window, &self.device)?;
+        let mut x = self.embed_tokens.forward(&batch.input_ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x)?;
+            let attn = layer.self_attn.forward(&h, &ctx, caches, i)?;
+            x = ((x + attn)? + layer.mlp.forward(&h)?)?;
+        }
+        let last = x.index_select(&batch.last_rows, 0)?;
+        self.lm_head.forward(&self.final_layernorm.forward(&last)?)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}
