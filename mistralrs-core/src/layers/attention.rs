@@ -118,3 +118,47 @@ pub fn causal_mask(q_len: usize, past: usize, window: Option<usize>, device: &De
     }
     Tensor::from_vec(m, (q_len, kv_len), device).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visible(m: &Option<Tensor>, q_len: usize, kv_len: usize) -> Vec<Vec<bool>> {
+        match m {
+            None => vec![vec![true; kv_len]; q_len],
+            Some(m) => m.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|x| x.is_finite()).collect()).collect(),
+        }
+    }
+
+    #[test]
+    fn causal_and_sliding_window_masks() {
+        let m = causal_mask(3, 0, None, &Device::Cpu).unwrap();
+        assert_eq!(visible(&m, 3, 3), vec![vec![true, false, false], vec![true, true, false], vec![true, true, true]]);
+        // One decoded token with nothing hidden needs no mask.
+        assert!(causal_mask(1, 7, None, &Device::Cpu).unwrap().is_none());
+        // Window 2 (transformers' Mistral): position p sees p-1 and p.
+        let m = causal_mask(1, 3, Some(2), &Device::Cpu).unwrap();
+        assert_eq!(visible(&m, 1, 4), vec![vec![false, false, true, true]]);
+    }
+
+    #[test]
+    fn grouped_heads_match_repeated_kv() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (4, 3, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
+        let mask = causal_mask(3, 0, None, &dev).unwrap();
+        let got = grouped_attention(&q, &k, &v, mask.as_ref(), 0.5).unwrap();
+        // Reference: each query head h against KV head h / 2, one at a time.
+        let mut heads = Vec::new();
+        for h in 0..4 {
+            let qh = q.narrow(0, h, 1).unwrap();
+            let kh = k.narrow(0, h / 2, 1).unwrap();
+            let vh = v.narrow(0, h / 2, 1).unwrap();
+            heads.push(grouped_attention(&qh, &kh, &vh, mask.as_ref(), 0.5).unwrap());
+        }
+        let want = Tensor::cat(&heads, 1).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+    }
+}

@@ -458,3 +458,56 @@ impl WeightSource for GgufSource {
         gguf_name(module).is_some_and(|n| self.file.has_tensor(&format!("{n}.{suffix}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformers_names_map_to_llama_cpp_names() {
+        assert_eq!(gguf_name("model.embed_tokens").as_deref(), Some("token_embd"));
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj").as_deref(), Some("blk.3.attn_q"));
+        assert_eq!(gguf_name("model.layers.0.mlp.gate_up_proj").as_deref(), Some("blk.0.ffn_up"));
+        assert_eq!(gguf_name("model.layers.1.self_attn.dense").as_deref(), Some("blk.1.attn_output"));
+        assert_eq!(gguf_name("model.final_layernorm").as_deref(), Some("output_norm"));
+        assert_eq!(
+            gguf_name("model.layers.2.block_sparse_moe.experts.5.w2").as_deref(),
+            Some("blk.2.ffn_down_exps#5")
+        );
+        assert_eq!(gguf_name("model.layers.2.mystery"), None);
+    }
+
+    /// llama.cpp's converter: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2)`.
+    #[test]
+    fn unpermute_inverts_the_converter() {
+        let (heads, head_dim, cols) = (2usize, 4usize, 32usize);
+        let rows = heads * head_dim;
+        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let hf_t = Tensor::from_vec(hf.clone(), (rows, cols), &Device::Cpu).unwrap();
+        let permuted = hf_t
+            .reshape((heads, 2, head_dim / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap();
+        let q = QTensor::quantize(&permuted, GgmlDType::F32).unwrap();
+        let back = unpermute_rows(q, heads).unwrap().dequantize(&Device::Cpu).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
+    }
+
+    #[test]
+    fn expert_rows_are_sliced_from_stacked_tensors() {
+        let (experts, rows, cols) = (3usize, 2usize, 32usize);
+        let all: Vec<f32> = (0..experts * rows * cols).map(|i| i as f32).collect();
+        let t = Tensor::from_vec(all.clone(), (experts, rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let e1 = slice_rows(&q, rows, rows, &[rows, cols]).unwrap();
+        let full = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = e1.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, full[rows * cols..2 * rows * cols]);
+        assert!(slice_rows(&q, 5, 2, &[2, cols]).is_err());
+    }
+}
