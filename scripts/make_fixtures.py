@@ -731,14 +731,11 @@ def spm_piece_bytes(piece: str, ttype: int) -> list[int]:
     return list(piece.replace("\u2581", " ").encode("utf-8"))
 
 
-def make_spm(tiny_model, raw_bpe_tok):
-    """A SentencePiece (BPE, byte_fallback) vocabulary of the same size as the tiny model's, written
-    as a GGUF `llama` vocabulary on a Q8_0 copy of llama-tiny's weights."""
-    import gguf
+def train_spm():
+    """The SentencePiece (BPE, byte_fallback) model trained on CORPUS, VOCAB_SIZE pieces; returns
+    (SentencePieceProcessor, tokens, scores, GGUF token types)."""
     import sentencepiece as spm
 
-    d = FIX / "llama-tiny-spm"
-    d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as td:
         (Path(td) / "corpus.txt").write_text(CORPUS)
         spm.SentencePieceTrainer.train(
@@ -766,6 +763,35 @@ def make_spm(tiny_model, raw_bpe_tok):
             types.append(5)
         else:
             types.append(1)
+    sp.model_bytes = model_bytes
+    return sp, tokens, scores, types
+
+
+def add_spm_vocab(w, sp, tokens, scores, types, chat_template: str):
+    """GGUF `llama` (SentencePiece) vocabulary metadata."""
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(sp.unk_id())
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(True)
+    w.add_chat_template(chat_template)
+
+
+def make_spm(tiny_model, raw_bpe_tok):
+    """A SentencePiece (BPE, byte_fallback) vocabulary of the same size as the tiny model's, written
+    as a GGUF `llama` vocabulary on a Q8_0 copy of llama-tiny's weights."""
+    import gguf
+    import sentencepiece as spm
+
+    d = FIX / "llama-tiny-spm"
+    d.mkdir(parents=True, exist_ok=True)
+    sp, tokens, scores, types = train_spm()
     fname = "tiny-spm-q8_0.gguf"
     cfg = tiny_model.config
     w = gguf.GGUFWriter(str(d / fname), "llama")
@@ -781,18 +807,8 @@ def make_spm(tiny_model, raw_bpe_tok):
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q8_0))
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(sp.unk_id())
-    w.add_bos_token_id(sp.bos_id())
-    w.add_eos_token_id(sp.eos_id())
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(True)
-    w.add_chat_template(CHAT_TEMPLATE.replace("<|im_start|>", "[START]").replace("<|im_end|>", "[END]"))
+    add_spm_vocab(w, sp, tokens, scores, types,
+                  CHAT_TEMPLATE.replace("<|im_start|>", "[START]").replace("<|im_end|>", "[END]"))
     for tname, arr in gguf_tensors(tiny_model):
         if arr.ndim == 1:
             w.add_tensor(tname, arr.astype(np.float32))

@@ -169,5 +169,197 @@ def record_spm():
     (d / "references_llamacpp.json").write_text(json.dumps(out, separators=(",", ":"), ensure_ascii=False) + "\n")
 
 
+ARCH_FOLDERS = ["qwen2-tiny", "mistral-tiny", "gemma-tiny", "phi3-tiny", "phi2-tiny", "mixtral-tiny"]
+
+
+def record_archs():
+    """The same recording for tests/fixtures/<arch>-tiny (scripts/make_fixtures_archs.py), every GGUF file named
+    in its references.json.  A file llama.cpp refuses to load is recorded as {"refused": reason}."""
+    import llama_cpp
+    from tokenizers import Tokenizer
+
+    for model in ARCH_FOLDERS:
+        d = FIX / model
+        if not (d / "references.json").exists():
+            print(f"{model}: no references.json, skipped")
+            continue
+        ref = json.loads((d / "references.json").read_text())
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        out = {"schema": 1, "n_steps": N_STEPS,
+               "source": "llama-cpp-python %s (llama.cpp), n_threads=2, F32 KV cache, no flash attention; "
+                         "prompt ids fed as tokens, greedy argmax of llama_get_logits_ith(ctx,-1), EOS ignored"
+                         % llama_cpp.__version__,
+               "files": {}}
+        for fname, gref in ref["gguf"].items():
+            path = d / fname
+            try:
+                llm = load(path, 256, f32_kv=True)
+                llm16 = load(path, 256, f32_kv=False)
+            except Exception as e:  # llama.cpp refused the file
+                out["files"][fname] = {"refused": repr(e)}
+                print(f"== {model}/{fname}: llama.cpp refused it: {e!r}")
+                continue
+            results, max_diff_top5 = [], 0.0
+            for case, rres in zip(ref["cases"], gref["results"]):
+                assert case["name"] == rres["name"]
+                pids = case["prompt_ids"]
+                if case["kind"] == "completion":
+                    lt = llm.tokenize(case["prompt"].encode("utf-8"), add_bos=True, special=False)
+                else:
+                    lt = llm.tokenize(case["rendered"].encode("utf-8"), add_bos=False, special=True)
+                steps, first = greedy(llm, pids)
+                steps16, _ = greedy(llm16, pids)
+                ids = [s["id"] for s in steps]
+                ids16 = [s["id"] for s in steps16]
+                ref_first = np.asarray(rres["first_step_logprobs"], dtype=np.float64)
+                top5 = np.argsort(-ref_first, kind="stable")[:5]
+                diff = float(np.max(np.abs(first[top5] - ref_first[top5])))
+                max_diff_top5 = max(max_diff_top5, diff)
+                same = 0
+                while same < N_STEPS and ids[same] == rres["ids"][same]:
+                    same += 1
+                results.append({
+                    "name": case["name"], "ids": ids, "text": tok.decode(ids, skip_special_tokens=True),
+                    "text_llamacpp_detokenize": llm.detokenize(ids).decode("utf-8", errors="replace"),
+                    "steps": steps, "first_step_logprobs": [rnd(v) for v in first.tolist()],
+                    "tokenize_matches_reference": lt == pids, "ids_f16_kv_cache": ids16,
+                    "f16_kv_cache_agrees": ids16 == ids, "steps_equal_to_transformers_reference": same,
+                    "first_step_top5_max_abs_diff_vs_transformers": rnd(diff),
+                })
+                print(f"{model}/{fname} {case['name']}: tok ok={lt == pids} first-step top5 diff={diff:.4f} "
+                      f"agree w/ transformers for {same} steps, min gap={min(s['gap'] for s in steps):.4f}, "
+                      f"f16-kv agrees={ids16 == ids}")
+            out["files"][fname] = {
+                "results": results,
+                "first_step_top5_max_abs_diff_vs_transformers": rnd(max_diff_top5),
+                "min_greedy_gap": min(s["gap"] for r in results for s in r["steps"]),
+            }
+            print(f"== {model}/{fname}: max first-step top5 |llama.cpp - transformers| = {max_diff_top5:.4f}")
+            del llm, llm16
+        (d / "references_llamacpp.json").write_text(json.dumps(out, separators=(",", ":")) + "\n")
+
+
+# --------------------------------------------------------------------------- Qwen2.5-Coder-0.5B-Instruct (real model)
+QWEN_N_STEPS = 32
+QWEN_TOP_K = 5
+QWEN_PROMPTS = [
+    {"name": "reverse_string", "messages": [{"role": "user", "content":
+        "Write a Python function `reverse_string(s)` that returns s reversed. Reply with only the code."}]},
+    {"name": "sum_list", "messages": [{"role": "user", "content":
+        "Write a Python function `sum_list(xs)` that returns the sum of the numbers in the list xs. "
+        "Reply with only the code."}]},
+    {"name": "capital", "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "What is the capital of France, and which river flows through it?"}]},
+]
+
+
+def gguf_token_bytes(path: Path) -> tuple[list[bytes], list[int], dict]:
+    """Raw bytes of every token of a GGUF `gpt2` (byte-level BPE) vocabulary, the token types and the
+    metadata the recording needs.  Normal tokens (type 1) map their characters back through GPT-2's
+    bytes_to_unicode table; control / user-defined / unused tokens are their UTF-8 text."""
+    import gguf
+
+    from make_fixtures import UNICODE_TO_BYTE
+
+    r = gguf.GGUFReader(str(path))
+    f = r.fields["tokenizer.ggml.tokens"]
+    texts = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+    tt = r.fields["tokenizer.ggml.token_type"]
+    types = [int(tt.parts[i][0]) for i in tt.data]
+    out = []
+    for t, ty in zip(texts, types):
+        if ty == 1 and all(c in UNICODE_TO_BYTE for c in t):
+            out.append(bytes(UNICODE_TO_BYTE[c] for c in t))
+        else:
+            out.append(t.encode("utf-8"))
+    meta = {k: r.fields[k].contents() for k in ("tokenizer.ggml.model", "tokenizer.chat_template",
+                                               "tokenizer.ggml.eos_token_id", "general.architecture")}
+    return out, types, meta
+
+
+def render_chat(template: str, messages: list[dict]) -> str:
+    """transformers' own chat-template renderer (what apply_chat_template uses), add_generation_prompt=True;
+    the Qwen template uses neither bos_token nor eos_token."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[messages], chat_template=template,
+                                        add_generation_prompt=True, bos_token="", eos_token="<|im_end|>")
+    return rendered[0]
+
+
+def record_qwen25_coder():
+    """llama.cpp greedy (32 steps, EOS ignored) on the real Qwen2.5-Coder-0.5B-Instruct GGUF, chat prompts
+    rendered with the GGUF's chat template and tokenized by llama.cpp (special tokens parsed, no BOS)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from fetch_models import MODELS, model_path
+
+    import llama_cpp
+
+    path = model_path("qwen2.5-coder-0.5b")
+    vb, types, meta = gguf_token_bytes(path)
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["general.architecture"] == "qwen2"
+    eos = int(meta["tokenizer.ggml.eos_token_id"])
+    n_ctx = 512
+    llm = load(path, n_ctx, f32_kv=True)
+    llm16 = load(path, n_ctx, f32_kv=False)
+    assert llm.n_vocab() == len(vb)
+    results = []
+    for case in QWEN_PROMPTS:
+        rendered = render_chat(meta["tokenizer.chat_template"], case["messages"])
+        ids = llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
+        assert b"".join(vb[i] for i in ids) == rendered.encode("utf-8"), case["name"]
+        steps, _ = greedy(llm, ids, QWEN_N_STEPS)
+        steps16, _ = greedy(llm16, ids, QWEN_N_STEPS)
+        gen = [s["id"] for s in steps]
+        gen16 = [s["id"] for s in steps16]
+        agree16 = 0
+        while agree16 < QWEN_N_STEPS and gen16[agree16] == gen[agree16]:
+            agree16 += 1
+        for s in steps:
+            s["bytes"] = list(vb[s["id"]])
+            for t in s["top"]:
+                t["bytes"] = list(vb[t["id"]])
+        # text up to (not including) the first EOS, as a chat response would carry it
+        upto = gen.index(eos) if eos in gen else len(gen)
+        text = b"".join(vb[i] for i in gen[:upto] if types[i] == 1).decode("utf-8", errors="replace")
+        results.append({"name": case["name"], "messages": case["messages"], "rendered": rendered,
+                        "prompt_ids": ids, "ids": gen, "text": text, "steps": steps,
+                        "ids_f16_kv_cache": gen16, "f16_kv_cache_agreeing_prefix": agree16})
+        print(f"qwen2.5-coder {case['name']}: {len(ids)} prompt tokens; min gap "
+              f"{min(s['gap'] for s in steps):.4f}; F16-KV agrees for {agree16}/{QWEN_N_STEPS} steps\n  {text!r}")
+    m = MODELS["qwen2.5-coder-0.5b"]
+    out = {"schema": 1, "n_steps": QWEN_N_STEPS,
+           "source": "llama-cpp-python %s (llama.cpp), n_threads=2, F32 KV cache, no flash attention; prompt "
+                     "rendered with the GGUF's tokenizer.chat_template (transformers' renderer, "
+                     "add_generation_prompt=True), tokenized by llama.cpp (special tokens parsed, no BOS), "
+                     "greedy argmax of llama_get_logits_ith(ctx,-1), EOS ignored" % llama_cpp.__version__,
+           "model": m.name, "file": m.filename, "sha256": m.sha256, "eos_id": eos,
+           "results": results}
+    d = FIX / "qwen2.5-coder"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "references_llamacpp.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("targets", nargs="*", default=["llama"],
+                    help="llama (the llama-tiny* fixtures, default), archs (the <arch>-tiny fixtures), "
+                         "qwen2.5-coder (the real Qwen2.5-Coder-0.5B-Instruct GGUF, fetched if missing)")
+    args = ap.parse_args()
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    for t in args.targets:
+        if t == "llama":
+            main()
+        elif t == "archs":
+            record_archs()
+        elif t == "qwen2.5-coder":
+            record_qwen25_coder()
+        else:
+            ap.error(f"unknown target {t}")

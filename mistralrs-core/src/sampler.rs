@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn penalties_only_see_the_last_n_tokens() {
         let p = SamplingParams { presence_penalty: Some(1.0), ..Default::default() };
-        let mut s = Sampler::new(p, 0, 2, false);
+        let s = Sampler::new(p, 0, 2, false);
         let mut logits = [0.0, 0.0, 0.0];
         s.apply_bias_and_penalties(&mut logits, &[0, 1, 2]);
         assert_eq!(logits, [0.0, -1.0, -1.0]);

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::kv_cache::{KvStore, SeqKvCache};
 use crate::response::{ResponseLogprob, TopLogprob};
 use crate::sampler::{Sampled, Sampler};
-use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+use crate::tokenizer::TextTokenizer;
 
 pub struct Sequence {
     /// The request this sequence answers, and which of its choices it is.
@@ -16,8 +16,7 @@ pub struct Sequence {
     pub prompt_len: usize,
     pub cache: SeqKvCache,
     pub sampler: Sampler,
-    decoder: IncrementalDecoder,
-    /// Generated text so far, stop strings cut off.
+    /// The decoding of all generated tokens (as transformers' `decode`), stop strings cut off.
     pub text: String,
     /// Bytes of `text` already streamed.
     emitted: usize,
@@ -47,7 +46,6 @@ impl Sequence {
             tokens: prompt,
             cache: SeqKvCache::new(layers),
             sampler,
-            decoder: IncrementalDecoder::default(),
             text: String::new(),
             emitted: 0,
             logprobs: Vec::new(),
@@ -78,8 +76,6 @@ impl Sequence {
     /// Takes a sampled token; returns the text that may be streamed now.
     pub fn accept(&mut self, s: Sampled, tok: &TextTokenizer, rules: &StopRules) -> Result<String> {
         if !rules.ignore_eos && rules.eos.contains(&s.token) {
-            let tail = self.decoder.flush(tok, &self.tokens[self.prompt_len..])?;
-            self.text.push_str(&tail);
             self.finish = Some("stop");
             return Ok(self.take_emittable(rules.stop_seqs));
         }
@@ -99,14 +95,11 @@ impl Sequence {
                     .collect(),
             });
         }
-        let generated = &self.tokens[self.prompt_len..];
-        let piece = if self.generated() >= self.max_new {
-            self.decoder.flush(tok, generated)?
-        } else {
-            self.decoder.step(tok, generated)?
-        };
+        // Decoding the whole completion each step is what makes byte-fallback
+        // and multi-byte tokens come out exactly as a one-shot decode does;
+        // it costs microseconds against a forward pass of milliseconds.
         let searched_from = self.text.len();
-        self.text.push_str(&piece);
+        self.text = tok.decode(&self.tokens[self.prompt_len..], true)?;
         if let Some(cut) = find_stop(&self.text, searched_from, rules.stop_seqs) {
             self.text.truncate(cut);
             self.finish = Some("stop");
@@ -118,11 +111,22 @@ impl Sequence {
 
     /// Text not yet streamed, minus (while running) a tail that could be the
     /// start of a stop string.
+    /// Text not yet streamed. While running, a tail that could start a stop
+    /// string, or that ends in an incomplete character (U+FFFD), waits.
     fn take_emittable(&mut self, stops: &[String]) -> String {
-        let held = if self.finish.is_some() { 0 } else { partial_stop_len(&self.text, stops) };
-        let end = self.text.len() - held;
-        let end = end.max(self.emitted);
-        let out = self.text[self.emitted..end].to_string();
+        let text = &self.text;
+        let mut end = text.len();
+        if self.finish.is_none() {
+            end -= partial_stop_len(text, stops);
+            while text[..end].ends_with('\u{FFFD}') {
+                end -= '\u{FFFD}'.len_utf8();
+            }
+        }
+        // Text already streamed is never taken back.
+        if end <= self.emitted || !text.is_char_boundary(self.emitted) {
+            return String::new();
+        }
+        let out = text[self.emitted..end].to_string();
         self.emitted = end;
         out
     }

@@ -14,6 +14,7 @@ use crate::weights::gguf::{value_as_u64, GgufFile};
 
 // llama.cpp's token types.
 const TYPE_NORMAL: u64 = 1;
+const TYPE_UNKNOWN: u64 = 2;
 const TYPE_CONTROL: u64 = 3;
 const TYPE_USER_DEFINED: u64 = 4;
 const TYPE_BYTE: u64 = 6;
@@ -86,14 +87,15 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
         }
     };
     let mut json = json;
-    // Control and user-defined pieces are matched whole, before the model runs.
+    // Control, unknown and user-defined pieces are matched whole, before the
+    // model runs; all but user-defined ones are special (skipped when decoding).
     let added: Vec<Json> = types
         .iter()
         .enumerate()
-        .filter(|(_, &t)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
+        .filter(|(_, &t)| t == TYPE_CONTROL || t == TYPE_UNKNOWN || t == TYPE_USER_DEFINED)
         .map(|(i, &t)| {
             json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": t == TYPE_CONTROL})
+                   "normalized": false, "special": t != TYPE_USER_DEFINED})
         })
         .collect();
     json["added_tokens"] = Json::Array(added);
@@ -212,7 +214,7 @@ fn llama_json(file: &GgufFile, tokens: &[String], types: &[u64]) -> Result<Json>
     // Stable: equal scores keep the piece order above.
     merges.sort_by(|a, b| b.2.total_cmp(&a.2));
     let merges: Vec<Json> = merges.iter().map(|&(l, r, _)| json!([tokens[l], tokens[r]])).collect();
-    let unk = types.iter().position(|&t| t == 2).map(|i| tokens[i].clone());
+    let unk = types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| tokens[i].clone());
     let byte_fallback = types.contains(&TYPE_BYTE);
     let add_prefix = bool_key(file, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let mut norm = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];

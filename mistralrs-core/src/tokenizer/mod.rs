@@ -1,9 +1,7 @@
 //! Text <-> token ids, on the `tokenizers` library, plus what the engine
-//! needs per token: its raw bytes (for logprobs) and incremental decoding
-//! (for streaming and stop strings).
+//! needs per token: its raw bytes (for logprobs).
 
 pub mod gguf;
-pub mod incremental;
 
 use std::path::Path;
 
@@ -11,7 +9,6 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 
-pub use incremental::IncrementalDecoder;
 
 pub struct TextTokenizer {
     inner: Tokenizer,

@@ -1,0 +1,6 @@
+//! CPU kernels of our own, chosen at run time for the running CPU, for the
+//! weight types candle's CPU backend only has scalar code for.
+
+pub mod legacy_quant;
+
+pub use legacy_quant::LegacyQuantMatrix;
