@@ -343,13 +343,45 @@ def record_qwen25_coder():
     (d / "references_llamacpp.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
 
 
+SMOLLM2_QUESTIONS = [
+    "Which city is the capital of France?",
+    "What is the capital of Germany?",
+    "What is the capital of France?",
+    "Name three primary colors.",
+]
+
+
+def record_smollm2():
+    """SmolLM2-135M-Instruct Q4_1: llama.cpp's greedy chat answers (its own chat-template rendering of the GGUF's
+    template, F32 and default F16 KV cache), 64 tokens or EOS."""
+    import llama_cpp
+    from fetch_models import model_path
+
+    path = model_path("smollm2")
+    results = []
+    for f32_kv in (True, False):
+        kw = {"type_k": 0, "type_v": 0} if f32_kv else {}
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, **kw)
+        for q in SMOLLM2_QUESTIONS:
+            out = llm.create_chat_completion(messages=[{"role": "user", "content": q}], max_tokens=64, temperature=0.0)
+            c = out["choices"][0]
+            results.append({"question": q, "f32_kv_cache": f32_kv, "text": c["message"]["content"],
+                            "finish_reason": c["finish_reason"], "completion_tokens": out["usage"]["completion_tokens"]})
+        del llm
+    out = {"source": f"llama-cpp-python {llama_cpp.__version__}", "file": path.name, "results": results}
+    d = FIX / "smollm2"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "references_llamacpp.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser()
     ap.add_argument("targets", nargs="*", default=["llama"],
                     help="llama (the llama-tiny* fixtures, default), archs (the <arch>-tiny fixtures), "
-                         "qwen2.5-coder (the real Qwen2.5-Coder-0.5B-Instruct GGUF, fetched if missing)")
+                         "qwen2.5-coder (the real Qwen2.5-Coder-0.5B-Instruct GGUF, fetched if missing), "
+                         "smollm2 (the real SmolLM2-135M-Instruct GGUF)")
     args = ap.parse_args()
     import sys
 
@@ -361,5 +393,7 @@ if __name__ == "__main__":
             record_archs()
         elif t == "qwen2.5-coder":
             record_qwen25_coder()
+        elif t == "smollm2":
+            record_smollm2()
         else:
             ap.error(f"unknown target {t}")

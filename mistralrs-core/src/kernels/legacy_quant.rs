@@ -264,6 +264,15 @@ mod tests {
                 let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(err < 0.02 * scale, "{dtype:?} avx2={avx2}: max error {err} (scale {scale})");
             }
+            // candle's kernels quantize the activations alike, but round Q8_1's
+            // `s` as f16(Σq)·f16(d) where llama.cpp (and this file) take f16(d·Σq):
+            // the two agree to that rounding.
+            let candle = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let theirs = candle_core::Module::forward(&candle, &x).unwrap();
+            let ours = mat.matmul(&x).unwrap();
+            let err = (&theirs - &ours).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 5e-3 * scale, "{dtype:?}: ours vs candle's quantized product differ by {err} (scale {scale})");
             // The SIMD and scalar paths compute the same integer sums.
             let a = quantize_q8(&[0.5; 32], true);
             let row = &mat.data[..mat.cols / QK * mat.kind.block_bytes()];
