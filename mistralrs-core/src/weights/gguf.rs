@@ -2,8 +2,9 @@
 //! under llama.cpp's names mapped to transformers' module names.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
@@ -15,32 +16,36 @@ use crate::error::{Error, Result};
 use crate::layers::{Activation, Embedding, Linear};
 use crate::models::config::{ModelConfig, RopeScaling};
 
+/// A GGUF file opened for loading. Tensors are read with plain reads rather
+/// than through a memory map, so the file's pages do not count against the
+/// process while the weights are being copied into their own buffers.
 pub struct GgufFile {
     pub path: PathBuf,
-    mmap: memmap2::Mmap,
+    file: Mutex<std::fs::File>,
+    len: u64,
     content: Content,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::not_found(path, e.to_string()))?;
-        // SAFETY: read-only mapping; the file must not change while loaded.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::bad_file(path, e))?;
-        if mmap.len() < 8 || &mmap[..4] != b"GGUF" {
-            let magic: Vec<u8> = mmap.iter().take(4).copied().collect();
+        let mut file = std::fs::File::open(path).map_err(|e| Error::not_found(path, e.to_string()))?;
+        let len = file.metadata().map_err(|e| Error::bad_file(path, e))?.len();
+        let mut head = [0u8; 8];
+        let got = file.read(&mut head).map_err(|e| Error::bad_file(path, e))?;
+        if got < 8 || &head[..4] != b"GGUF" {
             return Err(Error::bad_file(
                 path,
-                format!("not a GGUF file: bad magic {magic:?} (expected b\"GGUF\")"),
+                format!("not a GGUF file: bad magic {:?} (expected b\"GGUF\")", &head[..got.min(4)]),
             ));
         }
-        let version = u32::from_le_bytes([mmap[4], mmap[5], mmap[6], mmap[7]]);
+        let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if !(2..=3).contains(&version) {
             return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
         }
-        let mut cursor = std::io::Cursor::new(&mmap[..]);
-        let content = Content::read(&mut cursor)
+        file.seek(SeekFrom::Start(0)).map_err(|e| Error::bad_file(path, e))?;
+        let content = Content::read(&mut std::io::BufReader::new(&mut file))
             .map_err(|e| Error::bad_file(path, format!("corrupt GGUF header: {e}")))?;
-        let file = Self { path: path.to_path_buf(), mmap, content };
+        let file = Self { path: path.to_path_buf(), file: Mutex::new(file), len, content };
         file.check_tensor_bounds()?;
         Ok(file)
     }
@@ -48,7 +53,7 @@ impl GgufFile {
     /// A truncated file is caught here, at open, rather than at the first
     /// tensor that falls off its end.
     fn check_tensor_bounds(&self) -> Result<()> {
-        let len = self.mmap.len() as u64;
+        let len = self.len;
         for (name, info) in &self.content.tensor_infos {
             let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
             let end = self.content.tensor_data_offset + info.offset + bytes as u64;
@@ -106,10 +111,15 @@ impl GgufFile {
             .tensor_infos
             .get(name)
             .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` is missing")))?;
-        let start = (self.content.tensor_data_offset + info.offset) as usize;
-        let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
-        let data = &self.mmap[start..start + bytes];
-        qtensor_from_ggml(info.ggml_dtype, data, info.shape.dims().to_vec(), device)
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut data = vec![0u8; tensor_bytes(info.ggml_dtype, info.shape.elem_count())];
+        {
+            let mut f = self.file.lock().map_err(|_| Error::runtime("GGUF reader poisoned"))?;
+            f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut data)).map_err(|e| {
+                Error::bad_file(&self.path, format!("cannot read tensor `{name}`: {e}"))
+            })?;
+        }
+        qtensor_from_ggml(info.ggml_dtype, &data, info.shape.dims().to_vec(), device)
             .map_err(|e| Error::bad_file(&self.path, format!("tensor `{name}`: {e}")))
     }
 
