@@ -50,6 +50,7 @@ impl Runner {
         if cfg.max_seqs == 0 {
             return Err(Error::invalid("max_seqs must be at least 1"));
         }
+        pin_thread_count();
         // A malformed file must surface as an error, never as a panic in the caller.
         let loaded = guard(|| loader::load(spec, opts))?;
         let tokenizer = Arc::new(loaded.tokenizer);
@@ -200,4 +201,17 @@ impl Drop for Runner {
 fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|p| Err(Error::runtime(format!("internal error: {}", panic_message(p.as_ref())))))
+}
+
+/// candle asks for its thread count on every f32 matmul and, without
+/// `RAYON_NUM_THREADS`, reads /proc/cpuinfo to answer (dozens of times per
+/// token); its own answer is pinned once so the lookups stay in memory.
+fn pin_thread_count() {
+    static PINNED: std::sync::Once = std::sync::Once::new();
+    PINNED.call_once(|| {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let n = candle_core::utils::get_num_threads();
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    });
 }

@@ -11,6 +11,9 @@ use rayon::prelude::*;
 
 const QK: usize = 32;
 
+/// Products smaller than this (multiply-adds) are not split across threads.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Q4_1,
@@ -75,10 +78,18 @@ impl LegacyQuantMatrix {
         let row_bytes = blocks * self.kind.block_bytes();
         // One weight row at a time against every token: the row stays in cache.
         let mut out_t = vec![0f32; self.rows * m];
-        out_t.par_chunks_mut(m).enumerate().for_each(|(r, out)| {
+        let one_row = |(r, out): (usize, &mut [f32])| {
             let w = &self.data[r * row_bytes..(r + 1) * row_bytes];
             self.dot_rows(w, &acts, blocks, out);
-        });
+        };
+        // Waking the thread pool costs more than a small product (decode
+        // steps are hundreds of them), so those run on the calling thread.
+        if self.rows * m * k < PARALLEL_MIN_MACS {
+            out_t.chunks_mut(m).enumerate().for_each(one_row);
+        } else {
+            let per_task = (self.rows / (4 * rayon::current_num_threads())).max(1);
+            out_t.par_chunks_mut(m).enumerate().with_min_len(per_task).for_each(one_row);
+        }
         let out = Tensor::from_vec(out_t, (self.rows, m), x.device())?;
         if m == 1 {
             out.reshape((1, self.rows))
@@ -94,7 +105,7 @@ impl LegacyQuantMatrix {
             // Tokens in groups, so each weight block is unpacked once per group.
             for (g, o) in out.chunks_mut(avx2::GROUP).enumerate() {
                 let acts = &acts[g * avx2::GROUP * blocks..(g * avx2::GROUP + o.len()) * blocks];
-                // SAFETY: AVX2 and FMA were detected at run time.
+                // SAFETY: AVX2, FMA and F16C were detected at run time.
                 unsafe { avx2::dot_group(self.kind, w, acts, blocks, o) };
             }
             return;
@@ -112,7 +123,9 @@ impl LegacyQuantMatrix {
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -201,7 +214,14 @@ mod avx2 {
 
     /// `out[i]` = row `w` . tokens' activations (`out.len()` <= GROUP tokens,
     /// `blocks` blocks each, token after token in `acts`).
-    #[target_feature(enable = "avx2,fma")]
+    /// An f16 at `b[at..at + 2]`, converted by the F16C instruction.
+    #[inline(always)]
+    unsafe fn f16c_at(b: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group(kind: Kind, w: &[u8], acts: &[Q8Block], blocks: usize, out: &mut [f32]) {
         let n = out.len();
         let bb = kind.block_bytes();
@@ -212,9 +232,9 @@ mod avx2 {
         let mut acc_m = [0f32; GROUP];
         for (blk, b) in w.chunks_exact(bb).enumerate() {
             let (d, m, qh, qs_at) = match kind {
-                Kind::Q4_1 => (f16_at(b, 0), f16_at(b, 2), 0u32, 4),
-                Kind::Q5_0 => (f16_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
-                Kind::Q5_1 => (f16_at(b, 0), f16_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
+                Kind::Q4_1 => (f16c_at(b, 0), f16c_at(b, 2), 0u32, 4),
+                Kind::Q5_0 => (f16c_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
+                Kind::Q5_1 => (f16c_at(b, 0), f16c_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
             };
             let raw = _mm_loadu_si128(b.as_ptr().add(qs_at) as *const __m128i);
             // Low nibbles are quants 0..15, high nibbles 16..31.
