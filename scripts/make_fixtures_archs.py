@@ -51,15 +51,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 FIX = M.FIX
-ARCHS = ["qwen2", "mistral", "gemma", "phi3", "phi2", "mixtral"]
+ARCHS = ["qwen2", "mistral", "gemma", "phi3", "phi2", "mixtral", "phi3-longrope"]
 SLIDING_WINDOW = 16
 GGUF_ARCH = {"qwen2": "qwen2", "mistral": "llama", "gemma": "gemma", "phi3": "phi3", "phi2": "phi2",
              "mixtral": "llama"}
 # transformers 5.24's GGUF loader handles these GGUF architectures (not gemma v1, phi2, or llama with experts)
 TRANSFORMERS_GGUF = {"qwen2", "mistral", "phi3"}
 HF_CLASS = {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM", "gemma": "GemmaForCausalLM",
-            "phi3": "Phi3ForCausalLM", "phi2": "PhiForCausalLM", "mixtral": "MixtralForCausalLM"}
-SEED_START = {"qwen2": 3000, "mistral": 3400, "gemma": 3800, "phi3": 4200, "phi2": 4600, "mixtral": 5000}
+            "phi3": "Phi3ForCausalLM", "phi2": "PhiForCausalLM", "mixtral": "MixtralForCausalLM",
+            "phi3-longrope": "Phi3ForCausalLM"}
+SEED_START = {"qwen2": 3000, "mistral": 3400, "gemma": 3800, "phi3": 4200, "phi2": 4600, "mixtral": 5000,
+              "phi3-longrope": 5400}
 
 LONG_PROMPT = ("The morning train left the station at seven, carrying farmers, students and a sleepy conductor "
                "who counted tickets twice. Outside, the fields were grey with frost, and the river ran slow")
@@ -96,6 +98,13 @@ def hf_config(arch: str):
         c.update(bos_token_id=1, eos_token_id=2, vocab_size=M.VOCAB_SIZE + len(PHI3_EXTRA_TOKENS))
         return T.Phi3Config(rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 1e4},
                             original_max_position_embeddings=256, hidden_act="silu", sliding_window=None, **c)
+    if arch == "phi3-longrope":
+        c.update(bos_token_id=1, eos_token_id=2, vocab_size=M.VOCAB_SIZE + len(PHI3_EXTRA_TOKENS),
+                 max_position_embeddings=LR_CTX)
+        return T.Phi3Config(rms_norm_eps=1e-5, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 1e4, "short_factor": list(LR_SHORT), "long_factor": list(LR_LONG),
+            "original_max_position_embeddings": LR_ORIG_CTX}, original_max_position_embeddings=LR_ORIG_CTX,
+            hidden_act="silu", sliding_window=None, **c)
     if arch == "phi2":
         c.update(num_key_value_heads=4)
         return T.PhiConfig(layer_norm_eps=1e-5, hidden_act="gelu_new", qk_layernorm=False,
@@ -225,6 +234,8 @@ def save_plain(model, arch: str, folder: Path, eos_id: int, bos_id: int):
         cfg["partial_rotary_factor"] = rp["partial_rotary_factor"]
     if arch in ("qwen2", "mistral", "mixtral", "gemma", "phi3", "phi2"):
         cfg["rope_scaling"] = None
+    if arch == "phi3-longrope":  # as Phi-3(.5)-mini-128k and Phi-4-mini write it
+        cfg["rope_scaling"] = {"type": "longrope", "short_factor": rp["short_factor"], "long_factor": rp["long_factor"]}
     cfg["torch_dtype"] = "float32"
     cfg.pop("dtype", None)
     cfg.pop("transformers_version", None)

@@ -65,7 +65,7 @@ pub struct StepContext<'a> {
 
 impl<'a> StepContext<'a> {
     pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
-        let (cos, sin) = rotary.tables(&batch.positions)?;
+        let (cos, sin) = rotary.tables(&batch.slots, device)?;
         let masks = batch
             .slots
             .iter()

@@ -15,4 +15,4 @@ pub use embedding::Embedding;
 pub use linear::Linear;
 pub use mlp::{Activation, GateUp, GatedMlp, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
-pub use rotary::Rotary;
+pub use rotary::{RopeFreqs, Rotary};

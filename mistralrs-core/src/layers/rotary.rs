@@ -4,43 +4,81 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::batch::SeqSlot;
+
+/// The inverse frequencies a model rotates with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeFreqs {
+    /// One inverse frequency per rotated pair, scaling already applied.
+    pub inv_freq: Vec<f32>,
+    /// LongRoPE (phi3): the frequencies used once a sequence is longer than
+    /// the given length, as transformers switches per forward pass.
+    pub long: Option<(Vec<f32>, usize)>,
+    /// Multiplies cos and sin (LongRoPE's attention factor; 1 otherwise).
+    pub scale: f32,
+}
+
+impl RopeFreqs {
+    pub fn plain(inv_freq: Vec<f32>) -> Self {
+        Self { inv_freq, long: None, scale: 1.0 }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rotary {
-    /// (max_positions, rotary_dim / 2)
+    /// (positions, rotary_dim / 2): the short table, then the long one if any.
     cos: Tensor,
-    /// (max_positions, rotary_dim / 2)
     sin: Tensor,
+    max_positions: usize,
+    /// Sequences longer than this use the long table.
+    long_after: Option<usize>,
+}
+
+fn table(inv_freq: &[f32], max_positions: usize, scale: f32, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    for pos in 0..max_positions {
+        for f in inv_freq {
+            // f32 product, as torch computes `position_ids.float() @ inv_freq`.
+            let angle = pos as f32 * f;
+            cos.push(angle.cos() * scale);
+            sin.push(angle.sin() * scale);
+        }
+    }
 }
 
 impl Rotary {
-    /// `inv_freq`: one inverse frequency per rotated pair (rotary_dim / 2 of them),
-    /// already adjusted for any rope scaling.
-    pub fn new(inv_freq: &[f32], max_positions: usize, device: &Device) -> Result<Self> {
-        let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for pos in 0..max_positions {
-            for f in inv_freq {
-                // f32 product, as torch computes `position_ids.float() @ inv_freq`.
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+    pub fn new(freqs: &RopeFreqs, max_positions: usize, device: &Device) -> Result<Self> {
+        let half = freqs.inv_freq.len();
+        let tables = if freqs.long.is_some() { 2 } else { 1 };
+        let mut cos = Vec::with_capacity(tables * max_positions * half);
+        let mut sin = Vec::with_capacity(tables * max_positions * half);
+        table(&freqs.inv_freq, max_positions, freqs.scale, &mut cos, &mut sin);
+        if let Some((long, _)) = &freqs.long {
+            if long.len() != half {
+                candle_core::bail!("long rope factors have {} entries, expected {half}", long.len());
             }
+            table(long, max_positions, freqs.scale, &mut cos, &mut sin);
         }
+        let rows = tables * max_positions;
         Ok(Self {
-            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
-            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
+            cos: Tensor::from_vec(cos, (rows, half), device)?,
+            sin: Tensor::from_vec(sin, (rows, half), device)?,
+            max_positions,
+            long_after: freqs.long.as_ref().map(|(_, n)| *n),
         })
     }
 
-    pub fn max_positions(&self) -> usize {
-        self.cos.dims()[0]
-    }
-
-    /// The (cos, sin) rows for each token's position; computed once per
-    /// forward and shared by all layers. `positions`: (tokens,) u32.
-    pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
+    /// The (cos, sin) rows of every token of a batch, each (tokens, rotary_dim / 2);
+    /// computed once per forward and shared by all layers.
+    pub fn tables(&self, slots: &[SeqSlot], device: &Device) -> Result<(Tensor, Tensor)> {
+        let total: usize = slots.iter().map(|s| s.len).sum();
+        let mut rows = Vec::with_capacity(total);
+        for s in slots {
+            let long = self.long_after.is_some_and(|n| s.past + s.len > n);
+            let base = if long { self.max_positions } else { 0 };
+            rows.extend((s.past..s.past + s.len).map(|p| (base + p) as u32));
+        }
+        let rows = Tensor::from_vec(rows, total, device)?;
+        Ok((self.cos.index_select(&rows, 0)?, self.sin.index_select(&rows, 0)?))
     }
 
     /// `x`: (tokens, heads, head_dim) -> same shape, rotated.

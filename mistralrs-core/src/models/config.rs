@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
-use crate::layers::rotary::default_inv_freq;
+use crate::layers::rotary::{default_inv_freq, RopeFreqs};
 use crate::layers::Activation;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +19,9 @@ pub enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
     /// Per-pair divisors of the inverse frequencies (llama.cpp's `rope_freqs.weight`).
     Factors(Vec<f32>),
+    /// Phi-3's LongRoPE: per-pair divisors for short sequences and for
+    /// sequences longer than `original_max_position`, and a factor on cos/sin.
+    LongRope { short: Vec<f32>, long: Vec<f32>, original_max_position: usize, attention_factor: f64 },
 }
 
 #[derive(Debug, Clone)]
@@ -52,11 +55,25 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Inverse rotary frequencies with the configured scaling applied.
-    pub fn inv_freq(&self) -> Vec<f32> {
+    /// The rotary frequencies with the configured scaling applied.
+    pub fn rope_freqs(&self) -> RopeFreqs {
+        let base = default_inv_freq(self.rotary_dim, self.rope_theta);
+        let divided = |div: &[f32]| base.iter().zip(div).map(|(f, d)| f / d).collect::<Vec<f32>>();
+        match &self.rope_scaling {
+            RopeScaling::LongRope { short, long, original_max_position, attention_factor } => RopeFreqs {
+                inv_freq: divided(short),
+                long: Some((divided(long), *original_max_position)),
+                scale: *attention_factor as f32,
+            },
+            _ => RopeFreqs::plain(self.inv_freq()),
+        }
+    }
+
+    /// Inverse rotary frequencies with the configured (length-independent) scaling applied.
+    fn inv_freq(&self) -> Vec<f32> {
         let base = default_inv_freq(self.rotary_dim, self.rope_theta);
         match &self.rope_scaling {
-            RopeScaling::None => base,
+            RopeScaling::None | RopeScaling::LongRope { .. } => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| (*f as f64 / factor) as f32).collect(),
             RopeScaling::Factors(div) => base.iter().zip(div).map(|(f, d)| f / d).collect(),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
@@ -108,6 +125,7 @@ struct HfConfig {
     rope_scaling: Option<serde_json::Value>,
     rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: usize,
+    original_max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
@@ -128,6 +146,27 @@ fn arch_of_class(class: &str) -> Option<Architecture> {
     })
 }
 
+/// transformers' LongRoPE defaults: the attention factor from the ratio of
+/// the extended to the original context.
+fn longrope(v: &serde_json::Value, path: &Path, max_position: usize, original: Option<usize>) -> Result<RopeScaling> {
+    let factors = |k: &str| -> Result<Vec<f32>> {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+            .ok_or_else(|| Error::bad_file(path, format!("longrope scaling needs `{k}`")))
+    };
+    let original = original
+        .or_else(|| v.get("original_max_position_embeddings").and_then(|x| x.as_u64()).map(|x| x as usize))
+        .unwrap_or(max_position);
+    let factor = max_position as f64 / original as f64;
+    let attention_factor = v.get("attention_factor").and_then(|x| x.as_f64()).unwrap_or(if factor <= 1.0 {
+        1.0
+    } else {
+        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+    });
+    Ok(RopeScaling::LongRope { short: factors("short_factor")?, long: factors("long_factor")?, original_max_position: original, attention_factor })
+}
+
 fn rope_scaling_of(v: &serde_json::Value, path: &Path) -> Result<RopeScaling> {
     let get = |k: &str| v.get(k).and_then(|x| x.as_f64());
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
@@ -146,7 +185,7 @@ fn rope_scaling_of(v: &serde_json::Value, path: &Path) -> Result<RopeScaling> {
         other => {
             return Err(Error::bad_file(
                 path,
-                format!("rope scaling type `{other}` is not supported (supported: default, linear, llama3)"),
+                format!("rope scaling type `{other}` is not supported (supported: default, linear, llama3, longrope)"),
             ))
         }
     })
@@ -189,9 +228,13 @@ impl ModelConfig {
             .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|x| x.as_f64()))
             .unwrap_or(10_000.0);
         let scaling_src = c.rope_scaling.as_ref().filter(|v| !v.is_null()).or(params);
-        let rope_scaling = match scaling_src {
-            Some(v) => rope_scaling_of(v, path)?,
-            None => RopeScaling::None,
+        let kind = scaling_src.and_then(|v| v.get("rope_type").or_else(|| v.get("type"))).and_then(|x| x.as_str());
+        let rope_scaling = match (scaling_src, kind) {
+            (Some(v), Some("longrope" | "su")) => {
+                longrope(v, path, c.max_position_embeddings, c.original_max_position_embeddings)?
+            }
+            (Some(v), _) => rope_scaling_of(v, path)?,
+            (None, _) => RopeScaling::None,
         };
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 && c.head_dim.is_none() {
             return Err(Error::bad_file(path, "hidden_size must be a multiple of num_attention_heads"));

@@ -60,7 +60,7 @@ impl Gemma {
             embed_scale: (hidden as f32).sqrt() as f64,
             layers,
             norm: load_norm(cfg, w, "model.norm.weight")?,
-            rotary: Rotary::new(&cfg.inv_freq(), cfg.max_position_embeddings, device)?,
+            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
             cfg: cfg.clone(),
             device: device.clone(),
         })

@@ -77,7 +77,7 @@ impl Llama {
             embed_tokens,
             layers,
             norm: load_norm(cfg, w, "model.norm.weight")?,
-            rotary: Rotary::new(&cfg.inv_freq(), cfg.max_position_embeddings, device)?,
+            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
             cfg: cfg.clone(),
             device: device.clone(),
         })

@@ -65,7 +65,7 @@ impl Phi2 {
             layers,
             final_layernorm: load_layer_norm(cfg, w, "model.final_layernorm")?,
             lm_head,
-            rotary: Rotary::new(&cfg.inv_freq(), cfg.max_position_embeddings, device)?,
+            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
             cfg: cfg.clone(),
             device: device.clone(),
         })

@@ -203,9 +203,24 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
         Some(info) if info.shape.rank() == 2 => info.shape.dims()[0],
         _ => return Err(Error::bad_file(&file.path, "tensor `token_embd.weight` is missing or not 2-D")),
     };
+    let vector = |name: &str| -> Result<Vec<f32>> {
+        Ok(file.qtensor(name, &Device::Cpu)?.dequantize(&Device::Cpu)?.to_vec1::<f32>()?)
+    };
+    let context = file.require_usize(&key("context_length"))?;
     let rope_scaling = if file.has_tensor("rope_freqs.weight") {
-        let t = file.qtensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
-        RopeScaling::Factors(t.to_vec1::<f32>()?)
+        RopeScaling::Factors(vector("rope_freqs.weight")?)
+    } else if file.has_tensor("rope_factors_long.weight") {
+        // Phi-3 LongRoPE; the switch to the long factors follows transformers
+        // (per sequence length), not llama.cpp's choice by context size.
+        let original = file.get_usize(&key("rope.scaling.original_context_length")).unwrap_or(context);
+        let factor = context as f64 / original as f64;
+        let computed = if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / (original as f64).ln()).sqrt() };
+        RopeScaling::LongRope {
+            short: vector("rope_factors_short.weight")?,
+            long: vector("rope_factors_long.weight")?,
+            original_max_position: original,
+            attention_factor: file.get_f64(&key("rope.scaling.attn_factor")).unwrap_or(computed),
+        }
     } else {
         match (file.get_str(&key("rope.scaling.type")), file.get_f64(&key("rope.scaling.factor"))) {
             (Some("linear"), Some(factor)) => RopeScaling::Linear { factor },
@@ -235,7 +250,7 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
         norm_eps: eps,
         rope_theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
         rope_scaling,
-        max_position_embeddings: file.require_usize(&key("context_length"))?,
+        max_position_embeddings: context,
         tie_word_embeddings: !file.has_tensor("output.weight"),
         sliding_window: file.get_usize(&key("attention.sliding_window")).filter(|&w| w > 0),
         qkv_bias: file.has_tensor("blk.0.attn_q.bias"),
