@@ -30,6 +30,9 @@ Architectures and what each exercises (hidden 64, 2 layers, 4 heads, vocab 384, 
   mixtral  MixtralForCausalLM: GQA, 4 experts top-2 (intermediate 64); GGUF `llama` with expert_count /
            expert_used_count, ffn_gate_inp (F32 in every file, as llama.cpp's converter keeps it) and stacked
            3-D ffn_{gate,up,down}_exps
+  phi3-longrope  phi3 with rope_scaling longrope (short/long factors, original ctx 32, max 256): references with
+           the KV cache, no-cache and one-factor-set variants, one F32 GGUF (rope_factors_long/short, attn_factor)
+           and llama.cpp's ids (written here, not by record_llamacpp.py); see tests/fixtures/phi3-longrope-tiny/README.md
 
 GGUF references: transformers `from_pretrained(dir, gguf_file=...)` where it supports the architecture
 (llama for mistral/mixtral-less files, qwen2, phi3), cross-checked against our own `gguf.quants.dequantize`
@@ -608,6 +611,407 @@ def build(arch: str, seed: int | None):
     assert total < 3_000_000, total
 
 
+# --------------------------------------------------------------------------- phi3-longrope
+# Phi-3 LongRoPE (rope_scaling type "longrope", as Phi-3-mini-128k / Phi-3.5-mini / Phi-4-mini have it): per
+# frequency divisors, `short_factor` while the sequence is at most original_max_position_embeddings tokens long,
+# `long_factor` beyond; cos/sin scaled by sqrt(1 + ln(max_pos / orig) / ln(orig)) in both regimes.  Dyadic factor
+# values (exact in f32 and f64).  See tests/fixtures/README.md, "phi3-longrope-tiny".
+LR_SHORT = [1.0, 1.0625, 1.125, 1.1875, 1.25, 1.3125, 1.375, 1.5]
+LR_LONG = [2.0, 2.5, 3.0, 3.5, 4.5, 5.5, 6.5, 8.0]
+LR_ORIG_CTX = 32
+LR_CTX = 256
+LR_ATTN_FACTOR = math.sqrt(1 + math.log(LR_CTX / LR_ORIG_CTX) / math.log(LR_ORIG_CTX))  # sqrt(1.6)
+LR_FILE = "phi3-longrope-tiny-f32.gguf"
+LR_COMPLETIONS = [
+    ("hi", "Hi there"),
+    ("sun", "The sun is warm"),
+    ("fox", "The quick brown fox"),
+    ("once", "Once upon a time, there was"),
+    ("unicode", "café naïve 東京 🙂 costs €5"),
+    ("numbers", "Hello, world! 123 + 45 = 168.\nNext line:"),
+    ("long", LONG_PROMPT),
+]
+LR_CHATS = [("capital", [{"role": "user", "content": "What is the capital of France?"}])]
+
+
+def lr_prefix_with(hf_tok, n: int) -> str:
+    """The shortest prefix of LONG_PROMPT (no trailing space) that tokenizes to exactly n ids (BOS included)."""
+    for k in range(1, len(LONG_PROMPT) + 1):
+        p = LONG_PROMPT[:k]
+        if p.endswith(" "):
+            continue
+        m = len(hf_tok(p)["input_ids"])
+        if m == n:
+            return p
+        if m > n:
+            break
+    raise SystemExit(f"no prefix of {n} tokens")
+
+
+def lr_cases(spm: "SpmTok", hf_tok) -> list[dict]:
+    comps = list(LR_COMPLETIONS)
+    # the boundary: a 32-token prompt (short prefill, first decode step long) and a 33-token one (long from start)
+    comps.insert(5, ("edge32", lr_prefix_with(hf_tok, LR_ORIG_CTX)))
+    comps.insert(6, ("edge33", lr_prefix_with(hf_tok, LR_ORIG_CTX + 1)))
+    out = []
+    for name, prompt in comps:
+        ids = hf_tok(prompt)["input_ids"]
+        assert ids == spm.raw.encode(prompt).ids == [spm.sp.bos_id()] + spm.sp.encode(prompt), name
+        assert hf_tok.decode(ids, skip_special_tokens=True) == prompt, name
+        out.append({"name": name, "kind": "completion", "prompt": prompt, "prompt_ids": ids})
+    for name, messages in LR_CHATS:
+        text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == spm.raw.encode(text, add_special_tokens=False).ids == spm.sp.encode(text), name
+        out.append({"name": name, "kind": "chat", "messages": messages, "rendered": text, "prompt_ids": ids})
+    return out
+
+
+def lr_schedule(n_prompt: int) -> dict:
+    """transformers' factor choice with a KV cache: a forward whose max(position_ids)+1 exceeds LR_ORIG_CTX rotates
+    its new queries/keys with long_factor; the step-s logits come from the forward with max position n_prompt+s-1."""
+    steps = ["long" if n_prompt + s > LR_ORIG_CTX else "short" for s in range(M.N_STEPS)]
+    if n_prompt > LR_ORIG_CTX:
+        regime = "long"
+    elif n_prompt + M.N_STEPS - 1 <= LR_ORIG_CTX:
+        regime = "short"
+    else:
+        regime = "crossing"
+    return {"regime": regime, "step_factors": steps,
+            "first_long_step": next((s for s, f in enumerate(steps) if f == "long"), None),
+            "prefill_factors": "long" if n_prompt > LR_ORIG_CTX else "short"}
+
+
+@torch.no_grad()
+def greedy_kv(model, prompt_ids: list[int], table, n_steps=M.N_STEPS):
+    """Greedy with transformers' KV cache: the prompt in one forward (use_cache=True), then one token per forward
+    with past_key_values, as an engine with a KV cache runs it (cached keys are never re-rotated)."""
+    out = model(input_ids=torch.tensor([prompt_ids], dtype=torch.long), use_cache=True)
+    steps, min_gap, first_lp = [], float("inf"), None
+    for s in range(n_steps):
+        logits = out.logits[0, -1].to(torch.float32)
+        lp = torch.log_softmax(logits.to(torch.float64), dim=-1).numpy()
+        logits = logits.numpy().astype(np.float64)
+        order = np.argsort(-logits, kind="stable")
+        gap = float(logits[order[0]] - logits[order[1]])
+        min_gap = min(min_gap, gap)
+        if s == 0:
+            first_lp = lp
+        tid = int(order[0])
+        steps.append({"id": tid, "bytes": table[tid], "logprob": float(lp[tid]), "gap": gap,
+                      "top": [{"id": int(j), "bytes": table[int(j)], "logprob": float(lp[j])}
+                              for j in order[:M.TOP_K]]})
+        if s + 1 < n_steps:
+            out = model(input_ids=torch.tensor([[tid]], dtype=torch.long), past_key_values=out.past_key_values,
+                        use_cache=True)
+    return steps, min_gap, first_lp
+
+
+def run_cases_kv(model, cases, hf_tok, table):
+    res, min_gap = [], float("inf")
+    for c in cases:
+        steps, g, first_lp = greedy_kv(model, c["prompt_ids"], table)
+        min_gap = min(min_gap, g)
+        gen = [s["id"] for s in steps]
+        res.append({"steps": steps, "ids": gen, "text": hf_tok.decode(gen, skip_special_tokens=True),
+                    "first_step_logprobs": first_lp})
+    return res, min_gap
+
+
+def lr_variant(folder: Path, sd: dict[str, np.ndarray], factors: str):
+    """The model with the given weights and config.json, rope factors as written ("dynamic"), or one factor set at
+    every position ("long": llama.cpp with n_ctx > original context; "short": n_ctx <= original context).  The
+    attention factor is unchanged (it depends on max_position_embeddings / original only)."""
+    from safetensors.numpy import save_file
+
+    with tempfile.TemporaryDirectory() as td:
+        cfg = json.loads((folder / "config.json").read_text())
+        rs = dict(cfg["rope_scaling"])
+        if factors == "long":
+            rs["short_factor"] = rs["long_factor"]
+        elif factors == "short":
+            rs["long_factor"] = rs["short_factor"]
+        cfg["rope_scaling"] = rs
+        (Path(td) / "config.json").write_text(json.dumps(cfg))
+        save_file(sd, str(Path(td) / "model.safetensors"), metadata={"format": "pt"})
+        m = load_plain("phi3-longrope", Path(td))
+    assert abs(m.model.rotary_emb.attention_scaling - LR_ATTN_FACTOR) < 1e-12
+    return m
+
+
+def write_gguf_longrope(folder: Path, cfg, vocab_writer):
+    """F32 GGUF `phi3` with the metadata and tensors llama.cpp's converter (Phi3MiniModel) writes for a longrope
+    checkpoint: context_length = max_position_embeddings, rope.scaling.original_context_length, rope.scaling.attn_factor
+    = sqrt(1 + ln(scale)/ln(orig)), rope.dimension_count, attention.sliding_window = 0 (no window), and the F32 1-D
+    tensors rope_factors_long.weight / rope_factors_short.weight (head_dim/2 each), written first."""
+    import gguf
+
+    rp = cfg.rope_parameters
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    w = gguf.GGUFWriter(str(folder / LR_FILE), "phi3")
+    w.add_name("phi3-longrope-tiny")
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(float(rp["rope_theta"]))
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    w.add_sliding_window(0)
+    w.add_rope_scaling_attn_factors(LR_ATTN_FACTOR)
+    vocab_writer(w)
+    w.add_tensor("rope_factors_long.weight", np.asarray(rp["long_factor"], dtype=np.float32))
+    w.add_tensor("rope_factors_short.weight", np.asarray(rp["short_factor"], dtype=np.float32))
+    for tname, arr in to_gguf("phi3", file_state_dict(folder), cfg):
+        w.add_tensor(tname, np.ascontiguousarray(arr, dtype=np.float32))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def lr_results(cases, res, with_first=False):
+    out = []
+    for c, r in zip(cases, res):
+        e = {"name": c["name"], "ids": r["ids"], "text": r["text"], "steps": M.serialize_steps(r["steps"])}
+        if with_first:
+            e["first_step_logprobs"] = [M.rnd(v) for v in r["first_step_logprobs"].tolist()]
+        out.append(e)
+    return out
+
+
+def max_step_logprob_diff(a: dict, b: dict) -> float:
+    """Max logprob difference (over the ids in both recorded top-8 lists) at the steps whose inputs are the same
+    (all earlier greedy ids equal), i.e. up to and including the first step where the chosen ids differ."""
+    d = 0.0
+    for x, y in zip(a["steps"], b["steps"]):
+        lx, ly = {t["id"]: t["logprob"] for t in x["top"]}, {t["id"]: t["logprob"] for t in y["top"]}
+        d = max([d] + [abs(lx[k] - ly[k]) for k in lx.keys() & ly.keys()])
+        if x["id"] != y["id"]:
+            break
+    return d
+
+
+def lr_llamacpp(path: Path, cases, tok_hf, n_ctx: int) -> dict:
+    import llama_cpp
+    import record_llamacpp as R
+
+    # llama-cpp-python 0.3.36 rounds a smaller n_ctx up to 256 (n_ctx() == 256 for n_ctx=32), so no context it
+    # accepts is <= 32 here: on this file llama.cpp always selects rope_factors_long
+    assert R.load(path, LR_ORIG_CTX, f32_kv=True).n_ctx() > LR_ORIG_CTX
+    llm = R.load(path, n_ctx, f32_kv=True)
+    results = []
+    for c in cases:
+        if c["kind"] == "completion":
+            lt = llm.tokenize(c["prompt"].encode("utf-8"), add_bos=True, special=False)
+        else:
+            lt = llm.tokenize(c["rendered"].encode("utf-8"), add_bos=False, special=True)
+        steps, first = R.greedy(llm, c["prompt_ids"])
+        ids = [s["id"] for s in steps]
+        results.append({"name": c["name"], "ids": ids, "text": tok_hf.decode(ids, skip_special_tokens=True),
+                        "steps": steps, "first_step_logprobs": [R.rnd(v) for v in first.tolist()],
+                        "tokenize_matches_reference": lt == c["prompt_ids"]})
+    del llm
+    return {"n_ctx": n_ctx, "llama_cpp_python": llama_cpp.__version__, "results": results}
+
+
+def build_longrope(seed: int | None):
+    arch = "phi3-longrope"
+    d = FIX / f"{arch}-tiny"
+    d.mkdir(parents=True, exist_ok=True)
+    spm = SpmTok()
+    spm.write(d)
+    hf_tok = spm.hf(d)
+    cases = lr_cases(spm, hf_tok)
+    table = spm.table
+    specials = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    specials.update({t: M.VOCAB_SIZE + i for i, t in enumerate(PHI3_EXTRA_TOKENS)})
+    bos_id, eos_id = spm.sp.bos_id(), spm.sp.eos_id()
+    sched = {c["name"]: lr_schedule(len(c["prompt_ids"])) for c in cases}
+    for c in cases:
+        print(f"  {arch} {c['name']}: {len(c['prompt_ids'])} prompt tokens, {sched[c['name']]['regime']}")
+    assert {s["regime"] for s in sched.values()} == {"short", "crossing", "long"}
+
+    if seed is None:
+        for s in range(SEED_START[arch], SEED_START[arch] + 400):
+            model = random_model(arch, s)
+            _, g = run_cases_kv(model, cases, hf_tok, table)
+            if g > M.MIN_GAP:  # llama.cpp's references (one factor set everywhere) need gaps too
+                sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+                with tempfile.TemporaryDirectory() as td:
+                    save_plain(model, arch, Path(td), eos_id, bos_id)
+                    _, g2 = run_cases_kv(lr_variant(Path(td), sd, "long"), cases, hf_tok, table)
+                g = min(g, g2)
+            print(f"  {arch} seed {s}: min greedy top1-top2 gap {g:.4f}")
+            if g > M.MIN_GAP:
+                seed = s
+                break
+        else:
+            raise SystemExit(f"{arch}: no seed found")
+    model = random_model(arch, seed)
+    save_plain(model, arch, d, eos_id, bos_id)
+    ref = load_plain(arch, d)
+    for (k1, v1), (k2, v2) in zip(sorted(model.state_dict().items()), sorted(ref.state_dict().items())):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    rot = ref.model.rotary_emb
+    assert rot.rope_type == "longrope" and abs(rot.attention_scaling - LR_ATTN_FACTOR) < 1e-12
+    # both spellings of the rope_scaling type key load as longrope, with identical outputs
+    sd = file_state_dict(d)
+    with tempfile.TemporaryDirectory() as td:
+        cfg = json.loads((d / "config.json").read_text())
+        rs = cfg["rope_scaling"]
+        cfg["rope_scaling"] = {"rope_type": rs["type"], "short_factor": rs["short_factor"],
+                               "long_factor": rs["long_factor"]}
+        (Path(td) / "config.json").write_text(json.dumps(cfg))
+        from safetensors.numpy import save_file
+        save_file(sd, str(Path(td) / "model.safetensors"), metadata={"format": "pt"})
+        alt = load_plain(arch, Path(td))
+        assert alt.model.rotary_emb.rope_type == "longrope"
+        alt_res, _ = run_cases_kv(alt, cases, hf_tok, table)
+
+    kv_res, gap = run_cases_kv(ref, cases, hf_tok, table)
+    mem_res, _ = run_cases_kv(model, cases, hf_tok, table)
+    assert all(a["ids"] == b["ids"] for a, b in zip(kv_res, mem_res))
+    assert M.max_first_step_diff(kv_res, mem_res) == 0.0
+    assert all(a["ids"] == b["ids"] for a, b in zip(kv_res, alt_res))
+    assert M.max_first_step_diff(kv_res, alt_res) == 0.0
+    nc_res, _ = M.run_cases(ref, cases, hf_tok, table)  # full recompute every step (no cache)
+    long_res, _ = run_cases_kv(lr_variant(d, sd, "long"), cases, hf_tok, table)
+    short_res, _ = run_cases_kv(lr_variant(d, sd, "short"), cases, hf_tok, table)
+    print(f"{arch}-tiny seed {seed}, min gap {gap:.4f}")
+
+    comparisons = {}
+    for c, kv, nc, lo, sh in zip(cases, kv_res, nc_res, long_res, short_res):
+        n = c["name"]
+        cmp = {"no_cache_ids_equal": kv["ids"] == nc["ids"],
+               "no_cache_max_logprob_diff": M.rnd(max_step_logprob_diff(kv, nc)),
+               "all_long_ids_equal": kv["ids"] == lo["ids"],
+               "all_short_ids_equal": kv["ids"] == sh["ids"]}
+        comparisons[n] = cmp
+        print(f"  {n}: {sched[n]['regime']}: kv vs no-cache ids equal={cmp['no_cache_ids_equal']} "
+              f"(max logprob diff {cmp['no_cache_max_logprob_diff']:.2e}); = all-long {cmp['all_long_ids_equal']}; "
+              f"= all-short {cmp['all_short_ids_equal']}")
+        if sched[n]["regime"] == "short":
+            assert cmp["no_cache_max_logprob_diff"] < 1e-4 and cmp["all_short_ids_equal"]
+        if sched[n]["regime"] == "long":
+            assert cmp["no_cache_max_logprob_diff"] < 1e-4 and cmp["all_long_ids_equal"]
+    # the factor switch must matter: long factors change every long-prompt case's first step
+    for c, kv, sh in zip(cases, kv_res, short_res):
+        if sched[c["name"]]["regime"] == "long":
+            assert np.max(np.abs(kv["first_step_logprobs"] - sh["first_step_logprobs"])) > 0.05, c["name"]
+
+    # GGUF (F32)
+    write_gguf_longrope(d, ref.config, lambda w: M.add_spm_vocab(w, spm.sp, spm.tokens, spm.scores, spm.types,
+                                                                  SPM_CHAT_TEMPLATE))
+    gt = read_gguf(d / LR_FILE)
+    assert np.array_equal(gt.pop("rope_factors_long.weight"), np.asarray(LR_LONG, dtype=np.float32))
+    assert np.array_equal(gt.pop("rope_factors_short.weight"), np.asarray(LR_SHORT, dtype=np.float32))
+    gsd = from_gguf("phi3", gt, ref.config)
+    assert set(gsd) == set(sd) and all(np.array_equal(gsd[k], sd[k]) for k in sd)
+    g_dyn, _ = run_cases_kv(lr_variant(d, gsd, "dynamic"), cases, hf_tok, table)
+    g_long, g_long_gap = run_cases_kv(lr_variant(d, gsd, "long"), cases, hf_tok, table)
+    assert M.max_first_step_diff(g_dyn, kv_res) == 0.0 and all(a["ids"] == b["ids"] for a, b in zip(g_dyn, kv_res))
+    # what transformers' own GGUF loader makes of the file (it does not read the rope factor tensors)
+    try:
+        m_tf = model_from_gguf_transformers(d, LR_FILE)
+        tf_rope = dict(m_tf.config.rope_parameters or {})
+        tf_note = f"transformers from_pretrained(gguf_file=...) gives rope_parameters {tf_rope}"
+    except Exception as e:  # noqa: BLE001
+        tf_note = f"transformers from_pretrained(gguf_file=...) fails: {e!r}"
+    print(f"  {tf_note}")
+
+    lc_long = lr_llamacpp(d / LR_FILE, cases, hf_tok, LR_CTX)
+    for lc, tref, label in ((lc_long, g_long, "long"),):
+        tmap = {c["name"]: r for c, r in zip(cases, tref)}
+        mx = 0.0
+        for r in lc["results"]:
+            t = tmap[r["name"]]
+            top5 = np.argsort(-t["first_step_logprobs"], kind="stable")[:5]
+            diff = float(np.max(np.abs(np.asarray(r["first_step_logprobs"])[top5] - t["first_step_logprobs"][top5])))
+            mx = max(mx, diff)
+            r["equal_to_transformers_all_" + label] = r["ids"] == t["ids"]
+            r["first_step_top5_max_abs_diff_vs_transformers_all_" + label] = M.rnd(diff)
+            kvr = next(x for c, x in zip(cases, kv_res) if c["name"] == r["name"])
+            r["factor_choice_agrees_with_transformers"] = (
+                all(f == label for f in sched[r["name"]]["step_factors"]))
+            r["equal_to_transformers_kv_cache_reference"] = r["ids"] == kvr["ids"]
+            assert r["tokenize_matches_reference"], r["name"]
+            print(f"  llama.cpp n_ctx={lc['n_ctx']} {r['name']}: = transformers all-{label} {r['ids'] == t['ids']} "
+                  f"(first-step top5 diff {diff:.2e}); = transformers kv reference "
+                  f"{r['equal_to_transformers_kv_cache_reference']}")
+        lc["first_step_top5_max_abs_diff_vs_transformers_all_" + label] = M.rnd(mx)
+        lc["factor_set"] = label
+        assert mx < 1e-3, (label, mx)
+        assert all(r["equal_to_transformers_all_" + label] for r in lc["results"]), label
+
+    lc_doc = {
+        "schema": 1, "n_steps": M.N_STEPS,
+        "source": "llama-cpp-python %s (llama.cpp), n_threads=2, F32 KV cache, no flash attention; prompt ids fed "
+                  "as tokens, greedy argmax of llama_get_logits_ith(ctx,-1), EOS ignored" % lc_long["llama_cpp_python"],
+        "factor_choice": "llama.cpp picks rope_factors_long when n_ctx_per_seq > rope.scaling.original_context_length "
+                         "(32), else rope_factors_short, once for the whole context (every position, prompt and "
+                         "generation); recorded with n_ctx=256 -> long everywhere (llama-cpp-python rounds n_ctx up "
+                         "to 256, so short factors cannot be selected on this file)",
+        "files": {LR_FILE: lc_long},
+    }
+    doc = {
+        "schema": 1, "n_steps": M.N_STEPS, "vocab_bytes": table, "special_tokens": specials,
+        "bos_id": bos_id, "eos_id": eos_id, "cases": [M.case_entry(c) for c in cases],
+        "plain": {"source": "transformers Phi3ForCausalLM (f32, CPU) on model.safetensors, greedy with the KV cache: "
+                            "prompt in one forward (use_cache=True), then one token per forward with past_key_values",
+                  "results": [dict(e, **{"rope": sched[e["name"]]}) for e in lr_results(cases, kv_res)]},
+        "plain_no_cache": {"source": "transformers Phi3ForCausalLM (f32, CPU), greedy recomputing the whole sequence "
+                                     "each step (no cache): every position rotated with the factor set of the "
+                                     "current total length",
+                           "results": lr_results(cases, nc_res),
+                           "vs_kv_cache": comparisons},
+        "plain_all_long": {"source": "transformers with short_factor := long_factor (long factors at every position, "
+                                     "same attention factor), KV cache; llama.cpp's behaviour with n_ctx > 32",
+                           "results": lr_results(cases, long_res)},
+        "plain_all_short": {"source": "transformers with long_factor := short_factor, KV cache; llama.cpp's behaviour "
+                                      "with n_ctx <= 32",
+                            "results": lr_results(cases, short_res)},
+        "gguf": {LR_FILE: {
+            "source": "gguf.quants.dequantize (F32) loaded into transformers Phi3ForCausalLM with the model's "
+                      "config.json (longrope), greedy with the KV cache; equal to `plain`. " + tf_note,
+            "tensor_types": M.gguf_tensor_types(d / LR_FILE),
+            "results": [dict(e, factor_choice_agrees_with_llamacpp=(sched[e["name"]]["regime"] == "long"))
+                        for e in lr_results(cases, g_dyn, with_first=True)],
+            "results_all_long": lr_results(cases, g_long, with_first=True),
+            "max_abs_diff_vs_plain_first_step_top5": M.max_first_step_diff(g_dyn, kv_res),
+            "min_greedy_gap": M.rnd(min(gap, g_long_gap)),
+            "metadata": {"phi3.context_length": LR_CTX, "phi3.rope.scaling.original_context_length": LR_ORIG_CTX,
+                         "phi3.rope.scaling.attn_factor": LR_ATTN_FACTOR, "phi3.rope.dimension_count": 16,
+                         "phi3.attention.sliding_window": 0},
+        }},
+        "rope": {"type": "longrope", "short_factor": LR_SHORT, "long_factor": LR_LONG,
+                 "original_max_position_embeddings": LR_ORIG_CTX, "max_position_embeddings": LR_CTX,
+                 "attention_factor": LR_ATTN_FACTOR,
+                 "attention_factor_formula": "sqrt(1 + ln(max_position_embeddings / original_max_position_embeddings)"
+                                             " / ln(original_max_position_embeddings)), multiplies cos and sin (q and "
+                                             "k) for short and long factors alike",
+                 "inv_freq": "1 / (factor[i] * rope_theta ** (2i / head_dim)), i < head_dim/2",
+                 "rule": "a forward uses long_factor iff max(position_ids) + 1 > original_max_position_embeddings; "
+                         "with a KV cache only that forward's new queries/keys use it, cached keys keep the rotation "
+                         "they were computed with"},
+        "seed": seed, "model": f"{arch}-tiny", "arch": "phi3", "gguf_architecture": "phi3",
+    }
+    (d / "references.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    (d / "references_llamacpp.json").write_text(json.dumps(lc_doc, separators=(",", ":")) + "\n")
+    total = 0
+    for p in sorted(d.iterdir()):
+        total += p.stat().st_size
+        print(f"  {p.relative_to(M.ROOT)}  {p.stat().st_size:>9}  {hashlib.sha256(p.read_bytes()).hexdigest()[:16]}")
+    print(f"  {arch}-tiny total {total} bytes")
+    assert total < 3_000_000, total
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("archs", nargs="*", default=ARCHS)
@@ -616,7 +1020,7 @@ def main():
     for a in args.archs:
         if a not in ARCHS:
             ap.error(f"unknown architecture {a}; known: {', '.join(ARCHS)}")
-        build(a, args.seed)
+        build_longrope(args.seed) if a == "phi3-longrope" else build(a, args.seed)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ pub struct SeqSlot {
 pub struct ForwardBatch {
     /// (tokens,) u32
     pub input_ids: Tensor,
-    /// (tokens,) u32, each token's position in its own sequence.
-    pub positions: Tensor,
     pub slots: Vec<SeqSlot>,
     /// (sequences,) u32, the row of each sequence's last token (whose logits are wanted).
     pub last_rows: Tensor,
@@ -33,19 +31,16 @@ impl ForwardBatch {
     pub fn new(seqs: &[(&[u32], usize)], device: &Device) -> Result<Self> {
         let total: usize = seqs.iter().map(|(t, _)| t.len()).sum();
         let mut ids = Vec::with_capacity(total);
-        let mut positions = Vec::with_capacity(total);
         let mut slots = Vec::with_capacity(seqs.len());
         let mut last = Vec::with_capacity(seqs.len());
         for (tokens, past) in seqs {
             slots.push(SeqSlot { start: ids.len(), len: tokens.len(), past: *past });
             ids.extend_from_slice(tokens);
-            positions.extend((*past..*past + tokens.len()).map(|p| p as u32));
             last.push((ids.len() - 1) as u32);
         }
         let n = last.len();
         Ok(Self {
             input_ids: Tensor::from_vec(ids, total, device)?,
-            positions: Tensor::from_vec(positions, total, device)?,
             slots,
             last_rows: Tensor::from_vec(last, n, device)?,
         })

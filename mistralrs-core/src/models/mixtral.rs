@@ -5,14 +5,14 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::llama::{load_attention, load_head, load_norm};
-use super::{CausalLm, ModelConfig};
+use super::decoder::{FeedForward, PreNormDecoder, PreNormLayer, Trunk};
+use super::llama::{load_attention, load_norm};
+use super::ModelConfig;
 use crate::error::Result as LoadResult;
-use crate::kv_cache::KvStore;
-use crate::layers::{Embedding, ForwardBatch, GateUp, GatedMlp, Linear, RmsNorm, Rotary, SelfAttention, StepContext};
+use crate::layers::{GateUp, GatedMlp, Linear};
 use crate::weights::WeightSource;
 
-struct SparseMoe {
+pub struct SparseMoe {
     router: Linear,
     experts: Vec<GatedMlp>,
     top_k: usize,
@@ -70,64 +70,21 @@ impl SparseMoe {
     }
 }
 
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: SelfAttention,
-    post_attention_layernorm: RmsNorm,
-    moe: SparseMoe,
+impl FeedForward for SparseMoe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        SparseMoe::forward(self, x)
+    }
 }
 
-pub struct Mixtral {
-    embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rotary: Rotary,
-    cfg: ModelConfig,
-    device: Device,
-}
-
-impl Mixtral {
-    pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: &dyn Fn(usize)) -> LoadResult<Self> {
-        let embed_tokens = w.embedding("model.embed_tokens", cfg.vocab_size, cfg.hidden_size)?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(DecoderLayer {
-                input_layernorm: load_norm(cfg, w, &format!("{p}.input_layernorm.weight"))?,
-                self_attn: load_attention(cfg, w, &format!("{p}.self_attn"))?,
-                post_attention_layernorm: load_norm(cfg, w, &format!("{p}.post_attention_layernorm.weight"))?,
-                moe: SparseMoe::load(cfg, w, &format!("{p}.block_sparse_moe"))?,
-            });
-            progress(i + 1);
-        }
-        Ok(Self {
-            lm_head: load_head(cfg, w, &embed_tokens)?,
-            embed_tokens,
-            layers,
-            norm: load_norm(cfg, w, "model.norm.weight")?,
-            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
-            cfg: cfg.clone(),
-            device: device.clone(),
+pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: &dyn Fn(usize)) -> LoadResult<PreNormDecoder<SparseMoe>> {
+    let trunk = Trunk::load(cfg, w, None, device)?;
+    PreNormDecoder::load(cfg, trunk, load_norm(cfg, w, "model.norm.weight")?, progress, |i| {
+        let p = format!("model.layers.{i}");
+        Ok(PreNormLayer {
+            input_layernorm: load_norm(cfg, w, &format!("{p}.input_layernorm.weight"))?,
+            self_attn: load_attention(cfg, w, &format!("{p}.self_attn"))?,
+            post_attention_layernorm: load_norm(cfg, w, &format!("{p}.post_attention_layernorm.weight"))?,
+            mlp: SparseMoe::load(cfg, w, &format!("{p}.block_sparse_moe"))?,
         })
-    }
-}
-
-impl CausalLm for Mixtral {
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        let ctx = StepContext::new(batch, &self.rotary, self.cfg.sliding_window, &self.device)?;
-        let mut x = self.embed_tokens.forward(&batch.input_ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &ctx, caches, i)?;
-            x = (x + h)?;
-            let h = layer.moe.forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h)?;
-        }
-        let last = x.index_select(&batch.last_rows, 0)?;
-        self.lm_head.forward(&self.norm.forward(&last)?)
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
+    })
 }

@@ -2,6 +2,7 @@
 //! its weights can be stored; `load` is the registry.
 
 pub mod config;
+pub mod decoder;
 pub mod gemma;
 pub mod llama;
 pub mod mixtral;
@@ -32,12 +33,10 @@ pub fn load(cfg: &ModelConfig, weights: &dyn WeightSource, device: &Device, prog
     }
     Ok(match cfg.arch {
         // Mistral and Qwen2 are Llama with a sliding window / Q, K, V biases (see llama.rs).
-        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => {
-            Box::new(llama::Llama::load(cfg, weights, device, progress)?)
-        }
-        Architecture::Gemma => Box::new(gemma::Gemma::load(cfg, weights, device, progress)?),
-        Architecture::Mixtral => Box::new(mixtral::Mixtral::load(cfg, weights, device, progress)?),
+        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => Box::new(llama::load(cfg, weights, device, progress)?),
+        Architecture::Gemma => Box::new(gemma::load(cfg, weights, device, progress)?),
+        Architecture::Mixtral => Box::new(mixtral::load(cfg, weights, device, progress)?),
         Architecture::Phi2 => Box::new(phi2::Phi2::load(cfg, weights, device, progress)?),
-        Architecture::Phi3 => Box::new(phi3::Phi3::load(cfg, weights, device, progress)?),
+        Architecture::Phi3 => Box::new(phi3::load(cfg, weights, device, progress)?),
     })
 }

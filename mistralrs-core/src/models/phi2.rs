@@ -4,10 +4,11 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::decoder::Trunk;
 use super::{CausalLm, ModelConfig};
 use crate::error::Result as LoadResult;
 use crate::kv_cache::KvStore;
-use crate::layers::{Embedding, ForwardBatch, LayerNorm, Linear, Mlp, QkvProj, Rotary, SelfAttention, StepContext};
+use crate::layers::{ForwardBatch, LayerNorm, Mlp, QkvProj, SelfAttention};
 use crate::weights::WeightSource;
 
 fn load_layer_norm(cfg: &ModelConfig, w: &dyn WeightSource, module: &str) -> LoadResult<LayerNorm> {
@@ -22,19 +23,16 @@ struct DecoderLayer {
 }
 
 pub struct Phi2 {
-    embed_tokens: Embedding,
+    trunk: Trunk,
     layers: Vec<DecoderLayer>,
     final_layernorm: LayerNorm,
-    lm_head: Linear,
-    rotary: Rotary,
     cfg: ModelConfig,
-    device: Device,
 }
 
 impl Phi2 {
     pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: &dyn Fn(usize)) -> LoadResult<Self> {
         let (h, kv, d, hidden, inter) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);
-        let embed_tokens = w.embedding("model.embed_tokens", cfg.vocab_size, hidden)?;
+        let trunk = Trunk::load(cfg, w, None, device)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
@@ -55,34 +53,19 @@ impl Phi2 {
             });
             progress(i + 1);
         }
-        let lm_head = if w.has_module("lm_head") {
-            w.linear("lm_head", cfg.vocab_size, hidden, w.has_tensor("lm_head.bias"))?
-        } else {
-            Linear::new(embed_tokens.table().clone(), None)
-        };
-        Ok(Self {
-            embed_tokens,
-            layers,
-            final_layernorm: load_layer_norm(cfg, w, "model.final_layernorm")?,
-            lm_head,
-            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
-            cfg: cfg.clone(),
-            device: device.clone(),
-        })
+        Ok(Self { trunk, layers, final_layernorm: load_layer_norm(cfg, w, "model.final_layernorm")?, cfg: cfg.clone() })
     }
 }
 
 impl CausalLm for Phi2 {
     fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        let ctx = StepContext::new(batch, &self.rotary, self.cfg.sliding_window, &self.device)?;
-        let mut x = self.embed_tokens.forward(&batch.input_ids)?;
+        let (mut x, ctx) = self.trunk.embed(batch)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let attn = layer.self_attn.forward(&h, &ctx, caches, i)?;
             x = ((x + attn)? + layer.mlp.forward(&h)?)?;
         }
-        let last = x.index_select(&batch.last_rows, 0)?;
-        self.lm_head.forward(&self.final_layernorm.forward(&last)?)
+        self.trunk.logits(&x, batch, |h| self.final_layernorm.forward(h))
     }
 
     fn config(&self) -> &ModelConfig {

@@ -1,0 +1,120 @@
+//! What the architectures share: the trunk around the decoder layers
+//! (token embeddings, rotary tables, output head) and the pre-norm decoder
+//! (`x + attn(norm(x))`, then `x + ffn(norm(x))`) that all but phi2 use.
+//! An architecture file says how its layers are built from the weights.
+
+use candle_core::{Device, Result, Tensor};
+
+use super::{CausalLm, ModelConfig};
+use crate::error::Result as LoadResult;
+use crate::kv_cache::KvStore;
+use crate::layers::{Embedding, ForwardBatch, GatedMlp, Linear, RmsNorm, Rotary, SelfAttention, StepContext};
+use crate::weights::WeightSource;
+
+/// The block after attention: a dense MLP or a mixture of experts.
+pub trait FeedForward: Send + Sync {
+    /// (tokens, hidden) -> (tokens, hidden)
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl FeedForward for GatedMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        GatedMlp::forward(self, x)
+    }
+}
+
+pub struct Trunk {
+    embed_tokens: Embedding,
+    /// Gemma multiplies embeddings by sqrt(hidden_size).
+    embed_scale: Option<f64>,
+    lm_head: Linear,
+    rotary: Rotary,
+    window: Option<usize>,
+    device: Device,
+}
+
+impl Trunk {
+    pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, embed_scale: Option<f64>, device: &Device) -> LoadResult<Self> {
+        let embed_tokens = w.embedding("model.embed_tokens", cfg.vocab_size, cfg.hidden_size)?;
+        let lm_head = if !cfg.tie_word_embeddings && w.has_module("lm_head") {
+            w.linear("lm_head", cfg.vocab_size, cfg.hidden_size, w.has_tensor("lm_head.bias"))?
+        } else {
+            Linear::new(embed_tokens.table().clone(), None)
+        };
+        Ok(Self {
+            embed_tokens,
+            embed_scale,
+            lm_head,
+            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
+            window: cfg.sliding_window,
+            device: device.clone(),
+        })
+    }
+
+    /// The embeddings of the batch's tokens, (tokens, hidden), and what its layers share.
+    pub fn embed<'a>(&self, batch: &'a ForwardBatch) -> Result<(Tensor, StepContext<'a>)> {
+        let ctx = StepContext::new(batch, &self.rotary, self.window, &self.device)?;
+        let x = self.embed_tokens.forward(&batch.input_ids)?;
+        let x = match self.embed_scale {
+            Some(s) => (x * s)?,
+            None => x,
+        };
+        Ok((x, ctx))
+    }
+
+    /// Logits of each sequence's last token; only those rows are normalized and projected.
+    pub fn logits(&self, x: &Tensor, batch: &ForwardBatch, final_norm: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let last = x.index_select(&batch.last_rows, 0)?; // (sequences, hidden)
+        self.lm_head.forward(&final_norm(&last)?)
+    }
+}
+
+pub struct PreNormLayer<F> {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: SelfAttention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: F,
+}
+
+/// A pre-norm decoder: llama, mistral, qwen2, gemma, phi3, mixtral.
+pub struct PreNormDecoder<F> {
+    trunk: Trunk,
+    layers: Vec<PreNormLayer<F>>,
+    norm: RmsNorm,
+    cfg: ModelConfig,
+}
+
+impl<F: FeedForward> PreNormDecoder<F> {
+    /// `layer(i)` builds layer i; `norm` is the final norm.
+    pub fn load(
+        cfg: &ModelConfig,
+        trunk: Trunk,
+        norm: RmsNorm,
+        progress: &dyn Fn(usize),
+        mut layer: impl FnMut(usize) -> LoadResult<PreNormLayer<F>>,
+    ) -> LoadResult<Self> {
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            layers.push(layer(i)?);
+            progress(i + 1);
+        }
+        Ok(Self { trunk, layers, norm, cfg: cfg.clone() })
+    }
+}
+
+impl<F: FeedForward> CausalLm for PreNormDecoder<F> {
+    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+        let (mut x, ctx) = self.trunk.embed(batch)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let h = l.self_attn.forward(&l.input_layernorm.forward(&x)?, &ctx, caches, i)?;
+            x = (x + h)?;
+            let h = l.mlp.forward(&l.post_attention_layernorm.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        self.trunk.logits(&x, batch, |h| self.norm.forward(h))
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}
