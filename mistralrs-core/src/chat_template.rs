@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Serde;
 use minijinja::{context, Environment, ErrorKind};
 
 use crate::error::{Error, Result};
@@ -76,8 +78,12 @@ pub fn template_from_config(v: &serde_json::Value) -> Option<String> {
 impl ChatTemplate {
     pub fn new(template: String, bos_token: String, eos_token: String) -> Result<Self> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| Error::runtime(format!("template syntax: {e}")))?;
+        env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
@@ -91,7 +97,7 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| Error::runtime(e))?;
         tmpl.render(context! {
-            messages => messages,
+            messages => Serde(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -179,6 +185,24 @@ mod tests {
         let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
         let msgs = [ChatMessage { role: "user".into(), content: "  hi ".into() }];
         assert_eq!(ct.render(&msgs, false).unwrap(), "HI");
+    }
+
+    #[test]
+    fn loop_controls_and_block_trimming() {
+        // transformers renders with trim_blocks and lstrip_blocks, and templates use loop controls.
+        let t = "{% for m in messages %}\n  {% if m['role'] == 'system' %}{% continue %}{% endif %}\n{{ m['content'] }}|{% if loop.index > 2 %}{% break %}{% endif %}\n{% endfor %}";
+        let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
+        let m = |r: &str, c: &str| ChatMessage { role: r.into(), content: c.into() };
+        let msgs = [m("system", "S"), m("user", "a"), m("assistant", "b"), m("user", "c")];
+        assert_eq!(ct.render(&msgs, false).unwrap(), "a|b|");
+    }
+
+    #[test]
+    fn strftime_now_formats_a_date() {
+        let ct = ChatTemplate::new("{{ strftime_now('%d %b %Y') }}".into(), String::new(), String::new()).unwrap();
+        let out = ct.render(&[], false).unwrap();
+        assert_eq!(out.len(), 11, "{out}");
+        assert!(out[7..].parse::<u32>().unwrap() >= 2024, "{out}");
     }
 
     #[test]
