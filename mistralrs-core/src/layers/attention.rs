@@ -80,8 +80,8 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
     // Query head h uses KV head h / group (transformers' repeat_kv order), so
     // (heads, q_len) regroups as (kv_heads, group * q_len) rows against one KV head.
     let q = q.contiguous()?.reshape((kv_heads, group * q_len, head_dim))?;
-    let k = k.contiguous()?;
-    let v = v.contiguous()?;
+    // K and V are views into the cache's buffers (a row stride of the buffer's
+    // capacity); the matmul reads them in place instead of copying the history.
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores
@@ -91,7 +91,7 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v)?; // (kv_heads, group * q_len, head_dim)
+    let out = probs.matmul(v)?; // (kv_heads, group * q_len, head_dim)
     out.reshape((heads, q_len, head_dim))?.transpose(0, 1)?.reshape((q_len, heads * head_dim))
 }
 
