@@ -66,7 +66,7 @@ impl Runner {
                 repeat_last_n: cfg.repeat_last_n,
                 default_seed: cfg.seed,
             },
-        );
+        )?;
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("mistralrs-engine".into())

@@ -57,11 +57,26 @@ pub struct Engine {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     next_group: u64,
+    /// The step runs inside the compute pool, so the parallel loops of every
+    /// op split work among its threads directly instead of each waking the
+    /// pool from outside and waiting on it.
+    pool: Arc<rayon::ThreadPool>,
 }
 
 impl Engine {
-    pub fn new(model: Box<dyn CausalLm>, tokenizer: Arc<TextTokenizer>, eos: Vec<u32>, device: Device, cfg: EngineConfig) -> Self {
-        Self {
+    pub fn new(
+        model: Box<dyn CausalLm>,
+        tokenizer: Arc<TextTokenizer>,
+        eos: Vec<u32>,
+        device: Device,
+        cfg: EngineConfig,
+    ) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("mistralrs-compute-{i}"))
+            .build()
+            .map_err(|e| Error::runtime(format!("cannot start the compute threads: {e}")))?;
+        Ok(Self {
             model,
             tokenizer,
             eos,
@@ -71,7 +86,8 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_group: 0,
-        }
+            pool: Arc::new(pool),
+        })
     }
 
     pub fn run(mut self, rx: Receiver<Message>) {
@@ -98,7 +114,8 @@ impl Engine {
                 self.running.push(seq);
             }
             // A panic in a step fails the requests of that step, never the process.
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
+            let pool = self.pool.clone();
+            let outcome = catch_unwind(AssertUnwindSafe(|| pool.install(|| self.step())));
             let err = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),

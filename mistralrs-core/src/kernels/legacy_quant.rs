@@ -12,7 +12,7 @@ use rayon::prelude::*;
 const QK: usize = 32;
 
 /// Products smaller than this (multiply-adds) are not split across threads.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
+const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
