@@ -36,7 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import ChatCompletionRequest, CompletionRequest, Runner, Which
+from mistralrs import Runner, Which
+from reference_support import by_name, bytes_to_ids, check_greedy_steps, choice_text, content, send_greedy
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 ALL_ARCHS = ["qwen2", "mistral", "gemma", "phi3", "phi2", "mixtral"]
@@ -102,19 +103,6 @@ def get_case(arch: str, name: str) -> dict:
     return next(c for c in refs(arch)["cases"] if c["name"] == name)
 
 
-def by_name(results: list[dict], name: str) -> dict:
-    return next(r for r in results if r["name"] == name)
-
-
-def bytes_to_ids(arch: str) -> dict[tuple, set[int]]:
-    """Token bytes -> ids (a SentencePiece vocabulary has several ids for some byte strings: a piece and its
-    <0xNN> byte-fallback token)."""
-    out: dict[tuple, set[int]] = {}
-    for i, b in enumerate(refs(arch)["vocab_bytes"]):
-        out.setdefault(tuple(b), set()).add(i)
-    return out
-
-
 # --------------------------------------------------------------------------- runners
 class _Runners:
     def __init__(self):
@@ -138,15 +126,7 @@ class _Runners:
     def run(self, key: tuple, name: str):
         okey = key + (name,)
         if okey not in self.outputs:
-            r = self.get(key)
-            case = get_case(key[1], name)
-            common = dict(model="tiny", max_tokens=N_STEPS, temperature=0.0, logprobs=True, top_logprobs=5,
-                          ignore_eos=True)
-            if case["kind"] == "completion":
-                res = r.send_completion_request(CompletionRequest(prompt=case["prompt"], **common))
-            else:
-                res = r.send_chat_completion_request(ChatCompletionRequest(messages=case["messages"], **common))
-            self.outputs[okey] = res
+            self.outputs[okey] = send_greedy(self.get(key), get_case(key[1], name), N_STEPS)
         return self.outputs[okey]
 
     def close(self):
@@ -169,52 +149,9 @@ def gguf_key(arch, fname):
     return ("gguf", arch, fname)
 
 
-def choice_text(res, kind: str) -> str:
-    ch = res.choices[0]
-    return ch.text if kind == "completion" else ch.message.content
-
-
-def content(res) -> list:
-    ch = res.choices[0]
-    assert ch.logprobs is not None, "logprobs=True but the choice carries no logprobs"
-    return list(ch.logprobs.content)
-
-
 # --------------------------------------------------------------------------- comparison
 def check_against_steps(res, arch: str, case: dict, ref_steps: list[dict], ref_text: str, tol: float, label: str):
-    """Greedy steps equal (token bytes), chosen and top-5 logprobs within tol, text equal."""
-    b2i = bytes_to_ids(arch)
-    assert res.usage.prompt_tokens == len(case["prompt_ids"]), (label, res.usage.prompt_tokens)
-    assert res.usage.completion_tokens == N_STEPS
-    assert res.choices[0].finish_reason == "length"
-    lps = content(res)
-    assert len(lps) == N_STEPS, (label, len(lps))
-    for i, (got, ref) in enumerate(zip(lps, ref_steps)):
-        where = f"{label} step {i}"
-        assert list(got.bytes) == ref["bytes"], (
-            f"{where}: token bytes {list(got.bytes)} ({got.token!r}) != reference id {ref['id']} bytes {ref['bytes']}")
-        assert ref["id"] in b2i[tuple(got.bytes)]
-        assert abs(got.logprob - ref["logprob"]) <= tol, f"{where}: logprob {got.logprob} vs {ref['logprob']}"
-        tops = list(got.top_logprobs)
-        assert len(tops) == 5, (where, len(tops))
-        vals = [t.logprob for t in tops]
-        assert vals == sorted(vals, reverse=True), f"{where}: top_logprobs not sorted: {vals}"
-        assert list(tops[0].bytes) == ref["bytes"], f"{where}: greedy token is not the top alternative"
-        ref_top: dict[tuple, list[float]] = {}
-        for t in ref["top"]:
-            ref_top.setdefault(tuple(t["bytes"]), []).append(t["logprob"])
-        for t in tops:
-            key = tuple(t.bytes)
-            assert key in ref_top, f"{where}: alternative {t.token!r} {list(t.bytes)} not in reference top-8"
-            assert min(abs(t.logprob - v) for v in ref_top[key]) <= tol, (
-                f"{where}: alternative {t.token!r} {t.logprob} vs {ref_top[key]}")
-        ref_sorted = sorted(ref["top"], key=lambda t: -t["logprob"])
-        sixth = ref_sorted[5]["logprob"]
-        got_keys = {tuple(t.bytes) for t in tops}
-        for t in ref_sorted[:5]:
-            if t["logprob"] > sixth + 2 * tol:
-                assert tuple(t["bytes"]) in got_keys, f"{where}: reference alternative id {t['id']} missing"
-    assert choice_text(res, case["kind"]) == ref_text, f"{label}: text differs"
+    check_greedy_steps(res, case, ref_steps, ref_text, tol, label, refs(arch)["vocab_bytes"], N_STEPS)
 
 
 # --------------------------------------------------------------------------- plain (safetensors)
@@ -312,7 +249,7 @@ def test_quantized_first_step_logprobs(runners, arch, name):
     fname = q8_file(arch)
     bound = QUANT_BOUNDS[arch]
     full = by_name(refs(arch)["gguf"][fname]["results"], name)["first_step_logprobs"]
-    b2i = bytes_to_ids(arch)
+    b2i = bytes_to_ids(refs(arch)["vocab_bytes"])
     res = runners.run(gguf_key(arch, fname), name)
     first = content(res)[0]
     got_ids: set[int] = set()

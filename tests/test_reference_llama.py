@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import ChatCompletionRequest, CompletionRequest, Runner, Which
+from mistralrs import Runner, Which
+from reference_support import by_name, check_greedy_steps, choice_text, content, send_greedy
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 TINY = FIX / "llama-tiny"
@@ -86,10 +87,6 @@ def get_case(folder: Path, name: str) -> dict:
     return next(c for c in refs(folder)["cases"] if c["name"] == name)
 
 
-def by_name(results: list[dict], name: str) -> dict:
-    return next(r for r in results if r["name"] == name)
-
-
 def bytes_to_id(folder: Path) -> dict[tuple, int]:
     return {tuple(b): i for i, b in enumerate(refs(folder)["vocab_bytes"])}
 
@@ -119,15 +116,8 @@ class _Runners:
     def run(self, key: tuple, folder: Path, name: str | None, prompt: str | None = None):
         okey = key + (name, prompt)
         if okey not in self.outputs:
-            r = self.get(key)
             case = get_case(folder, name) if prompt is None else {"kind": "completion", "prompt": prompt}
-            common = dict(model="tiny", max_tokens=N_STEPS, temperature=0.0, logprobs=True, top_logprobs=5,
-                          ignore_eos=True)
-            if case["kind"] == "completion":
-                res = r.send_completion_request(CompletionRequest(prompt=case["prompt"], **common))
-            else:
-                res = r.send_chat_completion_request(ChatCompletionRequest(messages=case["messages"], **common))
-            self.outputs[okey] = res
+            self.outputs[okey] = send_greedy(self.get(key), case, N_STEPS)
         return self.outputs[okey]
 
     def close(self):
@@ -152,58 +142,9 @@ def gguf_key(folder, fname, tok_from_dir=False):
     return ("gguf", folder, fname, tok_from_dir)
 
 
-def choice_text(res, kind: str) -> str:
-    ch = res.choices[0]
-    return ch.text if kind == "completion" else ch.message.content
-
-
-def content(res) -> list:
-    ch = res.choices[0]
-    assert ch.logprobs is not None, "logprobs=True but the choice carries no logprobs"
-    return list(ch.logprobs.content)
-
-
 # --------------------------------------------------------------------------- comparison helpers
 def check_against_steps(res, folder: Path, case: dict, ref_steps: list[dict], ref_text: str, tol: float, label: str):
-    """Greedy steps equal (token bytes), chosen and top-5 logprobs within tol, text equal."""
-    b2i = bytes_to_id(folder)
-    vb = refs(folder)["vocab_bytes"]
-    assert res.usage.prompt_tokens == len(case["prompt_ids"]), (label, res.usage.prompt_tokens)
-    assert res.usage.completion_tokens == N_STEPS
-    assert res.choices[0].finish_reason == "length"
-    lps = content(res)
-    assert len(lps) == N_STEPS, (label, len(lps))
-    for i, (got, ref) in enumerate(zip(lps, ref_steps)):
-        where = f"{label} step {i}"
-        assert list(got.bytes) == ref["bytes"], (
-            f"{where}: token bytes {list(got.bytes)} ({got.token!r}) != reference id {ref['id']} bytes {ref['bytes']}")
-        raw = bytes(ref["bytes"])
-        try:
-            assert got.token == raw.decode("utf-8"), f"{where}: token text {got.token!r}"
-        except UnicodeDecodeError:
-            pass  # a partial UTF-8 token: its text form is not pinned down here
-        assert abs(got.logprob - ref["logprob"]) <= tol, f"{where}: logprob {got.logprob} vs {ref['logprob']}"
-        # top-5: sorted, each alternative within tol of the reference logprob of that token
-        tops = list(got.top_logprobs)
-        assert len(tops) == 5, (where, len(tops))
-        vals = [t.logprob for t in tops]
-        assert vals == sorted(vals, reverse=True), f"{where}: top_logprobs not sorted: {vals}"
-        assert list(tops[0].bytes) == ref["bytes"], f"{where}: greedy token is not the top alternative"
-        ref_top = {tuple(t["bytes"]): t["logprob"] for t in ref["top"]}
-        for t in tops:
-            key = tuple(t.bytes)
-            assert key in ref_top, f"{where}: alternative {t.token!r} {list(t.bytes)} not in reference top-{len(ref_top)}"
-            assert abs(t.logprob - ref_top[key]) <= tol, f"{where}: alternative {t.token!r} {t.logprob} vs {ref_top[key]}"
-        # every reference top-5 token clearly above the reference's 6th must be returned
-        ref_sorted = sorted(ref["top"], key=lambda t: -t["logprob"])
-        sixth = ref_sorted[5]["logprob"]
-        got_keys = {tuple(t.bytes) for t in tops}
-        for t in ref_sorted[:5]:
-            if t["logprob"] > sixth + 2 * tol:
-                assert tuple(t["bytes"]) in got_keys, f"{where}: reference alternative id {t['id']} missing"
-        assert b2i[tuple(got.bytes)] == ref["id"]
-        assert vb[ref["id"]] == ref["bytes"]
-    assert choice_text(res, case["kind"]) == ref_text, f"{label}: text differs"
+    check_greedy_steps(res, case, ref_steps, ref_text, tol, label, refs(folder)["vocab_bytes"], N_STEPS)
 
 
 # --------------------------------------------------------------------------- plain (safetensors)

@@ -29,12 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from mistralrs import ChatCompletionRequest, CompletionRequest, Runner, Which
-
-try:  # the shared comparison helpers (token bytes, logprobs and top-5 within tol, text)
-    from test_reference_archs import check_against_steps as _archs_check
-except Exception:  # noqa: BLE001
-    _archs_check = None
+from mistralrs import Runner, Which
+from reference_support import by_name, check_greedy_steps, choice_text, content, send_greedy
 
 D = Path(__file__).resolve().parent / "fixtures" / "phi3-longrope-tiny"
 GGUF = "phi3-longrope-tiny-f32.gguf"
@@ -57,10 +53,6 @@ def case(name: str) -> dict:
     return next(c for c in REFS["cases"] if c["name"] == name)
 
 
-def by_name(results: list[dict], name: str) -> dict:
-    return next(r for r in results if r["name"] == name)
-
-
 def regime(name: str) -> str:
     return by_name(REFS["plain"]["results"], name)["rope"]["regime"]
 
@@ -70,52 +62,9 @@ LONG_CASES = [n for n in CASES if regime(n) == "long"]
 
 
 # --------------------------------------------------------------------------- comparison
-def _bytes_to_ids() -> dict[tuple, set[int]]:
-    out: dict[tuple, set[int]] = {}
-    for i, b in enumerate(REFS["vocab_bytes"]):
-        out.setdefault(tuple(b), set()).add(i)
-    return out
-
-
-def choice_text(res, kind: str) -> str:
-    ch = res.choices[0]
-    return ch.text if kind == "completion" else ch.message.content
-
-
-def content(res) -> list:
-    ch = res.choices[0]
-    assert ch.logprobs is not None, "logprobs=True but the choice carries no logprobs"
-    return list(ch.logprobs.content)
-
-
-def _local_check(res, c: dict, ref_steps: list[dict], ref_text: str, tol: float, label: str):
-    b2i = _bytes_to_ids()
-    assert res.usage.prompt_tokens == len(c["prompt_ids"]), (label, res.usage.prompt_tokens)
-    assert res.usage.completion_tokens == N_STEPS
-    lps = content(res)
-    assert len(lps) == N_STEPS, (label, len(lps))
-    for i, (got, ref) in enumerate(zip(lps, ref_steps)):
-        where = f"{label} step {i}"
-        assert list(got.bytes) == ref["bytes"], f"{where}: bytes {list(got.bytes)} != reference id {ref['id']}"
-        assert ref["id"] in b2i[tuple(got.bytes)]
-        assert abs(got.logprob - ref["logprob"]) <= tol, f"{where}: logprob {got.logprob} vs {ref['logprob']}"
-        tops = list(got.top_logprobs)
-        assert len(tops) == 5, (where, len(tops))
-        ref_top: dict[tuple, list[float]] = {}
-        for t in ref["top"]:
-            ref_top.setdefault(tuple(t["bytes"]), []).append(t["logprob"])
-        for t in tops:
-            assert tuple(t.bytes) in ref_top, f"{where}: alternative {t.token!r} not in reference top-8"
-            assert min(abs(t.logprob - v) for v in ref_top[tuple(t.bytes)]) <= tol, (where, t.token, t.logprob)
-    assert choice_text(res, c["kind"]) == ref_text, f"{label}: text differs"
-
-
 def check(res, c: dict, ref_steps: list[dict], ref_text: str, label: str):
     """Per step: token bytes equal, chosen logprob and top-5 logprobs within 1e-3; decoded text equal."""
-    if _archs_check is not None:  # arch "phi3-longrope" -> tests/fixtures/phi3-longrope-tiny/references.json
-        _archs_check(res, "phi3-longrope", c, ref_steps, ref_text, TOL, label)
-    else:
-        _local_check(res, c, ref_steps, ref_text, TOL, label)
+    check_greedy_steps(res, c, ref_steps, ref_text, TOL, label, REFS["vocab_bytes"], N_STEPS)
 
 
 # --------------------------------------------------------------------------- runners
@@ -145,15 +94,7 @@ class _Runners:
     def run(self, key: tuple, name: str):
         okey = key + (name,)
         if okey not in self.outputs:
-            r = self.get(key)
-            c = case(name)
-            common = dict(model="tiny", max_tokens=N_STEPS, temperature=0.0, logprobs=True, top_logprobs=5,
-                          ignore_eos=True)
-            if c["kind"] == "completion":
-                res = r.send_completion_request(CompletionRequest(prompt=c["prompt"], **common))
-            else:
-                res = r.send_chat_completion_request(ChatCompletionRequest(messages=c["messages"], **common))
-            self.outputs[okey] = res
+            self.outputs[okey] = send_greedy(self.get(key), case(name), N_STEPS)
         return self.outputs[okey]
 
     def close(self):

@@ -1,0 +1,82 @@
+"""What the reference-comparison tests share: sending a recorded case greedily and checking the
+engine's steps against a recorded greedy run (transformers or llama.cpp)."""
+
+from __future__ import annotations
+
+from mistralrs import ChatCompletionRequest, CompletionRequest, Runner
+
+
+def by_name(results: list[dict], name: str) -> dict:
+    return next(r for r in results if r["name"] == name)
+
+
+def choice_text(res, kind: str) -> str:
+    ch = res.choices[0]
+    return ch.text if kind == "completion" else ch.message.content
+
+
+def content(res) -> list:
+    ch = res.choices[0]
+    assert ch.logprobs is not None, "logprobs=True but the choice carries no logprobs"
+    return list(ch.logprobs.content)
+
+
+def send_greedy(runner: Runner, case: dict, n_steps: int):
+    """The case's prompt (completion text or chat messages), greedy, n_steps tokens ignoring EOS, top-5 logprobs."""
+    common = dict(model="tiny", max_tokens=n_steps, temperature=0.0, logprobs=True, top_logprobs=5, ignore_eos=True)
+    if case["kind"] == "completion":
+        return runner.send_completion_request(CompletionRequest(prompt=case["prompt"], **common))
+    return runner.send_chat_completion_request(ChatCompletionRequest(messages=case["messages"], **common))
+
+
+def bytes_to_ids(vocab_bytes: list[list[int]]) -> dict[tuple, set[int]]:
+    """Token bytes -> ids (a SentencePiece vocabulary has several ids for some byte strings: a piece and its
+    <0xNN> byte-fallback token)."""
+    out: dict[tuple, set[int]] = {}
+    for i, b in enumerate(vocab_bytes):
+        out.setdefault(tuple(b), set()).add(i)
+    return out
+
+
+def check_greedy_steps(res, case: dict, ref_steps: list[dict], ref_text: str, tol: float, label: str,
+                       vocab_bytes: list[list[int]], n_steps: int):
+    """Greedy steps equal (token bytes), chosen and top-5 logprobs within tol, text equal."""
+    b2i = bytes_to_ids(vocab_bytes)
+    assert res.usage.prompt_tokens == len(case["prompt_ids"]), (label, res.usage.prompt_tokens)
+    assert res.usage.completion_tokens == n_steps
+    assert res.choices[0].finish_reason == "length"
+    lps = content(res)
+    assert len(lps) == n_steps, (label, len(lps))
+    for i, (got, ref) in enumerate(zip(lps, ref_steps)):
+        where = f"{label} step {i}"
+        assert list(got.bytes) == ref["bytes"], (
+            f"{where}: token bytes {list(got.bytes)} ({got.token!r}) != reference id {ref['id']} bytes {ref['bytes']}")
+        assert ref["id"] in b2i[tuple(got.bytes)]
+        assert vocab_bytes[ref["id"]] == ref["bytes"]
+        try:
+            assert got.token == bytes(ref["bytes"]).decode("utf-8"), f"{where}: token text {got.token!r}"
+        except UnicodeDecodeError:
+            pass  # a partial UTF-8 token: its text form is not pinned down here
+        assert abs(got.logprob - ref["logprob"]) <= tol, f"{where}: logprob {got.logprob} vs {ref['logprob']}"
+        # top-5: sorted, each alternative within tol of the reference logprob of a token with those bytes
+        tops = list(got.top_logprobs)
+        assert len(tops) == 5, (where, len(tops))
+        vals = [t.logprob for t in tops]
+        assert vals == sorted(vals, reverse=True), f"{where}: top_logprobs not sorted: {vals}"
+        assert list(tops[0].bytes) == ref["bytes"], f"{where}: greedy token is not the top alternative"
+        ref_top: dict[tuple, list[float]] = {}
+        for t in ref["top"]:
+            ref_top.setdefault(tuple(t["bytes"]), []).append(t["logprob"])
+        for t in tops:
+            key = tuple(t.bytes)
+            assert key in ref_top, f"{where}: alternative {t.token!r} {list(t.bytes)} not in reference top-{len(ref['top'])}"
+            assert min(abs(t.logprob - v) for v in ref_top[key]) <= tol, (
+                f"{where}: alternative {t.token!r} {t.logprob} vs {ref_top[key]}")
+        # every reference top-5 token clearly above the reference's 6th must be returned
+        ref_sorted = sorted(ref["top"], key=lambda t: -t["logprob"])
+        sixth = ref_sorted[5]["logprob"]
+        got_keys = {tuple(t.bytes) for t in tops}
+        for t in ref_sorted[:5]:
+            if t["logprob"] > sixth + 2 * tol:
+                assert tuple(t["bytes"]) in got_keys, f"{where}: reference alternative id {t['id']} missing"
+    assert choice_text(res, case["kind"]) == ref_text, f"{label}: text differs"
