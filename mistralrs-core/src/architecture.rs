@@ -2,6 +2,8 @@
 
 use crate::error::{Error, Result};
 
+/// With the `pyo3` feature this is also the Python `Architecture` class.
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(eq, frozen, hash, module = "mistralrs"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Architecture {
     Mistral,
@@ -65,5 +67,51 @@ impl Architecture {
 impl std::fmt::Display for Architecture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(feature = "pyo3")]
+mod python {
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+    use pyo3::types::PyString;
+
+    use super::Architecture;
+
+    #[pymethods]
+    impl Architecture {
+        /// The lowercase name ("llama", ...), also accepted wherever an `arch` is.
+        #[getter]
+        fn value(&self) -> &'static str {
+            self.name()
+        }
+
+        fn __str__(&self) -> &'static str {
+            self.name()
+        }
+
+        fn __repr__(&self) -> String {
+            format!("Architecture.{self:?}")
+        }
+    }
+
+    /// An `arch` argument: an `Architecture` or its lowercase name.
+    impl<'py> FromPyObject<'_, 'py> for Architecture {
+        type Error = PyErr;
+
+        fn extract(obj: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
+            if let Ok(a) = obj.cast::<Architecture>() {
+                return Ok(*a.get());
+            }
+            if let Ok(s) = obj.cast::<PyString>() {
+                let s: String = s.extract()?;
+                return Architecture::parse(&s).map_err(|e| PyValueError::new_err(e.to_string()));
+            }
+            Err(PyValueError::new_err(format!(
+                "arch must be an Architecture or one of {}, got {}",
+                Architecture::names(),
+                obj.repr().map(|r| r.to_string()).unwrap_or_default()
+            )))
+        }
     }
 }

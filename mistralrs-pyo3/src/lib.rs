@@ -13,7 +13,7 @@ mod which;
 fn _mistralrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     use mistralrs_core::response::*;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add_class::<which::Architecture>()?;
+    m.add_class::<mistralrs_core::Architecture>()?;
     m.add_class::<which::Which>()?;
     m.add_class::<runner::Runner>()?;
     m.add_class::<runner::ResponseIterator>()?;

@@ -25,7 +25,7 @@ pub struct Runner {
 fn spec_of(which: &Which) -> PyResult<ModelSpec> {
     Ok(match which {
         Which::Plain { model_id, arch, tokenizer_json, .. } => {
-            ModelSpec::Plain { model_id: model_id.clone(), arch: arch.core(), tokenizer_json: tokenizer_json.clone() }
+            ModelSpec::Plain { model_id: model_id.clone(), arch: *arch, tokenizer_json: tokenizer_json.clone() }
         }
         Which::GGUF { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => ModelSpec::Gguf {
             tok_model_id: tok_model_id.clone(),

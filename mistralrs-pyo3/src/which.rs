@@ -1,84 +1,8 @@
-//! `Architecture` and `Which`: what model to load, as immutable value objects.
+//! `Which`: what model to load, as immutable value objects. (`Architecture`
+//! is core's enum, a Python class under its `pyo3` feature.)
 
-use mistralrs_core::Architecture as CoreArch;
-use pyo3::exceptions::PyValueError;
+use mistralrs_core::Architecture;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
-
-#[pyclass(eq, frozen, hash, module = "mistralrs")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Architecture {
-    Mistral,
-    Gemma,
-    Mixtral,
-    Llama,
-    Phi2,
-    Phi3,
-    Qwen2,
-}
-
-impl Architecture {
-    pub fn core(self) -> CoreArch {
-        match self {
-            Self::Mistral => CoreArch::Mistral,
-            Self::Gemma => CoreArch::Gemma,
-            Self::Mixtral => CoreArch::Mixtral,
-            Self::Llama => CoreArch::Llama,
-            Self::Phi2 => CoreArch::Phi2,
-            Self::Phi3 => CoreArch::Phi3,
-            Self::Qwen2 => CoreArch::Qwen2,
-        }
-    }
-
-    fn from_core(a: CoreArch) -> Self {
-        match a {
-            CoreArch::Mistral => Self::Mistral,
-            CoreArch::Gemma => Self::Gemma,
-            CoreArch::Mixtral => Self::Mixtral,
-            CoreArch::Llama => Self::Llama,
-            CoreArch::Phi2 => Self::Phi2,
-            CoreArch::Phi3 => Self::Phi3,
-            CoreArch::Qwen2 => Self::Qwen2,
-        }
-    }
-}
-
-#[pymethods]
-impl Architecture {
-    /// The lowercase name ("llama", ...), also accepted wherever an `arch` is.
-    #[getter]
-    fn value(&self) -> &'static str {
-        self.core().name()
-    }
-
-    fn __str__(&self) -> &'static str {
-        self.core().name()
-    }
-
-    fn __repr__(&self) -> String {
-        format!("Architecture.{self:?}")
-    }
-}
-
-/// An `arch` argument: an `Architecture` or its lowercase name.
-impl<'py> FromPyObject<'_, 'py> for Architecture {
-    type Error = PyErr;
-
-    fn extract(obj: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
-        if let Ok(a) = obj.cast::<Architecture>() {
-            return Ok(*a.get());
-        }
-        if let Ok(s) = obj.cast::<PyString>() {
-            let s: String = s.extract()?;
-            return CoreArch::parse(&s).map(Self::from_core).map_err(|e| PyValueError::new_err(e.to_string()));
-        }
-        Err(PyValueError::new_err(format!(
-            "arch must be an Architecture or one of {}, got {}",
-            CoreArch::names(),
-            obj.repr().map(|r| r.to_string()).unwrap_or_default()
-        )))
-    }
-}
 
 /// Which model to load and how its weights are stored.
 #[pyclass(frozen, from_py_object, module = "mistralrs")]
