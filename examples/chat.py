@@ -14,7 +14,7 @@ from fetch_models import model_path
 from mistralrs import ChatCompletionRequest, Runner, Which
 
 gguf = model_path("smollm2")  # .models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-question = sys.argv[1] if len(sys.argv) > 1 else "Which city is the capital of France?"
+question = sys.argv[1] if len(sys.argv) > 1 else "What is the capital of Germany?"
 
 with Runner(
     which=Which.GGUF(
