@@ -95,7 +95,7 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::runtime(e))?;
+        let tmpl = self.env.get_template("chat").map_err(Error::runtime)?;
         tmpl.render(context! {
             messages => Serde(messages),
             add_generation_prompt => add_generation_prompt,

@@ -5,6 +5,8 @@ use mistralrs_core::Architecture;
 use pyo3::prelude::*;
 
 /// Which model to load and how its weights are stored.
+// The variant names are the Python API's (`Which.GGUF`).
+#[allow(clippy::upper_case_acronyms)]
 #[pyclass(frozen, from_py_object, module = "mistralrs")]
 #[derive(Debug, Clone)]
 pub enum Which {

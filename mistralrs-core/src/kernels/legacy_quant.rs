@@ -5,7 +5,7 @@
 //! instructions, otherwise a scalar loop gives the same sums.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
@@ -114,10 +114,6 @@ impl LegacyQuantMatrix {
             *o = scalar_dot(self.kind, w, &acts[i * blocks..(i + 1) * blocks]);
         }
     }
-
-    pub fn device(&self) -> Device {
-        Device::Cpu
-    }
 }
 
 fn has_avx2() -> bool {
@@ -174,9 +170,9 @@ fn scalar_dot(kind: Kind, w: &[u8], acts: &[Q8Block]) -> f32 {
         let (q, d, m) = unpack(kind, b);
         let mut sumi = 0i32;
         let mut sum_q8 = 0i32;
-        for j in 0..QK {
-            sumi += q[j] as i32 * a.qs[j] as i32;
-            sum_q8 += a.qs[j] as i32;
+        for (&qj, &yj) in q.iter().zip(&a.qs) {
+            sumi += qj as i32 * yj as i32;
+            sum_q8 += yj as i32;
         }
         sum += match kind {
             // Q5_0 quants are offset by 16.
@@ -265,6 +261,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     /// Against candle's dequantization: the product with quantized
     /// activations stays within the activation rounding of the f32 product.

@@ -236,11 +236,11 @@ impl ModelConfig {
             (Some(v), _) => rope_scaling_of(v, path)?,
             (None, _) => RopeScaling::None,
         };
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 && c.head_dim.is_none() {
+        if c.num_attention_heads == 0 || (!c.hidden_size.is_multiple_of(c.num_attention_heads) && c.head_dim.is_none()) {
             return Err(Error::bad_file(path, "hidden_size must be a multiple of num_attention_heads"));
         }
         let num_kv_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-        if num_kv_heads == 0 || c.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !c.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(Error::bad_file(path, "num_attention_heads must be a multiple of num_key_value_heads"));
         }
         // Qwen2 configs carry a window that is off unless `use_sliding_window` says otherwise.
