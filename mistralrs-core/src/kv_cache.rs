@@ -14,6 +14,46 @@ pub trait KvStore {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// What a model keeps per sequence between steps besides keys and values.
+    fn side_state(&mut self) -> &mut SideState;
+}
+
+/// Per-sequence model state beyond the KV cache: X-LoRA counts the scaling
+/// passes a sequence has had and, once its scalings freeze, keeps them.
+#[derive(Debug, Clone, Default)]
+pub struct SideState {
+    pub scaling_passes: usize,
+    /// (adapted layers, adapters) scalings applied to every later token.
+    pub frozen_scalings: Option<Tensor>,
+}
+
+/// Layers `offset..` of another store, seen as a store of their own: X-LoRA
+/// keeps its scaling pass's cache in the same sequence cache as its real
+/// pass's, after it.
+pub struct LayerOffset<'a> {
+    inner: &'a mut dyn KvStore,
+    offset: usize,
+}
+
+impl<'a> LayerOffset<'a> {
+    pub fn new(inner: &'a mut dyn KvStore, offset: usize) -> Self {
+        Self { inner, offset }
+    }
+}
+
+impl KvStore for LayerOffset<'_> {
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.inner.append(layer + self.offset, k, v)
+    }
+
+    /// The underlying store's length (its first layer's).
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn side_state(&mut self) -> &mut SideState {
+        self.inner.side_state()
+    }
 }
 
 /// Contiguous per-layer buffers that grow by doubling, so appending one
@@ -21,6 +61,7 @@ pub trait KvStore {
 #[derive(Debug, Clone, Default)]
 pub struct SeqKvCache {
     layers: Vec<LayerBuf>,
+    side: SideState,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -33,7 +74,7 @@ struct LayerBuf {
 
 impl SeqKvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![LayerBuf::default(); num_layers] }
+        Self { layers: vec![LayerBuf::default(); num_layers], side: SideState::default() }
     }
 
     /// An independent copy (for several choices sharing one prompt).
@@ -49,7 +90,7 @@ impl SeqKvCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self { layers, side: self.side.clone() })
     }
 }
 
@@ -84,6 +125,10 @@ impl KvStore for SeqKvCache {
 
     fn len(&self) -> usize {
         self.layers.first().map_or(0, |l| l.len)
+    }
+
+    fn side_state(&mut self) -> &mut SideState {
+        &mut self.side
     }
 }
 

@@ -1,8 +1,9 @@
 //! mistralrs-core: the inference engine behind the `mistralrs` Python package.
 //!
-//! Dependencies point one way: `layers` <- `models` <- `weights`/`loader` <-
+//! Dependencies point one way: `layers` <- `models` <- `weights`/`adapters`/`loader` <-
 //! `engine` <- `runner` (the front the bindings use).
 
+pub mod adapters;
 pub mod architecture;
 pub mod chat_template;
 pub mod engine;

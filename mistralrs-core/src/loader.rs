@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
+use crate::adapters::{AdapterInfo, AdapterSet, AdapterSpec};
 use crate::architecture::Architecture;
 use crate::chat_template::{template_from_config, token_text, ChatTemplate, TemplateOverride};
 use crate::error::{Error, Result};
@@ -17,8 +18,15 @@ use crate::weights::safetensors::SafetensorsSource;
 
 #[derive(Debug, Clone)]
 pub enum ModelSpec {
-    Plain { model_id: String, arch: Architecture, tokenizer_json: Option<String> },
-    Gguf { tok_model_id: Option<String>, quantized_model_id: String, quantized_filename: String, tokenizer_json: Option<String> },
+    /// `model_id` None: the base the adapters' ordering file names.
+    Plain { model_id: Option<String>, arch: Architecture, tokenizer_json: Option<String>, adapters: Option<AdapterSpec> },
+    Gguf {
+        tok_model_id: Option<String>,
+        quantized_model_id: String,
+        quantized_filename: String,
+        tokenizer_json: Option<String>,
+        adapters: Option<AdapterSpec>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +43,7 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
     pub eos_ids: Vec<u32>,
     pub context_len: usize,
+    pub adapters: Option<AdapterInfo>,
 }
 
 /// What a tokenizer folder (`tokenizer_config.json`, `generation_config.json`) says.
@@ -79,27 +88,50 @@ fn progress_bar(layers: usize) -> indicatif::ProgressBar {
     bar
 }
 
+/// Builds the architecture from `weights`, with the adapters where there are some.
+fn build(
+    cfg: &ModelConfig,
+    weights: &dyn crate::weights::WeightSource,
+    adapters: Option<&AdapterSet>,
+    device: &Device,
+) -> Result<(Box<dyn CausalLm>, Option<AdapterInfo>)> {
+    let bar = progress_bar(cfg.num_layers);
+    let progress = |i: usize| bar.set_position(i as u64);
+    let built = match adapters {
+        Some(a) => a.load_model(cfg, weights, device, &progress).map(|(m, info)| (m, Some(info))),
+        None => models::load(cfg, weights, device, &progress).map(|m| (m, None)),
+    };
+    bar.finish_and_clear();
+    built
+}
+
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     let device = &opts.device;
-    let (cfg, model, folder, gguf_vocab) = match spec {
+    let adapter_spec = match spec {
+        ModelSpec::Plain { adapters, .. } | ModelSpec::Gguf { adapters, .. } => adapters.as_ref(),
+    };
+    let adapters = adapter_spec.map(|a| AdapterSet::read(a, &opts.token_source, device)).transpose()?;
+    let (cfg, (model, adapter_info), folder, gguf_vocab) = match spec {
         ModelSpec::Plain { model_id, arch, .. } => {
-            let repo = ModelRepo::open(model_id, &opts.token_source)?;
+            let model_id = match (model_id, adapters.as_ref().and_then(|a| a.base_model_id())) {
+                (Some(id), _) => id.clone(),
+                (None, Some(id)) => id,
+                (None, None) => {
+                    return Err(Error::invalid("model_id is None and the ordering file names no base_model_id"))
+                }
+            };
+            let repo = ModelRepo::open(&model_id, &opts.token_source)?;
             let cfg = ModelConfig::from_hf_json(&repo.get("config.json")?, *arch)?;
             let files = safetensors_files(&repo)?;
             let weights = SafetensorsSource::open(&files, device)?;
-            let bar = progress_bar(cfg.num_layers);
-            let model = models::load(&cfg, &weights, device, &|i| bar.set_position(i as u64))?;
-            bar.finish_and_clear();
-            (cfg, model, read_tokenizer_folder(&repo)?, None)
+            (cfg.clone(), build(&cfg, &weights, adapters.as_ref(), device)?, read_tokenizer_folder(&repo)?, None)
         }
         ModelSpec::Gguf { tok_model_id, quantized_model_id, quantized_filename, .. } => {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
             let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
             let cfg = model_config(&file)?;
             let weights = GgufSource::new(file.clone(), &cfg, device)?;
-            let bar = progress_bar(cfg.num_layers);
-            let model = models::load(&cfg, &weights, device, &|i| bar.set_position(i as u64))?;
-            bar.finish_and_clear();
+            let model = build(&cfg, &weights, adapters.as_ref(), device)?;
             let folder = match tok_model_id {
                 Some(id) => read_tokenizer_folder(&ModelRepo::open(id, &opts.token_source)?)?,
                 None => TokenizerFolder::default(),
@@ -130,7 +162,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             Some(t) => t,
             None => {
                 return Err(Error::invalid(match spec {
-                    ModelSpec::Plain { model_id, .. } => format!("{model_id}: no tokenizer.json; pass tokenizer_json"),
+                    ModelSpec::Plain { .. } => "the model folder has no tokenizer.json; pass tokenizer_json".to_string(),
                     ModelSpec::Gguf { quantized_filename, .. } => format!(
                         "{quantized_filename}: no tokenizer in the GGUF metadata; pass tok_model_id or tokenizer_json"
                     ),
@@ -163,7 +195,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             cfg.vocab_size
         )));
     }
-    Ok(LoadedModel { context_len: cfg.max_position_embeddings, model, tokenizer, chat_template, eos_ids })
+    Ok(LoadedModel { context_len: cfg.max_position_embeddings, model, tokenizer, chat_template, eos_ids, adapters: adapter_info })
 }
 
 fn safetensors_files(repo: &ModelRepo) -> Result<Vec<PathBuf>> {

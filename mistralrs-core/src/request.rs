@@ -36,6 +36,8 @@ pub struct GenerationRequest {
     pub echo_prompt: bool,
     pub seed: Option<u64>,
     pub logprobs: bool,
+    /// The LoRA set for this request (names of loaded adapters); None: the runner's active set.
+    pub adapters: Option<Vec<String>>,
 }
 
 impl GenerationRequest {

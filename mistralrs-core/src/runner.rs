@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use crate::adapters::{AdapterInfo, AdapterMode};
 use crate::chat_template::ChatTemplate;
-use crate::engine::{Admission, Engine, EngineConfig, Message};
+use crate::engine::{Admission, Engine, EngineConfig, EngineStats, Message};
 use crate::error::{panic_message, Error, Result};
 use crate::loader::{self, LoadOptions, ModelSpec};
 use crate::request::{GenerationRequest, PromptInput};
@@ -30,6 +31,10 @@ pub struct Runner {
     context_len: usize,
     fingerprint: String,
     next_id: AtomicU64,
+    adapters: Option<AdapterInfo>,
+    /// Unmerged LoRA: the adapter set of requests that name none.
+    active_adapters: RwLock<Vec<usize>>,
+    stats: Arc<EngineStats>,
 }
 
 /// The events of one request, in order; the last is the full response (or
@@ -54,6 +59,7 @@ impl Runner {
         // A malformed file must surface as an error, never as a panic in the caller.
         let loaded = guard(|| loader::load(spec, opts))?;
         let tokenizer = Arc::new(loaded.tokenizer);
+        let stats = Arc::new(EngineStats::default());
         let device_name = if opts.device.is_cpu() { "cpu" } else if opts.device.is_cuda() { "cuda" } else { "metal" };
         let engine = Engine::new(
             loaded.model,
@@ -66,6 +72,7 @@ impl Runner {
                 repeat_last_n: cfg.repeat_last_n,
                 default_seed: cfg.seed,
             },
+            stats.clone(),
         )?;
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
@@ -80,7 +87,86 @@ impl Runner {
             context_len: loaded.context_len,
             fingerprint: format!("mistralrs-{}-{device_name}", env!("CARGO_PKG_VERSION")),
             next_id: AtomicU64::new(0),
+            active_adapters: RwLock::new(loaded.adapters.as_ref().map(|a| a.default_active.clone()).unwrap_or_default()),
+            adapters: loaded.adapters,
+            stats,
         })
+    }
+
+    /// Names of the loaded adapters (merged, unmerged or X-LoRA), in load order.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.adapters.as_ref().map(|a| a.names.clone()).unwrap_or_default()
+    }
+
+    fn unmerged(&self, what: &str) -> Result<&AdapterInfo> {
+        match &self.adapters {
+            Some(a) if a.mode == AdapterMode::Unmerged => Ok(a),
+            Some(a) if a.mode == AdapterMode::Merged => Err(Error::invalid(format!(
+                "{what}: the adapters ({}) were merged into the weights at load; list them in the ordering file's \
+                 `preload_adapters` to switch adapters",
+                a.names.join(", ")
+            ))),
+            Some(_) => Err(Error::invalid(format!("{what}: X-LoRA chooses its adapters per token; sets cannot be picked"))),
+            None => Err(Error::invalid(format!("{what}: this model has no LoRA adapters"))),
+        }
+    }
+
+    /// Indices of `names` among the loaded adapters, or a ValueError listing them.
+    fn adapter_indices(&self, names: &[String], what: &str) -> Result<Vec<usize>> {
+        let info = self.unmerged(what)?;
+        names
+            .iter()
+            .map(|n| {
+                info.names.iter().position(|x| x == n).ok_or_else(|| {
+                    Error::invalid(format!("{what}: no adapter `{n}` is loaded (loaded: {})", info.names.join(", ")))
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the adapters of requests that name none (unmerged LoRA only).
+    pub fn activate_adapters(&self, names: &[String]) -> Result<()> {
+        let idx = self.adapter_indices(names, "activate_adapters")?;
+        *self.active_adapters.write().map_err(|_| Error::runtime("adapter state poisoned"))? = idx;
+        Ok(())
+    }
+
+    /// The weight per loaded adapter a request runs with; None for the base alone.
+    fn request_adapters(&self, req: &GenerationRequest) -> Result<Option<Arc<[f32]>>> {
+        let idx = match &req.adapters {
+            Some(names) => self.adapter_indices(names, "adapters")?,
+            None => match &self.adapters {
+                Some(a) if a.mode == AdapterMode::Unmerged => {
+                    self.active_adapters.read().map_err(|_| Error::runtime("adapter state poisoned"))?.clone()
+                }
+                _ => return Ok(None),
+            },
+        };
+        let Some(info) = &self.adapters else { return Ok(None) };
+        if idx.is_empty() {
+            return Ok(None);
+        }
+        let mut w = vec![0f32; info.names.len()];
+        for i in idx {
+            w[i] = 1.0;
+        }
+        Ok(Some(w.into()))
+    }
+
+    /// The engine's counters: steps, sequence_steps, max_batch,
+    /// mixed_adapter_steps, and X-LoRA's xlora_scaling_passes.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        let mut v = vec![
+            ("steps", s.steps.load(Ordering::Relaxed)),
+            ("sequence_steps", s.sequence_steps.load(Ordering::Relaxed)),
+            ("max_batch", s.max_batch.load(Ordering::Relaxed)),
+            ("mixed_adapter_steps", s.mixed_adapter_steps.load(Ordering::Relaxed)),
+        ];
+        if let Some(p) = self.adapters.as_ref().and_then(|a| a.scaling_passes.as_ref()) {
+            v.push(("xlora_scaling_passes", p.load(Ordering::Relaxed)));
+        }
+        v
     }
 
     pub fn context_len(&self) -> usize {
@@ -97,6 +183,7 @@ impl Runner {
         if let Some(bad) = req.sampling.logit_bias.keys().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid(format!("logit_bias names token {bad}, outside the vocabulary (size {vocab})")));
         }
+        let adapters = self.request_adapters(&req)?;
         let prompt = guard(|| self.prompt_ids(&req))?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
@@ -136,6 +223,7 @@ impl Runner {
             fingerprint: self.fingerprint.clone(),
             request: req,
             prompt,
+            adapters,
             max_new,
             responder,
         };

@@ -66,12 +66,9 @@ fn sampling(
     })
 }
 
-fn unsupported(grammar: &Option<String>, adapters: &Option<Vec<String>>) -> PyResult<()> {
+fn unsupported(grammar: &Option<String>) -> PyResult<()> {
     if grammar.is_some() {
         return Err(not_implemented("constrained generation (`grammar`)"));
-    }
-    if adapters.is_some() {
-        return Err(not_implemented("per-request LoRA adapters (`adapters`)"));
     }
     Ok(())
 }
@@ -157,7 +154,7 @@ impl ChatCompletionRequest {
 
 impl ChatCompletionRequest {
     pub fn to_core(&self, py: Python<'_>) -> PyResult<GenerationRequest> {
-        unsupported(&self.grammar, &self.adapters)?;
+        unsupported(&self.grammar)?;
         let n = count("n_choices", self.n_choices)?;
         Ok(GenerationRequest {
             model: self.model.clone(),
@@ -175,6 +172,7 @@ impl ChatCompletionRequest {
             echo_prompt: false,
             seed: self.seed,
             logprobs: self.logprobs,
+            adapters: self.adapters.clone(),
         })
     }
 }
@@ -258,7 +256,7 @@ impl CompletionRequest {
 
 impl CompletionRequest {
     pub fn to_core(&self) -> PyResult<GenerationRequest> {
-        unsupported(&self.grammar, &self.adapters)?;
+        unsupported(&self.grammar)?;
         if self.suffix.is_some() {
             return Err(not_implemented("fill-in-the-middle completion (`suffix`)"));
         }
@@ -278,6 +276,7 @@ impl CompletionRequest {
             echo_prompt: self.echo_prompt,
             seed: self.seed,
             logprobs: self.logprobs,
+            adapters: self.adapters.clone(),
         })
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
+use mistralrs_core::adapters::AdapterSpec;
 use mistralrs_core::hub::TokenSource;
 use mistralrs_core::response::Event;
 use mistralrs_core::{LoadOptions, ModelSpec, ResponseStream, RunnerConfig};
@@ -22,24 +23,61 @@ pub struct Runner {
     inner: Arc<mistralrs_core::Runner>,
 }
 
+fn lora(adapters_model_id: &str, order: &str) -> Option<AdapterSpec> {
+    Some(AdapterSpec::Lora { adapters_model_id: adapters_model_id.to_string(), order: order.to_string() })
+}
+
+fn xlora(xlora_model_id: &str, order: &str, tgt_non_granular_index: &Option<usize>) -> Option<AdapterSpec> {
+    Some(AdapterSpec::XLora {
+        xlora_model_id: xlora_model_id.to_string(),
+        order: order.to_string(),
+        tgt_non_granular_index: *tgt_non_granular_index,
+    })
+}
+
+fn gguf(tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filename: &str, tokenizer_json: &Option<String>, adapters: Option<AdapterSpec>) -> ModelSpec {
+    ModelSpec::Gguf {
+        tok_model_id: tok_model_id.clone(),
+        quantized_model_id: quantized_model_id.to_string(),
+        quantized_filename: quantized_filename.to_string(),
+        tokenizer_json: tokenizer_json.clone(),
+        adapters,
+    }
+}
+
 fn spec_of(which: &Which) -> PyResult<ModelSpec> {
     Ok(match which {
         Which::Plain { model_id, arch, tokenizer_json, .. } => {
-            ModelSpec::Plain { model_id: model_id.clone(), arch: *arch, tokenizer_json: tokenizer_json.clone() }
+            ModelSpec::Plain { model_id: Some(model_id.clone()), arch: *arch, tokenizer_json: tokenizer_json.clone(), adapters: None }
         }
-        Which::GGUF { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => ModelSpec::Gguf {
-            tok_model_id: tok_model_id.clone(),
-            quantized_model_id: quantized_model_id.clone(),
-            quantized_filename: quantized_filename.clone(),
+        Which::Lora { arch, adapters_model_id, order, model_id, tokenizer_json, .. } => ModelSpec::Plain {
+            model_id: model_id.clone(),
+            arch: *arch,
             tokenizer_json: tokenizer_json.clone(),
+            adapters: lora(adapters_model_id, order),
         },
-        Which::Lora { .. } | Which::LoraGGUF { .. } | Which::LoraGGML { .. } => {
-            return Err(not_implemented("LoRA adapters (Which.Lora, Which.LoraGGUF, Which.LoraGGML)"))
+        Which::XLora { arch, xlora_model_id, order, tgt_non_granular_index, model_id, tokenizer_json, .. } => ModelSpec::Plain {
+            model_id: model_id.clone(),
+            arch: *arch,
+            tokenizer_json: tokenizer_json.clone(),
+            adapters: xlora(xlora_model_id, order, tgt_non_granular_index),
+        },
+        Which::GGUF { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => {
+            gguf(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, None)
         }
-        Which::XLora { .. } | Which::XLoraGGUF { .. } | Which::XLoraGGML { .. } => {
-            return Err(not_implemented("X-LoRA (Which.XLora, Which.XLoraGGUF, Which.XLoraGGML)"))
+        Which::LoraGGUF { tok_model_id, quantized_model_id, quantized_filename, adapters_model_id, order, tokenizer_json, .. } => {
+            gguf(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, lora(adapters_model_id, order))
         }
-        Which::GGML { .. } => return Err(not_implemented("loading legacy GGML files (Which.GGML)")),
+        Which::XLoraGGUF { tok_model_id, quantized_model_id, quantized_filename, xlora_model_id, order, tgt_non_granular_index, tokenizer_json, .. } => gguf(
+            tok_model_id,
+            quantized_model_id,
+            quantized_filename,
+            tokenizer_json,
+            xlora(xlora_model_id, order, tgt_non_granular_index),
+        ),
+        Which::GGML { .. } | Which::LoraGGML { .. } | Which::XLoraGGML { .. } => {
+            return Err(not_implemented("loading legacy GGML files (Which.GGML, Which.LoraGGML, Which.XLoraGGML)"))
+        }
     })
 }
 
@@ -182,9 +220,25 @@ impl Runner {
         Err(not_implemented("re-quantizing a loaded model (send_re_isq)"))
     }
 
+    /// Sets the LoRA adapters that requests without `adapters` run with
+    /// (unmerged LoRA: the ordering file has `preload_adapters`); `[]` is the
+    /// base model alone. An adapter that is not loaded raises ValueError.
     fn activate_adapters(&self, names: Vec<String>) -> PyResult<()> {
-        let _ = names;
-        Err(not_implemented("switching LoRA adapters (activate_adapters)"))
+        self.inner.activate_adapters(&names).map_err(to_py)
+    }
+
+    /// Names of the loaded adapters, in the order they were loaded.
+    #[getter]
+    fn adapters(&self) -> Vec<String> {
+        self.inner.adapter_names()
+    }
+
+    /// The engine's counters as a dict: steps, sequence_steps, max_batch,
+    /// mixed_adapter_steps (steps whose sequences used different adapter
+    /// sets), and for X-LoRA xlora_scaling_passes (one per sequence per step
+    /// that ran the scaling pass).
+    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        self.inner.stats().into_iter().collect()
     }
 
     /// Stops the engine and frees the model; later requests raise RuntimeError.

@@ -538,7 +538,16 @@ class Runner:
     ) -> CompletionResponse | ResponseIterator[CompletionResponse]:
         """A CompletionResponse, or with ``stream=True`` an iterator of partial ones."""
     def send_re_isq(self, dtype: QuantType) -> None: ...
-    def activate_adapters(self, names: Sequence[str]) -> None: ...
+    def activate_adapters(self, names: Sequence[str]) -> None:
+        """Sets the LoRA adapters of requests that name none (unmerged LoRA: the ordering file has
+        `preload_adapters`); `[]` runs the base model. ValueError for an adapter that is not loaded, for
+        merged adapters and for X-LoRA."""
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded adapters (`order`, then `preload_adapters`)."""
+    def stats(self) -> dict[str, int]:
+        """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
+        different adapter sets) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
     def close(self) -> None: ...

@@ -8,6 +8,7 @@ mod sequence;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use candle_core::Device;
 
 use crate::error::{panic_message, Error, Result};
 use crate::kv_cache::{KvStore, SeqKvCache};
+use crate::layers::AdapterRows;
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
 use crate::sampler::Sampler;
@@ -23,6 +25,19 @@ use crate::tokenizer::TextTokenizer;
 pub use group::Responder;
 use group::Group;
 use sequence::{Sequence, StopRules};
+
+/// Counters of the engine's work, read by the runner (`Runner.stats()`).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Forward steps run.
+    pub steps: AtomicU64,
+    /// Sequence-steps: the sum over steps of the sequences in each.
+    pub sequence_steps: AtomicU64,
+    /// The most sequences one step has run.
+    pub max_batch: AtomicU64,
+    /// Steps whose sequences used more than one adapter set (the base counts as one).
+    pub mixed_adapter_steps: AtomicU64,
+}
 
 pub struct EngineConfig {
     pub max_seqs: usize,
@@ -38,6 +53,8 @@ pub struct Admission {
     pub fingerprint: String,
     pub request: GenerationRequest,
     pub prompt: Vec<u32>,
+    /// Weight per loaded adapter for this request, None for the base alone.
+    pub adapters: Option<Arc<[f32]>>,
     pub max_new: usize,
     pub responder: Responder,
 }
@@ -61,6 +78,7 @@ pub struct Engine {
     /// op split work among its threads directly instead of each waking the
     /// pool from outside and waiting on it.
     pool: Arc<rayon::ThreadPool>,
+    stats: Arc<EngineStats>,
 }
 
 impl Engine {
@@ -70,6 +88,7 @@ impl Engine {
         eos: Vec<u32>,
         device: Device,
         cfg: EngineConfig,
+        stats: Arc<EngineStats>,
     ) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(rayon::current_num_threads())
@@ -87,6 +106,7 @@ impl Engine {
             running: Vec::new(),
             next_group: 0,
             pool: Arc::new(pool),
+            stats,
         })
     }
 
@@ -134,8 +154,9 @@ impl Engine {
         let req = a.request;
         let seed = req.seed.or(self.cfg.default_seed).unwrap_or_else(rand::random);
         let sampler = Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices);
-        let mut seq = Sequence::new(id, 0, a.prompt.clone(), self.model.config().num_layers, sampler, a.max_new);
+        let mut seq = Sequence::new(id, 0, a.prompt.clone(), self.model.cache_layers(), sampler, a.max_new);
         seq.forks = req.best_of - 1;
+        seq.adapters = a.adapters;
         let echo = match (&req.prompt, req.echo_prompt) {
             (crate::request::PromptInput::Completion(p), true) => Some(p.clone()),
             _ => None,
@@ -166,7 +187,7 @@ impl Engine {
             return Ok(());
         }
         if self.cfg.no_kv_cache {
-            let layers = self.model.config().num_layers;
+            let layers = self.model.cache_layers();
             for s in &mut self.running {
                 s.cache = SeqKvCache::new(layers);
             }
@@ -174,6 +195,11 @@ impl Engine {
         let logits = {
             let inputs: Vec<(&[u32], usize)> = self.running.iter().map(Sequence::pending).collect();
             let batch = ForwardBatch::new(&inputs, &self.device)?;
+            let batch = match self.adapter_rows(&inputs)? {
+                Some(rows) => batch.with_adapters(Some(rows)),
+                None => batch,
+            };
+            self.count_step();
             let mut caches: Vec<&mut dyn KvStore> =
                 self.running.iter_mut().map(|s| &mut s.cache as &mut dyn KvStore).collect();
             self.model.forward(&batch, &mut caches)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
@@ -200,6 +226,39 @@ impl Engine {
             self.running.push(seq);
         }
         Ok(())
+    }
+
+    /// Each token row's adapter weights, when any running sequence has adapters.
+    fn adapter_rows(&self, inputs: &[(&[u32], usize)]) -> Result<Option<AdapterRows>> {
+        let Some(n) = self.running.iter().find_map(|s| s.adapters.as_ref().map(|a| a.len())) else { return Ok(None) };
+        let tokens: usize = inputs.iter().map(|(t, _)| t.len()).sum();
+        let mut w = Vec::with_capacity(tokens * n);
+        let mut active = vec![false; n];
+        for (seq, (t, _)) in self.running.iter().zip(inputs) {
+            match &seq.adapters {
+                Some(a) => {
+                    for (on, x) in active.iter_mut().zip(a.iter()) {
+                        *on |= *x != 0.0;
+                    }
+                    for _ in 0..t.len() {
+                        w.extend_from_slice(a);
+                    }
+                }
+                None => w.resize(w.len() + t.len() * n, 0.0),
+            }
+        }
+        Ok(Some(AdapterRows::shared(candle_core::Tensor::from_vec(w, (tokens, n), &self.device)?, active)))
+    }
+
+    fn count_step(&self) {
+        let n = self.running.len() as u64;
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.sequence_steps.fetch_add(n, Ordering::Relaxed);
+        self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        let first = self.running.first().map(|s| s.adapters.as_deref());
+        if first.is_some_and(|f| self.running.iter().any(|s| s.adapters.as_deref() != f)) {
+            self.stats.mixed_adapter_steps.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Removes finished and abandoned sequences and answers finished requests.

@@ -27,6 +27,9 @@ pub struct Sequence {
     pub max_new: usize,
     /// Sibling choices still to be forked from this one once its prompt is in the cache.
     pub forks: usize,
+    /// Weight per loaded adapter (1 for each in this request's set), or None
+    /// for the base model alone.
+    pub adapters: Option<std::sync::Arc<[f32]>>,
 }
 
 /// What the engine needs to judge each new token.
@@ -53,6 +56,7 @@ impl Sequence {
             finish: None,
             max_new,
             forks: 0,
+            adapters: None,
         }
     }
 
@@ -60,6 +64,7 @@ impl Sequence {
     pub fn fork(&self, choice: usize, sampler: Sampler) -> candle_core::Result<Self> {
         let mut s = Self::new(self.group, choice, self.tokens[..self.prompt_len].to_vec(), 0, sampler, self.max_new);
         s.cache = self.cache.deep_clone()?;
+        s.adapters = self.adapters.clone();
         Ok(s)
     }
 

@@ -65,6 +65,16 @@ impl LegacyQuantMatrix {
         Ok(Some(Self { kind, data: t.data()?.into_owned(), rows, cols, avx2: has_avx2() }))
     }
 
+    /// The same blocks as a candle tensor (to dequantize, e.g. to merge an adapter).
+    pub fn to_qtensor(&self) -> Result<QTensor> {
+        let dtype = match self.kind {
+            Kind::Q4_1 => GgmlDType::Q4_1,
+            Kind::Q5_0 => GgmlDType::Q5_0,
+            Kind::Q5_1 => GgmlDType::Q5_1,
+        };
+        candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &self.data, vec![self.rows, self.cols], &candle_core::Device::Cpu)
+    }
+
     /// `x`: (tokens, cols) f32 -> (tokens, rows).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;

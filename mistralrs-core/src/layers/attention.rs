@@ -45,9 +45,9 @@ impl SelfAttention {
         let t = x.dims2()?.0;
         let (q_dim, kv_dim) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let (q, k, v) = match &self.qkv {
-            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Separate { q, k, v } => (q.forward_rows(x, ctx)?, k.forward_rows(x, ctx)?, v.forward_rows(x, ctx)?),
             QkvProj::Fused(qkv) => {
-                let y = qkv.forward(x)?;
+                let y = qkv.forward_rows(x, ctx)?;
                 (y.narrow(1, 0, q_dim)?, y.narrow(1, q_dim, kv_dim)?, y.narrow(1, q_dim + kv_dim, kv_dim)?)
             }
         };
@@ -66,7 +66,7 @@ impl SelfAttention {
             outs.push(grouped_attention(&qs, &k_all, &v_all, ctx.masks[i].as_ref(), self.scale)?);
         }
         let y = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
-        self.o_proj.forward(&y)
+        self.o_proj.forward_rows(&y, ctx)
     }
 }
 

@@ -3,6 +3,7 @@
 use candle_core::{Device, Result, Tensor};
 
 use super::attention::causal_mask;
+use super::lora::AdapterRows;
 use super::rotary::Rotary;
 
 /// One sequence's share of a batched forward pass.
@@ -24,6 +25,8 @@ pub struct ForwardBatch {
     pub slots: Vec<SeqSlot>,
     /// (sequences,) u32, the row of each sequence's last token (whose logits are wanted).
     pub last_rows: Tensor,
+    /// Each token row's adapter weights, where unmerged adapters are in use.
+    pub adapters: Option<AdapterRows>,
 }
 
 impl ForwardBatch {
@@ -43,7 +46,18 @@ impl ForwardBatch {
             input_ids: Tensor::from_vec(ids, total, device)?,
             slots,
             last_rows: Tensor::from_vec(last, n, device)?,
+            adapters: None,
         })
+    }
+
+    /// The same tokens with other adapter weights per row.
+    pub fn with_adapters(&self, adapters: Option<AdapterRows>) -> Self {
+        Self { input_ids: self.input_ids.clone(), slots: self.slots.clone(), last_rows: self.last_rows.clone(), adapters }
+    }
+
+    /// Total token rows.
+    pub fn tokens(&self) -> usize {
+        self.slots.last().map_or(0, |s| s.start + s.len)
     }
 }
 

@@ -1,13 +1,16 @@
 //! A linear layer, whatever its storage: dense f32 (`QMatMul::Tensor`), a
 //! ggml block-quantized matrix on candle's kernels (whose CPU code quantizes
 //! the activations to the weight's dot-product type as llama.cpp does), or
-//! one of the legacy block types on our own SIMD kernels.
+//! one of the legacy block types on our own SIMD kernels; optionally with
+//! unmerged LoRA adapters applied per token row (see `lora.rs`).
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor};
 
+use super::batch::StepContext;
+use super::lora::LoraStack;
 use crate::kernels::LegacyQuantMatrix;
 
 #[derive(Debug, Clone)]
@@ -20,6 +23,7 @@ enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    lora: Option<Arc<LoraStack>>,
 }
 
 impl Linear {
@@ -33,10 +37,32 @@ impl Linear {
             Some(m) => Weight::Legacy(Arc::new(m)),
             None => Weight::Candle(weight),
         };
-        Self { weight, bias }
+        Self { weight, bias, lora: None }
     }
 
-    /// `x`: (tokens, in_features) -> (tokens, out_features).
+    /// The layer with `delta` (out, in) added to its weight. A quantized
+    /// weight is dequantized, summed and quantized again to its own type
+    /// (as merging an adapter into a GGUF model must).
+    pub fn merged(self, delta: &Tensor) -> Result<Self> {
+        let quantized = |q: &QTensor| -> Result<QMatMul> {
+            let w = (q.dequantize(&q.device())? + delta)?;
+            QMatMul::from_qtensor(QTensor::quantize(&w, q.dtype())?)
+        };
+        let weight = match &self.weight {
+            Weight::Candle(QMatMul::Tensor(w)) => QMatMul::Tensor((w + delta.to_dtype(w.dtype())?)?),
+            Weight::Candle(QMatMul::TensorF16(w)) => QMatMul::TensorF16((w + delta.to_dtype(DType::F16)?)?),
+            Weight::Candle(QMatMul::QTensor(q)) => quantized(q)?,
+            Weight::Legacy(m) => quantized(&m.to_qtensor()?)?,
+        };
+        Ok(Self { lora: self.lora, ..Self::new(weight, self.bias) })
+    }
+
+    /// The layer with unmerged adapters, applied by `forward_rows`.
+    pub fn with_lora(self, stack: Arc<LoraStack>) -> Self {
+        Self { lora: Some(stack), ..self }
+    }
+
+    /// `x`: (tokens, in_features) -> (tokens, out_features), without adapters.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
@@ -45,6 +71,16 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// `x`: the step's token rows (tokens, in_features) -> (tokens,
+    /// out_features), with each row's adapters from the step context.
+    pub fn forward_rows(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match (&self.lora, &ctx.batch.adapters) {
+            (Some(stack), Some(rows)) => stack.add_to(y, x, rows),
+            _ => Ok(y),
         }
     }
 }

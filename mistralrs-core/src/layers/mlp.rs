@@ -3,6 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
+use super::batch::StepContext;
 use super::linear::Linear;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,16 +53,23 @@ impl GatedMlp {
         Self { gate_up, down, act }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x`: (tokens, hidden). With `ctx`, the rows are the step's token
+    /// rows and carry their adapters; without (a mixture-of-experts expert
+    /// over the rows routed to it), no adapters apply.
+    pub fn forward(&self, x: &Tensor, ctx: Option<&StepContext>) -> Result<Tensor> {
+        let lin = |l: &Linear, x: &Tensor| match ctx {
+            Some(ctx) => l.forward_rows(x, ctx),
+            None => l.forward(x),
+        };
         let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Separate { gate, up } => (lin(gate, x)?, lin(up, x)?),
             GateUp::Fused(gu) => {
-                let y = gu.forward(x)?;
+                let y = lin(gu, x)?;
                 let half = y.dims2()?.1 / 2;
                 (y.narrow(1, 0, half)?, y.narrow(1, half, half)?)
             }
         };
-        self.down.forward(&(self.act.apply(&gate)? * up)?)
+        lin(&self.down, &(self.act.apply(&gate)? * up)?)
     }
 }
 
@@ -77,7 +85,8 @@ impl Mlp {
         Self { fc1, fc2, act }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+    /// `x`: the step's token rows (tokens, hidden).
+    pub fn forward(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        self.fc2.forward_rows(&self.act.apply(&self.fc1.forward_rows(x, ctx)?)?, ctx)
     }
 }

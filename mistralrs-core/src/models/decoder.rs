@@ -14,12 +14,13 @@ use crate::weights::WeightSource;
 /// The block after attention: a dense MLP or a mixture of experts.
 pub trait FeedForward: Send + Sync {
     /// (tokens, hidden) -> (tokens, hidden)
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// (tokens, hidden) -> (tokens, hidden); `x`'s rows are the step's tokens.
+    fn forward(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor>;
 }
 
 impl FeedForward for GatedMlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        GatedMlp::forward(self, x)
+    fn forward(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        GatedMlp::forward(self, x, Some(ctx))
     }
 }
 
@@ -102,16 +103,28 @@ impl<F: FeedForward> PreNormDecoder<F> {
     }
 }
 
-impl<F: FeedForward> CausalLm for PreNormDecoder<F> {
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+impl<F: FeedForward> PreNormDecoder<F> {
+    /// Every row's residual stream after the last layer (before the final norm).
+    fn layers_forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
         let (mut x, ctx) = self.trunk.embed(batch)?;
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.self_attn.forward(&l.input_layernorm.forward(&x)?, &ctx, caches, i)?;
             x = (x + h)?;
-            let h = l.mlp.forward(&l.post_attention_layernorm.forward(&x)?)?;
+            let h = l.mlp.forward(&l.post_attention_layernorm.forward(&x)?, &ctx)?;
             x = (x + h)?;
         }
+        Ok(x)
+    }
+}
+
+impl<F: FeedForward> CausalLm for PreNormDecoder<F> {
+    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+        let x = self.layers_forward(batch, caches)?;
         self.trunk.logits(&x, batch, |h| self.norm.forward(h))
+    }
+
+    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+        self.norm.forward(&self.layers_forward(batch, caches)?)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -9,7 +9,7 @@ use super::decoder::{FeedForward, PreNormDecoder, PreNormLayer, Trunk};
 use super::llama::{load_attention, load_norm};
 use super::ModelConfig;
 use crate::error::Result as LoadResult;
-use crate::layers::{GateUp, GatedMlp, Linear};
+use crate::layers::{GateUp, GatedMlp, Linear, StepContext};
 use crate::weights::WeightSource;
 
 pub struct SparseMoe {
@@ -63,7 +63,7 @@ impl SparseMoe {
             let n = tokens.len();
             let ids = Tensor::from_vec(tokens, n, x.device())?;
             let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
-            let y = expert.forward(&x.index_select(&ids, 0)?)?.broadcast_mul(&weights)?;
+            let y = expert.forward(&x.index_select(&ids, 0)?, None)?.broadcast_mul(&weights)?;
             out = out.index_add(&ids, &y, 0)?;
         }
         Ok(out)
@@ -71,7 +71,9 @@ impl SparseMoe {
 }
 
 impl FeedForward for SparseMoe {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    // Experts see only the rows routed to them, so they take no adapters
+    // (PEFT cannot target transformers' fused expert tensors either).
+    fn forward(&self, x: &Tensor, _ctx: &StepContext) -> Result<Tensor> {
         SparseMoe::forward(self, x)
     }
 }

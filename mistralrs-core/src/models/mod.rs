@@ -23,7 +23,18 @@ pub trait CausalLm: Send + Sync {
     /// (`caches[i]` belongs to `batch.slots[i]`), and returns the logits of each
     /// sequence's last token: (sequences, vocab) f32.
     fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> candle_core::Result<Tensor>;
+    /// Like `forward`, but returns every row's hidden state after the final
+    /// norm (the output head's input): (tokens, hidden).
+    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> candle_core::Result<Tensor>;
     fn config(&self) -> &ModelConfig;
+    /// Layers of KV cache each sequence needs (X-LoRA keeps two sets).
+    fn cache_layers(&self) -> usize {
+        self.config().num_layers
+    }
+    /// Counters a model keeps (X-LoRA counts its scaling passes).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Builds the model for `cfg.arch` from `weights`.

@@ -57,15 +57,27 @@ impl Phi2 {
     }
 }
 
-impl CausalLm for Phi2 {
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+impl Phi2 {
+    /// Every row's residual stream after the last layer (before the final norm).
+    fn layers_forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
         let (mut x, ctx) = self.trunk.embed(batch)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let attn = layer.self_attn.forward(&h, &ctx, caches, i)?;
-            x = ((x + attn)? + layer.mlp.forward(&h)?)?;
+            x = ((x + attn)? + layer.mlp.forward(&h, &ctx)?)?;
         }
+        Ok(x)
+    }
+}
+
+impl CausalLm for Phi2 {
+    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+        let x = self.layers_forward(batch, caches)?;
         self.trunk.logits(&x, batch, |h| self.final_layernorm.forward(h))
+    }
+
+    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+        self.final_layernorm.forward(&self.layers_forward(batch, caches)?)
     }
 
     fn config(&self) -> &ModelConfig {

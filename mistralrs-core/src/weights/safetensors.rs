@@ -47,7 +47,7 @@ impl SafetensorsSource {
 
 /// The header is read by hand first so that a corrupt file gets a message
 /// about the file rather than a parser's internals.
-fn check_header(path: &Path) -> Result<()> {
+pub(crate) fn check_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::not_found(path, e.to_string()))?;
     let size = f.metadata().map_err(|e| Error::not_found(path, e.to_string()))?.len();
