@@ -80,7 +80,7 @@ impl XLoraConfig {
         if c.xlora_depth == 0 {
             return Err(Error::bad_file(path, "xlora_depth must be at least 1"));
         }
-        if !(c.softmax_temperature > 0.0) {
+        if c.softmax_temperature.is_nan() || c.softmax_temperature <= 0.0 {
             return Err(Error::bad_file(path, "softmax_temperature must be > 0"));
         }
         Ok(c)
