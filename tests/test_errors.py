@@ -109,6 +109,20 @@ def test_gguf_unsupported_version(tmp_path, tiny_gguf, llama_tiny_dir):
     assert "99" in str(e.value).replace("v99.gguf", ""), str(e.value)
 
 
+@pytest.mark.parametrize("type_id,type_name", [(16, "IQ2_XXS"), (23, "IQ4_XS"), (35, "TQ2_0"), (39, "MXFP4")])
+def test_gguf_unsupported_tensor_type_is_named(tmp_path, tiny_gguf, llama_tiny_dir, type_id, type_name):
+    # Issue 7: a type the engine cannot run is refused with the tensor's name and the type's (llama.cpp's
+    # ggml.h ids), not as a corrupt header.
+    data = bytearray(tiny_gguf.read_bytes())
+    name = b"blk.0.attn_q.weight"
+    at = data.index(name) + len(name)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    struct.pack_into("<I", data, at + 4 + 8 * n_dims, type_id)
+    (tmp_path / "iq.gguf").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"blk\.0\.attn_q\.weight.*{type_name}"):
+        Runner(which=gguf_which(tmp_path, "iq.gguf", llama_tiny_dir))
+
+
 @pytest.mark.parametrize("corruption", ["header_too_long", "header_not_json"])
 def test_corrupt_safetensors_header(tmp_path, llama_tiny_dir, corruption):
     d = copy_tiny(llama_tiny_dir, tmp_path / "m")

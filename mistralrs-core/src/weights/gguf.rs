@@ -10,11 +10,14 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use super::gguf_types::{first_unsupported_tensor, ggml_type_name};
 use super::WeightSource;
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
 use crate::layers::{Activation, Embedding, Linear};
 use crate::models::config::{ModelConfig, RopeScaling};
+
+const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
 /// A GGUF file opened for loading. Tensors are read with plain reads rather
 /// than through a memory map, so the file's pages do not count against the
@@ -43,8 +46,24 @@ impl GgufFile {
             return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
         }
         file.seek(SeekFrom::Start(0)).map_err(|e| Error::bad_file(path, e))?;
-        let content = Content::read(&mut std::io::BufReader::new(&mut file))
-            .map_err(|e| Error::bad_file(path, format!("corrupt GGUF header: {e}")))?;
+        let content = match Content::read(&mut std::io::BufReader::new(&mut file)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Name the tensor whose type cannot run, if that is what stopped the reader.
+                file.seek(SeekFrom::Start(0)).map_err(|e| Error::bad_file(path, e))?;
+                if let Some((tensor, ty)) = first_unsupported_tensor(&mut file) {
+                    return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "tensor `{tensor}` has ggml type {} (type id {ty}), which mistralrs cannot run; \
+                             supported: {SUPPORTED_TYPES}",
+                            ggml_type_name(ty)
+                        ),
+                    ));
+                }
+                return Err(Error::bad_file(path, format!("corrupt GGUF header: {e}")));
+            }
+        };
         let file = Self { path: path.to_path_buf(), file: Mutex::new(file), len, content };
         file.check_tensor_bounds()?;
         Ok(file)

@@ -3,6 +3,7 @@
 //! translates to its own file's names and layout.
 
 pub mod gguf;
+pub mod gguf_types;
 pub mod safetensors;
 
 use candle_core::Tensor;
