@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use crate::adapters::{AdapterInfo, AdapterSet, AdapterSpec};
@@ -14,6 +15,7 @@ use crate::hub::{ModelRepo, TokenSource};
 use crate::models::{self, CausalLm, ModelConfig};
 use crate::tokenizer::{gguf::from_gguf, TextTokenizer};
 use crate::weights::gguf::{model_config, GgufFile, GgufSource};
+use crate::weights::isq::QuantizingSource;
 use crate::weights::safetensors::SafetensorsSource;
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct LoadOptions {
     /// `Runner(chat_template=...)`: a path or a literal template.
     pub chat_template: Option<String>,
     pub device: Device,
+    /// `Runner(in_situ_quant=...)`: quantize the weights to this type at load.
+    pub in_situ_quant: Option<GgmlDType>,
 }
 
 pub struct LoadedModel {
@@ -93,13 +97,15 @@ fn build(
     cfg: &ModelConfig,
     weights: &dyn crate::weights::WeightSource,
     adapters: Option<&AdapterSet>,
+    isq: Option<GgmlDType>,
     device: &Device,
 ) -> Result<(Box<dyn CausalLm>, Option<AdapterInfo>)> {
     let bar = progress_bar(cfg.num_layers);
     let progress = |i: usize| bar.set_position(i as u64);
-    let built = match adapters {
-        Some(a) => a.load_model(cfg, weights, device, &progress).map(|(m, info)| (m, Some(info))),
-        None => models::load(cfg, weights, device, &progress).map(|m| (m, None)),
+    let built = match (adapters, isq) {
+        (Some(a), _) => a.load_model(cfg, weights, isq, device, &progress).map(|(m, info)| (m, Some(info))),
+        (None, Some(t)) => models::load(cfg, &QuantizingSource::new(weights, t), device, &progress).map(|m| (m, None)),
+        (None, None) => models::load(cfg, weights, device, &progress).map(|m| (m, None)),
     };
     bar.finish_and_clear();
     built
@@ -124,14 +130,14 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let cfg = ModelConfig::from_hf_json(&repo.get("config.json")?, *arch)?;
             let files = safetensors_files(&repo)?;
             let weights = SafetensorsSource::open(&files, device)?;
-            (cfg.clone(), build(&cfg, &weights, adapters.as_ref(), device)?, read_tokenizer_folder(&repo)?, None)
+            (cfg.clone(), build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?, read_tokenizer_folder(&repo)?, None)
         }
         ModelSpec::Gguf { tok_model_id, quantized_model_id, quantized_filename, .. } => {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
             let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
             let cfg = model_config(&file)?;
             let weights = GgufSource::new(file.clone(), &cfg, device)?;
-            let model = build(&cfg, &weights, adapters.as_ref(), device)?;
+            let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
             let folder = match tok_model_id {
                 Some(id) => read_tokenizer_folder(&ModelRepo::open(id, &opts.token_source)?)?,
                 None => TokenizerFolder::default(),

@@ -32,6 +32,11 @@ pub struct Runner {
     fingerprint: String,
     next_id: AtomicU64,
     adapters: Option<AdapterInfo>,
+    /// X-LoRA's pass counter of the model now in the engine (replaced by `send_re_isq`).
+    scaling_passes: Mutex<Option<Arc<AtomicU64>>>,
+    /// What was loaded, to load it again quantized (`send_re_isq`).
+    spec: ModelSpec,
+    opts: LoadOptions,
     /// Unmerged LoRA: the adapter set of requests that name none.
     active_adapters: RwLock<Vec<usize>>,
     stats: Arc<EngineStats>,
@@ -87,6 +92,9 @@ impl Runner {
             context_len: loaded.context_len,
             fingerprint: format!("mistralrs-{}-{device_name}", env!("CARGO_PKG_VERSION")),
             next_id: AtomicU64::new(0),
+            scaling_passes: Mutex::new(loaded.adapters.as_ref().and_then(|a| a.scaling_passes.clone())),
+            spec: spec.clone(),
+            opts: opts.clone(),
             active_adapters: RwLock::new(loaded.adapters.as_ref().map(|a| a.default_active.clone()).unwrap_or_default()),
             adapters: loaded.adapters,
             stats,
@@ -163,10 +171,34 @@ impl Runner {
             ("max_batch", s.max_batch.load(Ordering::Relaxed)),
             ("mixed_adapter_steps", s.mixed_adapter_steps.load(Ordering::Relaxed)),
         ];
-        if let Some(p) = self.adapters.as_ref().and_then(|a| a.scaling_passes.as_ref()) {
+        if let Some(p) = self.scaling_passes.lock().ok().and_then(|p| p.clone()) {
             v.push(("xlora_scaling_passes", p.load(Ordering::Relaxed)));
         }
         v
+    }
+
+    /// Loads the model again with its weights quantized to `dtype` and swaps
+    /// it into the engine between two steps. Requests keep being served
+    /// while it loads (by the current weights); running sequences continue
+    /// on the new weights. Returns once the new model is in place.
+    pub fn re_isq(&self, dtype: candle_core::quantized::GgmlDType) -> Result<()> {
+        let opts = LoadOptions { in_situ_quant: Some(dtype), ..self.opts.clone() };
+        let loaded = guard(|| loader::load(&self.spec, &opts))?;
+        let (ack, done) = channel();
+        {
+            let tx = self.tx.lock().map_err(|_| Error::EngineClosed("the runner is unusable".into()))?;
+            let tx = tx.as_ref().ok_or_else(|| Error::EngineClosed("the runner is closed".into()))?;
+            tx.send(Message::Swap(loaded.model, ack))
+                .map_err(|_| Error::EngineClosed("the engine thread has stopped".into()))?;
+        }
+        done.recv().map_err(|_| Error::EngineClosed("the engine thread has stopped".into()))??;
+        if let (Ok(mut slot), Some(new)) = (self.scaling_passes.lock(), loaded.adapters.and_then(|a| a.scaling_passes)) {
+            if let Some(old) = slot.as_ref() {
+                new.fetch_add(old.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            *slot = Some(new);
+        }
+        Ok(())
     }
 
     pub fn context_len(&self) -> usize {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::Device;
 use mistralrs_core::adapters::AdapterSpec;
 use mistralrs_core::hub::TokenSource;
+use mistralrs_core::weights::isq::parse_isq;
 use mistralrs_core::response::Event;
 use mistralrs_core::{LoadOptions, ModelSpec, ResponseStream, RunnerConfig};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -16,7 +17,6 @@ use crate::errors::{not_implemented, to_py};
 use crate::requests::{ChatCompletionRequest, CompletionRequest};
 use crate::which::Which;
 
-const ISQ_TYPES: [&str; 11] = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"];
 
 #[pyclass(frozen, module = "mistralrs")]
 pub struct Runner {
@@ -155,12 +155,6 @@ impl Runner {
         if speculative_gamma < 1 {
             return Err(PyValueError::new_err(format!("speculative_gamma must be at least 1, got {speculative_gamma}")));
         }
-        if let Some(q) = &in_situ_quant {
-            if !ISQ_TYPES.contains(&q.as_str()) {
-                return Err(PyValueError::new_err(format!("in_situ_quant `{q}` is not one of {}", ISQ_TYPES.join(", "))));
-            }
-            return Err(not_implemented("in-situ quantization (in_situ_quant)"));
-        }
         if which_draft.is_some() {
             return Err(not_implemented("speculative decoding (which_draft)"));
         }
@@ -172,6 +166,7 @@ impl Runner {
             token_source: TokenSource::parse(token_source).map_err(to_py)?,
             chat_template,
             device: device_of(device.as_deref())?,
+            in_situ_quant: in_situ_quant.as_deref().map(parse_isq).transpose().map_err(to_py)?,
         };
         let cfg = RunnerConfig {
             max_seqs: max_seqs as usize,
@@ -213,11 +208,14 @@ impl Runner {
         py.detach(|| inner.detokenize(&ids, skip_special_tokens)).map_err(to_py)
     }
 
-    fn send_re_isq(&self, dtype: &str) -> PyResult<()> {
-        if !ISQ_TYPES.contains(&dtype) {
-            return Err(PyValueError::new_err(format!("`{dtype}` is not one of {}", ISQ_TYPES.join(", "))));
-        }
-        Err(not_implemented("re-quantizing a loaded model (send_re_isq)"))
+    /// Re-quantizes the loaded model to `dtype` (one of the `in_situ_quant`
+    /// names): the model is loaded again quantized while requests keep being
+    /// served, then swapped in between two engine steps. Returns once later
+    /// requests run on the new weights.
+    fn send_re_isq(&self, py: Python<'_>, dtype: &str) -> PyResult<()> {
+        let t = parse_isq(dtype).map_err(to_py)?;
+        let inner = self.inner.clone();
+        py.detach(|| inner.re_isq(t)).map_err(to_py)
     }
 
     /// Sets the LoRA adapters that requests without `adapters` run with

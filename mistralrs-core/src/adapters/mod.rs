@@ -11,11 +11,13 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::hub::{ModelRepo, TokenSource};
 use crate::models::{self, CausalLm, ModelConfig};
+use crate::weights::isq::QuantizingSource;
 use crate::weights::WeightSource;
 use files::{Adapter, Ordering};
 use source::{AdaptedSource, Attach};
@@ -115,13 +117,18 @@ impl AdapterSet {
         &self,
         cfg: &ModelConfig,
         base: &dyn WeightSource,
+        isq: Option<GgmlDType>,
         device: &Device,
         progress: &dyn Fn(usize),
     ) -> Result<(Box<dyn CausalLm>, AdapterInfo)> {
         let attach = if self.mode == AdapterMode::Merged { Attach::Merged } else { Attach::Unmerged };
         let numbers = if self.mode == AdapterMode::XLora { self.ordering.layers.as_ref() } else { None };
         let source = AdaptedSource::new(base, &self.adapters, attach, numbers, cfg.arch)?;
-        let model = models::load(cfg, &source, device, progress)?;
+        // In-situ quantization wraps the adapters, so merged deltas are quantized with the base.
+        let model = match isq {
+            Some(t) => models::load(cfg, &QuantizingSource::new(&source, t), device, progress)?,
+            None => models::load(cfg, &source, device, progress)?,
+        };
         source.check_all_used()?;
         let mut info = AdapterInfo {
             mode: self.mode,

@@ -61,6 +61,9 @@ pub struct Admission {
 
 pub enum Message {
     Add(Box<Admission>),
+    /// Replace the model (the same architecture and shapes, other weights:
+    /// `send_re_isq`) between two steps; acknowledged once in place.
+    Swap(Box<dyn CausalLm>, std::sync::mpsc::Sender<Result<()>>),
     Stop,
 }
 
@@ -116,12 +119,14 @@ impl Engine {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match rx.recv() {
                     Ok(Message::Add(a)) => self.admit(*a),
+                    Ok(Message::Swap(m, ack)) => self.swap(m, ack),
                     Ok(Message::Stop) | Err(_) => return,
                 }
             }
             loop {
                 match rx.try_recv() {
                     Ok(Message::Add(a)) => self.admit(*a),
+                    Ok(Message::Swap(m, ack)) => self.swap(m, ack),
                     Ok(Message::Stop) | Err(TryRecvError::Disconnected) => return,
                     Err(TryRecvError::Empty) => break,
                 }
@@ -146,6 +151,18 @@ impl Engine {
             }
             self.retire();
         }
+    }
+
+    /// Running sequences keep their caches: the new model has the same
+    /// layers and shapes, so their later tokens come from the new weights.
+    fn swap(&mut self, model: Box<dyn CausalLm>, ack: std::sync::mpsc::Sender<Result<()>>) {
+        let result = if model.cache_layers() != self.model.cache_layers() || model.config().hidden_size != self.model.config().hidden_size {
+            Err(Error::runtime("the replacement model does not have the loaded model's shapes"))
+        } else {
+            self.model = model;
+            Ok(())
+        };
+        let _ = ack.send(result);
     }
 
     fn admit(&mut self, a: Admission) {

@@ -2,7 +2,7 @@
 //! as they are looked up, so a 150k-token vocabulary costs its file size, not
 //! four bytes per weight.
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Result, Tensor};
 
 #[derive(Debug, Clone)]
@@ -18,6 +18,14 @@ impl Embedding {
     /// `ids`: (tokens,) u32 -> (tokens, hidden).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.table.embedding(ids)
+    }
+
+    /// The table quantized to `dtype` (in-situ quantization).
+    pub fn quantized(self, dtype: GgmlDType) -> Result<Self> {
+        Ok(match super::linear::quantize_matrix(&self.table, dtype)? {
+            Some(table) => Self { table },
+            None => self,
+        })
     }
 
     /// The same matrix, for models whose output head is tied to the embeddings.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 
 use super::batch::StepContext;
@@ -57,6 +57,19 @@ impl Linear {
         Ok(Self { lora: self.lora, ..Self::new(weight, self.bias) })
     }
 
+    /// The layer with its weight quantized to `dtype` (a quantized weight is
+    /// dequantized first; one already of that type is kept as it is).
+    pub fn quantized(self, dtype: GgmlDType) -> Result<Self> {
+        let weight = match &self.weight {
+            Weight::Candle(w) => quantize_matrix(w, dtype)?,
+            Weight::Legacy(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
+        };
+        Ok(match weight {
+            Some(w) => Self { lora: self.lora, ..Self::new(w, self.bias) },
+            None => self,
+        })
+    }
+
     /// The layer with unmerged adapters, applied by `forward_rows`.
     pub fn with_lora(self, stack: Arc<LoraStack>) -> Self {
         Self { lora: Some(stack), ..self }
@@ -83,4 +96,14 @@ impl Linear {
             _ => Ok(y),
         }
     }
+}
+
+/// `w` quantized to `dtype`; None when it already is of that type.
+pub(crate) fn quantize_matrix(w: &QMatMul, dtype: GgmlDType) -> Result<Option<QMatMul>> {
+    let dense = match w {
+        QMatMul::QTensor(q) if q.dtype() == dtype => return Ok(None),
+        QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+    };
+    Ok(Some(QMatMul::from_qtensor(QTensor::quantize(&dense, dtype)?)?))
 }

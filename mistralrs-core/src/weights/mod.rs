@@ -4,6 +4,7 @@
 
 pub mod gguf;
 pub mod gguf_types;
+pub mod isq;
 pub mod safetensors;
 
 use candle_core::Tensor;
