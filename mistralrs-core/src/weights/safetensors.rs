@@ -1,18 +1,34 @@
-//! Dense weights from `model.safetensors` or a sharded index, memory-mapped
-//! and converted to f32 (the CPU compute type).
+//! Dense weights from `model.safetensors` or a sharded index, converted to
+//! f32 (the CPU compute type). Tensors are read with plain reads, one at a
+//! time, rather than through a memory map: mapped pages that were read stay
+//! in the process's resident set, so an in-situ quantized load of an f32
+//! model would peak at the file's size instead of the quantized size.
 
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::quantized::QMatMul;
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::WeightSource;
-use crate::error::{Error, FileContext, Result};
+use crate::error::{Error, Result};
 use crate::layers::{Embedding, Linear};
 
+/// Where one tensor's bytes are.
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
 pub struct SafetensorsSource {
-    tensors: MmapedSafetensors,
+    files: Vec<(PathBuf, Mutex<std::fs::File>)>,
+    tensors: HashMap<String, Entry>,
     /// Where the weights came from, for error messages.
     origin: PathBuf,
     device: Device,
@@ -21,33 +37,76 @@ pub struct SafetensorsSource {
 impl SafetensorsSource {
     pub fn open(files: &[PathBuf], device: &Device) -> Result<Self> {
         let origin = files.first().cloned().unwrap_or_default();
-        for f in files {
-            check_header(f)?;
+        let mut tensors = HashMap::new();
+        let mut opened = Vec::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
+            let (header, data_start, size) = check_header(f)?;
+            for (name, info) in header.as_object().into_iter().flatten() {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let e = entry(i, info, data_start, size).map_err(|why| Error::bad_file(f, format!("tensor `{name}`: {why}")))?;
+                tensors.insert(name.clone(), e);
+            }
+            let file = std::fs::File::open(f).map_err(|e| Error::not_found(f, e.to_string()))?;
+            opened.push((f.clone(), Mutex::new(file)));
         }
-        // SAFETY: the files are opened read-only; like every mmap-based loader
-        // we rely on them not being modified while the model is loaded.
-        let tensors = unsafe { MmapedSafetensors::multi(files) }.in_file(&origin)?;
-        Ok(Self { tensors, origin, device: device.clone() })
+        Ok(Self { files: opened, tensors, origin, device: device.clone() })
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .load(name, &self.device)
-            .map_err(|_| Error::bad_file(&self.origin, format!("tensor `{name}` is missing")))?;
-        if t.dims() != shape {
+        let e = self.tensors.get(name).ok_or_else(|| Error::bad_file(&self.origin, format!("tensor `{name}` is missing")))?;
+        let (path, file) = &self.files[e.file];
+        if e.shape != shape {
             return Err(Error::bad_file(
-                &self.origin,
-                format!("tensor `{name}` has shape {:?}, the config implies {shape:?}", t.dims()),
+                path,
+                format!("tensor `{name}` has shape {:?}, the config implies {shape:?}", e.shape),
             ));
         }
+        let mut bytes = vec![0u8; (e.end - e.start) as usize];
+        {
+            let mut f = file.lock().map_err(|_| Error::runtime("safetensors reader poisoned"))?;
+            f.seek(SeekFrom::Start(e.start))
+                .and_then(|_| f.read_exact(&mut bytes))
+                .map_err(|err| Error::bad_file(path, format!("cannot read tensor `{name}`: {err}")))?;
+        }
+        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &self.device)?;
         Ok(t.to_dtype(DType::F32)?)
     }
 }
 
-/// The header is read by hand first so that a corrupt file gets a message
-/// about the file rather than a parser's internals.
-pub(crate) fn check_header(path: &Path) -> Result<()> {
+fn entry(file: usize, info: &serde_json::Value, data_start: u64, size: u64) -> std::result::Result<Entry, String> {
+    let dtype = match info.get("dtype").and_then(|d| d.as_str()) {
+        Some("F32") => DType::F32,
+        Some("F16") => DType::F16,
+        Some("BF16") => DType::BF16,
+        Some("F64") => DType::F64,
+        Some(other) => return Err(format!("dtype {other} is not a floating-point weight type")),
+        None => return Err("no dtype".into()),
+    };
+    let shape: Vec<usize> = info
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or("no shape")?
+        .iter()
+        .map(|d| d.as_u64().map(|d| d as usize).ok_or("bad shape"))
+        .collect::<std::result::Result<_, _>>()?;
+    let offsets = info.get("data_offsets").and_then(|o| o.as_array()).ok_or("no data_offsets")?;
+    let (a, b) = match offsets.as_slice() {
+        [a, b] => (a.as_u64().ok_or("bad data_offsets")?, b.as_u64().ok_or("bad data_offsets")?),
+        _ => return Err("bad data_offsets".into()),
+    };
+    let want = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+    if b < a || b - a != want || data_start + b > size {
+        return Err(format!("data_offsets [{a}, {b}] do not hold {shape:?} {dtype:?} within the file"));
+    }
+    Ok(Entry { file, dtype, shape, start: data_start + a, end: data_start + b })
+}
+
+/// The header is read by hand so that a corrupt file gets a message about
+/// the file rather than a parser's internals. Returns the header, where the
+/// data starts, and the file's size.
+pub(crate) fn check_header(path: &Path) -> Result<(serde_json::Value, u64, u64)> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::not_found(path, e.to_string()))?;
     let size = f.metadata().map_err(|e| Error::not_found(path, e.to_string()))?.len();
@@ -59,9 +118,9 @@ pub(crate) fn check_header(path: &Path) -> Result<()> {
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::bad_file(path, e))?;
-    serde_json::from_slice::<serde_json::Value>(&header)
+    let header = serde_json::from_slice::<serde_json::Value>(&header)
         .map_err(|e| Error::bad_file(path, format!("corrupt safetensors header: {e}")))?;
-    Ok(())
+    Ok((header, 8 + n, size))
 }
 
 impl WeightSource for SafetensorsSource {
@@ -85,6 +144,6 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn has_tensor(&self, name: &str) -> bool {
-        self.tensors.get(name).is_ok()
+        self.tensors.contains_key(name)
     }
 }
