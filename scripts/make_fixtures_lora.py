@@ -4,20 +4,31 @@
     /work/refenv/bin/python scripts/make_fixtures_lora.py                 # everything
     /work/refenv/bin/python scripts/make_fixtures_lora.py llama qwen2     # some base architectures only
     /work/refenv/bin/python scripts/make_fixtures_lora.py --no-xlora      # skip the X-LoRA folders
+    /work/refenv/bin/python scripts/make_fixtures_lora.py gemma phi2 --no-xlora   # how gemma/phi2 were added
+
+Bases: llama mistral phi3 qwen2 gemma phi2 (X-LoRA: llama, qwen2).  tests/fixtures/lora/README.md is only
+rewritten by a full run (every base, X-LoRA included); a partial run leaves it as it is.
 
 Versions used: torch 2.15.0 (CPU, f32, 1 thread, deterministic algorithms), transformers 5.23.0, peft 0.21.2,
 safetensors 0.8, gguf 0.19.0, numpy 2.4.  Deterministic: fixed seeds, target_modules sorted in the written
 adapter_config.json files (PEFT writes a Python set in hash order), compact JSON.  CI never runs this script.
 
 It reads the tiny random base models and their references written by scripts/make_fixtures.py (llama-tiny) and
-scripts/make_fixtures_archs.py (mistral/phi3/qwen2-tiny) and never copies base weights.  Written files (see
+scripts/make_fixtures_archs.py (mistral/phi3/qwen2/gemma/phi2-tiny) and never copies base weights.  GGUF bases:
+transformers' GGUF loader (llama, mistral, phi3, qwen2); transformers cannot load GGUF `gemma` (v1) or `phi2`, so
+for those the GGUF is dequantized with the `gguf` package and mapped back to safetensors names exactly as
+make_fixtures_archs.py recorded their base references (A.read_gguf / A.from_gguf / A.model_from_sd; gemma: - 1 on
+the norm weights; phi2: the Q8_0 file's fused attn_qkv split into q_proj/k_proj/v_proj rows, the F32 file has
+separate attn_q/k/v), so every reference is in terms of the HF modules.  Written files (see
 tests/fixtures/lora/README.md for the full description and JSON schema):
 
   tests/fixtures/lora/<arch>/adapters/{attn,mlp,all}/   PEFT LoRA adapters (save_pretrained: adapter_config.json +
                                                          adapter_model.safetensors), init_lora_weights=False,
                                                          A/B drawn from a fixed torch.Generator seed
-        attn: r=4 lora_alpha=8 (scaling 2), attention projections (phi3: qkv_proj, o_proj)
-        mlp:  r=8 lora_alpha=4 (scaling 0.5), MLP projections (phi3: gate_up_proj, down_proj)
+        attn: r=4 lora_alpha=8 (scaling 2), attention projections q/k/v/o_proj (phi3: qkv_proj, o_proj;
+              phi2: q_proj, k_proj, v_proj, dense)
+        mlp:  r=8 lora_alpha=4 (scaling 0.5), MLP projections gate/up/down_proj (phi3: gate_up_proj, down_proj;
+              phi2: fc1, fc2)
         all:  r=2 lora_alpha=6 use_rslora (scaling 6/sqrt(2)), every projection above
   tests/fixtures/lora/<arch>/order_{attn,mlp,all,attn+mlp,preload}.json   ordering files (SPEC §3)
   tests/fixtures/lora/<arch>/references.json   greedy references (16 steps, EOS ignored, top-8 per step) of
@@ -33,9 +44,9 @@ tests/fixtures/lora/README.md for the full description and JSON schema):
 
 Adapter strength: every adapted projection's output changes by about STRENGTH (relative to the base output's
 RMS ~1), and the seeds are re-drawn until (a) each adapter alone changes the greedy ids and text of every case vs
-the base and (b) every greedy step of every reference run has a top-1/top-2 logit gap > M.MIN_GAP (0.03); the
-search merges the deltas into plain transformers models (fast), the final references run PEFT and are asserted
-equal to the merged models within 1e-4.
+the base and (b) every greedy step of every reference run has a top-1/top-2 logit gap > M.MIN_GAP (0.03; gemma
+0.005, see MIN_GAP_ARCH: its logits are ~8x smaller); the search merges the deltas into plain transformers models
+(fast), the final references run PEFT and are asserted equal to the merged models within 1e-4.
 """
 from __future__ import annotations
 
@@ -57,15 +68,19 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 OUT = M.FIX / "lora"
-ARCHS = ["llama", "mistral", "phi3", "qwen2"]
+ARCHS = ["llama", "mistral", "phi3", "qwen2", "gemma", "phi2"]
 XLORA_ARCHS = ["llama", "qwen2"]
 GGUF_FILES = {"llama": ("tiny-f32.gguf", "tiny-q8_0.gguf")}
 for _a in ARCHS[1:]:
     GGUF_FILES[_a] = (f"{_a}-tiny-f32.gguf", f"{_a}-tiny-q8_0.gguf")
 HF_CLASS = {"llama": "LlamaForCausalLM", **A.HF_CLASS}
+# transformers' GGUF loader handles neither GGUF `gemma` (v1) nor `phi2`: these bases' GGUF models are built as in
+# scripts/make_fixtures_archs.py (gguf.quants.dequantize, mapped back to safetensors names by A.from_gguf, loaded
+# into the plain model's class with its config), which is how their base references were recorded
+OWN_DEQUANT = {"gemma", "phi2"}
 
-ATTN = {"phi3": ["qkv_proj", "o_proj"]}
-MLP = {"phi3": ["gate_up_proj", "down_proj"]}
+ATTN = {"phi3": ["qkv_proj", "o_proj"], "phi2": ["q_proj", "k_proj", "v_proj", "dense"]}
+MLP = {"phi3": ["gate_up_proj", "down_proj"], "phi2": ["fc1", "fc2"]}
 DEFAULT_ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 DEFAULT_MLP = ["gate_proj", "up_proj", "down_proj"]
 
@@ -77,9 +92,18 @@ ADAPTERS = {
 STRENGTH = {"attn": 0.4, "mlp": 0.4, "all": 0.3}
 SETS = {"base": [], "attn": ["attn"], "mlp": ["mlp"], "all": ["all"], "attn+mlp": ["attn", "mlp"]}
 ORDER_SETS = ["attn", "mlp", "all", "attn+mlp"]
-SEED_START = {"llama": 20000, "mistral": 21000, "phi3": 22000, "qwen2": 23000}
+SEED_START = {"llama": 20000, "mistral": 21000, "phi3": 22000, "qwen2": 23000, "gemma": 24000, "phi2": 25000}
 SEED_OFFSET = {"attn": 0, "mlp": 300, "all": 600}
 N_SEED_TRIES = 300
+# Minimum top-1/top-2 logit gap of every recorded greedy step (and of the Q8_0 first step) per base: M.MIN_GAP
+# (0.03), except gemma, whose logits are ~8x smaller than the other bases' (first-step logit std ~1.0 vs 7.9-8.7:
+# tied head = the embedding, std 1/sqrt(64)) so that 0.03 is ~0.25 on the others' scale and no seed passes (the
+# base itself needed ~200 seeds for 0.03); 0.005 there is the same relative margin as ~0.04 on the other bases.
+MIN_GAP_ARCH = {"gemma": 0.005}
+
+
+def min_gap_of(arch: str) -> float:
+    return MIN_GAP_ARCH.get(arch, M.MIN_GAP)
 
 XLORA_CONFIGS = {
     "flat_d1": {"layerwise_scalings": False, "xlora_depth": 1, "xlora_size": 2048, "enable_relu_and_dropout": False,
@@ -148,7 +172,12 @@ class Base:
         self.plain = AutoModelForCausalLM.from_pretrained(str(self.d), dtype=torch.float32).eval()
         assert type(self.plain).__name__ == HF_CLASS[arch], type(self.plain)
         self.f32_file, self.q8_file = GGUF_FILES[arch]
-        loader = M.model_from_gguf_transformers if arch == "llama" else A.model_from_gguf_transformers
+        if arch in OWN_DEQUANT:
+            def loader(folder, fname):
+                sd = A.from_gguf(arch, A.read_gguf(folder / fname), self.plain.config)
+                return A.model_from_sd(arch, folder, sd, no_window=False)
+        else:
+            loader = M.model_from_gguf_transformers if arch == "llama" else A.model_from_gguf_transformers
         self.gguf32 = loader(self.d, self.f32_file)
         self.q8 = loader(self.d, self.q8_file)
         self.gguf_class = type(self.gguf32).__name__
@@ -162,6 +191,18 @@ class Base:
         check_equal_to_recorded(self.base_plain, self.ref["plain"]["results"], f"{arch} plain base")
         check_equal_to_recorded(self.base_f32, self.ref["gguf"][self.f32_file]["results"], f"{arch} f32 gguf base")
         self.base_ids = {"plain": [r["ids"] for r in self.base_plain], "gguf_f32": [r["ids"] for r in self.base_f32]}
+
+    def gguf_load(self, fname: str) -> str:
+        """How the GGUF model was made, for the references' `source` strings."""
+        if self.arch not in OWN_DEQUANT:
+            return f"from_pretrained(dir, gguf_file={fname!r})"
+        how = "gguf.quants.dequantize"
+        if self.arch == "gemma":
+            how += ", - 1 on norm weights"
+        if self.arch == "phi2" and fname == self.q8_file:
+            how += ", fused attn_qkv split into q_proj/k_proj/v_proj rows"
+        return (f"with the tensors of {fname!r} ({how}; transformers cannot load this GGUF architecture) under "
+                f"their safetensors names and the model's config")
 
     def targets(self, which: str) -> list[tuple[str, int, int]]:
         """(module name, in_features, out_features) of the adapted projections, in named_modules() order."""
@@ -246,14 +287,15 @@ def search_adapter(base: Base, name: str, fixed: dict) -> tuple[int, dict]:
         ok = True
         for kind, model in (("plain", base.plain), ("gguf_f32", base.gguf32)):
             for j, run in enumerate(runs):
-                ids = greedy_if_gapped(merged(model, run), base.cases)
+                ids = greedy_if_gapped(merged(model, run), base.cases, min_gap=min_gap_of(base.arch))
                 if ids is None or (j == 0 and any(a == b for a, b in zip(ids, base.base_ids[kind]))):
                     ok = False
                     break
             if not ok:
                 break
         if ok:
-            ok = all(first_step_gapped(merged(base.q8, run), base.cases) for run in runs)
+            ok = all(first_step_gapped(merged(base.q8, run), base.cases, min_gap=min_gap_of(base.arch))
+                     for run in runs)
         print(f"  {base.arch} {name} seed {seed}: {'ok' if ok else 'rejected'}")
         if ok:
             return seed, deltas
@@ -416,6 +458,26 @@ def requantized_q8(base: Base, adapters: list[tuple[dict, float]], variant: bool
                 q = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
                 deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(w.shape)
             mods[mod_name].weight.copy_(torch.from_numpy(np.ascontiguousarray(deq, dtype=np.float32)))
+        if base.arch == "phi2" and not variant:
+            # phi2's Q8_0 file stores q/k/v fused as attn_qkv: re-quantizing the fused merged tensor is the same
+            # (Q8_0's 32-blocks run along rows), checked here
+            for i in range(m.config.num_hidden_layers):
+                names = [f"model.layers.{i}.self_attn.{x}_proj" for x in "qkv"]
+                if not any(n in touched for n in names):
+                    continue
+                fused = np.concatenate([dict(base.q8.named_modules())[n].weight.numpy() for n in names])
+                fused = fused.astype(np.float32).copy()
+                rows = 0
+                for n in names:
+                    k = mods[n].weight.shape[0]
+                    for deltas, scaling in adapters:
+                        if n in deltas:
+                            a, b = deltas[n]
+                            fused[rows:rows + k] += (scaling * (b @ a)).numpy()
+                    rows += k
+                q = gguf.quants.quantize(fused, gguf.GGMLQuantizationType.Q8_0)
+                deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(fused.shape)
+                assert np.array_equal(deq, np.concatenate([mods[n].weight.numpy() for n in names])), i
     return m
 
 
@@ -460,6 +522,11 @@ def build_lora(base: Base) -> dict:
                          "seed": seeds[n], "strength": STRENGTH[n]} for n in ADAPTERS},
         "sets": SETS, "lora": {}, "gguf_f32": {}, "q8_0_first_step": {}, "q8_0_requant_first_step": {},
     }
+    if arch in MIN_GAP_ARCH:
+        doc["min_gap_threshold"] = MIN_GAP_ARCH[arch]
+        doc["min_gap_note"] = (f"every recorded greedy step's top-1/top-2 logit gap exceeds {MIN_GAP_ARCH[arch]} here, "
+                               f"not {M.MIN_GAP} as for the other bases: this base's logits are ~8x smaller (tied "
+                               f"head = embedding with std 1/sqrt(hidden)), so the same relative margin")
     summary = {"min_gap": {}, "peft_vs_merged_max_abs_diff": {}, "q8_0_top5_max_abs_diff_vs_gguf_f32": {},
                "q8_0_top5_max_abs_diff_vs_plain": {}, "q8_0_requant_top5_max_abs_diff_vs_gguf_f32": {},
                "q8_0_requant_top5_max_abs_diff_vs_q8_0_unmerged": {},
@@ -481,14 +548,14 @@ def build_lora(base: Base) -> dict:
                 res, gap = (base.base_plain, None) if kind == "plain" else (base.base_f32, None)
                 src = f"transformers {type(model).__name__} without adapter (equal to the base fixture's references)"
                 gap = min(min(s["gap"] for s in r["steps"]) for r in res)
-            assert gap > M.MIN_GAP, (arch, sname, kind, gap)
+            assert gap > min_gap_of(arch), (arch, sname, kind, gap)
             summary["min_gap"][f"{sname}/{kind}"] = M.rnd(gap)
             if kind == "plain":
                 src += " from model.safetensors (f32, CPU), greedy recomputing the whole sequence each step"
                 if arch == "mistral":
                     src += " (sliding_window 16)"
             else:
-                src += (f" from_pretrained(dir, gguf_file={base.f32_file!r}) (f32, CPU), greedy recomputing the whole "
+                src += (f" {base.gguf_load(base.f32_file)} (f32, CPU), greedy recomputing the whole "
                         f"sequence each step" + (" (GGUF `llama`: no sliding window)" if arch == "mistral" else ""))
             doc[key][sname] = {"source": src, "adapters": names, "results": results_json(base.cases, res)}
             row[kind] = res
@@ -526,7 +593,7 @@ def build_lora(base: Base) -> dict:
         tag = "+".join(names) if names else "no adapter"
         doc["q8_0_first_step"][sname] = {
             "source": f"first greedy step, peft {tag} unmerged (f32) on transformers {base.gguf_class} "
-                      f"from_pretrained(dir, gguf_file={base.q8_file!r}) (Q8_0 dequantized to f32, CPU)",
+                      f"{base.gguf_load(base.q8_file)} (Q8_0 dequantized to f32, CPU)",
             "adapters": names, "results": q_entries,
             "max_abs_diff_top5_vs_gguf_f32": M.rnd(d_f32), "max_abs_diff_top5_vs_plain": M.rnd(d_plain)}
         doc["q8_0_requant_first_step"][sname] = {
@@ -542,6 +609,12 @@ def build_lora(base: Base) -> dict:
     doc["q8_0_note"] = ("max_abs_diff_top5_*: max over cases of max |logprob difference| over the union of both "
                         "first steps' top-5 ids. The F32 GGUF reference is the matching one (same attention: for "
                         "mistral the GGUF `llama` architecture has no sliding window).")
+    if arch == "phi2":
+        doc["q8_0_note"] += (" phi2: the Q8_0 file stores the fused attn_qkv (q rows, then k, then v; the F32 file has "
+                             "separate attn_q/k/v); these references are in terms of the HF modules q_proj/k_proj/"
+                             "v_proj, i.e. row blocks of attn_qkv, and since Q8_0 blocks run along rows, merging the "
+                             "q/k/v deltas into attn_qkv and re-quantizing it as a whole gives the same weights "
+                             "(asserted).")
     dump_json(d / "references.json", doc, compact=True)
     return {"seeds": seeds, "deltas": deltas, "summary": summary, "orders": orders}
 
@@ -1003,7 +1076,8 @@ def write_readme(infos: dict, bad_notes: dict, peft_says: dict, xinfo: dict):
                      f"{a} " + " / ".join(f"{i['summary']['q8_0_requant_f16_scale_variant_top5_max_abs_diff'][k]:.2e}"
                                           for k in SETS) for a, i in infos.items()) + ".\n")
     lines.append("These random tiny models amplify any rounding (see tests/fixtures/README.md and the base fixtures' "
-                 "`max_abs_diff_vs_plain_first_step_top5` for their Q8_0 files, 0.23-0.30): the base column "
+                 "`max_abs_diff_vs_plain_first_step_top5` for their Q8_0 files, 0.23-0.38; gemma 0.03, its logits "
+                 "being ~8x smaller): the base column "
                  "(no adapter) is the quantization error of the base alone, and adding an adapter keeps the deviations in "
                  "the same range. So: compare an engine's first step on a Q8_0 base + merged adapter with "
                  "`q8_0_requant_first_step` (what it should compute exactly up to its own activation rounding and "
@@ -1036,29 +1110,47 @@ peft 0.21.2, safetensors 0.8, gguf 0.19.0, numpy 2.4) from the tiny base fixture
 (written by `scripts/make_fixtures.py` / `scripts/make_fixtures_archs.py`; this script only reads them and copies
 no base weights). Deterministic; regenerate with
 
-    /work/refenv/bin/python scripts/make_fixtures_lora.py            # all: llama mistral phi3 qwen2 + X-LoRA + bad
+    /work/refenv/bin/python scripts/make_fixtures_lora.py            # all: llama mistral phi3 qwen2 gemma phi2 + X-LoRA + bad
     /work/refenv/bin/python scripts/make_fixtures_lora.py qwen2      # one base (bad/ needs llama)
+    /work/refenv/bin/python scripts/make_fixtures_lora.py gemma phi2 --no-xlora   # how gemma and phi2 were added
+
+(only a full run rewrites this README; a partial run writes its bases' folders and leaves this file alone)
 
 (`/work/refenv`: `pip install torch==2.15.0 transformers==5.23.0 peft==0.21.2 safetensors numpy gguf==0.19.0
 accelerate`). Adapters name their base `tiny/<arch>-tiny` (`base_model_name_or_path`, ordering files'
 `base_model_id`); tests pass the local base folder as `model_id` explicitly.
 
-## Per base architecture: `<arch>/` for arch in llama, mistral, phi3, qwen2
+## Per base architecture: `<arch>/` for arch in llama, mistral, phi3, qwen2, gemma, phi2
 
 - `adapters/<name>/adapter_config.json` + `adapter_model.safetensors`: PEFT `save_pretrained` output (adapter
   name "default", so the files sit in the folder itself), PEFT tensor names
   `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` / `.lora_B.weight` (A: [r, in], B: [out, r]),
   `init_lora_weights=False`, `lora_dropout=0`, `bias="none"`, `task_type=CAUSAL_LM`; `target_modules` sorted.
-  - `attn`: r=4, lora_alpha=8 (scaling 2), llama/mistral/qwen2 `q_proj k_proj v_proj o_proj`, phi3 `qkv_proj o_proj`
-  - `mlp`: r=8, lora_alpha=4 (scaling 0.5), `gate_proj up_proj down_proj`, phi3 `gate_up_proj down_proj`
+  - `attn`: r=4, lora_alpha=8 (scaling 2), llama/mistral/qwen2/gemma `q_proj k_proj v_proj o_proj`, phi3
+    `qkv_proj o_proj`, phi2 `q_proj k_proj v_proj dense`
+  - `mlp`: r=8, lora_alpha=4 (scaling 0.5), `gate_proj up_proj down_proj`, phi3 `gate_up_proj down_proj`, phi2
+    `fc1 fc2`
   - `all`: r=2, lora_alpha=6, **use_rslora** (scaling = lora_alpha/sqrt(r) = 4.2426, not lora_alpha/r), all of them
   A ~ N(0, 1/in), B ~ N(0, (strength / (scaling sqrt(r)))^2) from `torch.Generator().manual_seed(seed)` (seeds and
   strength in references.json `adapters`), so `scaling * B A x` has RMS ~ strength (0.3-0.4) x RMS(x).
   Seeds were re-drawn until every adapter alone changes the greedy ids and text of every case, and every greedy
-  step of every recorded run has a top-1/top-2 logit gap > 0.03.
+  step of every recorded run has a top-1/top-2 logit gap > 0.03 (gemma: > 0.005, see below).
   phi3: PEFT wraps the fused `qkv_proj` ([128, 64]: q 64 + k 32 + v 32 rows) and `gate_up_proj` ([256, 64]:
   gate rows then up rows) as single linears, so lora_B has the fused output size and the merge adds B A to the
   fused weight as a whole (GGUF `attn_qkv` / `ffn_up` keep the same fused row order); no PEFT quirk otherwise.
+  gemma: tied head (`lm_head` is `embed_tokens`, never adapted); GGUF `gemma` stores the RMSNorm weights + 1.
+  Its logits are ~8x smaller than the other bases' (first-step logit std ~1.0 vs 7.9-8.7: the tied head is the
+  embedding, std 1/sqrt(64)), so a 0.03 gap is ~0.25 on the others' scale: with 0.03 no `attn` seed passed in 300
+  (a 1000-seed scan found 4 gapped seeds, none also changing every case: the three chat cases loop on one token with
+  gaps 0.3-0.8; the base itself needed ~200 seeds for 0.03). gemma's threshold is therefore 0.005 (the same
+  relative margin as ~0.04 on the others; `min_gap_threshold` / `min_gap_note` in its references.json), and its
+  recorded gaps go down to 0.0054 (still 5x the tests' 1e-3 logprob tolerance). Its Q8_0 deviations are ~8x
+  smaller than the other bases' for the same reason.
+  phi2: `q_proj k_proj v_proj dense fc1 fc2` all have biases (left alone: `bias="none"`), parallel attention + MLP
+  block. Its F32 GGUF has separate `attn_q/k/v`, its Q8_0 GGUF the fused `attn_qkv` of older converters ([192, 64]:
+  q, k, v rows, 64 each, and a fused bias); the references are in terms of `q_proj`/`k_proj`/`v_proj`, i.e. row
+  blocks 0-63 / 64-127 / 128-191 of `attn_qkv`. Q8_0 blocks run along rows, so merging the three deltas into the
+  fused tensor and re-quantizing it as a whole gives the same weights as re-quantizing each part (asserted).
 - Ordering files (SPEC §3): `order_attn.json`, `order_mlp.json`, `order_all.json`, `order_attn+mlp.json`
   (`order` ["attn"], ["mlp"], ["all"], ["attn","mlp"]), `order_preload.json` (`order` ["attn"],
   `preload_adapters` [{"name": "mlp", "adapter_model_id": "adapters"}, {"name": "all", "adapter_model_id":
@@ -1066,7 +1158,8 @@ accelerate`). Adapters name their base `tiny/<arch>-tiny` (`base_model_name_or_p
   exactly the adapters of that file (order + preload) are loaded, as base-model module names
   ("model.layers.0.self_attn.q_proj"), numbered 0,1,2,... in `named_modules()` order (layer 0's attention
   projections, then its MLP projections, then layer 1 ...). E.g. llama `order_attn.json` has 8 entries (q,k,v,o x 2
-  layers), `order_mlp.json` 6, the others 14 (phi3: 4, 4, 8). **`preload_adapters[].adapter_model_id` is
+  layers), `order_mlp.json` 6, the others 14 (gemma the same; phi3: 4, 4, 8; phi2: 8 (q,k,v,dense x 2), 4
+  (fc1,fc2 x 2), 12). **`preload_adapters[].adapter_model_id` is
   "adapters", a path relative to the folder holding the ordering file**, i.e. `tests/fixtures/lora/<arch>/adapters`,
   the same folder the tests pass as `adapters_model_id` (it holds `mlp/` and `all/`); resolve it in the test.
 - `references.json` (compact JSON):
@@ -1081,17 +1174,22 @@ accelerate`). Adapters name their base `tiny/<arch>-tiny` (`base_model_name_or_p
     16 greedy steps, EOS ignored, whole sequence recomputed each step (same schema as the base references;
     logprobs written with 9 significant digits).
   - `gguf_f32.<set>`: the same on the base loaded from the F32 GGUF with transformers' GGUF loader (as the base
-    fixtures' gguf references). mistral: GGUF `llama`, no sliding window, so these differ from `lora` in every
-    case (every prompt + 16 generated tokens is longer than the 16-token window); for llama, phi3 and qwen2 they
-    are identical to `lora` (same weights, same f32 computation).
+    fixtures' gguf references; gemma and phi2: transformers cannot load GGUF `gemma` (v1) or `phi2`, so, as
+    scripts/make_fixtures_archs.py recorded their base references, the file is dequantized with
+    `gguf.quants.dequantize`, mapped back to safetensors names (gemma: - 1 on norm weights) and loaded into
+    GemmaForCausalLM / PhiForCausalLM with the base's config). mistral: GGUF `llama`, no sliding window, so these
+    differ from `lora` in every case (every prompt + 16 generated tokens is longer than the 16-token window); for
+    llama, phi3, qwen2, gemma and phi2 they are identical to `lora` (same weights, same f32 computation).
   - `q8_0_first_step.<set>`: first step only, `results[]` `{name, id, bytes, logprob, gap, top[8]}`, PEFT with the
-    adapter unmerged (f32) on the Q8_0 GGUF dequantized to f32 by transformers' loader; with
+    adapter unmerged (f32) on the Q8_0 GGUF dequantized to f32 by transformers' loader (gemma, phi2: by
+    `gguf.quants.dequantize` as above; phi2's fused `attn_qkv` split into q/k/v rows); with
     `max_abs_diff_top5_vs_gguf_f32` / `_vs_plain`: max over cases of max |logprob difference| over the union of the
     two first steps' top-5 ids, against the F32 GGUF / plain run of the same set.
   - `q8_0_requant_first_step.<set>`: first step on the Q8_0 base dequantized, each adapted weight += scaling B A,
     re-quantized to Q8_0 (`gguf.quants.quantize`) and dequantized: the engine's "dequantize, merge, re-quantize"
     with exact f32 activations; `max_abs_diff_top5_vs_gguf_f32`, `max_abs_diff_top5_vs_q8_0_unmerged`.
-  - `summary`: min gaps per set/base, PEFT-vs-merged differences, the Q8_0 deviations.
+  - `summary`: min gaps per set/base, PEFT-vs-merged differences, the Q8_0 deviations. gemma also has
+    `min_gap_threshold` (0.005) and `min_gap_note`.
 
 ## X-LoRA: `llama/xlora/`, `qwen2/xlora/`
 

@@ -2,6 +2,7 @@
 
 Fixtures: tests/fixtures/lora/<arch>/ written by scripts/make_fixtures_lora.py (peft 0.21.2, transformers 5.23,
 torch CPU f32) over the tiny random bases of tests/fixtures/<arch>-tiny/; see tests/fixtures/lora/README.md.
+Bases: llama, mistral, phi3, qwen2, gemma (min greedy gap 0.005: its logits are ~8x smaller) and phi2.
 Three PEFT adapters per base: `attn` (r 4, attention projections), `mlp` (r 8, MLP projections) and `all`
 (r 2, every projection, rsLoRA), each changing the greedy text of every prompt. References are PeftModel's greedy
 runs (16 steps, EOS ignored) with one adapter or two (`attn+mlp`, both active) on the plain base and on the F32
@@ -31,7 +32,7 @@ from reference_support import check_greedy_steps, content, send_greedy
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 LORA = FIX / "lora"
-ALL_ARCHS = ["llama", "mistral", "phi3", "qwen2"]
+ALL_ARCHS = ["llama", "mistral", "phi3", "qwen2", "gemma", "phi2"]
 ARCHS = [a for a in ALL_ARCHS if (LORA / a / "references.json").exists()]
 SETS = ["attn", "mlp", "all", "attn+mlp"]
 N_STEPS = 16
