@@ -22,6 +22,12 @@ pub fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let device = if cfg!(feature = "cuda") { "cuda:0" } else if cfg!(feature = "metal") { "metal" } else { "cpu" };
     d.set_item("default_device", device)?;
     d.set_item("cpu_threads", candle_core::utils::get_num_threads())?;
+    // Per weight type, the kernel its products run on with this CPU.
+    let kernels = PyDict::new(py);
+    for (ty, kernel) in mistralrs_core::kernels::kernel_report() {
+        kernels.set_item(ty, kernel)?;
+    }
+    d.set_item("kernels", kernels)?;
     Ok(d)
 }
 

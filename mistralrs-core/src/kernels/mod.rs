@@ -2,5 +2,7 @@
 //! weight types candle's CPU backend only has scalar code for.
 
 pub mod legacy_quant;
+pub mod report;
 
 pub use legacy_quant::LegacyQuantMatrix;
+pub use report::kernel_report;
