@@ -9,6 +9,7 @@
   own deviation from the f32 model on the same weights quantized to that type by llama.cpp's quantizer
   (`llama_model_quantize`, every tensor of the one type) — a floor of 0.02 for the near-lossless types.
   Q8_K, which llama.cpp does not write as a weight type, gets Q8_0's bound.
+- `in_situ_quant="Q6K"` equals llama.cpp's Q6_K file of the same weights (ggml's Q6_K quantizer, ported).
 - `send_re_isq` while 4 streaming requests run: they all complete, and later greedy output changes.
 """
 from __future__ import annotations
@@ -55,14 +56,7 @@ def top5_dev(got: dict, ref_top: list[dict]) -> float:
     return worst
 
 
-# candle's Q6_K quantizer (QTensor::quantize) is not ggml's: on this model its blocks move the first step 0.22 from
-# f32 where llama.cpp's Q6_K file moves it 0.135 (bound 0.203). Every other type is within its bound, most of them
-# below llama.cpp's own deviation (the output head is Q6_K where llama.cpp's pure files keep the type).
-KNOWN_OVER_BOUND = {"Q6K"}
-
-
-@pytest.mark.parametrize("qtype", [pytest.param(q, marks=pytest.mark.xfail(strict=True, reason="candle's Q6_K quantizer"))
-                                   if q in KNOWN_OVER_BOUND else q for q in ISQ_TYPES])
+@pytest.mark.parametrize("qtype", ISQ_TYPES)
 def test_isq_type_first_step_within_bound(qtype):
     if not (QT / "references.json").exists():
         pytest.fail("missing tests/fixtures/quant-types; run scripts/make_fixtures_quant.py")
@@ -77,6 +71,19 @@ def test_isq_type_first_step_within_bound(qtype):
         got = {tuple(t.bytes): t.logprob for t in content(send_greedy(runner, case, 1))[0].top_logprobs}
         ours = max(ours, top5_dev(got, f32[case["name"]]["top"]))
     assert ours <= bound, f"{qtype}: {ours:.4f} from f32 (bound {bound:.4f} from llama.cpp's {gname} file)"
+
+
+def test_isq_q6k_equals_llama_cpp_q6_k_file():
+    """ggml's Q6_K quantizer is ours too: ISQ of the plain model gives the same output as llama.cpp's Q6_K file of
+    the same weights (every tensor Q6_K in both), so the blocks are llama.cpp's."""
+    r = refs(QT)
+    isq = Runner(which=Which.Plain(model_id=str(QT), arch="llama"), in_situ_quant="Q6K")
+    gguf = Runner(which=Which.GGUF(tok_model_id=str(QT), quantized_model_id=str(QT),
+                                   quantized_filename=r["files"]["Q6_K"]["file"]))
+    for case in r["cases"]:
+        a, b = content(send_greedy(isq, case, 8)), content(send_greedy(gguf, case, 8))
+        assert [list(x.bytes) for x in a] == [list(x.bytes) for x in b], case["name"]
+        assert max(abs(x.logprob - y.logprob) for x, y in zip(a, b)) < 1e-5, case["name"]
 
 
 def test_bad_isq_name_is_value_error():

@@ -2,6 +2,7 @@
 //! weight types candle's CPU backend only has scalar code for.
 
 pub mod legacy_quant;
+pub mod quantize_q6k;
 pub mod report;
 
 pub use legacy_quant::LegacyQuantMatrix;

@@ -46,7 +46,7 @@ impl Linear {
     pub fn merged(self, delta: &Tensor) -> Result<Self> {
         let quantized = |q: &QTensor| -> Result<QMatMul> {
             let w = (q.dequantize(&q.device())? + delta)?;
-            QMatMul::from_qtensor(QTensor::quantize(&w, q.dtype())?)
+            QMatMul::from_qtensor(quantize_dense(&w, q.dtype())?)
         };
         let weight = match &self.weight {
             Weight::Candle(QMatMul::Tensor(w)) => QMatMul::Tensor((w + delta.to_dtype(w.dtype())?)?),
@@ -105,5 +105,14 @@ pub(crate) fn quantize_matrix(w: &QMatMul, dtype: GgmlDType) -> Result<Option<QM
         QMatMul::QTensor(q) => q.dequantize(&q.device())?,
         QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
     };
-    Ok(Some(QMatMul::from_qtensor(QTensor::quantize(&dense, dtype)?)?))
+    Ok(Some(QMatMul::from_qtensor(quantize_dense(&dense, dtype)?)?))
+}
+
+/// A dense (rows, cols) matrix quantized to `dtype`: ggml's own Q6_K
+/// quantizer (candle's is an older ggml's), candle's for the other types.
+fn quantize_dense(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    match dtype {
+        GgmlDType::Q6K => crate::kernels::quantize_q6k::quantize_q6k(w),
+        _ => QTensor::quantize(w, dtype),
+    }
 }
