@@ -214,28 +214,23 @@ def _order_file(tmp_path, base):
     return str(p)
 
 
-@pytest.mark.parametrize(
-    "variant,needle",
-    [
-        ("GGML", r"ggml"),
-        ("XLoraGGML", r"ggml"),
-        ("LoraGGML", r"ggml"),
-    ],
-)
-def test_unimplemented_variants_raise_not_implemented(variant, needle, tmp_path, llama_tiny_dir, tiny_gguf):
-    # The GGML loader is the weight-types milestone; until then the GGML variants say what is missing.
+@pytest.mark.parametrize("variant", ["GGML", "XLoraGGML", "LoraGGML"])
+def test_ggml_variants_given_a_gguf_file(variant, tmp_path, llama_tiny_dir, tiny_gguf):
+    # A GGUF file handed to a GGML variant is refused with a pointer to Which.GGUF (GGML files: test_ggml.py).
     required, _ = WHICH_TABLE[variant]
     kwargs = dict(required)
     for k in kwargs:
         if k.endswith("model_id"):
             kwargs[k] = str(llama_tiny_dir)
-    if "quantized_filename" in kwargs:
-        kwargs["quantized_filename"] = tiny_gguf.name
-    if "order" in kwargs:
-        kwargs["order"] = _order_file(tmp_path, llama_tiny_dir)
-    with pytest.raises(NotImplementedError) as e:
+    kwargs["quantized_filename"] = tiny_gguf.name
+    lora = llama_tiny_dir.parent / "lora" / "llama"
+    if variant == "LoraGGML":
+        kwargs.update(adapters_model_id=str(lora / "adapters"), order=str(lora / "order_attn.json"))
+    if variant == "XLoraGGML":
+        x = lora / "xlora" / "flat_d1"
+        kwargs.update(xlora_model_id=str(x), order=str(x / "order.json"))
+    with pytest.raises(ValueError, match="GGUF"):
         Runner(which=getattr(Which, variant)(**kwargs))
-    assert re.search(needle, str(e.value), re.I), str(e.value)
 
 
 # ----------------------------------------------------------------------------- runner basics

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::hub::{ModelRepo, TokenSource};
 use crate::models::{self, CausalLm, ModelConfig};
 use crate::tokenizer::{gguf::from_gguf, TextTokenizer};
+use crate::weights::ggml::GgmlFile;
 use crate::weights::gguf::{model_config, GgufFile, GgufSource};
 use crate::weights::isq::QuantizingSource;
 use crate::weights::safetensors::SafetensorsSource;
@@ -23,6 +24,14 @@ pub enum ModelSpec {
     /// `model_id` None: the base the adapters' ordering file names.
     Plain { model_id: Option<String>, arch: Architecture, tokenizer_json: Option<String>, adapters: Option<AdapterSpec> },
     Gguf {
+        tok_model_id: Option<String>,
+        quantized_model_id: String,
+        quantized_filename: String,
+        tokenizer_json: Option<String>,
+        adapters: Option<AdapterSpec>,
+    },
+    /// A legacy GGML file (llama family); the tokenizer comes from `tok_model_id` or `tokenizer_json`.
+    Ggml {
         tok_model_id: Option<String>,
         quantized_model_id: String,
         quantized_filename: String,
@@ -114,7 +123,9 @@ fn build(
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     let device = &opts.device;
     let adapter_spec = match spec {
-        ModelSpec::Plain { adapters, .. } | ModelSpec::Gguf { adapters, .. } => adapters.as_ref(),
+        ModelSpec::Plain { adapters, .. } | ModelSpec::Gguf { adapters, .. } | ModelSpec::Ggml { adapters, .. } => {
+            adapters.as_ref()
+        }
     };
     let adapters = adapter_spec.map(|a| AdapterSet::read(a, &opts.token_source, device)).transpose()?;
     let (cfg, (model, adapter_info), folder, gguf_vocab) = match spec {
@@ -147,10 +158,31 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let vocab = if file.get_str("tokenizer.ggml.model").is_some() { Some(from_gguf(&file)) } else { None };
             (cfg, model, folder, vocab)
         }
+        ModelSpec::Ggml { tok_model_id, quantized_model_id, quantized_filename, .. } => {
+            let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
+            let file = Arc::new(GgmlFile::open(&repo.get(quantized_filename)?)?);
+            // What the GGML header lacks (context, norm epsilon, rope base) comes
+            // from the tokenizer folder's config.json where there is one.
+            let tok_repo = tok_model_id.as_deref().map(|id| ModelRepo::open(id, &opts.token_source)).transpose()?;
+            let config = match &tok_repo {
+                Some(r) => r.get_optional("config.json")?.map(|p| read_json(&p)).transpose()?,
+                None => None,
+            };
+            let cfg = file.model_config(config.as_ref())?;
+            let weights = GgufSource::with_layout(file.clone(), true, false, &cfg, device);
+            let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
+            let folder = match &tok_repo {
+                Some(r) => read_tokenizer_folder(r)?,
+                None => TokenizerFolder::default(),
+            };
+            (cfg, model, folder, None)
+        }
     };
 
     let tokenizer_json = match spec {
-        ModelSpec::Plain { tokenizer_json, .. } | ModelSpec::Gguf { tokenizer_json, .. } => tokenizer_json,
+        ModelSpec::Plain { tokenizer_json, .. }
+        | ModelSpec::Gguf { tokenizer_json, .. }
+        | ModelSpec::Ggml { tokenizer_json, .. } => tokenizer_json,
     };
     let gguf_vocab = match (gguf_vocab, tokenizer_json.is_some() || folder.tokenizer_json.is_some()) {
         (Some(Err(e)), false) => return Err(e),
@@ -171,6 +203,10 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
                     ModelSpec::Plain { .. } => "the model folder has no tokenizer.json; pass tokenizer_json".to_string(),
                     ModelSpec::Gguf { quantized_filename, .. } => format!(
                         "{quantized_filename}: no tokenizer in the GGUF metadata; pass tok_model_id or tokenizer_json"
+                    ),
+                    ModelSpec::Ggml { quantized_filename, .. } => format!(
+                        "{quantized_filename}: GGML files are loaded with the tokenizer of tok_model_id (a folder or \
+                         hub repo with tokenizer.json) or tokenizer_json"
                     ),
                 }))
             }

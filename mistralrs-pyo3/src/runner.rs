@@ -45,6 +45,16 @@ fn gguf(tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filen
     }
 }
 
+fn ggml(tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filename: &str, tokenizer_json: &Option<String>, adapters: Option<AdapterSpec>) -> ModelSpec {
+    ModelSpec::Ggml {
+        tok_model_id: tok_model_id.clone(),
+        quantized_model_id: quantized_model_id.to_string(),
+        quantized_filename: quantized_filename.to_string(),
+        tokenizer_json: tokenizer_json.clone(),
+        adapters,
+    }
+}
+
 fn spec_of(which: &Which) -> PyResult<ModelSpec> {
     Ok(match which {
         Which::Plain { model_id, arch, tokenizer_json, .. } => {
@@ -75,9 +85,19 @@ fn spec_of(which: &Which) -> PyResult<ModelSpec> {
             tokenizer_json,
             xlora(xlora_model_id, order, tgt_non_granular_index),
         ),
-        Which::GGML { .. } | Which::LoraGGML { .. } | Which::XLoraGGML { .. } => {
-            return Err(not_implemented("loading legacy GGML files (Which.GGML, Which.LoraGGML, Which.XLoraGGML)"))
+        Which::GGML { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => {
+            ggml(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, None)
         }
+        Which::LoraGGML { tok_model_id, quantized_model_id, quantized_filename, adapters_model_id, order, tokenizer_json, .. } => {
+            ggml(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, lora(adapters_model_id, order))
+        }
+        Which::XLoraGGML { tok_model_id, quantized_model_id, quantized_filename, xlora_model_id, order, tgt_non_granular_index, tokenizer_json, .. } => ggml(
+            tok_model_id,
+            quantized_model_id,
+            quantized_filename,
+            tokenizer_json,
+            xlora(xlora_model_id, order, tgt_non_granular_index),
+        ),
     })
 }
 

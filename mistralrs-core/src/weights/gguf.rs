@@ -17,6 +17,27 @@ use crate::error::{Error, Result};
 use crate::layers::{Activation, Embedding, Linear};
 use crate::models::config::{ModelConfig, RopeScaling};
 
+/// A file of ggml tensors under llama.cpp's GGUF tensor names (a GGUF file,
+/// or a legacy GGML file whose names are mapped).
+pub trait TensorFile: Send + Sync {
+    fn path(&self) -> &Path;
+    fn has_tensor(&self, name: &str) -> bool;
+    /// Tensor `name` with its transformers-order shape (rows, cols).
+    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor>;
+}
+
+impl TensorFile for GgufFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn has_tensor(&self, name: &str) -> bool {
+        GgufFile::has_tensor(self, name)
+    }
+    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        GgufFile::qtensor(self, name, device)
+    }
+}
+
 const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
 /// A GGUF file opened for loading. Tensors are read with plain reads rather
@@ -327,7 +348,7 @@ fn expert_name(idx: &str, sub: &str) -> Option<String> {
 }
 
 pub struct GgufSource {
-    file: Arc<GgufFile>,
+    file: Arc<dyn TensorFile>,
     /// (heads, kv_heads) when Q/K rows must be un-interleaved.
     unpermute: Option<(usize, usize)>,
     /// Gemma files store `1 + w` for norms; the models expect transformers' `w`.
@@ -340,9 +361,16 @@ pub struct GgufSource {
 impl GgufSource {
     pub fn new(file: Arc<GgufFile>, cfg: &ModelConfig, device: &Device) -> Result<Self> {
         let kind = arch_of_gguf(&file)?;
-        let unpermute = kind.interleaved_rope.then_some((cfg.num_heads, cfg.num_kv_heads));
+        Ok(Self::with_layout(file, kind.interleaved_rope, kind.norm_plus_one, cfg, device))
+    }
+
+    /// Tensors of `file` laid out as llama.cpp stores them: Q/K rows
+    /// interleaved for rotary pairs (the `llama` family) and norms stored as
+    /// `1 + w` (gemma) where the flags say so.
+    pub fn with_layout(file: Arc<dyn TensorFile>, interleaved_rope: bool, norm_plus_one: bool, cfg: &ModelConfig, device: &Device) -> Self {
+        let unpermute = interleaved_rope.then_some((cfg.num_heads, cfg.num_kv_heads));
         let qkv_rows = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-        Ok(Self { file, unpermute, norm_plus_one: kind.norm_plus_one, qkv_rows, device: device.clone() })
+        Self { file, unpermute, norm_plus_one, qkv_rows, device: device.clone() }
     }
 
     /// The (weight or bias) tensor `name`, resolving stacked experts (`name#E`)
@@ -388,7 +416,7 @@ impl GgufSource {
         let t = self.file.qtensor(name, &self.device)?;
         if t.shape().dims() != shape {
             return Err(Error::bad_file(
-                &self.file.path,
+                self.file.path(),
                 format!("tensor `{name}` has shape {:?}, the metadata implies {shape:?}", t.shape().dims()),
             ));
         }
