@@ -4,6 +4,7 @@
 pub mod legacy_quant;
 pub mod quantize_q6k;
 pub mod report;
+mod type_tests;
 
 pub use legacy_quant::LegacyQuantMatrix;
 pub use report::kernel_report;
