@@ -284,3 +284,24 @@ def test_adapter_for_another_architecture_is_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"qkv_proj"):
         Runner(which=Which.Lora(arch="llama", adapters_model_id=str(LORA / "phi3" / "adapters"),
                                 order=str(LORA / "phi3" / "order_attn.json"), model_id=str(base_dir("llama"))))
+
+
+# ----------------------------------------------------------------------------- adapters with in-situ quantization
+
+
+@pytest.mark.parametrize("order,sets", [("order_attn+mlp.json", [None]), ("order_preload.json", [["mlp"], ["all"], []])])
+def test_adapters_with_in_situ_quantization(order, sets):
+    """ISQ wraps the adapters: merged deltas are quantized with the base (Q8_0 here), unmerged adapters stay f32
+    beside the quantized base; first steps stay within the Q8_0 bound of PEFT's f32 references."""
+    arch = ARCHS[0]
+    runner = Runner(which=lora_which(arch, order), in_situ_quant="Q8_0")
+    names = {None: "attn+mlp", ("mlp",): "mlp", ("all",): "all", (): "base"}
+    for s in sets:
+        want = results_of(arch, "lora", names[tuple(s) if s is not None else None])
+        for case in refs(arch)["cases"]:
+            step = content(send_greedy_with(runner, case, s))[0]
+            got = {tuple(t.bytes): t.logprob for t in step.top_logprobs}
+            ref = want[case["name"]]["steps"][0]
+            for t in sorted(ref["top"], key=lambda t: -t["logprob"])[:5]:
+                if tuple(t["bytes"]) in got:
+                    assert abs(got[tuple(t["bytes"])] - t["logprob"]) <= Q8_0_BOUND, (order, s, case["name"])

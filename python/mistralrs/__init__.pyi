@@ -537,7 +537,9 @@ class Runner:
         self, request: CompletionRequest
     ) -> CompletionResponse | ResponseIterator[CompletionResponse]:
         """A CompletionResponse, or with ``stream=True`` an iterator of partial ones."""
-    def send_re_isq(self, dtype: QuantType) -> None: ...
+    def send_re_isq(self, dtype: QuantType) -> None:
+        """Re-quantizes the loaded model to ``dtype``: it is loaded again quantized while requests keep being
+        served, then swapped in between two engine steps. Returns once later requests run on the new weights."""
     def activate_adapters(self, names: Sequence[str]) -> None:
         """Sets the LoRA adapters of requests that name none (unmerged LoRA: the ordering file has
         `preload_adapters`); `[]` runs the base model. ValueError for an adapter that is not loaded, for
@@ -564,4 +566,5 @@ class ResponseIterator(Generic[_T]):
 
 def build_info() -> dict[str, object]:
     """How this build was compiled and what it runs on: ``version``, ``features``
-    (cuda, metal, mkl, ...), ``simd`` (CPU extensions in use), ``default_device``, ``cpu_threads``."""
+    (cuda, metal, mkl, ...), ``simd`` (CPU extensions in use), ``default_device``, ``cpu_threads``, and
+    ``kernels``: for each weight type (``"Q4_K"``, ...) the kernel its products run on with this CPU."""
