@@ -19,19 +19,20 @@ use crate::weights::gguf::{model_config, GgufFile, GgufSource};
 use crate::weights::isq::QuantizingSource;
 use crate::weights::safetensors::SafetensorsSource;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Gguf,
+    Ggml,
+}
+
 #[derive(Debug, Clone)]
 pub enum ModelSpec {
     /// `model_id` None: the base the adapters' ordering file names.
     Plain { model_id: Option<String>, arch: Architecture, tokenizer_json: Option<String>, adapters: Option<AdapterSpec> },
-    Gguf {
-        tok_model_id: Option<String>,
-        quantized_model_id: String,
-        quantized_filename: String,
-        tokenizer_json: Option<String>,
-        adapters: Option<AdapterSpec>,
-    },
-    /// A legacy GGML file (llama family); the tokenizer comes from `tok_model_id` or `tokenizer_json`.
-    Ggml {
+    /// A llama.cpp file: GGUF, or legacy GGML (llama family, whose tokenizer
+    /// comes from `tok_model_id` or `tokenizer_json`).
+    File {
+        format: FileFormat,
         tok_model_id: Option<String>,
         quantized_model_id: String,
         quantized_filename: String,
@@ -123,9 +124,7 @@ fn build(
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     let device = &opts.device;
     let adapter_spec = match spec {
-        ModelSpec::Plain { adapters, .. } | ModelSpec::Gguf { adapters, .. } | ModelSpec::Ggml { adapters, .. } => {
-            adapters.as_ref()
-        }
+        ModelSpec::Plain { adapters, .. } | ModelSpec::File { adapters, .. } => adapters.as_ref(),
     };
     let adapters = adapter_spec.map(|a| AdapterSet::read(a, &opts.token_source, device)).transpose()?;
     let (cfg, (model, adapter_info), folder, gguf_vocab) = match spec {
@@ -143,7 +142,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let weights = SafetensorsSource::open(&files, device)?;
             (cfg.clone(), build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?, read_tokenizer_folder(&repo)?, None)
         }
-        ModelSpec::Gguf { tok_model_id, quantized_model_id, quantized_filename, .. } => {
+        ModelSpec::File { format: FileFormat::Gguf, tok_model_id, quantized_model_id, quantized_filename, .. } => {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
             let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
             let cfg = model_config(&file)?;
@@ -158,7 +157,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let vocab = if file.get_str("tokenizer.ggml.model").is_some() { Some(from_gguf(&file)) } else { None };
             (cfg, model, folder, vocab)
         }
-        ModelSpec::Ggml { tok_model_id, quantized_model_id, quantized_filename, .. } => {
+        ModelSpec::File { format: FileFormat::Ggml, tok_model_id, quantized_model_id, quantized_filename, .. } => {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
             let file = Arc::new(GgmlFile::open(&repo.get(quantized_filename)?)?);
             // What the GGML header lacks (context, norm epsilon, rope base) comes
@@ -180,9 +179,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     };
 
     let tokenizer_json = match spec {
-        ModelSpec::Plain { tokenizer_json, .. }
-        | ModelSpec::Gguf { tokenizer_json, .. }
-        | ModelSpec::Ggml { tokenizer_json, .. } => tokenizer_json,
+        ModelSpec::Plain { tokenizer_json, .. } | ModelSpec::File { tokenizer_json, .. } => tokenizer_json,
     };
     let gguf_vocab = match (gguf_vocab, tokenizer_json.is_some() || folder.tokenizer_json.is_some()) {
         (Some(Err(e)), false) => return Err(e),
@@ -201,10 +198,10 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             None => {
                 return Err(Error::invalid(match spec {
                     ModelSpec::Plain { .. } => "the model folder has no tokenizer.json; pass tokenizer_json".to_string(),
-                    ModelSpec::Gguf { quantized_filename, .. } => format!(
+                    ModelSpec::File { format: FileFormat::Gguf, quantized_filename, .. } => format!(
                         "{quantized_filename}: no tokenizer in the GGUF metadata; pass tok_model_id or tokenizer_json"
                     ),
-                    ModelSpec::Ggml { quantized_filename, .. } => format!(
+                    ModelSpec::File { format: FileFormat::Ggml, quantized_filename, .. } => format!(
                         "{quantized_filename}: GGML files are loaded with the tokenizer of tok_model_id (a folder or \
                          hub repo with tokenizer.json) or tokenizer_json"
                     ),

@@ -9,6 +9,7 @@ use mistralrs_core::adapters::AdapterSpec;
 use mistralrs_core::hub::TokenSource;
 use mistralrs_core::weights::isq::parse_isq;
 use mistralrs_core::response::Event;
+use mistralrs_core::loader::FileFormat;
 use mistralrs_core::{LoadOptions, ModelSpec, ResponseStream, RunnerConfig};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -35,8 +36,9 @@ fn xlora(xlora_model_id: &str, order: &str, tgt_non_granular_index: &Option<usiz
     })
 }
 
-fn gguf(tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filename: &str, tokenizer_json: &Option<String>, adapters: Option<AdapterSpec>) -> ModelSpec {
-    ModelSpec::Gguf {
+fn file(format: FileFormat, tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filename: &str, tokenizer_json: &Option<String>, adapters: Option<AdapterSpec>) -> ModelSpec {
+    ModelSpec::File {
+        format,
         tok_model_id: tok_model_id.clone(),
         quantized_model_id: quantized_model_id.to_string(),
         quantized_filename: quantized_filename.to_string(),
@@ -45,13 +47,10 @@ fn gguf(tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filen
     }
 }
 
-fn ggml(tok_model_id: &Option<String>, quantized_model_id: &str, quantized_filename: &str, tokenizer_json: &Option<String>, adapters: Option<AdapterSpec>) -> ModelSpec {
-    ModelSpec::Ggml {
-        tok_model_id: tok_model_id.clone(),
-        quantized_model_id: quantized_model_id.to_string(),
-        quantized_filename: quantized_filename.to_string(),
-        tokenizer_json: tokenizer_json.clone(),
-        adapters,
+fn format_of(which: &Which) -> FileFormat {
+    match which {
+        Which::GGML { .. } | Which::LoraGGML { .. } | Which::XLoraGGML { .. } => FileFormat::Ggml,
+        _ => FileFormat::Gguf,
     }
 }
 
@@ -72,32 +71,20 @@ fn spec_of(which: &Which) -> PyResult<ModelSpec> {
             tokenizer_json: tokenizer_json.clone(),
             adapters: xlora(xlora_model_id, order, tgt_non_granular_index),
         },
-        Which::GGUF { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => {
-            gguf(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, None)
+        Which::GGUF { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. }
+        | Which::GGML { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => {
+            file(format_of(which), tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, None)
         }
-        Which::LoraGGUF { tok_model_id, quantized_model_id, quantized_filename, adapters_model_id, order, tokenizer_json, .. } => {
-            gguf(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, lora(adapters_model_id, order))
+        Which::LoraGGUF { tok_model_id, quantized_model_id, quantized_filename, adapters_model_id, order, tokenizer_json, .. }
+        | Which::LoraGGML { tok_model_id, quantized_model_id, quantized_filename, adapters_model_id, order, tokenizer_json, .. } => {
+            let adapters = lora(adapters_model_id, order);
+            file(format_of(which), tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, adapters)
         }
-        Which::XLoraGGUF { tok_model_id, quantized_model_id, quantized_filename, xlora_model_id, order, tgt_non_granular_index, tokenizer_json, .. } => gguf(
-            tok_model_id,
-            quantized_model_id,
-            quantized_filename,
-            tokenizer_json,
-            xlora(xlora_model_id, order, tgt_non_granular_index),
-        ),
-        Which::GGML { tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, .. } => {
-            ggml(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, None)
+        Which::XLoraGGUF { tok_model_id, quantized_model_id, quantized_filename, xlora_model_id, order, tgt_non_granular_index, tokenizer_json, .. }
+        | Which::XLoraGGML { tok_model_id, quantized_model_id, quantized_filename, xlora_model_id, order, tgt_non_granular_index, tokenizer_json, .. } => {
+            let adapters = xlora(xlora_model_id, order, tgt_non_granular_index);
+            file(format_of(which), tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, adapters)
         }
-        Which::LoraGGML { tok_model_id, quantized_model_id, quantized_filename, adapters_model_id, order, tokenizer_json, .. } => {
-            ggml(tok_model_id, quantized_model_id, quantized_filename, tokenizer_json, lora(adapters_model_id, order))
-        }
-        Which::XLoraGGML { tok_model_id, quantized_model_id, quantized_filename, xlora_model_id, order, tgt_non_granular_index, tokenizer_json, .. } => ggml(
-            tok_model_id,
-            quantized_model_id,
-            quantized_filename,
-            tokenizer_json,
-            xlora(xlora_model_id, order, tgt_non_granular_index),
-        ),
     })
 }
 
