@@ -7,9 +7,9 @@ to a temporary folder, then loaded in a fresh subprocess with `in_situ_quant`; t
 over the RSS before loading, read once the Runner is constructed, is compared with the size of the quantized
 weights (ggml block sizes: Q8_0 34 bytes per 32 weights, Q4_0 18 bytes per 32).
 
-Not covered here: at the first product candle 0.11 repacks Q8_0 and the K-quants into an interleaved copy for its
-x86 kernels and keeps both, so a Q8_0 model's resident memory roughly doubles once it runs (measured on this model:
-173 -> 314 MiB for Q8_0, 109 -> 113 MiB for Q4_0); that is the kernels' cost, the same for a Q8_0 GGUF.
+Not covered here: at the first product candle 0.11 repacks Q4_K (and Q6_K for prompts) into an interleaved copy for
+its x86 kernels and keeps both, so a Q4_K model's resident memory roughly doubles once it runs (measured on this
+model: 110 -> 210 MiB for Q4_K; Q8_0 and Q4_0, on this project's kernels, 182 -> 185 and 109 -> 113 MiB).
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-//! Matrix products with llama.cpp's "legacy" block types Q4_1, Q5_0 and Q5_1
-//! (32 weights a block). As llama.cpp does, activations are quantized per
-//! block to Q8_0 (for Q5_0) or Q8_1 (for Q4_1, Q5_1) and the dot products are
-//! integer; with AVX2 (detected at run time) 32 products take a few
-//! instructions, otherwise a scalar loop gives the same sums.
+//! Matrix products with llama.cpp's "legacy" block types Q4_0, Q4_1, Q5_0,
+//! Q5_1 and Q8_0 (32 weights a block). As llama.cpp does, activations are
+//! quantized per block to Q8_0 (for Q4_0, Q5_0, Q8_0) or Q8_1 (for Q4_1,
+//! Q5_1) and the dot products are integer; with AVX2 (detected at run time)
+//! 32 products take a few instructions, otherwise a scalar loop gives the
+//! same sums. Each weight row is walked once for a group of tokens, which
+//! is what makes prompts fast (candle's Q4_0/Q8_0 paths walk it per token).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
@@ -16,17 +18,35 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
+    Q4_0,
     Q4_1,
     Q5_0,
     Q5_1,
+    Q8_0,
 }
 
 impl Kind {
     fn block_bytes(self) -> usize {
         match self {
+            Kind::Q4_0 => 18,
             Kind::Q4_1 => 20,
             Kind::Q5_0 => 22,
             Kind::Q5_1 => 24,
+            Kind::Q8_0 => 34,
+        }
+    }
+
+    /// Activations as Q8_1 (with the block sum) for the types with a minimum.
+    fn with_sum(self) -> bool {
+        matches!(self, Kind::Q4_1 | Kind::Q5_1)
+    }
+
+    /// What the unsigned quants are offset by (their zero point), if any.
+    fn offset(self) -> i32 {
+        match self {
+            Kind::Q4_0 => 8,
+            Kind::Q5_0 => 16,
+            _ => 0,
         }
     }
 }
@@ -50,9 +70,11 @@ pub struct LegacyQuantMatrix {
 }
 
 impl LegacyQuantMatrix {
-    /// Some(matrix) for a 2-D Q4_1/Q5_0/Q5_1 tensor on the CPU, None otherwise.
+    /// Some(matrix) for a 2-D Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensor on the CPU, None otherwise.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
         let kind = match t.dtype() {
+            GgmlDType::Q4_0 => Kind::Q4_0,
+            GgmlDType::Q8_0 => Kind::Q8_0,
             GgmlDType::Q4_1 => Kind::Q4_1,
             GgmlDType::Q5_0 => Kind::Q5_0,
             GgmlDType::Q5_1 => Kind::Q5_1,
@@ -68,6 +90,8 @@ impl LegacyQuantMatrix {
     /// The same blocks as a candle tensor (to dequantize, e.g. to merge an adapter).
     pub fn to_qtensor(&self) -> Result<QTensor> {
         let dtype = match self.kind {
+            Kind::Q4_0 => GgmlDType::Q4_0,
+            Kind::Q8_0 => GgmlDType::Q8_0,
             Kind::Q4_1 => GgmlDType::Q4_1,
             Kind::Q5_0 => GgmlDType::Q5_0,
             Kind::Q5_1 => GgmlDType::Q5_1,
@@ -83,7 +107,7 @@ impl LegacyQuantMatrix {
         }
         let xs = x.to_dtype(candle_core::DType::F32)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let blocks = k / QK;
-        let with_sum = self.kind != Kind::Q5_0;
+        let with_sum = self.kind.with_sum();
         let acts: Vec<Q8Block> = xs.chunks_exact(QK).map(|c| quantize_q8(c, with_sum)).collect();
         let row_bytes = blocks * self.kind.block_bytes();
         // One weight row at a time against every token: the row stays in cache.
@@ -158,17 +182,27 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// The 32 unsigned quants of a block (0..15 for Q4_1, 0..31 for Q5_*) and its (d, m).
-fn unpack(kind: Kind, b: &[u8]) -> ([u8; QK], f32, f32) {
+/// The 32 quants of a block as i32 (Q4_0 and Q5_0 with their offset taken
+/// off, so all are signed where the type is) and its (d, m).
+fn unpack(kind: Kind, b: &[u8]) -> ([i32; QK], f32, f32) {
+    if kind == Kind::Q8_0 {
+        let mut q = [0i32; QK];
+        for (q, &v) in q.iter_mut().zip(&b[2..34]) {
+            *q = v as i8 as i32;
+        }
+        return (q, f16_at(b, 0), 0.0);
+    }
     let (d, m, qh, qs) = match kind {
+        Kind::Q4_0 => (f16_at(b, 0), 0.0, 0u32, &b[2..18]),
         Kind::Q4_1 => (f16_at(b, 0), f16_at(b, 2), 0u32, &b[4..20]),
         Kind::Q5_0 => (f16_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22]),
         Kind::Q5_1 => (f16_at(b, 0), f16_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24]),
+        Kind::Q8_0 => unreachable!("handled above"),
     };
-    let mut q = [0u8; QK];
+    let mut q = [0i32; QK];
     for j in 0..QK / 2 {
-        q[j] = (qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-        q[j + QK / 2] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+        q[j] = ((qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4)) as i32 - kind.offset();
+        q[j + QK / 2] = ((qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4)) as i32 - kind.offset();
     }
     (q, d, m)
 }
@@ -178,17 +212,8 @@ fn scalar_dot(kind: Kind, w: &[u8], acts: &[Q8Block]) -> f32 {
     let mut sum = 0f32;
     for (b, a) in w.chunks_exact(bb).zip(acts) {
         let (q, d, m) = unpack(kind, b);
-        let mut sumi = 0i32;
-        let mut sum_q8 = 0i32;
-        for (&qj, &yj) in q.iter().zip(&a.qs) {
-            sumi += qj as i32 * yj as i32;
-            sum_q8 += yj as i32;
-        }
-        sum += match kind {
-            // Q5_0 quants are offset by 16.
-            Kind::Q5_0 => d * a.d * (sumi - 16 * sum_q8) as f32,
-            Kind::Q4_1 | Kind::Q5_1 => d * a.d * sumi as f32 + m * a.s,
-        };
+        let sumi: i32 = q.iter().zip(&a.qs).map(|(&qj, &yj)| qj * yj as i32).sum();
+        sum += d * a.d * sumi as f32 + if kind.with_sum() { m * a.s } else { 0.0 };
     }
     sum
 }
@@ -232,12 +257,27 @@ mod avx2 {
         let n = out.len();
         let bb = kind.block_bytes();
         let low = _mm256_set1_epi8(0x0F);
-        let ones8 = _mm256_set1_epi8(1);
         let ones16 = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); GROUP];
         let mut acc_m = [0f32; GROUP];
+        let offset = _mm256_set1_epi8(kind.offset() as i8);
         for (blk, b) in w.chunks_exact(bb).enumerate() {
+            if kind == Kind::Q8_0 {
+                // Signed weights: |w| times y with w's sign, so maddubs sees u8 x i8.
+                let d = f16c_at(b, 0);
+                let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+                let aq = _mm256_sign_epi8(q, q);
+                for i in 0..n {
+                    let a = &acts[i * blocks + blk];
+                    let y = _mm256_sign_epi8(_mm256_loadu_si256(a.qs.as_ptr() as *const __m256i), q);
+                    let sumi = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, y), ones16);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi), acc[i]);
+                }
+                continue;
+            }
             let (d, m, qh, qs_at) = match kind {
+                Kind::Q4_0 => (f16c_at(b, 0), 0.0, 0u32, 2),
+                Kind::Q8_0 => unreachable!("handled above"),
                 Kind::Q4_1 => (f16c_at(b, 0), f16c_at(b, 2), 0u32, 4),
                 Kind::Q5_0 => (f16c_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
                 Kind::Q5_1 => (f16c_at(b, 0), f16c_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
@@ -245,7 +285,7 @@ mod avx2 {
             let raw = _mm_loadu_si128(b.as_ptr().add(qs_at) as *const __m128i);
             // Low nibbles are quants 0..15, high nibbles 16..31.
             let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-            if kind != Kind::Q4_1 {
+            if matches!(kind, Kind::Q5_0 | Kind::Q5_1) {
                 q = _mm256_or_si256(q, _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)));
             }
             for i in 0..n {
@@ -253,10 +293,10 @@ mod avx2 {
                 let y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
                 // u8 x i8 -> i16 pairs -> i32.
                 let mut sumi = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones16);
-                if kind == Kind::Q5_0 {
-                    // Q5_0 quants are offset by 16.
-                    let sum_y = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, y), ones16);
-                    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(sum_y, 4));
+                if kind.offset() != 0 {
+                    // Q4_0 / Q5_0 quants are offset by 8 / 16: subtract offset · Σy.
+                    let off_y = _mm256_madd_epi16(_mm256_maddubs_epi16(offset, y), ones16);
+                    sumi = _mm256_sub_epi32(sumi, off_y);
                 }
                 acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi), acc[i]);
                 acc_m[i] += m * a.s;
@@ -278,7 +318,7 @@ mod tests {
     #[test]
     fn legacy_products_match_dequantized_weights() {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1] {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
             let w = Tensor::randn(0f32, 1.0, (24, 128), &dev).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
             let x = Tensor::randn(0f32, 1.0, (3, 128), &dev).unwrap();
@@ -301,7 +341,7 @@ mod tests {
             let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 5e-3 * scale, "{dtype:?}: ours vs candle's quantized product differ by {err} (scale {scale})");
             // The SIMD and scalar paths compute the same integer sums.
-            let a = quantize_q8(&[0.5; 32], true);
+            let a = quantize_q8(&(0..32).map(|i| (i as f32 - 15.5) / 7.0).collect::<Vec<_>>(), true);
             let row = &mat.data[..mat.cols / QK * mat.kind.block_bytes()];
             let acts = vec![a; mat.cols / QK];
             if mat.avx2 {

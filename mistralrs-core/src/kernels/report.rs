@@ -1,11 +1,10 @@
 //! Which kernel each weight type runs on this CPU, for `build_info()`.
 //!
 //! This mirrors the run-time dispatch of the code that does the products:
-//! our own legacy kernels (`legacy_quant.rs`) for Q4_1/Q5_0/Q5_1, and
-//! candle 0.11's `k_quants.rs` (AVX2+FMA dot products chosen at run time on
-//! x86-64, NEON on aarch64) and `repack_x86.rs` (interleaved tiles for Q4_K,
-//! Q6_K with several rows, and Q8_0 with AVX-VNNI or AVX-512 VNNI) for the
-//! others. Dense types (F32, F16, BF16) are expanded to f32 at load and run
+//! our own legacy kernels (`legacy_quant.rs`) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0,
+//! and candle 0.11's `k_quants.rs` (AVX2+FMA dot products chosen at run time
+//! on x86-64, NEON on aarch64) and `repack_x86.rs` (interleaved tiles for
+//! Q4_K and Q6_K with several rows) for the K-quants. Dense types (F32, F16, BF16) are expanded to f32 at load and run
 //! on the `gemm` crate, which also picks its SIMD at run time.
 
 /// (ggml type, kernel) for every type the engine runs.
@@ -37,12 +36,9 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
     };
     let gemm = if cpu.avx2_fma { "f32 gemm (AVX2+FMA), expanded at load" } else { "f32 gemm, expanded at load" };
     let mut v: Vec<(&'static str, String)> = vec![("F32", gemm.into()), ("F16", gemm.into()), ("BF16", gemm.into())];
-    v.push(("Q4_0", candle_dot.into()));
-    for t in ["Q4_1", "Q5_0", "Q5_1"] {
+    for t in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] {
         v.push((t, legacy.into()));
     }
-    let q8_0_tiles = if cpu.avx512_vnni || (cpu.avx_vnni && cpu.avx2_fma) { tiles("") } else { None };
-    v.push(("Q8_0", q8_0_tiles.unwrap_or_else(|| candle_dot.into())));
     for t in ["Q2_K", "Q3_K", "Q5_K", "Q8_K"] {
         v.push((t, candle_dot.into()));
     }
