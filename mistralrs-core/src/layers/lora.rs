@@ -63,7 +63,8 @@ pub struct LoraStack {
     /// The same matrices in host memory, for the few-row path.
     a_t_host: Vec<f32>,
     b_t_host: Vec<f32>,
-    column_adapter_host: Vec<usize>,
+    /// Per adapter present: (global index, first rank column, rank).
+    ranges: Vec<(usize, usize, usize)>,
     /// Global indices of the adapters present here.
     adapters: Vec<usize>,
     /// This layer's index among the adapted layers (X-LoRA's layer number).
@@ -95,7 +96,16 @@ impl LoraStack {
         Ok(Self {
             a_t_host: a_t.flatten_all()?.to_vec1()?,
             b_t_host: b_t.flatten_all()?.to_vec1()?,
-            column_adapter_host: cols.iter().map(|&c| c as usize).collect(),
+            ranges: {
+                let mut at = 0;
+                let mut v = Vec::with_capacity(pairs.len());
+                for p in pairs {
+                    let r = p.a.dims2()?.0;
+                    v.push((p.adapter, at, r));
+                    at += r;
+                }
+                v
+            },
             a_t,
             b_t,
             column_adapter: Tensor::from_vec(cols, n, a.device())?,
@@ -126,32 +136,69 @@ impl LoraStack {
         let (tokens, inp) = x.dims2()?;
         let out = y.dims2()?.1;
         let n_adapters = w.dims2()?.1;
-        let r = self.column_adapter_host.len();
+        let r = self.column_adapter.dims1()?;
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut ys = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut xa = vec![0f32; r];
-        for row in 0..tokens {
-            xa.fill(0.0);
-            for (i, &xi) in x[row * inp..(row + 1) * inp].iter().enumerate() {
-                for (acc, a) in xa.iter_mut().zip(&self.a_t_host[i * r..(i + 1) * r]) {
-                    *acc += xi * a;
-                }
-            }
-            let weights = &w[row * n_adapters..(row + 1) * n_adapters];
-            let y_row = &mut ys[row * out..(row + 1) * out];
-            for (j, &v) in xa.iter().enumerate() {
-                let c = v * weights[self.column_adapter_host[j]];
-                if c == 0.0 {
+        let args = FewRows { x: &x, w: &w, inp, out, n_adapters };
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            unsafe { self.few_rows_avx2(&args, &mut xa, &mut ys) };
+            return Tensor::from_vec(ys, (tokens, out), y.device())?.to_dtype(y.dtype());
+        }
+        self.few_rows(&args, &mut xa, &mut ys);
+        Tensor::from_vec(ys, (tokens, out), y.device())?.to_dtype(y.dtype())
+    }
+
+    /// The same loops compiled for AVX2+FMA (the crate's baseline is SSE2).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn few_rows_avx2(&self, a: &FewRows, xa: &mut [f32], ys: &mut [f32]) {
+        self.few_rows(a, xa, ys)
+    }
+
+    /// Row by row: x·Aᵀ for the adapters the row weighs (the others are
+    /// skipped entirely), then each weighted rank column's row of Bᵀ into y.
+    #[inline(always)]
+    fn few_rows(&self, a: &FewRows, xa: &mut [f32], ys: &mut [f32]) {
+        let r = xa.len();
+        for (row, y_row) in ys.chunks_exact_mut(a.out).enumerate() {
+            let x = &a.x[row * a.inp..(row + 1) * a.inp];
+            let weights = &a.w[row * a.n_adapters..(row + 1) * a.n_adapters];
+            for &(adapter, c0, rank) in &self.ranges {
+                let wt = weights[adapter];
+                if wt == 0.0 {
                     continue;
                 }
-                for (yo, b) in y_row.iter_mut().zip(&self.b_t_host[j * out..(j + 1) * out]) {
-                    *yo += c * b;
+                let acc = &mut xa[c0..c0 + rank];
+                acc.fill(0.0);
+                for (i, &xi) in x.iter().enumerate() {
+                    for (s, av) in acc.iter_mut().zip(&self.a_t_host[i * r + c0..i * r + c0 + rank]) {
+                        *s += xi * av;
+                    }
+                }
+                for (j, &v) in acc.iter().enumerate() {
+                    let c = v * wt;
+                    for (yo, b) in y_row.iter_mut().zip(&self.b_t_host[(c0 + j) * a.out..(c0 + j + 1) * a.out]) {
+                        *yo += c * b;
+                    }
                 }
             }
         }
-        Tensor::from_vec(ys, (tokens, out), y.device())?.to_dtype(y.dtype())
     }
+}
+
+/// The host-memory operands of `add_to_few_rows`.
+struct FewRows<'a> {
+    /// (tokens, inp)
+    x: &'a [f32],
+    /// (tokens, n_adapters)
+    w: &'a [f32],
+    inp: usize,
+    out: usize,
+    n_adapters: usize,
 }
 
 #[cfg(test)]
