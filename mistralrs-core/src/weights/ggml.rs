@@ -192,7 +192,7 @@ impl GgmlFile {
         }
         let hparams =
             HParams { n_vocab: h[0], n_embd: h[1], n_mult: h[2], n_head: h[3], n_layer: h[4], n_rot: h[5], ftype: h[6] as u32 };
-        if hparams.n_head == 0 || hparams.n_embd % hparams.n_head != 0 || hparams.n_vocab == 0 {
+        if hparams.n_head == 0 || !hparams.n_embd.is_multiple_of(hparams.n_head) || hparams.n_vocab == 0 {
             return Err(bad(format!("bad hyper-parameters {hparams:?}")));
         }
         let mut pos = match container {
@@ -234,7 +234,7 @@ impl GgmlFile {
             let (dtype, block_bytes, f32_scales) = stored_type(container, type_id, &name).map_err(bad)?;
             let elems: usize = dims.iter().product();
             let cols = *dims.last().unwrap_or(&0);
-            if cols % dtype.block_size() != 0 {
+            if !cols.is_multiple_of(dtype.block_size()) {
                 return Err(bad(format!("tensor `{name}`: rows of {cols} are not whole {} blocks", ggml_type_name(type_id))));
             }
             let bytes = elems / dtype.block_size() * block_bytes;
@@ -272,7 +272,7 @@ impl GgmlFile {
         let inter = self.dims("blk.0.ffn_gate.weight").ok_or_else(|| missing("layers.0.feed_forward.w1"))?[0];
         let vocab = self.dims("token_embd.weight").ok_or_else(|| missing("tok_embeddings"))?[0];
         let kv_heads = kv_rows / head_dim;
-        if kv_heads == 0 || hp.n_head % kv_heads != 0 {
+        if kv_heads == 0 || !hp.n_head.is_multiple_of(kv_heads) {
             return Err(Error::bad_file(&self.path, format!("K has {kv_rows} rows, not a whole number of KV heads")));
         }
         let get = |k: &str| config.and_then(|c| c.get(k)).and_then(|v| v.as_f64());

@@ -51,7 +51,7 @@ fn is_k_quant(t: GgmlDType) -> bool {
 /// `want`; None: left as it is.
 pub fn isq_type(want: GgmlDType, module: &str, cols: usize) -> Option<GgmlDType> {
     let t = if module == "lm_head" && !matches!(want, GgmlDType::Q8_0 | GgmlDType::Q8K) { GgmlDType::Q6K } else { want };
-    if cols % t.block_size() == 0 {
+    if cols.is_multiple_of(t.block_size()) {
         return Some(t);
     }
     let fallback = match t {
@@ -61,7 +61,7 @@ pub fn isq_type(want: GgmlDType, module: &str, cols: usize) -> Option<GgmlDType>
         GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
         _ => return None,
     };
-    (is_k_quant(t) && cols % fallback.block_size() == 0).then_some(fallback)
+    (is_k_quant(t) && cols.is_multiple_of(fallback.block_size())).then_some(fallback)
 }
 
 pub struct QuantizingSource<'a> {
