@@ -31,10 +31,6 @@ pub trait CausalLm: Send + Sync {
     fn cache_layers(&self) -> usize {
         self.config().num_layers
     }
-    /// Counters a model keeps (X-LoRA counts its scaling passes).
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
-    }
 }
 
 /// Builds the model for `cfg.arch` from `weights`.
