@@ -1,23 +1,31 @@
 //! Matrix products with llama.cpp's "legacy" block types Q4_0, Q4_1, Q5_0,
 //! Q5_1 and Q8_0 (32 weights a block). As llama.cpp does, activations are
 //! quantized per block to Q8_0 (for Q4_0, Q5_0, Q8_0) or Q8_1 (for Q4_1,
-//! Q5_1) and the dot products are integer; with AVX2 (detected at run time)
-//! 32 products take a few instructions, otherwise a scalar loop gives the
-//! same sums. Each weight row is walked once for a group of tokens, which
-//! is what makes prompts fast (candle's Q4_0/Q8_0 paths walk it per token).
+//! Q5_1) and the dot products are integer. Three paths, chosen at load for
+//! the running CPU, compute the same integer sums:
+//! - AVX-512 VNNI: weights repacked into 8-row panels (`legacy_panels.rs`);
+//! - AVX2: the original row layout, one weight row against up to 8 tokens
+//!   (each block unpacked once per group of tokens);
+//! - scalar, anywhere else.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Storage, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-const QK: usize = 32;
+use super::legacy_panels::{self, PANEL, TILE};
 
-/// Products smaller than this (multiply-adds) are not split across threads.
-const PARALLEL_MIN_MACS: usize = 1 << 16;
+pub(crate) const QK: usize = 32;
+
+/// Products smaller than this (multiply-adds) are not split across threads:
+/// waking the pool costs more than they do (decode steps are hundreds of them).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// Tokens whose activations a thread keeps hot (in L2) while it walks its panels.
+const TOKEN_CHUNK: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Q4_0,
     Q4_1,
     Q5_0,
@@ -26,7 +34,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn block_bytes(self) -> usize {
+    pub(crate) fn block_bytes(self) -> usize {
         match self {
             Kind::Q4_0 => 18,
             Kind::Q4_1 => 20,
@@ -37,7 +45,7 @@ impl Kind {
     }
 
     /// Activations as Q8_1 (with the block sum) for the types with a minimum.
-    fn with_sum(self) -> bool {
+    pub(crate) fn with_sum(self) -> bool {
         matches!(self, Kind::Q4_1 | Kind::Q5_1)
     }
 
@@ -51,27 +59,45 @@ impl Kind {
     }
 }
 
-/// One activation block quantized to 8 bits: `x ≈ d * qs`, `s = d * Σ qs`.
+/// One activation block quantized to 8 bits: `x ≈ d * qs`, `s = d * Σ qs`
+/// (Q8_1 only), `bias = -offset * Σ qs` (the panel kernels' start value).
 #[derive(Debug, Clone, Copy)]
-struct Q8Block {
-    d: f32,
-    s: f32,
-    qs: [i8; QK],
+#[repr(C)]
+pub(crate) struct Q8Block {
+    pub d: f32,
+    pub s: f32,
+    pub bias: i32,
+    pub qs: [i8; QK],
 }
 
-/// A (rows, cols) weight matrix of one of the legacy types, raw blocks row by row.
+/// How the weights are laid out and which code multiplies them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Path {
+    Scalar,
+    Avx2,
+    Panels,
+}
+
+/// A (rows, cols) weight matrix of one of the legacy types.
 #[derive(Debug)]
 pub struct LegacyQuantMatrix {
     kind: Kind,
+    /// Blocks row by row, or 8-row panels for `Path::Panels`.
     data: Vec<u8>,
     rows: usize,
     cols: usize,
-    avx2: bool,
+    path: Path,
 }
 
 impl LegacyQuantMatrix {
     /// Some(matrix) for a 2-D Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensor on the CPU, None otherwise.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+        Self::with_path(t, best_path())
+    }
+
+    /// As `from_qtensor`, on a given path (falling back to the row layout
+    /// where the rows do not fill panels).
+    pub(crate) fn with_path(t: &QTensor, path: Path) -> Result<Option<Self>> {
         let kind = match t.dtype() {
             GgmlDType::Q4_0 => Kind::Q4_0,
             GgmlDType::Q8_0 => Kind::Q8_0,
@@ -83,8 +109,27 @@ impl LegacyQuantMatrix {
         if !t.device().is_cpu() {
             return Ok(None);
         }
-        let Ok((rows, cols)) = t.shape().dims2() else { return Ok(None) };
-        Ok(Some(Self { kind, data: t.data()?.into_owned(), rows, cols, avx2: has_avx2() }))
+        let Ok((rows, cols)) = t.shape().dims2() else {
+            return Ok(None);
+        };
+        let data = t.data()?;
+        let (path, data) = match path {
+            Path::Panels if rows % PANEL == 0 => {
+                (path, legacy_panels::repack(kind, &data, rows, cols / QK))
+            }
+            Path::Panels => (
+                if has_avx2() { Path::Avx2 } else { Path::Scalar },
+                data.into_owned(),
+            ),
+            _ => (path, data.into_owned()),
+        };
+        Ok(Some(Self {
+            kind,
+            data,
+            rows,
+            cols,
+            path,
+        }))
     }
 
     /// The same blocks as a candle tensor (to dequantize, e.g. to merge an adapter).
@@ -96,7 +141,21 @@ impl LegacyQuantMatrix {
             Kind::Q5_0 => GgmlDType::Q5_0,
             Kind::Q5_1 => GgmlDType::Q5_1,
         };
-        candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &self.data, vec![self.rows, self.cols], &candle_core::Device::Cpu)
+        let rows = match self.path {
+            Path::Panels => std::borrow::Cow::Owned(legacy_panels::unpack(
+                self.kind,
+                &self.data,
+                self.rows,
+                self.cols / QK,
+            )),
+            _ => std::borrow::Cow::Borrowed(&self.data),
+        };
+        candle_core::quantized::ggml_file::qtensor_from_ggml(
+            dtype,
+            &rows,
+            vec![self.rows, self.cols],
+            &candle_core::Device::Cpu,
+        )
     }
 
     /// `x`: (tokens, cols) f32 -> (tokens, rows).
@@ -105,37 +164,111 @@ impl LegacyQuantMatrix {
         if k != self.cols {
             candle_core::bail!("matmul: input has {k} columns, the weight {}", self.cols);
         }
-        let xs = x.to_dtype(candle_core::DType::F32)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let blocks = k / QK;
-        let with_sum = self.kind.with_sum();
-        let acts: Vec<Q8Block> = xs.chunks_exact(QK).map(|c| quantize_q8(c, with_sum)).collect();
-        let row_bytes = blocks * self.kind.block_bytes();
-        // One weight row at a time against every token: the row stays in cache.
-        let mut out_t = vec![0f32; self.rows * m];
-        let one_row = |(r, out): (usize, &mut [f32])| {
-            let w = &self.data[r * row_bytes..(r + 1) * row_bytes];
-            self.dot_rows(w, &acts, blocks, out);
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let acts = {
+            let (storage, layout) = x.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("legacy quantized matmul runs on the CPU")
+            };
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("matmul: input not contiguous")
+            };
+            self.quantize_acts(&cpu.as_slice::<f32>()?[start..end])
         };
-        // Waking the thread pool costs more than a small product (decode
-        // steps are hundreds of them), so those run on the calling thread.
-        if self.rows * m * k < PARALLEL_MIN_MACS {
+        let mut out = vec![0f32; m * self.rows];
+        if self.path == Path::Panels {
+            self.panel_product(&acts, m, &mut out);
+        } else {
+            self.row_product(&acts, m, &mut out);
+        }
+        Tensor::from_vec(out, (m, self.rows), x.device())
+    }
+
+    /// Every 32 activations as one Q8 block, token after token.
+    fn quantize_acts(&self, xs: &[f32]) -> Vec<Q8Block> {
+        let (with_sum, offset) = (self.kind.with_sum(), legacy_panels::panel_offset(self.kind));
+        let avx2 = self.path != Path::Scalar;
+        let one = |c: &[f32]| quantize_q8(c, with_sum, offset, avx2);
+        if xs.len() >= 16 * self.cols {
+            xs.par_chunks_exact(QK).map(one).collect()
+        } else {
+            xs.chunks_exact(QK).map(one).collect()
+        }
+    }
+
+    /// `out` (m, rows) from the panel layout: each task takes a range of
+    /// panels and walks it once per chunk of tokens.
+    fn panel_product(&self, acts: &[Q8Block], m: usize, out: &mut [f32]) {
+        let blocks = self.cols / QK;
+        let panel_bytes = blocks * legacy_panels::panel_block_bytes(self.kind);
+        let panels = self.rows / PANEL;
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let rows = self.rows;
+        let task = |first: usize, last: usize| {
+            for t0 in (0..m).step_by(TOKEN_CHUNK) {
+                let tn = TOKEN_CHUNK.min(m - t0);
+                for p in first..last {
+                    let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
+                    for tt in (t0..t0 + tn).step_by(TILE) {
+                        let n = TILE.min(t0 + tn - tt);
+                        // SAFETY: the path is only chosen where the CPU has the
+                        // features; tasks write disjoint (token, 8-row) cells of `out`.
+                        unsafe {
+                            legacy_panels::panel_dot(
+                                self.kind,
+                                panel,
+                                &acts[tt * blocks..],
+                                blocks,
+                                n,
+                                out_ptr.at(tt * rows + p * PANEL),
+                                rows,
+                            )
+                        };
+                    }
+                }
+            }
+        };
+        if self.rows * m * self.cols < PARALLEL_MIN_MACS {
+            task(0, panels);
+        } else {
+            let tasks = (4 * rayon::current_num_threads()).min(panels);
+            (0..tasks)
+                .into_par_iter()
+                .for_each(|i| task(i * panels / tasks, (i + 1) * panels / tasks));
+        }
+    }
+
+    /// `out` (m, rows) from the row layout: one weight row at a time against
+    /// every token, so the row stays in cache.
+    fn row_product(&self, acts: &[Q8Block], m: usize, out: &mut [f32]) {
+        let blocks = self.cols / QK;
+        let row_bytes = blocks * self.kind.block_bytes();
+        let mut out_t = vec![0f32; self.rows * m];
+        let one_row = |(r, o): (usize, &mut [f32])| {
+            let w = &self.data[r * row_bytes..(r + 1) * row_bytes];
+            self.dot_rows(w, acts, blocks, o);
+        };
+        if self.rows * m * self.cols < PARALLEL_MIN_MACS {
             out_t.chunks_mut(m).enumerate().for_each(one_row);
         } else {
             let per_task = (self.rows / (4 * rayon::current_num_threads())).max(1);
-            out_t.par_chunks_mut(m).enumerate().with_min_len(per_task).for_each(one_row);
+            out_t
+                .par_chunks_mut(m)
+                .enumerate()
+                .with_min_len(per_task)
+                .for_each(one_row);
         }
-        let out = Tensor::from_vec(out_t, (self.rows, m), x.device())?;
-        if m == 1 {
-            out.reshape((1, self.rows))
-        } else {
-            out.t()?.contiguous()
+        for (r, col) in out_t.chunks_exact(m).enumerate() {
+            for (t, v) in col.iter().enumerate() {
+                out[t * self.rows + r] = *v;
+            }
         }
     }
 
     /// `out[i]` = weight row `w` . token i's activations (`blocks` blocks each).
     fn dot_rows(&self, w: &[u8], acts: &[Q8Block], blocks: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
+        if self.path == Path::Avx2 {
             // Tokens in groups, so each weight block is unpacked once per group.
             for (g, o) in out.chunks_mut(avx2::GROUP).enumerate() {
                 let acts = &acts[g * avx2::GROUP * blocks..(g * avx2::GROUP + o.len()) * blocks];
@@ -147,6 +280,38 @@ impl LegacyQuantMatrix {
         for (i, o) in out.iter_mut().enumerate() {
             *o = scalar_dot(self.kind, w, &acts[i * blocks..(i + 1) * blocks]);
         }
+    }
+}
+
+/// A pointer into the output that tasks writing disjoint cells share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements only (see `panel_product`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the output buffer.
+        unsafe { self.0.add(i) }
+    }
+}
+
+fn best_path() -> Path {
+    if legacy_panels::available() {
+        Path::Panels
+    } else if has_avx2() {
+        Path::Avx2
+    } else {
+        Path::Scalar
+    }
+}
+
+/// The kernel the legacy types run on here, for `build_info()`.
+pub(crate) fn path_name() -> &'static str {
+    match best_path() {
+        Path::Panels => "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8 activations)",
+        Path::Avx2 => "mistralrs AVX2 (llama.cpp's Q8 activations)",
+        Path::Scalar => "mistralrs scalar (llama.cpp's Q8 activations)",
     }
 }
 
@@ -163,19 +328,37 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
-/// llama.cpp's x86 `quantize_row_q8_0/q8_1`: scale 127/amax, round half to even.
-fn quantize_q8(x: &[f32], with_sum: bool) -> Q8Block {
+/// llama.cpp's x86 `quantize_row_q8_0/q8_1`: scale 127/amax, round half to
+/// even; `offset` is the panel layout's zero point, for `bias`.
+fn quantize_q8(x: &[f32], with_sum: bool, offset: i32, simd: bool) -> Q8Block {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: only asked for where AVX2, FMA and F16C were detected.
+        return unsafe { avx2::quantize_q8(x, with_sum, offset) };
+    }
+    let _ = simd;
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; QK];
-    let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
         *q = (v * id).round_ties_even() as i8;
-        sum += *q as i32;
     }
-    let s = if with_sum { f16::from_f32(d * sum as f32).to_f32() } else { 0.0 };
-    Q8Block { d: f16::from_f32(d).to_f32(), s, qs }
+    q8_block(amax / 127.0, qs, with_sum, offset)
+}
+
+fn q8_block(d: f32, qs: [i8; QK], with_sum: bool, offset: i32) -> Q8Block {
+    let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+    let s = if with_sum {
+        f16::from_f32(d * sum as f32).to_f32()
+    } else {
+        0.0
+    };
+    Q8Block {
+        d: f16::from_f32(d).to_f32(),
+        s,
+        bias: -offset * sum,
+        qs,
+    }
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -195,14 +378,25 @@ fn unpack(kind: Kind, b: &[u8]) -> ([i32; QK], f32, f32) {
     let (d, m, qh, qs) = match kind {
         Kind::Q4_0 => (f16_at(b, 0), 0.0, 0u32, &b[2..18]),
         Kind::Q4_1 => (f16_at(b, 0), f16_at(b, 2), 0u32, &b[4..20]),
-        Kind::Q5_0 => (f16_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22]),
-        Kind::Q5_1 => (f16_at(b, 0), f16_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24]),
+        Kind::Q5_0 => (
+            f16_at(b, 0),
+            0.0,
+            u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+            &b[6..22],
+        ),
+        Kind::Q5_1 => (
+            f16_at(b, 0),
+            f16_at(b, 2),
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            &b[8..24],
+        ),
         Kind::Q8_0 => unreachable!("handled above"),
     };
     let mut q = [0i32; QK];
     for j in 0..QK / 2 {
         q[j] = ((qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4)) as i32 - kind.offset();
-        q[j + QK / 2] = ((qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4)) as i32 - kind.offset();
+        q[j + QK / 2] =
+            ((qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4)) as i32 - kind.offset();
     }
     (q, d, m)
 }
@@ -226,11 +420,54 @@ mod avx2 {
     /// 32 bits -> 32 bytes, 0xFF where the bit is set.
     #[target_feature(enable = "avx2")]
     unsafe fn bytes_from_bits(bits: u32) -> __m256i {
-        let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+        let shuf = _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        );
         let x = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
         let mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfeu64 as i64);
         let x = _mm256_or_si256(x, mask);
         _mm256_cmpeq_epi8(x, _mm256_set1_epi64x(-1))
+    }
+
+    /// `super::quantize_q8` with 8 lanes: the same scale, rounding and sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_q8(x: &[f32], with_sum: bool, offset: i32) -> Q8Block {
+        assert!(x.len() >= QK);
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let abs = |v: __m256| _mm256_andnot_ps(sign, v);
+        let m = _mm256_max_ps(
+            _mm256_max_ps(abs(v[0]), abs(v[1])),
+            _mm256_max_ps(abs(v[2]), abs(v[3])),
+        );
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q = v.map(|vi| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(vi, id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        // i32 -> i16 -> i8 packs interleave 128-bit lanes; the permute restores order.
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; QK];
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, packed);
+        q8_block(amax / 127.0, qs, with_sum, offset)
     }
 
     /// Tokens whose accumulators are kept while a weight row is walked.
@@ -253,7 +490,13 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group(kind: Kind, w: &[u8], acts: &[Q8Block], blocks: usize, out: &mut [f32]) {
+    pub unsafe fn dot_group(
+        kind: Kind,
+        w: &[u8],
+        acts: &[Q8Block],
+        blocks: usize,
+        out: &mut [f32],
+    ) {
         let n = out.len();
         let bb = kind.block_bytes();
         let low = _mm256_set1_epi8(0x0F);
@@ -269,9 +512,11 @@ mod avx2 {
                 let aq = _mm256_sign_epi8(q, q);
                 for i in 0..n {
                     let a = &acts[i * blocks + blk];
-                    let y = _mm256_sign_epi8(_mm256_loadu_si256(a.qs.as_ptr() as *const __m256i), q);
+                    let y =
+                        _mm256_sign_epi8(_mm256_loadu_si256(a.qs.as_ptr() as *const __m256i), q);
                     let sumi = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, y), ones16);
-                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi), acc[i]);
+                    acc[i] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sumi), acc[i]);
                 }
                 continue;
             }
@@ -279,14 +524,27 @@ mod avx2 {
                 Kind::Q4_0 => (f16c_at(b, 0), 0.0, 0u32, 2),
                 Kind::Q8_0 => unreachable!("handled above"),
                 Kind::Q4_1 => (f16c_at(b, 0), f16c_at(b, 2), 0u32, 4),
-                Kind::Q5_0 => (f16c_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
-                Kind::Q5_1 => (f16c_at(b, 0), f16c_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
+                Kind::Q5_0 => (
+                    f16c_at(b, 0),
+                    0.0,
+                    u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+                    6,
+                ),
+                Kind::Q5_1 => (
+                    f16c_at(b, 0),
+                    f16c_at(b, 2),
+                    u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                    8,
+                ),
             };
             let raw = _mm_loadu_si128(b.as_ptr().add(qs_at) as *const __m128i);
             // Low nibbles are quants 0..15, high nibbles 16..31.
             let mut q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
             if matches!(kind, Kind::Q5_0 | Kind::Q5_1) {
-                q = _mm256_or_si256(q, _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)));
+                q = _mm256_or_si256(
+                    q,
+                    _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)),
+                );
             }
             for i in 0..n {
                 let a = &acts[i * blocks + blk];
@@ -313,46 +571,109 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    const TYPES: [GgmlDType; 5] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ];
+
+    fn paths() -> Vec<Path> {
+        let mut v = vec![Path::Scalar];
+        if has_avx2() {
+            v.push(Path::Avx2);
+        }
+        if legacy_panels::available() {
+            v.push(Path::Panels);
+        }
+        v
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Against candle's dequantization: the product with quantized
-    /// activations stays within the activation rounding of the f32 product.
+    /// activations stays within the activation rounding of the f32 product;
+    /// against candle's own quantized product (which quantizes activations
+    /// as llama.cpp does) it agrees to the f16 rounding of Q8_1's `s`; and
+    /// every path computes the same integer sums as the scalar one. Shapes
+    /// cover full and partial panels (24 and 20 rows), every tile height
+    /// (1..8 tokens and a remainder of 7 after 64), and the threaded split.
     #[test]
     fn legacy_products_match_dequantized_weights() {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
-            let w = Tensor::randn(0f32, 1.0, (24, 128), &dev).unwrap();
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let x = Tensor::randn(0f32, 1.0, (3, 128), &dev).unwrap();
-            let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
-            let mut mat = LegacyQuantMatrix::from_qtensor(&q).unwrap().unwrap();
-            for avx2 in [false, mat.avx2] {
-                mat.avx2 = avx2;
-                let got = mat.matmul(&x).unwrap();
-                let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(err < 0.02 * scale, "{dtype:?} avx2={avx2}: max error {err} (scale {scale})");
-            }
-            // candle's kernels quantize the activations alike, but round Q8_1's
-            // `s` as f16(Σq)·f16(d) where llama.cpp (and this file) take f16(d·Σq):
-            // the two agree to that rounding.
-            let candle = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-            let theirs = candle_core::Module::forward(&candle, &x).unwrap();
-            let ours = mat.matmul(&x).unwrap();
-            let err = (&theirs - &ours).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(err < 5e-3 * scale, "{dtype:?}: ours vs candle's quantized product differ by {err} (scale {scale})");
-            // The SIMD and scalar paths compute the same integer sums.
-            let a = quantize_q8(&(0..32).map(|i| (i as f32 - 15.5) / 7.0).collect::<Vec<_>>(), true);
-            let row = &mat.data[..mat.cols / QK * mat.kind.block_bytes()];
-            let acts = vec![a; mat.cols / QK];
-            if mat.avx2 {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    let s = scalar_dot(mat.kind, row, &acts);
-                    let mut v = [0f32];
-                    unsafe { avx2::dot_group(mat.kind, row, &acts, acts.len(), &mut v) };
-                    let v = v[0];
-                    assert!((s - v).abs() <= 1e-4 * s.abs().max(1.0), "{dtype:?}: {s} vs {v}");
+        for dtype in TYPES {
+            for (rows, m) in [(24, 1), (24, 3), (20, 13), (64, 71), (8, 8)] {
+                let w = Tensor::randn(0f32, 1.0, (rows, 128), &dev).unwrap();
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let x = Tensor::randn(0f32, 1.0, (m, 128), &dev).unwrap();
+                let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+                let scale = max_abs(&want);
+                let scalar = LegacyQuantMatrix::with_path(&q, Path::Scalar)
+                    .unwrap()
+                    .unwrap()
+                    .matmul(&x)
+                    .unwrap();
+                for path in paths() {
+                    let mat = LegacyQuantMatrix::with_path(&q, path).unwrap().unwrap();
+                    let got = mat.matmul(&x).unwrap();
+                    assert_eq!(got.dims2().unwrap(), (m, rows));
+                    let err = max_abs(&(&got - &want).unwrap());
+                    assert!(
+                        err < 0.02 * scale,
+                        "{dtype:?} {path:?} {rows}x{m}: max error {err} (scale {scale})"
+                    );
+                    let err = max_abs(&(&got - &scalar).unwrap());
+                    assert!(
+                        err < 1e-5 * scale.max(1.0),
+                        "{dtype:?} {path:?} {rows}x{m}: {err} from the scalar sums"
+                    );
+                    // Round trip through the stored layout.
+                    let back = mat.to_qtensor().unwrap();
+                    assert_eq!(
+                        back.data().unwrap(),
+                        q.data().unwrap(),
+                        "{dtype:?} {path:?}: blocks changed"
+                    );
                 }
+                let candle = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+                let theirs = candle_core::Module::forward(&candle, &x).unwrap();
+                let err = max_abs(&(&theirs - &scalar).unwrap());
+                assert!(
+                    err < 5e-3 * scale,
+                    "{dtype:?}: ours vs candle's quantized product differ by {err} (scale {scale})"
+                );
+            }
+        }
+    }
+
+    /// The SIMD activation quantizer gives the scalar one's blocks bit for
+    /// bit, ties (exact halves) included.
+    #[test]
+    fn simd_activation_quantizer_matches_scalar() {
+        if !has_avx2() {
+            return;
+        }
+        let mut xs: Vec<f32> = (0..32 * 64)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
+            .collect();
+        // A block whose values land exactly on .5 steps: amax 127 -> id 1.
+        for (i, v) in xs[..32].iter_mut().enumerate() {
+            *v = if i == 0 { 127.0 } else { i as f32 - 15.5 };
+        }
+        xs[32..64].fill(0.0);
+        for c in xs.chunks_exact(QK) {
+            for (with_sum, offset) in [(false, 8), (true, 0)] {
+                let a = quantize_q8(c, with_sum, offset, false);
+                let b = quantize_q8(c, with_sum, offset, true);
+                assert_eq!((a.d, a.s, a.bias, a.qs), (b.d, b.s, b.bias, b.qs));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Which kernel each weight type runs on this CPU, for `build_info()`.
 //!
 //! This mirrors the run-time dispatch of the code that does the products:
-//! our own legacy kernels (`legacy_quant.rs`) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0,
+//! our own legacy kernels (`legacy_quant.rs`, `legacy_panels.rs`) for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0,
 //! and candle 0.11's `k_quants.rs` (AVX2+FMA dot products chosen at run time
 //! on x86-64, NEON on aarch64) and `repack_x86.rs` (interleaved tiles for
 //! Q4_K and Q6_K with several rows) for the K-quants. Dense types (F32, F16, BF16) are expanded to f32 at load and run
@@ -29,11 +29,7 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
         };
         Some(format!("candle repacked {level} tiles{what}"))
     };
-    let legacy = if super::legacy_quant::has_avx2() {
-        "mistralrs AVX2 (llama.cpp's Q8 activations)"
-    } else {
-        "mistralrs scalar (llama.cpp's Q8 activations)"
-    };
+    let legacy = super::legacy_quant::path_name();
     let gemm = if cpu.avx2_fma { "f32 gemm (AVX2+FMA), expanded at load" } else { "f32 gemm, expanded at load" };
     let mut v: Vec<(&'static str, String)> = vec![("F32", gemm.into()), ("F16", gemm.into()), ("BF16", gemm.into())];
     for t in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] {

@@ -1,0 +1,315 @@
+//! The legacy block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on AVX-512 VNNI,
+//! with the weights repacked at load into panels of 8 rows.
+//!
+//! Why repack: in the row layout each 32-weight block gives a vector of 8
+//! partial sums that must be scaled, converted and summed on its own, so the
+//! bookkeeping costs more than the multiply-adds. Here one 32-bit lane holds
+//! one row: lane r of quant vector j is row r's quants 4j..4j+3, and
+//! `vpdpbusd` against the token's 4 activation bytes 4j..4j+3 (broadcast)
+//! adds row r's 4 products into lane r. Eight of them give the 8 rows' whole
+//! block sums in one register, which one conversion and two FMAs scale by the
+//! 8 rows' `d` (and `m`) at once; the result lanes are 8 adjacent outputs.
+//! (llama.cpp's AVX2 GEMM for Q4_0 uses the same interleaving.)
+//!
+//! A panel-block holds exactly the bytes of the 8 original blocks:
+//!   d:  8 × f16
+//!   m:  8 × f16                                       (Q4_1, Q5_1)
+//!   qh: 8 × u32, mask j's bit 4r+k = row r's bit 4j+k  (Q5_0, Q5_1)
+//!   qs: 4 × 32 bytes, lane r of vector g = row r's packed bytes 4g..4g+3
+//!       (low nibbles: quants 4g.., high nibbles: quants 16+4g..)
+//!       or, for Q8_0, 8 × 32 bytes of quants 4j..4j+3, stored +128 as u8.
+//! `vpdpbusd` multiplies unsigned weights by signed activations, so the
+//! types whose quants are offset (Q4_0 by 8, Q5_0 by 16, Q8_0 by the +128)
+//! start each block's sum at -offset·Σy, precomputed with the activations.
+
+use super::legacy_quant::{Kind, Q8Block};
+
+/// Rows in a panel.
+pub(crate) const PANEL: usize = 8;
+
+/// Bytes of one panel-block (8 rows × one 32-weight block).
+pub(crate) fn panel_block_bytes(kind: Kind) -> usize {
+    PANEL * kind.block_bytes()
+}
+
+/// What the quants of `kind` are offset by in the panel layout.
+pub(crate) fn panel_offset(kind: Kind) -> i32 {
+    match kind {
+        Kind::Q4_0 => 8,
+        Kind::Q5_0 => 16,
+        Kind::Q8_0 => 128,
+        Kind::Q4_1 | Kind::Q5_1 => 0,
+    }
+}
+
+/// Whether this CPU runs the panel kernels.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && super::legacy_quant::has_avx2()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `data`: (rows, blocks) original blocks row by row, `rows` a multiple of
+/// PANEL -> the panel layout (same size).
+pub(crate) fn repack(kind: Kind, data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    let mut out = Vec::with_capacity(data.len());
+    for p in 0..rows / PANEL {
+        for b in 0..blocks {
+            let block = |r: usize| {
+                let at = ((p * PANEL + r) * blocks + b) * bb;
+                &data[at..at + bb]
+            };
+            let (qh_at, qs_at) = match kind {
+                Kind::Q4_0 => (None, 2),
+                Kind::Q4_1 => (None, 4),
+                Kind::Q5_0 => (Some(2), 6),
+                Kind::Q5_1 => (Some(4), 8),
+                Kind::Q8_0 => (None, 2),
+            };
+            for r in 0..PANEL {
+                out.extend_from_slice(&block(r)[0..2]); // d
+            }
+            if kind.with_sum() {
+                for r in 0..PANEL {
+                    out.extend_from_slice(&block(r)[2..4]); // m
+                }
+            }
+            if let Some(at) = qh_at {
+                let qh: Vec<u32> = (0..PANEL)
+                    .map(|r| u32::from_le_bytes(block(r)[at..at + 4].try_into().unwrap()))
+                    .collect();
+                for j in 0..8 {
+                    let mut mask = 0u32;
+                    for (r, h) in qh.iter().enumerate() {
+                        mask |= ((h >> (4 * j)) & 0xF) << (4 * r);
+                    }
+                    out.extend_from_slice(&mask.to_le_bytes());
+                }
+            }
+            let (groups, flip) = if kind == Kind::Q8_0 {
+                (8, 0x80)
+            } else {
+                (4, 0)
+            };
+            for g in 0..groups {
+                for r in 0..PANEL {
+                    out.extend(
+                        block(r)[qs_at + 4 * g..qs_at + 4 * g + 4]
+                            .iter()
+                            .map(|q| q ^ flip),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The original row layout back (for dequantizing, e.g. to merge an adapter).
+pub(crate) fn unpack(kind: Kind, panels: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    let pbb = panel_block_bytes(kind);
+    let mut out = vec![0u8; panels.len()];
+    for p in 0..rows / PANEL {
+        for b in 0..blocks {
+            let pb = &panels[(p * blocks + b) * pbb..][..pbb];
+            for r in 0..PANEL {
+                let at = ((p * PANEL + r) * blocks + b) * bb;
+                let o = &mut out[at..at + bb];
+                o[0..2].copy_from_slice(&pb[2 * r..2 * r + 2]);
+                let mut read = 16;
+                let mut qs_at = 2;
+                if kind.with_sum() {
+                    o[2..4].copy_from_slice(&pb[16 + 2 * r..16 + 2 * r + 2]);
+                    read = 32;
+                    qs_at = 4;
+                }
+                if matches!(kind, Kind::Q5_0 | Kind::Q5_1) {
+                    let mut qh = 0u32;
+                    for j in 0..8 {
+                        let mask = u32::from_le_bytes(
+                            pb[read + 4 * j..read + 4 * j + 4].try_into().unwrap(),
+                        );
+                        qh |= ((mask >> (4 * r)) & 0xF) << (4 * j);
+                    }
+                    o[qs_at..qs_at + 4].copy_from_slice(&qh.to_le_bytes());
+                    qs_at += 4;
+                    read += 32;
+                }
+                let (groups, flip) = if kind == Kind::Q8_0 {
+                    (8, 0x80)
+                } else {
+                    (4, 0)
+                };
+                for g in 0..groups {
+                    for k in 0..4 {
+                        o[qs_at + 4 * g + k] = pb[read + 32 * g + 4 * r + k] ^ flip;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Tokens a tile keeps accumulators for while it walks a panel.
+pub(crate) const TILE: usize = 8;
+
+/// `out[t * out_stride + r]` (r < PANEL) = panel row r . token t's
+/// activations, for the `tokens` (<= TILE) tokens of `acts` (`blocks`
+/// blocks each, token after token).
+///
+/// # Safety
+/// `available()` must be true; `panel` holds `blocks` panel-blocks of
+/// `kind`; `out` is valid for the writes described.
+pub(crate) unsafe fn panel_dot(
+    kind: Kind,
+    panel: &[u8],
+    acts: &[Q8Block],
+    blocks: usize,
+    tokens: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    debug_assert!(
+        tokens <= TILE
+            && acts.len() >= tokens * blocks
+            && panel.len() >= blocks * panel_block_bytes(kind)
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Monomorphic per type and tile height so the loops unroll and the
+        // accumulators stay in registers; a partial tile runs as 4 + 2 + 1.
+        let mut t0 = 0;
+        for height in [8, 4, 2, 1] {
+            while tokens - t0 >= height {
+                let a = &acts[t0 * blocks..];
+                let o = out.add(t0 * out_stride);
+                macro_rules! go {
+                    ($k:expr) => {
+                        match height {
+                            8 => vnni::tile::<$k, 8>(panel, a, blocks, o, out_stride),
+                            4 => vnni::tile::<$k, 4>(panel, a, blocks, o, out_stride),
+                            2 => vnni::tile::<$k, 2>(panel, a, blocks, o, out_stride),
+                            _ => vnni::tile::<$k, 1>(panel, a, blocks, o, out_stride),
+                        }
+                    };
+                }
+                match kind {
+                    Kind::Q4_0 => go!(0),
+                    Kind::Q4_1 => go!(1),
+                    Kind::Q5_0 => go!(2),
+                    Kind::Q5_1 => go!(3),
+                    Kind::Q8_0 => go!(4),
+                }
+                t0 += height;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kind, panel, acts, blocks, tokens, out, out_stride);
+        unreachable!("panel kernels need AVX-512 VNNI");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    const fn kind_of(k: u8) -> Kind {
+        match k {
+            0 => Kind::Q4_0,
+            1 => Kind::Q4_1,
+            2 => Kind::Q5_0,
+            3 => Kind::Q5_1,
+            _ => Kind::Q8_0,
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn tile<const K: u8, const T: usize>(
+        panel: &[u8],
+        acts: &[Q8Block],
+        blocks: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let kind = kind_of(K);
+        let q5 = matches!(kind, Kind::Q5_0 | Kind::Q5_1);
+        let with_min = kind.with_sum();
+        let pbb = panel_block_bytes(kind);
+        let low = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut pb = panel.as_ptr();
+        for b in 0..blocks {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+            let mut at = 16;
+            let m = if with_min {
+                at += 16;
+                _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            };
+            let qh = pb.add(at) as *const u32;
+            if q5 {
+                at += 32;
+            }
+            let mut w = [_mm256_setzero_si256(); 8];
+            if kind == Kind::Q8_0 {
+                for (j, wj) in w.iter_mut().enumerate() {
+                    *wj = _mm256_loadu_si256(pb.add(at + 32 * j) as *const __m256i);
+                }
+            } else {
+                for g in 0..4 {
+                    let p = _mm256_loadu_si256(pb.add(at + 32 * g) as *const __m256i);
+                    w[g] = _mm256_and_si256(p, low);
+                    w[g + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                }
+                if q5 {
+                    for (j, wj) in w.iter_mut().enumerate() {
+                        // The nibbles leave bit 4 clear, so adding 0x10 sets it.
+                        *wj = _mm256_mask_add_epi8(*wj, qh.add(j).read_unaligned(), *wj, bit4);
+                    }
+                }
+            }
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let a = &*acts.as_ptr().add(t * blocks + b);
+                let y = a.qs.as_ptr() as *const i32;
+                // Two chains so consecutive vpdpbusd need not wait on each other.
+                let mut s0 = _mm256_set1_epi32(a.bias);
+                let mut s1 = _mm256_setzero_si256();
+                for j in (0..8).step_by(2) {
+                    s0 =
+                        _mm256_dpbusd_epi32(s0, w[j], _mm256_set1_epi32(y.add(j).read_unaligned()));
+                    s1 = _mm256_dpbusd_epi32(
+                        s1,
+                        w[j + 1],
+                        _mm256_set1_epi32(y.add(j + 1).read_unaligned()),
+                    );
+                }
+                let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                *acc_t = _mm256_fmadd_ps(sum, _mm256_mul_ps(d, _mm256_set1_ps(a.d)), *acc_t);
+                if with_min {
+                    *acc_t = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), *acc_t);
+                }
+            }
+            pb = pb.add(pbb);
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * out_stride), *acc_t);
+        }
+    }
+}
