@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import pathlib
 import time
 
@@ -29,16 +30,26 @@ LLAMACPP_F32_KV = [r for r in LLAMACPP["results"] if r["f32_kv_cache"]]
 def test_greedy_answers_equal_llamacpp(smollm2_runner, ref):
     """Reference: llama.cpp's greedy chat answer on the same Q4_1 file (64 tokens or EOS).
 
-    Equal text, except that where llama.cpp's own F32 and F16 KV-cache runs already disagree
-    (the knife-edge France question) the engine may end at EOS earlier: everything it wrote
-    must then be the start of llama.cpp's answer, at least a whole sentence of it."""
-    res = chat(smollm2_runner, ref["question"], max_tokens=64, temperature=0)
+    Equal text, except where llama.cpp's own F32 and F16 KV-cache runs already disagree (the
+    knife-edge France question: a last-bit difference in any float sum flips the 8-bit rounding
+    of some activations, and a near-tie between two tokens then goes either way). There the
+    engine must agree with llama.cpp at least as far as llama.cpp's two runs agree with each
+    other, and where it first leaves llama.cpp's F32 answer, llama.cpp's token must be a
+    near-tie for the engine too: among its top 5, within 0.1 nats of the token it took."""
+    res = chat(smollm2_runner, ref["question"], max_tokens=64, temperature=0, logprobs=True, top_logprobs=5)
     text = res.choices[0].message.content
     f16 = next(r for r in LLAMACPP["results"] if r["question"] == ref["question"] and not r["f32_kv_cache"])
     print(f"\nengine:    {text!r}\nllama.cpp: {ref['text']!r}")
     if f16["text"] != ref["text"] and text != ref["text"]:
-        assert ref["text"].startswith(text) and text.endswith(".") and len(text) > 40, text
-        assert res.choices[0].finish_reason == "stop"
+        assert text.startswith(os.path.commonprefix([ref["text"], f16["text"]])), text
+        at = 0
+        for step in res.choices[0].logprobs.content:
+            if ref["text"].startswith(step.token, at):
+                at += len(step.token)
+                continue
+            theirs = [alt.logprob for alt in step.top_logprobs if alt.token and ref["text"].startswith(alt.token, at)]
+            assert theirs and step.logprob - max(theirs) < 0.1, (step.token, step.top_logprobs, ref["text"][at:])
+            break
         return
     assert text == ref["text"]
     assert res.choices[0].finish_reason == ref["finish_reason"]

@@ -14,6 +14,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::legacy_panels::{self, PANEL, TILE};
+use super::OutPtr;
 
 pub(crate) const QK: usize = 32;
 
@@ -280,19 +281,6 @@ impl LegacyQuantMatrix {
         for (i, o) in out.iter_mut().enumerate() {
             *o = scalar_dot(self.kind, w, &acts[i * blocks..(i + 1) * blocks]);
         }
-    }
-}
-
-/// A pointer into the output that tasks writing disjoint cells share.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements only (see `panel_product`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the output buffer.
-        unsafe { self.0.add(i) }
     }
 }
 

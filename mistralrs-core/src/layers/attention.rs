@@ -1,11 +1,14 @@
 //! Rotary self-attention over a batch of sequences, each against its own KV
-//! cache, with grouped query heads served without copying the KV heads.
+//! cache, with grouped query heads served without copying the KV heads: on
+//! the CPU by our attention kernel reading the cache in place, elsewhere as
+//! tensor ops.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Storage, Tensor};
 
 use super::batch::StepContext;
 use super::linear::Linear;
 use super::rotary::Rotary;
+use crate::kernels::attention::{attend, AttnShape, KvView};
 use crate::kv_cache::KvStore;
 
 /// Q, K and V projections: three matrices, or one (phi3, some phi2 files)
@@ -57,17 +60,87 @@ impl SelfAttention {
 
         // Projections ran over the whole batch at once; attention runs per
         // sequence, each against its own cache.
-        let mut outs = Vec::with_capacity(ctx.batch.slots.len());
+        let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            self.attend_cpu(&q, &k, &v, ctx, caches, layer)?
+        } else {
+            let mut outs = Vec::with_capacity(ctx.batch.slots.len());
+            for (i, slot) in ctx.batch.slots.iter().enumerate() {
+                let qs = q.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (heads, len, dim)
+                let ks = k.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (kv_heads, len, dim)
+                let vs = v.narrow(0, slot.start, slot.len)?.transpose(0, 1)?;
+                let (k_all, v_all) = caches[i].append(layer, &ks, &vs)?;
+                let mask = match ctx.masks.get(i) {
+                    Some(m) => m.clone(),
+                    None => causal_mask(slot.len, slot.past, ctx.window, q.device())?,
+                };
+                outs.push(grouped_attention(&qs, &k_all, &v_all, mask.as_ref(), self.scale)?);
+            }
+            if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? }
+        };
+        self.o_proj.forward_rows(&y, ctx)
+    }
+
+    /// `q`: (tokens, heads, head_dim), `k`, `v`: (tokens, kv_heads,
+    /// head_dim) f32 on the CPU -> (tokens, heads * head_dim), every
+    /// sequence's rows written by the attention kernel into one buffer.
+    fn attend_cpu(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &StepContext,
+        caches: &mut [&mut dyn KvStore],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let width = self.heads * self.head_dim;
+        let t = q.dims3()?.0;
+        let shape = AttnShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: self.scale as f32,
+            window: ctx.window,
+        };
+        let q = q.contiguous()?;
+        let (q_store, q_layout) = q.storage_and_layout();
+        let q_all = &cpu_f32(&q_store)?[q_layout.start_offset()..][..t * width];
+        let mut out = vec![0f32; t * width];
         for (i, slot) in ctx.batch.slots.iter().enumerate() {
-            let qs = q.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (heads, len, dim)
             let ks = k.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (kv_heads, len, dim)
             let vs = v.narrow(0, slot.start, slot.len)?.transpose(0, 1)?;
             let (k_all, v_all) = caches[i].append(layer, &ks, &vs)?;
-            outs.push(grouped_attention(&qs, &k_all, &v_all, ctx.masks[i].as_ref(), self.scale)?);
+            let past = k_all.dims3()?.1 - slot.len;
+            let (k_store, k_layout) = k_all.storage_and_layout();
+            let (v_store, v_layout) = v_all.storage_and_layout();
+            let rows = slot.start * width..(slot.start + slot.len) * width;
+            attend(
+                &shape,
+                &q_all[rows.clone()],
+                slot.len,
+                past,
+                kv_view(&k_store, k_layout, self.head_dim)?,
+                kv_view(&v_store, v_layout, self.head_dim)?,
+                &mut out[rows],
+            );
         }
-        let y = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
-        self.o_proj.forward_rows(&y, ctx)
+        Tensor::from_vec(out, (t, width), q.device())
     }
+}
+
+fn cpu_f32(s: &Storage) -> Result<&[f32]> {
+    match s {
+        Storage::Cpu(c) => c.as_slice::<f32>(),
+        _ => candle_core::bail!("attention kernel: tensor not on the CPU"),
+    }
+}
+
+/// A (kv_heads, tokens, head_dim) cache view whose rows are contiguous.
+fn kv_view<'a>(s: &'a Storage, l: &candle_core::Layout, dim: usize) -> Result<KvView<'a>> {
+    let st = l.stride();
+    if st.len() != 3 || st[1] != dim || st[2] != 1 {
+        candle_core::bail!("attention kernel: cache rows not contiguous (strides {st:?})");
+    }
+    Ok(KvView { data: &cpu_f32(s)?[l.start_offset()..], head_stride: st[0] })
 }
 
 /// `q`: (heads, q_len, head_dim); `k`, `v`: (kv_heads, kv_len, head_dim);
@@ -160,5 +233,29 @@ mod tests {
         let want = Tensor::cat(&heads, 1).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    /// The CPU kernel and the tensor-op path (which other devices run) agree.
+    #[test]
+    fn kernel_matches_tensor_ops() {
+        let dev = Device::Cpu;
+        for (heads, kv_heads, dim, t, past, window) in [(9, 3, 64, 30, 0, None), (14, 2, 64, 40, 3, None), (4, 2, 64, 1, 50, Some(16)), (8, 8, 64, 64, 0, None)] {
+            let q = (Tensor::randn(0f32, 1.0, (heads, t, dim), &dev).unwrap() * 4.0).unwrap();
+            let k = (Tensor::randn(0f32, 1.0, (kv_heads, past + t, dim), &dev).unwrap() * 4.0).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (kv_heads, past + t, dim), &dev).unwrap();
+            let scale = 1.0 / (dim as f64).sqrt();
+            let mask = causal_mask(t, past, window, &dev).unwrap();
+            let want = grouped_attention(&q, &k, &v, mask.as_ref(), scale).unwrap();
+            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: scale as f32, window };
+            let qv = q.transpose(0, 1).unwrap().contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let kv = k.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let vv = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut out = vec![0f32; t * heads * dim];
+            let hs = (past + t) * dim;
+            attend(&shape, &qv, t, past, KvView { data: &kv, head_stride: hs }, KvView { data: &vv, head_stride: hs }, &mut out);
+            let got = Tensor::from_vec(out, (t, heads * dim), &dev).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{heads}/{kv_heads} t {t} past {past}: {diff}");
+        }
     }
 }

@@ -62,24 +62,28 @@ impl ForwardBatch {
 }
 
 /// Computed once per forward pass and shared by every layer: the rotary
-/// rows of each token and each sequence's attention mask.
+/// rows of each token and, where attention runs as tensor ops (not on the
+/// CPU), each sequence's attention mask.
 pub struct StepContext<'a> {
     pub batch: &'a ForwardBatch,
     /// (tokens, rotary_dim / 2)
     pub cos: Tensor,
     pub sin: Tensor,
-    /// Per sequence: additive (len, past + len) mask, None when nothing is masked.
+    /// Keys older than this many positions are hidden (sliding window).
+    pub window: Option<usize>,
+    /// Per sequence: additive (len, past + len) mask, None when nothing is
+    /// masked. Empty on the CPU, whose attention kernel masks by index.
     pub masks: Vec<Option<Tensor>>,
 }
 
 impl<'a> StepContext<'a> {
     pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
         let (cos, sin) = rotary.tables(&batch.slots, device)?;
-        let masks = batch
-            .slots
-            .iter()
-            .map(|s| causal_mask(s.len, s.past, window, device))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { batch, cos, sin, masks })
+        let masks = if device.is_cpu() {
+            Vec::new()
+        } else {
+            batch.slots.iter().map(|s| causal_mask(s.len, s.past, window, device)).collect::<Result<Vec<_>>>()?
+        };
+        Ok(Self { batch, cos, sin, window, masks })
     }
 }

@@ -1,0 +1,373 @@
+//! Causal self-attention of one sequence's new tokens against its cached
+//! keys and values, on the CPU, reading the cache in place.
+//!
+//! Why not tensor ops: per layer they cost a score matmul, a scale, a mask
+//! add, a softmax and a second matmul, each a pass over memory with its own
+//! thread-pool round trip, and a mask tensor rebuilt per step; at decode the
+//! products are a few rows long, where general matmul code is at its worst.
+//! Here each task takes one KV head and a tile of query tokens: the query
+//! heads that share that KV head (grouped-query attention) are its rows, the
+//! causal and sliding-window limits are index ranges, and scores live in a
+//! per-thread scratch of (rows, visible keys) — linear, not quadratic, in the
+//! prompt length.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::OutPtr;
+
+/// Query tokens per task in a prompt (bounds the score scratch).
+const QUERY_TILE: usize = 16;
+
+/// Score-matrix elements below which a step's attention stays on the calling thread.
+const PARALLEL_MIN_SCORES: usize = 1 << 14;
+
+/// Head layout and masking of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// Keys older than this many positions are hidden (Mistral's sliding window).
+    pub window: Option<usize>,
+}
+
+/// Keys or values of one layer of a sequence's cache, read in place:
+/// element (head, token, d) at `head * head_stride + token * head_dim + d`.
+#[derive(Debug, Clone, Copy)]
+pub struct KvView<'a> {
+    pub data: &'a [f32],
+    pub head_stride: usize,
+}
+
+impl<'a> KvView<'a> {
+    /// Head `head`'s rows from token `token` on (`dim` floats each).
+    fn from(&self, head: usize, token: usize, dim: usize) -> &'a [f32] {
+        &self.data[head * self.head_stride + token * dim..]
+    }
+}
+
+/// `q`: (t, heads, head_dim) of the `t` new tokens, which follow `past`
+/// cached ones; `k`, `v` hold `past + t` tokens (the new ones included);
+/// `out`: (t, heads * head_dim).
+pub fn attend(shape: &AttnShape, q: &[f32], t: usize, past: usize, k: KvView, v: KvView, out: &mut [f32]) {
+    attend_on(shape, q, t, past, k, v, out, simd_ok(shape.head_dim))
+}
+
+/// `attend`, on the SIMD path or the scalar one.
+#[allow(clippy::too_many_arguments)]
+fn attend_on(shape: &AttnShape, q: &[f32], t: usize, past: usize, k: KvView, v: KvView, out: &mut [f32], simd: bool) {
+    let AttnShape { heads, kv_heads, head_dim: dim, .. } = *shape;
+    assert!(heads % kv_heads == 0 && q.len() >= t * heads * dim && out.len() >= t * heads * dim);
+    assert!(k.data.len() >= (kv_heads - 1) * k.head_stride + (past + t) * dim);
+    assert!(v.data.len() >= (kv_heads - 1) * v.head_stride + (past + t) * dim);
+    let tiles = t.div_ceil(QUERY_TILE);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |i: usize| {
+        let (g, tile) = (i / tiles, i % tiles);
+        let first = tile * QUERY_TILE;
+        let tokens = QUERY_TILE.min(t - first);
+        SCRATCH.with(|s| {
+            // SAFETY: tasks write disjoint (token, head) rows of `out`.
+            unsafe { head_tile(shape, q, past, first, tokens, g, k, v, out_ptr, &mut s.borrow_mut(), simd) }
+        });
+    };
+    let work = heads * t * (past + t);
+    if work < PARALLEL_MIN_SCORES || kv_heads * tiles == 1 {
+        (0..kv_heads * tiles).for_each(task);
+    } else {
+        (0..kv_heads * tiles).into_par_iter().for_each(task);
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Visible keys of the token at position `pos`: [lo, pos].
+fn visible(pos: usize, window: Option<usize>) -> (usize, usize) {
+    let lo = match window {
+        Some(w) if pos >= w => pos - w + 1,
+        _ => 0,
+    };
+    (lo, pos + 1)
+}
+
+/// Tokens `first..first + tokens` of the new ones, for the query heads of KV head `g`.
+///
+/// # Safety
+/// `out` points at a (t, heads * head_dim) buffer whose rows for these
+/// tokens and heads no other thread writes meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_tile(
+    shape: &AttnShape,
+    q: &[f32],
+    past: usize,
+    first: usize,
+    tokens: usize,
+    g: usize,
+    k: KvView,
+    v: KvView,
+    out: OutPtr,
+    scratch: &mut Vec<f32>,
+    simd: bool,
+) {
+    let dim = shape.head_dim;
+    let group = shape.heads / shape.kv_heads;
+    let keys_max = past + first + tokens;
+    if scratch.len() < keys_max {
+        scratch.resize(keys_max, 0.0);
+    }
+    for i in first..first + tokens {
+        let (lo, hi) = visible(past + i, shape.window);
+        for h in g * group..(g + 1) * group {
+            let qrow = &q[(i * shape.heads + h) * dim..][..dim];
+            let scores = &mut scratch[..hi - lo];
+            // Scores, softmax over the visible keys, then the weighted sum of values.
+            scores_row(qrow, k.from(g, lo, dim), dim, shape.scale, scores, simd);
+            softmax(scores, simd);
+            let o = std::slice::from_raw_parts_mut(out.at((i * shape.heads + h) * dim), dim);
+            weighted_values(scores, v.from(g, lo, dim), dim, o, simd);
+        }
+    }
+}
+
+fn simd_ok(dim: usize) -> bool {
+    dim.is_multiple_of(8) && super::legacy_quant::has_avx2()
+}
+
+/// `scores[j]` = scale · q · key j (`keys`: rows of `dim` floats).
+fn scores_row(q: &[f32], keys: &[f32], dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
+    assert!(keys.len() >= scores.len() * dim);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA detected, dim a multiple of 8 (`simd_ok`), keys long enough.
+        unsafe { avx2::scores_row(q, keys, dim, scale, scores) };
+        return;
+    }
+    let _ = simd;
+    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(dim)) {
+        *s = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+    }
+}
+
+/// In place: exp(s - max) / Σ.
+fn softmax(s: &mut [f32], simd: bool) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA detected.
+        let sum = unsafe { avx2::exp_shifted(s, max) };
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|x| *x *= inv);
+        return;
+    }
+    let _ = simd;
+    let mut sum = 0.0;
+    for x in s.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    s.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `out` = Σ_j p[j] · value j (`values`: rows of `dim` floats).
+fn weighted_values(p: &[f32], values: &[f32], dim: usize, out: &mut [f32], simd: bool) {
+    assert!(values.len() >= p.len() * dim && out.len() == dim);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA detected, dim a multiple of 8, values long enough.
+        unsafe { avx2::weighted_values(p, values, dim, out) };
+        return;
+    }
+    let _ = simd;
+    out.fill(0.0);
+    for (&pj, x) in p.iter().zip(values.chunks_exact(dim)) {
+        for (o, x) in out.iter_mut().zip(x) {
+            *o += pj * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Sum of the 8 lanes of each of 8 vectors, as one vector.
+    #[inline(always)]
+    unsafe fn hsum8(a: [__m256; 8]) -> __m256 {
+        let t0 = _mm256_hadd_ps(a[0], a[1]);
+        let t1 = _mm256_hadd_ps(a[2], a[3]);
+        let t2 = _mm256_hadd_ps(a[4], a[5]);
+        let t3 = _mm256_hadd_ps(a[6], a[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_row(q: &[f32], keys: &[f32], dim: usize, scale: f32, scores: &mut [f32]) {
+        let n = scores.len();
+        let base = keys.as_ptr();
+        let qp = q.as_ptr();
+        let sc = _mm256_set1_ps(scale);
+        let mut j = 0;
+        // Eight keys at a time: eight dot products reduced into one vector.
+        while j + 8 <= n {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..dim).step_by(8) {
+                let qc = _mm256_loadu_ps(qp.add(c));
+                for (kk, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(base.add((j + kk) * dim + c)), *a);
+                }
+            }
+            _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), sc));
+            j += 8;
+        }
+        for (jj, s) in scores.iter_mut().enumerate().skip(j) {
+            let mut a = _mm256_setzero_ps();
+            for c in (0..dim).step_by(8) {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(base.add(jj * dim + c)), a);
+            }
+            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            *s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
+        }
+    }
+
+    /// e^x for 8 lanes: 2^n · e^r with r = x - n·ln2 in [-ln2/2, ln2/2] and a
+    /// degree-6 polynomial (Cephes' expf coefficients, within 2 ulp of expf);
+    /// x below -87 gives 0.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_2e-3f32, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let e = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+        let pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        _mm256_mul_ps(e, _mm256_castsi256_ps(pow2))
+    }
+
+    /// In place s = exp(s - max); returns Σ s.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted(s: &mut [f32], max: f32) -> f32 {
+        let m = _mm256_set1_ps(max);
+        let mut sum = _mm256_setzero_ps();
+        let mut chunks = s.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        let mut total: f32 = lanes.iter().sum();
+        for x in chunks.into_remainder() {
+            *x = (*x - max).exp();
+            total += *x;
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_values(p: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
+        let base = values.as_ptr();
+        // Up to 64 output dims in registers at a time.
+        let mut c0 = 0;
+        while c0 < dim {
+            let width = (dim - c0).min(64) / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, &pj) in p.iter().enumerate() {
+                let w = _mm256_set1_ps(pj);
+                let row = base.add(j * dim + c0);
+                for (c, a) in acc.iter_mut().enumerate().take(width) {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * c)), *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate().take(width) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * c), *a);
+            }
+            c0 += 8 * width;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Softmax attention written out in f64, straight from the definition
+    /// (transformers' eager attention with repeat_kv and the causal /
+    /// sliding-window mask).
+    fn reference(s: &AttnShape, q: &[f32], t: usize, past: usize, k: &[f32], v: &[f32], cap: usize) -> Vec<f32> {
+        let dim = s.head_dim;
+        let group = s.heads / s.kv_heads;
+        let mut out = vec![0f32; t * s.heads * dim];
+        for i in 0..t {
+            let pos = past + i;
+            for h in 0..s.heads {
+                let g = h / group;
+                let qr = &q[(i * s.heads + h) * dim..][..dim];
+                let keys: Vec<usize> = (0..=pos).filter(|&j| s.window.is_none_or(|w| pos < w || j > pos - w)).collect();
+                let sc: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| {
+                        let kr = &k[(g * cap + j) * dim..][..dim];
+                        s.scale as f64 * qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..dim {
+                    let acc: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * v[(g * cap + j) * dim + d] as f64).sum();
+                    out[(i * s.heads + h) * dim + d] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 500.0 - 2.0).collect()
+    }
+
+    /// Decode and prompt tiles, grouped heads, head sizes that do and do not
+    /// fill SIMD registers, a sliding window, a cache with spare capacity,
+    /// and a step large enough to run on the thread pool.
+    #[test]
+    fn matches_softmax_attention_definition() {
+        for (heads, kv_heads, dim, t, past, window) in [
+            (4, 2, 64, 1, 37, None),
+            (9, 3, 64, 21, 0, None),
+            (6, 6, 80, 5, 9, None),
+            (2, 1, 12, 3, 4, None),
+            (4, 1, 128, 19, 30, Some(8)),
+            (8, 2, 96, 1, 300, Some(64)),
+            (14, 2, 64, 40, 100, None), // split across threads
+        ] {
+            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), window };
+            let cap = past + t + 5;
+            let q = data(t * heads * dim, 1);
+            let k = data(kv_heads * cap * dim, 2);
+            let v = data(kv_heads * cap * dim, 3);
+            let want = reference(&shape, &q, t, past, &k, &v, cap);
+            for simd in [false, true] {
+                let mut got = vec![0f32; t * heads * dim];
+                let kv = |d| KvView { data: d, head_stride: cap * dim };
+                attend_on(&shape, &q, t, past, kv(&k), kv(&v), &mut got, simd && simd_ok(dim));
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(err < 2e-5, "{heads}/{kv_heads} heads, dim {dim}, t {t}, past {past}, simd {simd}: {err}");
+            }
+        }
+    }
+}
