@@ -146,15 +146,17 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
             let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
             let cfg = model_config(&file)?;
-            let weights = GgufSource::new(file.clone(), &cfg, device)?;
-            let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
             let folder = match tok_model_id {
                 Some(id) => read_tokenizer_folder(&ModelRepo::open(id, &opts.token_source)?)?,
                 None => TokenizerFolder::default(),
             };
             // The GGUF vocabulary is needed when no tokenizer.json is given, and
-            // its chat template / EOS ids complete what a folder lacks.
+            // its chat template / EOS ids complete what a folder lacks. It is
+            // built before the weights are read so that the memory its
+            // construction frees is reused by them rather than added to them.
             let vocab = if file.get_str("tokenizer.ggml.model").is_some() { Some(from_gguf(&file)) } else { None };
+            let weights = GgufSource::new(file.clone(), &cfg, device)?;
+            let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
             (cfg, model, folder, vocab)
         }
         ModelSpec::File { format: FileFormat::Ggml, tok_model_id, quantized_model_id, quantized_filename, .. } => {
