@@ -118,48 +118,45 @@ pub(crate) fn repack(kind: Kind, data: &[u8], rows: usize, blocks: usize) -> Vec
 /// The original row layout back (for dequantizing, e.g. to merge an adapter).
 pub(crate) fn unpack(kind: Kind, panels: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
     let bb = kind.block_bytes();
-    let pbb = panel_block_bytes(kind);
     let mut out = vec![0u8; panels.len()];
-    for p in 0..rows / PANEL {
-        for b in 0..blocks {
-            let pb = &panels[(p * blocks + b) * pbb..][..pbb];
-            for r in 0..PANEL {
-                let at = ((p * PANEL + r) * blocks + b) * bb;
-                let o = &mut out[at..at + bb];
-                o[0..2].copy_from_slice(&pb[2 * r..2 * r + 2]);
-                let mut read = 16;
-                let mut qs_at = 2;
-                if kind.with_sum() {
-                    o[2..4].copy_from_slice(&pb[16 + 2 * r..16 + 2 * r + 2]);
-                    read = 32;
-                    qs_at = 4;
-                }
-                if matches!(kind, Kind::Q5_0 | Kind::Q5_1) {
-                    let mut qh = 0u32;
-                    for j in 0..8 {
-                        let mask = u32::from_le_bytes(
-                            pb[read + 4 * j..read + 4 * j + 4].try_into().unwrap(),
-                        );
-                        qh |= ((mask >> (4 * r)) & 0xF) << (4 * j);
-                    }
-                    o[qs_at..qs_at + 4].copy_from_slice(&qh.to_le_bytes());
-                    qs_at += 4;
-                    read += 32;
-                }
-                let (groups, flip) = if kind == Kind::Q8_0 {
-                    (8, 0x80)
-                } else {
-                    (4, 0)
-                };
-                for g in 0..groups {
-                    for k in 0..4 {
-                        o[qs_at + 4 * g + k] = pb[read + 32 * g + 4 * r + k] ^ flip;
-                    }
-                }
+    for (r, row) in out.chunks_exact_mut(blocks * bb).enumerate().take(rows) {
+        row_blocks(kind, panels, r, blocks, row);
+    }
+    out
+}
+
+/// Row `r`'s original blocks, into `out` (`blocks` blocks of `kind`).
+pub(crate) fn row_blocks(kind: Kind, panels: &[u8], r: usize, blocks: usize, out: &mut [u8]) {
+    let bb = kind.block_bytes();
+    let pbb = panel_block_bytes(kind);
+    let (p, lane) = (r / PANEL, r % PANEL);
+    for (b, o) in out.chunks_exact_mut(bb).enumerate().take(blocks) {
+        let pb = &panels[(p * blocks + b) * pbb..][..pbb];
+        o[0..2].copy_from_slice(&pb[2 * lane..2 * lane + 2]);
+        let mut read = 16;
+        let mut qs_at = 2;
+        if kind.with_sum() {
+            o[2..4].copy_from_slice(&pb[16 + 2 * lane..16 + 2 * lane + 2]);
+            read = 32;
+            qs_at = 4;
+        }
+        if matches!(kind, Kind::Q5_0 | Kind::Q5_1) {
+            let mut qh = 0u32;
+            for j in 0..8 {
+                let mask = u32::from_le_bytes(pb[read + 4 * j..read + 4 * j + 4].try_into().expect("4 bytes"));
+                qh |= ((mask >> (4 * lane)) & 0xF) << (4 * j);
+            }
+            o[qs_at..qs_at + 4].copy_from_slice(&qh.to_le_bytes());
+            qs_at += 4;
+            read += 32;
+        }
+        let (groups, flip) = if kind == Kind::Q8_0 { (8, 0x80) } else { (4, 0) };
+        for g in 0..groups {
+            for k in 0..4 {
+                o[qs_at + 4 * g + k] = pb[read + 32 * g + 4 * lane + k] ^ flip;
             }
         }
     }
-    out
 }
 
 /// Tokens a tile keeps accumulators for while it walks a panel.

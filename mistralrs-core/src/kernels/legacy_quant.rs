@@ -159,6 +159,37 @@ impl LegacyQuantMatrix {
         )
     }
 
+    /// Rows `ids` dequantized, (ids, cols): an embedding lookup in the table
+    /// that a tied output head multiplies with.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let ids = ids.to_vec1::<u32>()?;
+        let blocks = self.cols / QK;
+        let bb = self.kind.block_bytes();
+        let mut raw = vec![0u8; blocks * bb];
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+            let r = id as usize;
+            if r >= self.rows {
+                candle_core::bail!("token id {r} is outside the embedding table ({} rows)", self.rows);
+            }
+            let row: &[u8] = match self.path {
+                Path::Panels => {
+                    legacy_panels::row_blocks(self.kind, &self.data, r, blocks, &mut raw);
+                    &raw
+                }
+                _ => &self.data[r * blocks * bb..(r + 1) * blocks * bb],
+            };
+            // ggml's dequantization: d·(q - offset), or d·q + m.
+            for (b, o) in row.chunks_exact(bb).zip(o.chunks_exact_mut(QK)) {
+                let (q, d, m) = unpack(self.kind, b);
+                for (o, q) in o.iter_mut().zip(q) {
+                    *o = if self.kind.with_sum() { q as f32 * d + m } else { q as f32 * d };
+                }
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.cols), &candle_core::Device::Cpu)
+    }
+
     /// `x`: (tokens, cols) f32 -> (tokens, rows).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;

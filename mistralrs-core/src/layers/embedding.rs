@@ -1,35 +1,36 @@
 //! Token embeddings. A quantized table stays quantized: rows are dequantized
 //! as they are looked up, so a 150k-token vocabulary costs its file size, not
-//! four bytes per weight.
+//! four bytes per weight. The table is held as a linear layer so that a tied
+//! output head multiplies with the very same storage instead of a copy.
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Result, Tensor};
 
+use super::Linear;
+
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    table: QMatMul,
+    /// (vocab, hidden)
+    table: Linear,
 }
 
 impl Embedding {
     pub fn new(table: QMatMul) -> Self {
-        Self { table }
+        Self { table: Linear::new(table, None) }
     }
 
     /// `ids`: (tokens,) u32 -> (tokens, hidden).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.table.embedding(ids)
+        self.table.rows(ids)
     }
 
     /// The table quantized to `dtype` (in-situ quantization).
     pub fn quantized(self, dtype: GgmlDType) -> Result<Self> {
-        Ok(match super::linear::quantize_matrix(&self.table, dtype)? {
-            Some(table) => Self { table },
-            None => self,
-        })
+        Ok(Self { table: self.table.quantized(dtype)? })
     }
 
-    /// The same matrix, for models whose output head is tied to the embeddings.
-    pub fn table(&self) -> &QMatMul {
-        &self.table
+    /// The table as an output head (vocab, hidden), sharing its storage.
+    pub fn as_output_head(&self) -> Linear {
+        self.table.clone()
     }
 }

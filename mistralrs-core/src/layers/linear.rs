@@ -75,6 +75,15 @@ impl Linear {
         Self { lora: Some(stack), ..self }
     }
 
+    /// Rows `ids` ((n,) u32) of the weight matrix, (n, in_features): an
+    /// embedding lookup, for a table that is also a tied output head.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Candle(w) => w.embedding(ids),
+            Weight::Legacy(w) => w.rows(ids),
+        }
+    }
+
     /// `x`: (tokens, in_features) -> (tokens, out_features), without adapters.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {

@@ -40,7 +40,7 @@ impl Trunk {
         let lm_head = if !cfg.tie_word_embeddings && w.has_module("lm_head") {
             w.linear("lm_head", cfg.vocab_size, cfg.hidden_size, w.has_tensor("lm_head.bias"))?
         } else {
-            Linear::new(embed_tokens.table().clone(), None)
+            embed_tokens.as_output_head()
         };
         Ok(Self {
             embed_tokens,
