@@ -59,59 +59,53 @@ pub(crate) fn available() -> bool {
 }
 
 /// `data`: (rows, blocks) original blocks row by row, `rows` a multiple of
-/// PANEL -> the panel layout (same size).
+/// PANEL -> the panel layout (same size). Panels are independent, so they
+/// are filled in parallel (this runs at load, over every weight).
 pub(crate) fn repack(kind: Kind, data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+    use rayon::prelude::*;
     let bb = kind.block_bytes();
-    let mut out = Vec::with_capacity(data.len());
-    for p in 0..rows / PANEL {
-        for b in 0..blocks {
-            let block = |r: usize| {
-                let at = ((p * PANEL + r) * blocks + b) * bb;
-                &data[at..at + bb]
-            };
-            let (qh_at, qs_at) = match kind {
-                Kind::Q4_0 => (None, 2),
-                Kind::Q4_1 => (None, 4),
-                Kind::Q5_0 => (Some(2), 6),
-                Kind::Q5_1 => (Some(4), 8),
-                Kind::Q8_0 => (None, 2),
-            };
+    let pbb = panel_block_bytes(kind);
+    let mut out = vec![0u8; rows * blocks * bb];
+    let (qh_at, qs_at) = match kind {
+        Kind::Q4_0 | Kind::Q8_0 => (None, 2),
+        Kind::Q4_1 => (None, 4),
+        Kind::Q5_0 => (Some(2), 6),
+        Kind::Q5_1 => (Some(4), 8),
+    };
+    let (groups, flip) = if kind == Kind::Q8_0 { (8, 0x80) } else { (4, 0) };
+    out.par_chunks_mut(blocks * pbb).enumerate().for_each(|(p, panel)| {
+        for (b, o) in panel.chunks_exact_mut(pbb).enumerate() {
+            let block = |r: usize| &data[((p * PANEL + r) * blocks + b) * bb..][..bb];
+            let mut at = 0;
             for r in 0..PANEL {
-                out.extend_from_slice(&block(r)[0..2]); // d
+                o[at..at + 2].copy_from_slice(&block(r)[0..2]); // d
+                at += 2;
             }
             if kind.with_sum() {
                 for r in 0..PANEL {
-                    out.extend_from_slice(&block(r)[2..4]); // m
+                    o[at..at + 2].copy_from_slice(&block(r)[2..4]); // m
+                    at += 2;
                 }
             }
-            if let Some(at) = qh_at {
-                let qh: Vec<u32> = (0..PANEL)
-                    .map(|r| u32::from_le_bytes(block(r)[at..at + 4].try_into().unwrap()))
-                    .collect();
+            if let Some(h) = qh_at {
+                let qh: [u32; PANEL] = std::array::from_fn(|r| u32::from_le_bytes(block(r)[h..h + 4].try_into().expect("4 bytes")));
                 for j in 0..8 {
-                    let mut mask = 0u32;
-                    for (r, h) in qh.iter().enumerate() {
-                        mask |= ((h >> (4 * j)) & 0xF) << (4 * r);
-                    }
-                    out.extend_from_slice(&mask.to_le_bytes());
+                    let mask = qh.iter().enumerate().fold(0u32, |m, (r, q)| m | (((q >> (4 * j)) & 0xF) << (4 * r)));
+                    o[at..at + 4].copy_from_slice(&mask.to_le_bytes());
+                    at += 4;
                 }
             }
-            let (groups, flip) = if kind == Kind::Q8_0 {
-                (8, 0x80)
-            } else {
-                (4, 0)
-            };
             for g in 0..groups {
                 for r in 0..PANEL {
-                    out.extend(
-                        block(r)[qs_at + 4 * g..qs_at + 4 * g + 4]
-                            .iter()
-                            .map(|q| q ^ flip),
-                    );
+                    let src = &block(r)[qs_at + 4 * g..qs_at + 4 * g + 4];
+                    for k in 0..4 {
+                        o[at + k] = src[k] ^ flip;
+                    }
+                    at += 4;
                 }
             }
         }
-    }
+    });
     out
 }
 
