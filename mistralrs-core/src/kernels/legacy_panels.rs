@@ -219,6 +219,9 @@ mod vnni {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Bytes ahead of the panel-block being read that are prefetched.
+    const PREFETCH_AHEAD: usize = 2048;
+
     const fn kind_of(k: u8) -> Kind {
         match k {
             0 => Kind::Q4_0,
@@ -246,6 +249,11 @@ mod vnni {
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
+            // Decoding streams every weight once per token: ask for the bytes
+            // a few panel-blocks ahead so the loads below find them in cache.
+            for line in (0..pbb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
+            }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
             let mut at = 16;
             let m = if with_min {
