@@ -1,7 +1,7 @@
 //! A linear layer, whatever its storage: dense f32 (`QMatMul::Tensor`), a
 //! ggml block-quantized matrix on candle's kernels (whose CPU code quantizes
 //! the activations to the weight's dot-product type as llama.cpp does), or
-//! one of the legacy block types on our own SIMD kernels; optionally with
+//! the legacy block types and Q4_K on our own SIMD kernels; optionally with
 //! unmerged LoRA adapters applied per token row (see `lora.rs`).
 
 use std::sync::Arc;
@@ -11,12 +11,13 @@ use candle_core::{DType, Module, Result, Tensor};
 
 use super::batch::StepContext;
 use super::lora::LoraStack;
-use crate::kernels::LegacyQuantMatrix;
+use crate::kernels::{LegacyQuantMatrix, Q4kMatrix};
 
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Legacy(Arc<LegacyQuantMatrix>),
+    Q4k(Arc<Q4kMatrix>),
 }
 
 #[derive(Debug, Clone)]
@@ -29,14 +30,14 @@ pub struct Linear {
 impl Linear {
     /// Picks the kernel for the weight's type on the running CPU.
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        let legacy = match &weight {
-            QMatMul::QTensor(t) => LegacyQuantMatrix::from_qtensor(t).ok().flatten(),
+        let ours = match &weight {
+            QMatMul::QTensor(t) => match LegacyQuantMatrix::from_qtensor(t).ok().flatten() {
+                Some(m) => Some(Weight::Legacy(Arc::new(m))),
+                None => Q4kMatrix::from_qtensor(t).ok().flatten().map(|m| Weight::Q4k(Arc::new(m))),
+            },
             _ => None,
         };
-        let weight = match legacy {
-            Some(m) => Weight::Legacy(Arc::new(m)),
-            None => Weight::Candle(weight),
-        };
+        let weight = ours.unwrap_or(Weight::Candle(weight));
         Self { weight, bias, lora: None }
     }
 
@@ -53,6 +54,7 @@ impl Linear {
             Weight::Candle(QMatMul::TensorF16(w)) => QMatMul::TensorF16((w + delta.to_dtype(DType::F16)?)?),
             Weight::Candle(QMatMul::QTensor(q)) => quantized(q)?,
             Weight::Legacy(m) => quantized(&m.to_qtensor()?)?,
+            Weight::Q4k(m) => quantized(&m.to_qtensor()?)?,
         };
         Ok(Self { lora: self.lora, ..Self::new(weight, self.bias) })
     }
@@ -63,6 +65,7 @@ impl Linear {
         let weight = match &self.weight {
             Weight::Candle(w) => quantize_matrix(w, dtype)?,
             Weight::Legacy(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
+            Weight::Q4k(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
         };
         Ok(match weight {
             Some(w) => Self { lora: self.lora, ..Self::new(w, self.bias) },
@@ -81,6 +84,7 @@ impl Linear {
         match &self.weight {
             Weight::Candle(w) => w.embedding(ids),
             Weight::Legacy(w) => w.rows(ids),
+            Weight::Q4k(w) => w.rows(ids),
         }
     }
 
@@ -89,6 +93,7 @@ impl Linear {
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Legacy(w) => w.matmul(x)?,
+            Weight::Q4k(w) => w.matmul(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
