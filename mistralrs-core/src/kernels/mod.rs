@@ -4,13 +4,13 @@
 pub mod attention;
 pub(crate) mod legacy_panels;
 pub mod legacy_quant;
-pub mod q4k_panels;
+pub mod kquant_panels;
 pub mod quantize_q6k;
 pub mod report;
 mod type_tests;
 
 pub use legacy_quant::LegacyQuantMatrix;
-pub use q4k_panels::Q4kMatrix;
+pub use kquant_panels::KQuantMatrix;
 pub use report::kernel_report;
 
 /// A pointer into an output buffer that parallel tasks share, each writing

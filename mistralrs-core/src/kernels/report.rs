@@ -1,7 +1,7 @@
 //! Which kernel each weight type runs on this CPU, for `build_info()`.
 //!
 //! This mirrors the run-time dispatch of the code that does the products:
-//! our own kernels (`legacy_quant.rs`, `legacy_panels.rs`, `q4k_panels.rs`) for Q4_K and Q4_0/Q4_1/Q5_0/Q5_1/Q8_0,
+//! our own kernels (`legacy_quant.rs`, `legacy_panels.rs`, `kquant_panels.rs`) for Q4_K, Q6_K and Q4_0/Q4_1/Q5_0/Q5_1/Q8_0,
 //! and candle 0.11's `k_quants.rs` (AVX2+FMA dot products chosen at run time
 //! on x86-64, NEON on aarch64) and `repack_x86.rs` (interleaved tiles for
 //! Q4_K and Q6_K with several rows) for the K-quants. Dense types (F32, F16, BF16) are expanded to f32 at load and run
@@ -44,13 +44,15 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
         tiles("").unwrap_or_else(|| candle_dot.into())
     };
     v.push(("Q4_K", q4k));
-    v.push((
-        "Q6_K",
+    let q6k = if super::legacy_panels::available() {
+        "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8_K activations)".to_string()
+    } else {
         match tiles(" for several rows") {
             Some(t) => format!("{t}, {candle_dot} for one row"),
             None => candle_dot.into(),
-        },
-    ));
+        }
+    };
+    v.push(("Q6_K", q6k));
     v
 }
 

@@ -1,7 +1,7 @@
 //! A linear layer, whatever its storage: dense f32 (`QMatMul::Tensor`), a
 //! ggml block-quantized matrix on candle's kernels (whose CPU code quantizes
 //! the activations to the weight's dot-product type as llama.cpp does), or
-//! the legacy block types and Q4_K on our own SIMD kernels; optionally with
+//! the legacy block types, Q4_K and Q6_K on our own SIMD kernels; optionally with
 //! unmerged LoRA adapters applied per token row (see `lora.rs`).
 
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use candle_core::{DType, Module, Result, Tensor};
 
 use super::batch::StepContext;
 use super::lora::LoraStack;
-use crate::kernels::{LegacyQuantMatrix, Q4kMatrix};
+use crate::kernels::{LegacyQuantMatrix, KQuantMatrix};
 
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
     Legacy(Arc<LegacyQuantMatrix>),
-    Q4k(Arc<Q4kMatrix>),
+    KQuant(Arc<KQuantMatrix>),
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl Linear {
         let ours = match &weight {
             QMatMul::QTensor(t) => match LegacyQuantMatrix::from_qtensor(t).ok().flatten() {
                 Some(m) => Some(Weight::Legacy(Arc::new(m))),
-                None => Q4kMatrix::from_qtensor(t).ok().flatten().map(|m| Weight::Q4k(Arc::new(m))),
+                None => KQuantMatrix::from_qtensor(t).ok().flatten().map(|m| Weight::KQuant(Arc::new(m))),
             },
             _ => None,
         };
@@ -54,7 +54,7 @@ impl Linear {
             Weight::Candle(QMatMul::TensorF16(w)) => QMatMul::TensorF16((w + delta.to_dtype(DType::F16)?)?),
             Weight::Candle(QMatMul::QTensor(q)) => quantized(q)?,
             Weight::Legacy(m) => quantized(&m.to_qtensor()?)?,
-            Weight::Q4k(m) => quantized(&m.to_qtensor()?)?,
+            Weight::KQuant(m) => quantized(&m.to_qtensor()?)?,
         };
         Ok(Self { lora: self.lora, ..Self::new(weight, self.bias) })
     }
@@ -65,7 +65,7 @@ impl Linear {
         let weight = match &self.weight {
             Weight::Candle(w) => quantize_matrix(w, dtype)?,
             Weight::Legacy(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
-            Weight::Q4k(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
+            Weight::KQuant(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
         };
         Ok(match weight {
             Some(w) => Self { lora: self.lora, ..Self::new(w, self.bias) },
@@ -84,7 +84,7 @@ impl Linear {
         match &self.weight {
             Weight::Candle(w) => w.embedding(ids),
             Weight::Legacy(w) => w.rows(ids),
-            Weight::Q4k(w) => w.rows(ids),
+            Weight::KQuant(w) => w.rows(ids),
         }
     }
 
@@ -93,7 +93,7 @@ impl Linear {
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Legacy(w) => w.matmul(x)?,
-            Weight::Q4k(w) => w.matmul(x)?,
+            Weight::KQuant(w) => w.matmul(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

@@ -1,0 +1,652 @@
+//! Q4_K and Q6_K on AVX-512 VNNI, with the weights repacked at load into
+//! panels of 8 rows as the legacy types are (`legacy_panels.rs`), replacing
+//! candle's kernels, which keep a second, repacked copy of every Q4_K weight
+//! (and of every Q6_K weight once a prompt has run).
+//!
+//! A Q4_K super-block is 256 weights: `d`, `dmin` (f16), eight 32-weight
+//! sub-blocks with 6-bit scales and mins packed in 12 bytes, and 4-bit
+//! quants (bytes 32p..32p+32 hold sub-block 2p in their low nibbles and
+//! 2p+1 in their high ones). A weight is `d·sc·q − dmin·m`. Activations are
+//! quantized per 256 to llama.cpp's Q8_K (`quantize_row_q8_K_ref`), so a
+//! row's product is, as in ggml's `vec_dot_q4_K_q8_K`,
+//!   Σ_blocks dy·(d·Σ_s sc_s·Σ q·y − dmin·Σ_s m_s·Σ_{sub-block s} y)
+//! with exact integer inner sums.
+//!
+//! A panel-block (8 rows × one super-block, 1184 bytes against the original
+//! 1152) holds, for lane r = row r:
+//!   d: 8 × f16 | dmin: 8 × f16 | sc[s][r]: 64 × u8 | m[k][r][2] (sub-blocks
+//!   2k, 2k+1): 64 × u8 | qs[p][g][r]: 4 bytes each, row r's bytes
+//!   32p+4g..32p+4g+3 (1024 bytes).
+//! One `vpdpbusd` per (p, g) and nibble half adds 4 products into each of
+//! the 8 rows' lanes; `vpmulld` applies the sub-block scales and one
+//! `vpdpwssd` per pair of sub-blocks the mins.
+//!
+//! A Q6_K super-block is 256 weights `d·sc·(q − 32)`: 6-bit quants (low
+//! nibbles in `ql`, high 2 bits in `qh`), sixteen 16-weight sub-blocks with
+//! i8 scales, `d` (f16). In ggml's order, half h, quarter j, position l
+//! (weight 128h + 32j + l) takes nibble j/2 of ql[64h + 32(j%2) + l], bits
+//! 2j.. of qh[32h + l] and scale sc[8h + 2j + l/16]. A panel-block (1680
+//! bytes, as the 8 original blocks) holds d: 8 × f16 | sc[s][r]: 128 × i8 |
+//! ql[h][j%2][g][r]: row r's ql bytes 64h+32(j%2)+4g.. (1024 bytes) |
+//! qh[h][g][r]: row r's qh bytes 32h+4g.. (512 bytes). The −32 is applied
+//! by starting each sub-block's sum at −32·Σy (Q8_K's per-16 sums).
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Result, Storage, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::legacy_panels::PANEL;
+use super::OutPtr;
+
+pub(crate) const QK_K: usize = 256;
+/// The K-quant types with panel kernels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KKind {
+    Q4K,
+    Q6K,
+}
+
+impl KKind {
+    fn block_bytes(self) -> usize {
+        match self {
+            KKind::Q4K => 144,
+            KKind::Q6K => 210,
+        }
+    }
+
+    fn panel_block_bytes(self) -> usize {
+        match self {
+            KKind::Q4K => Q4K_PANEL_BLOCK_BYTES,
+            KKind::Q6K => Q6K_PANEL_BLOCK_BYTES,
+        }
+    }
+
+    fn dtype(self) -> GgmlDType {
+        match self {
+            KKind::Q4K => GgmlDType::Q4K,
+            KKind::Q6K => GgmlDType::Q6K,
+        }
+    }
+}
+
+// Q4_K panel-block layout.
+const Q4K_BLOCK: usize = 144;
+const Q4K_PANEL_BLOCK_BYTES: usize = 1184;
+const SC_AT: usize = 32;
+const MIN_AT: usize = 96;
+const QS_AT: usize = 160;
+
+// Q6_K panel-block layout.
+const Q6K_PANEL_BLOCK_BYTES: usize = 1680;
+const Q6_SC_AT: usize = 16;
+const Q6_QL_AT: usize = 144;
+const Q6_QH_AT: usize = 1168;
+
+/// Tokens a tile keeps accumulators for (each needs four registers).
+const TILE: usize = 4;
+const TOKEN_CHUNK: usize = 64;
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// One activation super-block as llama.cpp's Q8_K: `x ≈ d·qs`, and the
+/// sums of its quants over each 32 (Q4_K's sub-blocks) and each 16 (Q6_K's,
+/// and ggml's `bsums`).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q8KBlock {
+    d: f32,
+    ysum: [i16; 8],
+    bsum: [i16; 16],
+    qs: [i8; QK_K],
+}
+
+/// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min.
+fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The inverse of `scale_min` over all eight sub-blocks (the 12 bytes hold
+/// exactly these 96 bits, so the original bytes come back).
+fn packed_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    for j in 0..4 {
+        q[j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+        q[j + 4] = (m[j] & 63) | ((m[j + 4] >> 4) << 6);
+        q[j + 8] = (sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4);
+    }
+    q
+}
+
+/// Q4_K: original blocks, row by row -> panels.
+fn repack_q4k(data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+    let mut out = vec![0u8; rows / PANEL * blocks * Q4K_PANEL_BLOCK_BYTES];
+    out.par_chunks_mut(blocks * Q4K_PANEL_BLOCK_BYTES)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for (b, o) in panel.chunks_exact_mut(Q4K_PANEL_BLOCK_BYTES).enumerate() {
+                for r in 0..PANEL {
+                    let blk = &data[((p * PANEL + r) * blocks + b) * Q4K_BLOCK..][..Q4K_BLOCK];
+                    o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+                    o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+                    for s in 0..8 {
+                        let (sc, m) = scale_min(s, &blk[4..16]);
+                        o[SC_AT + 8 * s + r] = sc;
+                        o[MIN_AT + 16 * (s / 2) + 2 * r + s % 2] = m;
+                    }
+                    for pg in 0..32 {
+                        let at = QS_AT + (pg * PANEL + r) * 4;
+                        o[at..at + 4].copy_from_slice(&blk[16 + 4 * pg..16 + 4 * pg + 4]);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Q4_K: row `r`'s original blocks from the panels, into `out`.
+fn row_blocks_q4k(panels: &[u8], r: usize, blocks: usize, out: &mut [u8]) {
+    let (p, lane) = (r / PANEL, r % PANEL);
+    for (b, blk) in out.chunks_exact_mut(Q4K_BLOCK).enumerate().take(blocks) {
+        let o = &panels[(p * blocks + b) * Q4K_PANEL_BLOCK_BYTES..][..Q4K_PANEL_BLOCK_BYTES];
+        blk[0..2].copy_from_slice(&o[2 * lane..2 * lane + 2]);
+        blk[2..4].copy_from_slice(&o[16 + 2 * lane..16 + 2 * lane + 2]);
+        let sc: [u8; 8] = std::array::from_fn(|s| o[SC_AT + 8 * s + lane]);
+        let m: [u8; 8] = std::array::from_fn(|s| o[MIN_AT + 16 * (s / 2) + 2 * lane + s % 2]);
+        blk[4..16].copy_from_slice(&packed_scales(&sc, &m));
+        for pg in 0..32 {
+            let at = QS_AT + (pg * PANEL + lane) * 4;
+            blk[16 + 4 * pg..16 + 4 * pg + 4].copy_from_slice(&o[at..at + 4]);
+        }
+    }
+}
+
+/// ggml's `dequantize_row_q4_K` for one block.
+fn dequantize_q4k(blk: &[u8], out: &mut [f32]) {
+    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+    let min = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+    for p in 0..4 {
+        let (sc1, m1) = scale_min(2 * p, &blk[4..16]);
+        let (sc2, m2) = scale_min(2 * p + 1, &blk[4..16]);
+        let (d1, m1, d2, m2) = (d * sc1 as f32, min * m1 as f32, d * sc2 as f32, min * m2 as f32);
+        let q = &blk[16 + 32 * p..16 + 32 * p + 32];
+        for l in 0..32 {
+            out[64 * p + l] = d1 * (q[l] & 0xF) as f32 - m1;
+            out[64 * p + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+/// Q6_K: original blocks (ql 128 | qh 64 | scales 16 | d 2), row by row -> panels.
+fn repack_q6k(data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+    let bb = KKind::Q6K.block_bytes();
+    let mut out = vec![0u8; rows / PANEL * blocks * Q6K_PANEL_BLOCK_BYTES];
+    out.par_chunks_mut(blocks * Q6K_PANEL_BLOCK_BYTES)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for (b, o) in panel.chunks_exact_mut(Q6K_PANEL_BLOCK_BYTES).enumerate() {
+                for r in 0..PANEL {
+                    let blk = &data[((p * PANEL + r) * blocks + b) * bb..][..bb];
+                    q6k_lane(r, |o_at, b_at, n| {
+                        o[o_at..o_at + n].copy_from_slice(&blk[b_at..b_at + n])
+                    });
+                }
+            }
+        });
+    out
+}
+
+/// Where each piece of a Q6_K block goes in lane `r` of a panel-block:
+/// `put(panel offset, block offset, bytes)` for every piece.
+fn q6k_lane(r: usize, mut put: impl FnMut(usize, usize, usize)) {
+    put(2 * r, 208, 2); // d
+    for s in 0..16 {
+        put(Q6_SC_AT + 8 * s + r, 192 + s, 1);
+    }
+    for h in 0..2 {
+        for jj in 0..2 {
+            for g in 0..8 {
+                put(
+                    Q6_QL_AT + ((((h * 2 + jj) * 8 + g) * PANEL) + r) * 4,
+                    64 * h + 32 * jj + 4 * g,
+                    4,
+                );
+            }
+        }
+        for g in 0..8 {
+            put(Q6_QH_AT + (((h * 8 + g) * PANEL) + r) * 4, 128 + 32 * h + 4 * g, 4);
+        }
+    }
+}
+
+/// Q6_K: row `r`'s original blocks from the panels, into `out`.
+fn row_blocks_q6k(panels: &[u8], r: usize, blocks: usize, out: &mut [u8]) {
+    let bb = KKind::Q6K.block_bytes();
+    let (p, lane) = (r / PANEL, r % PANEL);
+    for (b, blk) in out.chunks_exact_mut(bb).enumerate().take(blocks) {
+        let o = &panels[(p * blocks + b) * Q6K_PANEL_BLOCK_BYTES..][..Q6K_PANEL_BLOCK_BYTES];
+        q6k_lane(lane, |o_at, b_at, n| {
+            blk[b_at..b_at + n].copy_from_slice(&o[o_at..o_at + n])
+        });
+    }
+}
+
+/// ggml's `dequantize_row_q6_K` for one block.
+fn dequantize_q6k(blk: &[u8], out: &mut [f32]) {
+    let d = f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+    for h in 0..2 {
+        let (ql, qh, sc) = (
+            &blk[64 * h..64 * h + 64],
+            &blk[128 + 32 * h..128 + 32 * h + 32],
+            &blk[192 + 8 * h..200 + 8 * h],
+        );
+        for l in 0..32 {
+            let is = l / 16;
+            let q = [
+                ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32,
+                ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32,
+                ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32,
+                ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32,
+            ];
+            for (j, q) in q.iter().enumerate() {
+                out[128 * h + 32 * j + l] = d * (sc[is + 2 * j] as i8) as f32 * *q as f32;
+            }
+        }
+    }
+}
+
+/// llama.cpp's `quantize_row_q8_K_ref` for 256 values: scale −127/max of
+/// the value of largest magnitude, round half to even, clamp at 127.
+fn quantize_q8k(x: &[f32]) -> Q8KBlock {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in &x[..QK_K] {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let mut b = Q8KBlock {
+        d: 0.0,
+        ysum: [0; 8],
+        bsum: [0; 16],
+        qs: [0; QK_K],
+    };
+    if amax == 0.0 {
+        return b;
+    }
+    let iscale = -127.0 / max;
+    for (q, v) in b.qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    for (s, sum) in b.bsum.iter_mut().enumerate() {
+        *sum = b.qs[16 * s..16 * s + 16].iter().map(|&q| q as i16).sum();
+    }
+    for (s, sum) in b.ysum.iter_mut().enumerate() {
+        *sum = b.bsum[2 * s] + b.bsum[2 * s + 1];
+    }
+    b.d = 1.0 / iscale;
+    b
+}
+
+/// A (rows, cols) Q4_K or Q6_K matrix in 8-row panels.
+#[derive(Debug)]
+pub struct KQuantMatrix {
+    kind: KKind,
+    data: Vec<u8>,
+    rows: usize,
+    cols: usize,
+}
+
+impl KQuantMatrix {
+    /// Some(matrix) for a 2-D Q4_K or Q6_K tensor on the CPU where the
+    /// panel kernels run and the rows fill panels; None otherwise (candle's kernels).
+    pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+        let kind = match t.dtype() {
+            GgmlDType::Q4K => KKind::Q4K,
+            GgmlDType::Q6K => KKind::Q6K,
+            _ => return Ok(None),
+        };
+        if !t.device().is_cpu() || !super::legacy_panels::available() {
+            return Ok(None);
+        }
+        let Ok((rows, cols)) = t.shape().dims2() else {
+            return Ok(None);
+        };
+        if rows % PANEL != 0 || cols % QK_K != 0 {
+            return Ok(None);
+        }
+        let data = match kind {
+            KKind::Q4K => repack_q4k(&t.data()?, rows, cols / QK_K),
+            KKind::Q6K => repack_q6k(&t.data()?, rows, cols / QK_K),
+        };
+        Ok(Some(Self { kind, data, rows, cols }))
+    }
+
+    /// Row `r`'s original blocks, into `out`.
+    fn row_blocks(&self, r: usize, out: &mut [u8]) {
+        match self.kind {
+            KKind::Q4K => row_blocks_q4k(&self.data, r, self.cols / QK_K, out),
+            KKind::Q6K => row_blocks_q6k(&self.data, r, self.cols / QK_K, out),
+        }
+    }
+
+    /// The original blocks as a candle tensor (to dequantize or re-quantize).
+    pub fn to_qtensor(&self) -> Result<QTensor> {
+        let row_bytes = self.cols / QK_K * self.kind.block_bytes();
+        let mut raw = vec![0u8; self.rows * row_bytes];
+        for (r, row) in raw.chunks_exact_mut(row_bytes).enumerate() {
+            self.row_blocks(r, row);
+        }
+        candle_core::quantized::ggml_file::qtensor_from_ggml(
+            self.kind.dtype(),
+            &raw,
+            vec![self.rows, self.cols],
+            &candle_core::Device::Cpu,
+        )
+    }
+
+    /// Rows `ids` dequantized, (ids, cols): an embedding lookup.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let ids = ids.to_vec1::<u32>()?;
+        let bb = self.kind.block_bytes();
+        let mut raw = vec![0u8; self.cols / QK_K * bb];
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+            if id as usize >= self.rows {
+                candle_core::bail!("token id {id} is outside the embedding table ({} rows)", self.rows);
+            }
+            self.row_blocks(id as usize, &mut raw);
+            for (blk, o) in raw.chunks_exact(bb).zip(o.chunks_exact_mut(QK_K)) {
+                match self.kind {
+                    KKind::Q4K => dequantize_q4k(blk, o),
+                    KKind::Q6K => dequantize_q6k(blk, o),
+                }
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.cols), &candle_core::Device::Cpu)
+    }
+
+    /// `x`: (tokens, cols) -> (tokens, rows).
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!("matmul: input has {k} columns, the weight {}", self.cols);
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let acts: Vec<Q8KBlock> = {
+            let (storage, layout) = x.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("K-quant matmul runs on the CPU")
+            };
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("matmul: input not contiguous")
+            };
+            let xs = &cpu.as_slice::<f32>()?[start..end];
+            if m >= 16 {
+                xs.par_chunks_exact(QK_K).map(quantize_q8k).collect()
+            } else {
+                xs.chunks_exact(QK_K).map(quantize_q8k).collect()
+            }
+        };
+        let mut out = vec![0f32; m * self.rows];
+        self.product(&acts, m, &mut out);
+        Tensor::from_vec(out, (m, self.rows), x.device())
+    }
+
+    /// As `LegacyQuantMatrix::panel_product`: tasks take ranges of panels
+    /// and walk them once per chunk of tokens.
+    fn product(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
+        let blocks = self.cols / QK_K;
+        let panel_bytes = blocks * self.kind.panel_block_bytes();
+        let kind = self.kind;
+        let panels = self.rows / PANEL;
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let rows = self.rows;
+        let task = |first: usize, last: usize| {
+            for t0 in (0..m).step_by(TOKEN_CHUNK) {
+                let tn = TOKEN_CHUNK.min(m - t0);
+                for p in first..last {
+                    let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
+                    let mut tt = t0;
+                    while tt < t0 + tn {
+                        let n = TILE.min(t0 + tn - tt);
+                        let a = &acts[tt * blocks..(tt + n) * blocks];
+                        let o = out_ptr.at(tt * rows + p * PANEL);
+                        // SAFETY: panels are only built where the CPU has the features
+                        // (`from_qtensor`); tasks write disjoint (token, 8-row) cells.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            match (kind, n) {
+                                (KKind::Q4K, 4) => vnni::tile_q4k::<4>(panel, a, blocks, o, rows),
+                                (KKind::Q4K, 3) => vnni::tile_q4k::<3>(panel, a, blocks, o, rows),
+                                (KKind::Q4K, 2) => vnni::tile_q4k::<2>(panel, a, blocks, o, rows),
+                                (KKind::Q4K, _) => vnni::tile_q4k::<1>(panel, a, blocks, o, rows),
+                                (KKind::Q6K, 4) => vnni::tile_q6k::<4>(panel, a, blocks, o, rows),
+                                (KKind::Q6K, 3) => vnni::tile_q6k::<3>(panel, a, blocks, o, rows),
+                                (KKind::Q6K, 2) => vnni::tile_q6k::<2>(panel, a, blocks, o, rows),
+                                (KKind::Q6K, _) => vnni::tile_q6k::<1>(panel, a, blocks, o, rows),
+                            }
+                        }
+                        tt += n;
+                    }
+                }
+            }
+        };
+        if self.rows * m * self.cols < PARALLEL_MIN_MACS {
+            task(0, panels);
+        } else {
+            let tasks = (4 * rayon::current_num_threads()).min(panels);
+            (0..tasks)
+                .into_par_iter()
+                .for_each(|i| task(i * panels / tasks, (i + 1) * panels / tasks));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    const PREFETCH_AHEAD: usize = 2048;
+
+    /// `out[t * out_stride + r]` = panel row r . token t, for the T tokens of `acts`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn tile_q4k<const T: usize>(
+        panel: &[u8],
+        acts: &[Q8KBlock],
+        blocks: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        debug_assert!(panel.len() >= blocks * Q4K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut pb = panel.as_ptr();
+        for b in 0..blocks {
+            for line in (0..Q4K_PANEL_BLOCK_BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
+            }
+            let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
+            let mut isum = [_mm256_setzero_si256(); T];
+            for p in 0..4 {
+                let mut s_lo = [_mm256_setzero_si256(); T];
+                let mut s_hi = [_mm256_setzero_si256(); T];
+                for g in 0..8 {
+                    let w = _mm256_loadu_si256(pb.add(QS_AT + (p * 8 + g) * 32) as *const __m256i);
+                    let lo = _mm256_and_si256(w, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
+                    for t in 0..T {
+                        let y = a[t].qs.as_ptr().add(64 * p + 4 * g) as *const i32;
+                        s_lo[t] = _mm256_dpbusd_epi32(s_lo[t], lo, _mm256_set1_epi32(y.read_unaligned()));
+                        s_hi[t] = _mm256_dpbusd_epi32(s_hi[t], hi, _mm256_set1_epi32(y.add(8).read_unaligned()));
+                    }
+                }
+                let sc_lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(pb.add(SC_AT + 16 * p) as *const __m128i));
+                let sc_hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(pb.add(SC_AT + 16 * p + 8) as *const __m128i));
+                for t in 0..T {
+                    let scaled =
+                        _mm256_add_epi32(_mm256_mullo_epi32(s_lo[t], sc_lo), _mm256_mullo_epi32(s_hi[t], sc_hi));
+                    isum[t] = _mm256_add_epi32(isum[t], scaled);
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i));
+            let mins: [__m256i; 4] = std::array::from_fn(|k| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(pb.add(MIN_AT + 16 * k) as *const __m128i))
+            });
+            for t in 0..T {
+                let ys = a[t].ysum.as_ptr() as *const i32;
+                let mut msum = _mm256_setzero_si256();
+                for (k, mk) in mins.iter().enumerate() {
+                    msum = _mm256_dpwssd_epi32(msum, *mk, _mm256_set1_epi32(ys.add(k).read_unaligned()));
+                }
+                let dy = _mm256_set1_ps(a[t].d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
+            }
+            pb = pb.add(Q4K_PANEL_BLOCK_BYTES);
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * out_stride), *acc_t);
+        }
+    }
+
+    /// As `tile_q4k`, for Q6_K panels.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn tile_q6k<const T: usize>(
+        panel: &[u8],
+        acts: &[Q8KBlock],
+        blocks: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        debug_assert!(panel.len() >= blocks * Q6K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
+        let low = _mm256_set1_epi8(0x0F);
+        let two_bits = _mm256_set1_epi8(0x30);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut pb = panel.as_ptr();
+        for b in 0..blocks {
+            for line in (0..Q6K_PANEL_BLOCK_BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
+            }
+            let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
+            let mut isum = [_mm256_setzero_si256(); T];
+            for h in 0..2 {
+                for j in 0..4 {
+                    let s0 = 8 * h + 2 * j; // the sub-blocks of positions 0..16 and 16..32
+                    let mut sa: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[s0] as i32));
+                    let mut sb: [__m256i; T] =
+                        std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[s0 + 1] as i32));
+                    for g in 0..8 {
+                        let ql =
+                            _mm256_loadu_si256(pb.add(Q6_QL_AT + ((h * 2 + j % 2) * 8 + g) * 32) as *const __m256i);
+                        let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + (h * 8 + g) * 32) as *const __m256i);
+                        let lo = if j < 2 {
+                            _mm256_and_si256(ql, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
+                        };
+                        // qh bits 2j, 2j+1 of each byte to bits 4, 5.
+                        let hi = match j {
+                            0 => _mm256_slli_epi16(qh, 4),
+                            1 => _mm256_slli_epi16(qh, 2),
+                            2 => qh,
+                            _ => _mm256_srli_epi16(qh, 2),
+                        };
+                        let w = _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits));
+                        for t in 0..T {
+                            let y = _mm256_set1_epi32(
+                                (a[t].qs.as_ptr().add(128 * h + 32 * j + 4 * g) as *const i32).read_unaligned(),
+                            );
+                            if g < 4 {
+                                sa[t] = _mm256_dpbusd_epi32(sa[t], w, y);
+                            } else {
+                                sb[t] = _mm256_dpbusd_epi32(sb[t], w, y);
+                            }
+                        }
+                    }
+                    let sc_a = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * s0) as *const __m128i));
+                    let sc_b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * (s0 + 1)) as *const __m128i));
+                    for t in 0..T {
+                        let scaled = _mm256_add_epi32(_mm256_mullo_epi32(sa[t], sc_a), _mm256_mullo_epi32(sb[t], sc_b));
+                        isum[t] = _mm256_add_epi32(isum[t], scaled);
+                    }
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+            for t in 0..T {
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(isum[t]),
+                    _mm256_mul_ps(d, _mm256_set1_ps(a[t].d)),
+                    acc[t],
+                );
+            }
+            pb = pb.add(Q6K_PANEL_BLOCK_BYTES);
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * out_stride), *acc_t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Against candle's Q4_K and Q6_K kernels (its Q8_K activations are llama.cpp's
+    /// reference quantizer, as ours): the same integer sums, so the products
+    /// agree to float rounding; against the f32 product within ggml's
+    /// activation-rounding bound; the blocks survive the panel round trip
+    /// and embedding rows equal candle's dequantization bit for bit.
+    #[test]
+    fn kquant_panels_match_candle_and_f32() {
+        if !super::super::legacy_panels::available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            for (rows, m) in [(16, 1), (24, 3), (8, 4), (64, 70)] {
+                let w = Tensor::randn(0f32, 1.0, (rows, 512), &dev).unwrap();
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let mat = KQuantMatrix::from_qtensor(&q).unwrap().unwrap();
+                assert_eq!(mat.to_qtensor().unwrap().data().unwrap(), q.data().unwrap());
+                let ids = Tensor::new(&[5u32, 0, (rows - 1) as u32], &dev).unwrap();
+                let want_rows = q.dequantize(&dev).unwrap().index_select(&ids, 0).unwrap();
+                assert_eq!(
+                    mat.rows(&ids).unwrap().to_vec2::<f32>().unwrap(),
+                    want_rows.to_vec2::<f32>().unwrap()
+                );
+
+                let x = Tensor::randn(0f32, 1.0, (m, 512), &dev).unwrap();
+                let got = mat.matmul(&x).unwrap();
+                let candle =
+                    candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
+                let theirs = candle_core::Module::forward(&candle, &x).unwrap();
+                let scale = max_abs(&theirs);
+                let err = max_abs(&(&got - &theirs).unwrap());
+                assert!(
+                    err < 1e-4 * scale,
+                    "{dtype:?} {rows}x{m}: {err} from candle's product (scale {scale})"
+                );
+                let exact = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+                let err = max_abs(&(&got - &exact).unwrap());
+                assert!(
+                    err < 0.02 * scale,
+                    "{dtype:?} {rows}x{m}: {err} from the f32 product (scale {scale})"
+                );
+            }
+        }
+    }
+}
