@@ -83,8 +83,8 @@ const Q6_SC_AT: usize = 16;
 const Q6_QL_AT: usize = 144;
 const Q6_QH_AT: usize = 1168;
 
-/// Tokens a tile keeps accumulators for (each needs four registers).
-const TILE: usize = 4;
+/// Tokens a tile keeps accumulators for (three registers each).
+const TILE: usize = 8;
 const TOKEN_CHUNK: usize = 64;
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -262,15 +262,11 @@ fn dequantize_q6k(blk: &[u8], out: &mut [f32]) {
 }
 
 /// llama.cpp's `quantize_row_q8_K_ref` for 256 values: scale −127/max of
-/// the value of largest magnitude, round half to even, clamp at 127.
+/// the value of largest magnitude (the first such), round half to even,
+/// clamp at 127.
 fn quantize_q8k(x: &[f32]) -> Q8KBlock {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in &x[..QK_K] {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let x = &x[..QK_K];
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let mut b = Q8KBlock {
         d: 0.0,
         ysum: [0; 8],
@@ -280,10 +276,17 @@ fn quantize_q8k(x: &[f32]) -> Q8KBlock {
     if amax == 0.0 {
         return b;
     }
+    let max = *x.iter().find(|v| v.abs() == amax).expect("amax is one of the values");
     let iscale = -127.0 / max;
-    for (q, v) in b.qs.iter_mut().zip(x) {
-        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    #[cfg(target_arch = "x86_64")]
+    if super::legacy_quant::has_avx2() {
+        // SAFETY: AVX2 detected; both slices hold 256 values.
+        unsafe { avx2_round(x, iscale, &mut b.qs) };
+    } else {
+        round_scalar(x, iscale, &mut b.qs);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    round_scalar(x, iscale, &mut b.qs);
     for (s, sum) in b.bsum.iter_mut().enumerate() {
         *sum = b.qs[16 * s..16 * s + 16].iter().map(|&q| q as i16).sum();
     }
@@ -292,6 +295,34 @@ fn quantize_q8k(x: &[f32]) -> Q8KBlock {
     }
     b.d = 1.0 / iscale;
     b
+}
+
+fn round_scalar(x: &[f32], iscale: f32, qs: &mut [i8; QK_K]) {
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+}
+
+/// `round_scalar` eight lanes at a time (the same products and rounding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_round(x: &[f32], iscale: f32, qs: &mut [i8; QK_K]) {
+    use std::arch::x86_64::*;
+    let s = _mm256_set1_ps(iscale);
+    let top = _mm256_set1_epi32(127);
+    for (c, out) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)) {
+        let q: [__m256i; 4] = std::array::from_fn(|k| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr().add(8 * k)), s);
+            _mm256_min_epi32(
+                _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+                top,
+            )
+        });
+        // i32 -> i16 -> i8 packs interleave 128-bit lanes; the permute restores order.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, packed);
+    }
 }
 
 /// A (rows, cols) Q4_K or Q6_K matrix in 8-row panels.
@@ -415,7 +446,9 @@ impl KQuantMatrix {
                     let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
                     let mut tt = t0;
                     while tt < t0 + tn {
-                        let n = TILE.min(t0 + tn - tt);
+                        // Full tiles of 8, then a remainder as 4 + 2 + 1.
+                        let left = t0 + tn - tt;
+                        let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= left).unwrap_or(1);
                         let a = &acts[tt * blocks..(tt + n) * blocks];
                         let o = out_ptr.at(tt * rows + p * PANEL);
                         // SAFETY: panels are only built where the CPU has the features
@@ -423,12 +456,12 @@ impl KQuantMatrix {
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             match (kind, n) {
+                                (KKind::Q4K, 8) => vnni::tile_q4k::<8>(panel, a, blocks, o, rows),
                                 (KKind::Q4K, 4) => vnni::tile_q4k::<4>(panel, a, blocks, o, rows),
-                                (KKind::Q4K, 3) => vnni::tile_q4k::<3>(panel, a, blocks, o, rows),
                                 (KKind::Q4K, 2) => vnni::tile_q4k::<2>(panel, a, blocks, o, rows),
                                 (KKind::Q4K, _) => vnni::tile_q4k::<1>(panel, a, blocks, o, rows),
+                                (KKind::Q6K, 8) => vnni::tile_q6k::<8>(panel, a, blocks, o, rows),
                                 (KKind::Q6K, 4) => vnni::tile_q6k::<4>(panel, a, blocks, o, rows),
-                                (KKind::Q6K, 3) => vnni::tile_q6k::<3>(panel, a, blocks, o, rows),
                                 (KKind::Q6K, 2) => vnni::tile_q6k::<2>(panel, a, blocks, o, rows),
                                 (KKind::Q6K, _) => vnni::tile_q6k::<1>(panel, a, blocks, o, rows),
                             }
@@ -475,25 +508,26 @@ mod vnni {
             }
             let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
             let mut isum = [_mm256_setzero_si256(); T];
-            for p in 0..4 {
-                let mut s_lo = [_mm256_setzero_si256(); T];
-                let mut s_hi = [_mm256_setzero_si256(); T];
+            // One sub-block (one nibble half of 32 bytes) at a time, so that a
+            // tile of eight tokens keeps its sums in registers.
+            for sub in 0..8 {
+                let (p, half) = (sub / 2, sub % 2);
+                let mut sums = [_mm256_setzero_si256(); T];
                 for g in 0..8 {
                     let w = _mm256_loadu_si256(pb.add(QS_AT + (p * 8 + g) * 32) as *const __m256i);
-                    let lo = _mm256_and_si256(w, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low);
+                    let w = if half == 0 {
+                        _mm256_and_si256(w, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(w, 4), low)
+                    };
                     for t in 0..T {
-                        let y = a[t].qs.as_ptr().add(64 * p + 4 * g) as *const i32;
-                        s_lo[t] = _mm256_dpbusd_epi32(s_lo[t], lo, _mm256_set1_epi32(y.read_unaligned()));
-                        s_hi[t] = _mm256_dpbusd_epi32(s_hi[t], hi, _mm256_set1_epi32(y.add(8).read_unaligned()));
+                        let y = a[t].qs.as_ptr().add(64 * p + 32 * half + 4 * g) as *const i32;
+                        sums[t] = _mm256_dpbusd_epi32(sums[t], w, _mm256_set1_epi32(y.read_unaligned()));
                     }
                 }
-                let sc_lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64(pb.add(SC_AT + 16 * p) as *const __m128i));
-                let sc_hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(pb.add(SC_AT + 16 * p + 8) as *const __m128i));
+                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(pb.add(SC_AT + 8 * sub) as *const __m128i));
                 for t in 0..T {
-                    let scaled =
-                        _mm256_add_epi32(_mm256_mullo_epi32(s_lo[t], sc_lo), _mm256_mullo_epi32(s_hi[t], sc_hi));
-                    isum[t] = _mm256_add_epi32(isum[t], scaled);
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(sums[t], sc));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
@@ -538,46 +572,35 @@ mod vnni {
             }
             let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
             let mut isum = [_mm256_setzero_si256(); T];
-            for h in 0..2 {
-                for j in 0..4 {
-                    let s0 = 8 * h + 2 * j; // the sub-blocks of positions 0..16 and 16..32
-                    let mut sa: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[s0] as i32));
-                    let mut sb: [__m256i; T] =
-                        std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[s0 + 1] as i32));
-                    for g in 0..8 {
-                        let ql =
-                            _mm256_loadu_si256(pb.add(Q6_QL_AT + ((h * 2 + j % 2) * 8 + g) * 32) as *const __m256i);
-                        let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + (h * 8 + g) * 32) as *const __m256i);
-                        let lo = if j < 2 {
-                            _mm256_and_si256(ql, low)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
-                        };
-                        // qh bits 2j, 2j+1 of each byte to bits 4, 5.
-                        let hi = match j {
-                            0 => _mm256_slli_epi16(qh, 4),
-                            1 => _mm256_slli_epi16(qh, 2),
-                            2 => qh,
-                            _ => _mm256_srli_epi16(qh, 2),
-                        };
-                        let w = _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits));
-                        for t in 0..T {
-                            let y = _mm256_set1_epi32(
-                                (a[t].qs.as_ptr().add(128 * h + 32 * j + 4 * g) as *const i32).read_unaligned(),
-                            );
-                            if g < 4 {
-                                sa[t] = _mm256_dpbusd_epi32(sa[t], w, y);
-                            } else {
-                                sb[t] = _mm256_dpbusd_epi32(sb[t], w, y);
-                            }
-                        }
-                    }
-                    let sc_a = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * s0) as *const __m128i));
-                    let sc_b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * (s0 + 1)) as *const __m128i));
+            // One 16-weight sub-block at a time (half h, quarter j, positions
+            // 16·(sub % 2)..), so that a tile of eight tokens keeps its sums in registers.
+            for sub in 0..16 {
+                let (h, j, part) = (sub / 8, (sub % 8) / 2, sub % 2);
+                let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[sub] as i32));
+                for g in 4 * part..4 * part + 4 {
+                    let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + ((h * 2 + j % 2) * 8 + g) * 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + (h * 8 + g) * 32) as *const __m256i);
+                    let lo = if j < 2 {
+                        _mm256_and_si256(ql, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
+                    };
+                    // qh bits 2j, 2j+1 of each byte to bits 4, 5.
+                    let hi = match j {
+                        0 => _mm256_slli_epi16(qh, 4),
+                        1 => _mm256_slli_epi16(qh, 2),
+                        2 => qh,
+                        _ => _mm256_srli_epi16(qh, 2),
+                    };
+                    let w = _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits));
                     for t in 0..T {
-                        let scaled = _mm256_add_epi32(_mm256_mullo_epi32(sa[t], sc_a), _mm256_mullo_epi32(sb[t], sc_b));
-                        isum[t] = _mm256_add_epi32(isum[t], scaled);
+                        let y = a[t].qs.as_ptr().add(128 * h + 32 * j + 4 * g) as *const i32;
+                        sums[t] = _mm256_dpbusd_epi32(sums[t], w, _mm256_set1_epi32(y.read_unaligned()));
                     }
+                }
+                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * sub) as *const __m128i));
+                for t in 0..T {
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(sums[t], sc));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
@@ -610,6 +633,24 @@ mod tests {
     /// agree to float rounding; against the f32 product within ggml's
     /// activation-rounding bound; the blocks survive the panel round trip
     /// and embedding rows equal candle's dequantization bit for bit.
+    /// The SIMD rounding gives the scalar one's quants, exact halves included.
+    #[test]
+    fn q8k_simd_rounding_matches_scalar() {
+        if !super::super::legacy_quant::has_avx2() {
+            return;
+        }
+        let mut x: Vec<f32> = (0..QK_K).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+        x[0] = -127.0; // iscale 1: every k + 0.5 below is an exact tie
+        for (i, v) in x.iter_mut().enumerate().skip(1).take(40) {
+            *v = i as f32 - 20.5;
+        }
+        let iscale = -127.0 / x[0];
+        let (mut a, mut b) = ([0i8; QK_K], [0i8; QK_K]);
+        round_scalar(&x, iscale, &mut a);
+        unsafe { avx2_round(&x, iscale, &mut b) };
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn kquant_panels_match_candle_and_f32() {
         if !super::super::legacy_panels::available() {
