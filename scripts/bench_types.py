@@ -60,7 +60,8 @@ def main() -> int:
             js = pathlib.Path(td) / f"{t}.json"
             subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--gguf", str(out), "--threads",
                             str(args.threads), "--reps", str(args.reps), "--decode", str(args.decode),
-                            "--prompt-lens", "128", "--llamacpp-python", args.llamacpp_python, "--json", str(js)],
+                            "--prompt-lens", "128", "--decode-after", "16", "--concurrent", "0",
+                            "--llamacpp-python", args.llamacpp_python, "--json", str(js)],
                            check=True, capture_output=True)
             med = json.loads(js.read_text())["median"]
             m, l = med["mistralrs"], med["llama.cpp"]
