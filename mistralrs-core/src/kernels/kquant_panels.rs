@@ -36,8 +36,7 @@ use candle_core::{DType, Result, Storage, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-use super::legacy_panels::PANEL;
-use super::OutPtr;
+use super::panel_product::{self, PANEL, TILE};
 
 pub(crate) const QK_K: usize = 256;
 /// The K-quant types with panel kernels.
@@ -82,11 +81,6 @@ const Q6K_PANEL_BLOCK_BYTES: usize = 1680;
 const Q6_SC_AT: usize = 16;
 const Q6_QL_AT: usize = 144;
 const Q6_QH_AT: usize = 1168;
-
-/// Tokens a tile keeps accumulators for (three registers each).
-const TILE: usize = 8;
-const TOKEN_CHUNK: usize = 64;
-const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// One activation super-block as llama.cpp's Q8_K: `x ≈ d·qs`, and the
 /// sums of its quants over each 32 (Q4_K's sub-blocks) and each 16 (Q6_K's,
@@ -430,55 +424,36 @@ impl KQuantMatrix {
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
 
-    /// As `LegacyQuantMatrix::panel_product`: tasks take ranges of panels
-    /// and walk them once per chunk of tokens.
+    /// The panels against every token, tiles of 8 then a remainder as 4 + 2 + 1.
     fn product(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
         let blocks = self.cols / QK_K;
         let panel_bytes = blocks * self.kind.panel_block_bytes();
-        let kind = self.kind;
-        let panels = self.rows / PANEL;
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let rows = self.rows;
-        let task = |first: usize, last: usize| {
-            for t0 in (0..m).step_by(TOKEN_CHUNK) {
-                let tn = TOKEN_CHUNK.min(m - t0);
-                for p in first..last {
-                    let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
-                    let mut tt = t0;
-                    while tt < t0 + tn {
-                        // Full tiles of 8, then a remainder as 4 + 2 + 1.
-                        let left = t0 + tn - tt;
-                        let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= left).unwrap_or(1);
-                        let a = &acts[tt * blocks..(tt + n) * blocks];
-                        let o = out_ptr.at(tt * rows + p * PANEL);
-                        // SAFETY: panels are only built where the CPU has the features
-                        // (`from_qtensor`); tasks write disjoint (token, 8-row) cells.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            match (kind, n) {
-                                (KKind::Q4K, 8) => vnni::tile_q4k::<8>(panel, a, blocks, o, rows),
-                                (KKind::Q4K, 4) => vnni::tile_q4k::<4>(panel, a, blocks, o, rows),
-                                (KKind::Q4K, 2) => vnni::tile_q4k::<2>(panel, a, blocks, o, rows),
-                                (KKind::Q4K, _) => vnni::tile_q4k::<1>(panel, a, blocks, o, rows),
-                                (KKind::Q6K, 8) => vnni::tile_q6k::<8>(panel, a, blocks, o, rows),
-                                (KKind::Q6K, 4) => vnni::tile_q6k::<4>(panel, a, blocks, o, rows),
-                                (KKind::Q6K, 2) => vnni::tile_q6k::<2>(panel, a, blocks, o, rows),
-                                (KKind::Q6K, _) => vnni::tile_q6k::<1>(panel, a, blocks, o, rows),
-                            }
-                        }
-                        tt += n;
+        let (kind, rows) = (self.kind, self.rows);
+        panel_product::for_each_tile(rows, self.cols, m, out, |p, first, tokens, cell| {
+            let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
+            let mut done = 0;
+            while done < tokens {
+                let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= tokens - done).unwrap_or(1);
+                let a = &acts[(first + done) * blocks..(first + done + n) * blocks];
+                let o = cell.at(done * rows);
+                // SAFETY: panels are only built where the CPU has the features
+                // (`from_qtensor`); the driver hands each call its own cells.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    match (kind, n) {
+                        (KKind::Q4K, 8) => vnni::tile_q4k::<8>(panel, a, blocks, o, rows),
+                        (KKind::Q4K, 4) => vnni::tile_q4k::<4>(panel, a, blocks, o, rows),
+                        (KKind::Q4K, 2) => vnni::tile_q4k::<2>(panel, a, blocks, o, rows),
+                        (KKind::Q4K, _) => vnni::tile_q4k::<1>(panel, a, blocks, o, rows),
+                        (KKind::Q6K, 8) => vnni::tile_q6k::<8>(panel, a, blocks, o, rows),
+                        (KKind::Q6K, 4) => vnni::tile_q6k::<4>(panel, a, blocks, o, rows),
+                        (KKind::Q6K, 2) => vnni::tile_q6k::<2>(panel, a, blocks, o, rows),
+                        (KKind::Q6K, _) => vnni::tile_q6k::<1>(panel, a, blocks, o, rows),
                     }
                 }
+                done += n;
             }
-        };
-        if self.rows * m * self.cols < PARALLEL_MIN_MACS {
-            task(0, panels);
-        } else {
-            let tasks = (4 * rayon::current_num_threads()).min(panels);
-            (0..tasks)
-                .into_par_iter()
-                .for_each(|i| task(i * panels / tasks, (i + 1) * panels / tasks));
-        }
+        });
     }
 }
 

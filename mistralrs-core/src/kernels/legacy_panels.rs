@@ -24,8 +24,7 @@
 
 use super::legacy_quant::{Kind, Q8Block};
 
-/// Rows in a panel.
-pub(crate) const PANEL: usize = 8;
+pub(crate) use super::panel_product::{PANEL, TILE};
 
 /// Bytes of one panel-block (8 rows × one 32-weight block).
 pub(crate) fn panel_block_bytes(kind: Kind) -> usize {
@@ -153,8 +152,6 @@ pub(crate) fn row_blocks(kind: Kind, panels: &[u8], r: usize, blocks: usize, out
     }
 }
 
-/// Tokens a tile keeps accumulators for while it walks a panel.
-pub(crate) const TILE: usize = 8;
 
 /// `out[t * out_stride + r]` (r < PANEL) = panel row r . token t's
 /// activations, for the `tokens` (<= TILE) tokens of `acts` (`blocks`

@@ -13,17 +13,14 @@ use candle_core::{DType, Result, Storage, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-use super::legacy_panels::{self, PANEL, TILE};
-use super::OutPtr;
+use super::legacy_panels::{self, PANEL};
+use super::panel_product;
 
 pub(crate) const QK: usize = 32;
 
 /// Products smaller than this (multiply-adds) are not split across threads:
 /// waking the pool costs more than they do (decode steps are hundreds of them).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
-
-/// Tokens whose activations a thread keeps hot (in L2) while it walks its panels.
-const TOKEN_CHUNK: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Kind {
@@ -233,41 +230,12 @@ impl LegacyQuantMatrix {
     fn panel_product(&self, acts: &[Q8Block], m: usize, out: &mut [f32]) {
         let blocks = self.cols / QK;
         let panel_bytes = blocks * legacy_panels::panel_block_bytes(self.kind);
-        let panels = self.rows / PANEL;
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let rows = self.rows;
-        let task = |first: usize, last: usize| {
-            for t0 in (0..m).step_by(TOKEN_CHUNK) {
-                let tn = TOKEN_CHUNK.min(m - t0);
-                for p in first..last {
-                    let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
-                    for tt in (t0..t0 + tn).step_by(TILE) {
-                        let n = TILE.min(t0 + tn - tt);
-                        // SAFETY: the path is only chosen where the CPU has the
-                        // features; tasks write disjoint (token, 8-row) cells of `out`.
-                        unsafe {
-                            legacy_panels::panel_dot(
-                                self.kind,
-                                panel,
-                                &acts[tt * blocks..],
-                                blocks,
-                                n,
-                                out_ptr.at(tt * rows + p * PANEL),
-                                rows,
-                            )
-                        };
-                    }
-                }
-            }
-        };
-        if self.rows * m * self.cols < PARALLEL_MIN_MACS {
-            task(0, panels);
-        } else {
-            let tasks = (4 * rayon::current_num_threads()).min(panels);
-            (0..tasks)
-                .into_par_iter()
-                .for_each(|i| task(i * panels / tasks, (i + 1) * panels / tasks));
-        }
+        panel_product::for_each_tile(self.rows, self.cols, m, out, |p, first, tokens, cell| {
+            let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
+            // SAFETY: the path is only chosen where the CPU has the features;
+            // the driver hands each call its own (tokens, 8-row) cells.
+            unsafe { legacy_panels::panel_dot(self.kind, panel, &acts[first * blocks..], blocks, tokens, cell.0, self.rows) };
+        });
     }
 
     /// `out` (m, rows) from the row layout: one weight row at a time against

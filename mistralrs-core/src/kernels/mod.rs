@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub(crate) mod legacy_panels;
+mod panel_product;
 pub mod legacy_quant;
 pub mod kquant_panels;
 pub mod quantize_q6k;

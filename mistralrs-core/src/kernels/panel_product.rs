@@ -1,0 +1,55 @@
+//! The loop shared by every panel kernel (`legacy_panels.rs`,
+//! `kquant_panels.rs`): an (m, rows) product of 8-row weight panels and
+//! quantized activations, split across the thread pool by ranges of panels.
+//! Each task walks its panels once per chunk of tokens, so the chunk's
+//! activations stay in cache while the panels stream past.
+
+use rayon::prelude::*;
+
+use super::OutPtr;
+
+/// Rows in a panel.
+pub(crate) const PANEL: usize = 8;
+
+/// Tokens a kernel call takes at most.
+pub(crate) const TILE: usize = 8;
+
+/// Tokens whose activations a task keeps hot (in L2) while it walks its panels.
+const TOKEN_CHUNK: usize = 64;
+
+/// Products smaller than this (multiply-adds) are not split across threads:
+/// waking the pool costs more than they do (decode steps are hundreds of them).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// For every panel `p` and tile of at most TILE tokens from `first` on,
+/// `tile(p, first, tokens, cell)` with `cell` at out[first][8p]; `out`
+/// is (m, rows) row-major and each call writes only its (tokens, 8) cells.
+pub(crate) fn for_each_tile(
+    rows: usize,
+    cols: usize,
+    m: usize,
+    out: &mut [f32],
+    tile: impl Fn(usize, usize, usize, OutPtr) + Sync,
+) {
+    assert!(rows.is_multiple_of(PANEL) && out.len() >= m * rows);
+    let panels = rows / PANEL;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |first_panel: usize, last_panel: usize| {
+        for t0 in (0..m).step_by(TOKEN_CHUNK) {
+            let tn = TOKEN_CHUNK.min(m - t0);
+            for p in first_panel..last_panel {
+                for tt in (t0..t0 + tn).step_by(TILE) {
+                    tile(p, tt, TILE.min(t0 + tn - tt), OutPtr(out_ptr.at(tt * rows + p * PANEL)));
+                }
+            }
+        }
+    };
+    if rows * m * cols < PARALLEL_MIN_MACS {
+        task(0, panels);
+    } else {
+        let tasks = (4 * rayon::current_num_threads()).min(panels);
+        (0..tasks)
+            .into_par_iter()
+            .for_each(|i| task(i * panels / tasks, (i + 1) * panels / tasks));
+    }
+}
