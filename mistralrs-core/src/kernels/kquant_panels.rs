@@ -32,7 +32,7 @@
 //! by starting each sub-block's sum at −32·Σy (Q8_K's per-16 sums).
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
@@ -399,26 +399,14 @@ impl KQuantMatrix {
 
     /// `x`: (tokens, cols) -> (tokens, rows).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let (m, k) = x.dims2()?;
-        if k != self.cols {
-            candle_core::bail!("matmul: input has {k} columns, the weight {}", self.cols);
-        }
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        let acts: Vec<Q8KBlock> = {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                candle_core::bail!("K-quant matmul runs on the CPU")
-            };
-            let Some((start, end)) = layout.contiguous_offsets() else {
-                candle_core::bail!("matmul: input not contiguous")
-            };
-            let xs = &cpu.as_slice::<f32>()?[start..end];
-            if m >= 16 {
+        let (acts, m) = panel_product::with_f32_rows(x, self.cols, |xs, m| {
+            let acts: Vec<Q8KBlock> = if m >= 16 {
                 xs.par_chunks_exact(QK_K).map(quantize_q8k).collect()
             } else {
                 xs.chunks_exact(QK_K).map(quantize_q8k).collect()
-            }
-        };
+            };
+            (acts, m)
+        })?;
         let mut out = vec![0f32; m * self.rows];
         self.product(&acts, m, &mut out);
         Tensor::from_vec(out, (m, self.rows), x.device())

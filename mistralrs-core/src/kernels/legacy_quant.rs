@@ -9,7 +9,7 @@
 //! - scalar, anywhere else.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
@@ -189,21 +189,7 @@ impl LegacyQuantMatrix {
 
     /// `x`: (tokens, cols) f32 -> (tokens, rows).
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let (m, k) = x.dims2()?;
-        if k != self.cols {
-            candle_core::bail!("matmul: input has {k} columns, the weight {}", self.cols);
-        }
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        let acts = {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                candle_core::bail!("legacy quantized matmul runs on the CPU")
-            };
-            let Some((start, end)) = layout.contiguous_offsets() else {
-                candle_core::bail!("matmul: input not contiguous")
-            };
-            self.quantize_acts(&cpu.as_slice::<f32>()?[start..end])
-        };
+        let (acts, m) = panel_product::with_f32_rows(x, self.cols, |xs, m| (self.quantize_acts(xs), m))?;
         let mut out = vec![0f32; m * self.rows];
         if self.path == Path::Panels {
             self.panel_product(&acts, m, &mut out);

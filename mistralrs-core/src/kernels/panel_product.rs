@@ -4,6 +4,7 @@
 //! Each task walks its panels once per chunk of tokens, so the chunk's
 //! activations stay in cache while the panels stream past.
 
+use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::OutPtr;
@@ -52,4 +53,18 @@ pub(crate) fn for_each_tile(
             .into_par_iter()
             .for_each(|i| task(i * panels / tasks, (i + 1) * panels / tasks));
     }
+}
+
+/// `x` (m, cols) as f32 rows on the CPU, handed to `f` as one slice with
+/// m: the input side shared by the quantized matmuls.
+pub(crate) fn with_f32_rows<T>(x: &Tensor, cols: usize, f: impl FnOnce(&[f32], usize) -> T) -> Result<T> {
+    let (m, k) = x.dims2()?;
+    if k != cols {
+        candle_core::bail!("matmul: input has {k} columns, the weight {cols}");
+    }
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("quantized matmul kernels run on the CPU") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("matmul: input not contiguous") };
+    Ok(f(&cpu.as_slice::<f32>()?[start..end], m))
 }
