@@ -37,6 +37,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::panel_product::{self, PANEL, TILE};
+use super::StoredRows;
 
 pub(crate) const QK_K: usize = 256;
 /// The K-quant types with panel kernels.
@@ -49,8 +50,8 @@ enum KKind {
 impl KKind {
     fn block_bytes(self) -> usize {
         match self {
-            KKind::Q4K => 144,
-            KKind::Q6K => 210,
+            KKind::Q4K => Q4K_BLOCK,
+            KKind::Q6K => Q6K_BLOCK,
         }
     }
 
@@ -77,6 +78,7 @@ const MIN_AT: usize = 96;
 const QS_AT: usize = 160;
 
 // Q6_K panel-block layout.
+const Q6K_BLOCK: usize = 210;
 const Q6K_PANEL_BLOCK_BYTES: usize = 1680;
 const Q6_SC_AT: usize = 16;
 const Q6_QL_AT: usize = 144;
@@ -119,14 +121,16 @@ fn packed_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
 }
 
 /// Q4_K: original blocks, row by row -> panels.
-fn repack_q4k(data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+fn repack_q4k(src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
     let mut out = vec![0u8; rows / PANEL * blocks * Q4K_PANEL_BLOCK_BYTES];
     out.par_chunks_mut(blocks * Q4K_PANEL_BLOCK_BYTES)
         .enumerate()
         .for_each(|(p, panel)| {
+            let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
             for (b, o) in panel.chunks_exact_mut(Q4K_PANEL_BLOCK_BYTES).enumerate() {
+                let o: &mut [u8; Q4K_PANEL_BLOCK_BYTES] = o.try_into().expect("panel-block");
                 for r in 0..PANEL {
-                    let blk = &data[((p * PANEL + r) * blocks + b) * Q4K_BLOCK..][..Q4K_BLOCK];
+                    let blk: &[u8; Q4K_BLOCK] = row[r][b * Q4K_BLOCK..(b + 1) * Q4K_BLOCK].try_into().expect("block");
                     o[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
                     o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&blk[2..4]);
                     for s in 0..8 {
@@ -178,15 +182,16 @@ fn dequantize_q4k(blk: &[u8], out: &mut [f32]) {
 }
 
 /// Q6_K: original blocks (ql 128 | qh 64 | scales 16 | d 2), row by row -> panels.
-fn repack_q6k(data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
-    let bb = KKind::Q6K.block_bytes();
+fn repack_q6k(src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
     let mut out = vec![0u8; rows / PANEL * blocks * Q6K_PANEL_BLOCK_BYTES];
     out.par_chunks_mut(blocks * Q6K_PANEL_BLOCK_BYTES)
         .enumerate()
         .for_each(|(p, panel)| {
+            let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
             for (b, o) in panel.chunks_exact_mut(Q6K_PANEL_BLOCK_BYTES).enumerate() {
+                let o: &mut [u8; Q6K_PANEL_BLOCK_BYTES] = o.try_into().expect("panel-block");
                 for r in 0..PANEL {
-                    let blk = &data[((p * PANEL + r) * blocks + b) * bb..][..bb];
+                    let blk: &[u8; Q6K_BLOCK] = row[r][b * Q6K_BLOCK..(b + 1) * Q6K_BLOCK].try_into().expect("block");
                     q6k_lane(r, |o_at, b_at, n| {
                         o[o_at..o_at + n].copy_from_slice(&blk[b_at..b_at + n])
                     });
@@ -328,29 +333,38 @@ pub struct KQuantMatrix {
     cols: usize,
 }
 
+fn kind_of(dtype: GgmlDType) -> Option<KKind> {
+    match dtype {
+        GgmlDType::Q4K => Some(KKind::Q4K),
+        GgmlDType::Q6K => Some(KKind::Q6K),
+        _ => None,
+    }
+}
+
 impl KQuantMatrix {
     /// Some(matrix) for a 2-D Q4_K or Q6_K tensor on the CPU where the
     /// panel kernels run and the rows fill panels; None otherwise (candle's kernels).
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-        let kind = match t.dtype() {
-            GgmlDType::Q4K => KKind::Q4K,
-            GgmlDType::Q6K => KKind::Q6K,
-            _ => return Ok(None),
-        };
-        if !t.device().is_cpu() || !super::legacy_panels::available() {
-            return Ok(None);
-        }
-        let Ok((rows, cols)) = t.shape().dims2() else {
+        let (Some(kind), true, Ok((rows, cols))) = (kind_of(t.dtype()), t.device().is_cpu(), t.shape().dims2()) else {
             return Ok(None);
         };
-        if rows % PANEL != 0 || cols % QK_K != 0 {
-            return Ok(None);
+        let data = t.data()?;
+        Ok(StoredRows::new(&data, cols / QK_K * kind.block_bytes(), None)
+            .and_then(|src| Self::from_stored(t.dtype(), &src, rows, cols)))
+    }
+
+    /// Some(matrix) for (rows, cols) stored blocks of `dtype` where the panel
+    /// kernels run and the rows fill panels; None otherwise.
+    pub fn from_stored(dtype: GgmlDType, src: &StoredRows, rows: usize, cols: usize) -> Option<Self> {
+        let kind = kind_of(dtype)?;
+        if !super::legacy_panels::available() || rows % PANEL != 0 || cols % QK_K != 0 || src.rows() != rows {
+            return None;
         }
         let data = match kind {
-            KKind::Q4K => repack_q4k(&t.data()?, rows, cols / QK_K),
-            KKind::Q6K => repack_q6k(&t.data()?, rows, cols / QK_K),
+            KKind::Q4K => repack_q4k(src, rows, cols / QK_K),
+            KKind::Q6K => repack_q6k(src, rows, cols / QK_K),
         };
-        Ok(Some(Self { kind, data, rows, cols }))
+        Some(Self { kind, data, rows, cols })
     }
 
     /// Row `r`'s original blocks, into `out`.

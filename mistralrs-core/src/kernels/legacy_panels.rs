@@ -23,6 +23,7 @@
 //! start each block's sum at -offset·Σy, precomputed with the activations.
 
 use super::legacy_quant::{Kind, Q8Block};
+use super::StoredRows;
 
 pub(crate) use super::panel_product::{PANEL, TILE};
 
@@ -57,14 +58,26 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `data`: (rows, blocks) original blocks row by row, `rows` a multiple of
+/// `src`: (rows, blocks) original blocks, `rows` a multiple of
 /// PANEL -> the panel layout (same size). Panels are independent, so they
 /// are filled in parallel (this runs at load, over every weight).
-pub(crate) fn repack(kind: Kind, data: &[u8], rows: usize, blocks: usize) -> Vec<u8> {
+pub(crate) fn repack(kind: Kind, src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
+    match kind {
+        Kind::Q4_0 => repack_as::<18, { 8 * 18 }>(kind, src, rows, blocks),
+        Kind::Q4_1 => repack_as::<20, { 8 * 20 }>(kind, src, rows, blocks),
+        Kind::Q5_0 => repack_as::<22, { 8 * 22 }>(kind, src, rows, blocks),
+        Kind::Q5_1 => repack_as::<24, { 8 * 24 }>(kind, src, rows, blocks),
+        Kind::Q8_0 => repack_as::<34, { 8 * 34 }>(kind, src, rows, blocks),
+    }
+}
+
+/// `repack` for blocks of BB bytes (panel-blocks of PBB = 8 BB), with the
+/// sizes known at compile time so the byte moves need no bounds checks
+/// (load time is mostly this loop).
+fn repack_as<const BB: usize, const PBB: usize>(kind: Kind, src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
     use rayon::prelude::*;
-    let bb = kind.block_bytes();
-    let pbb = panel_block_bytes(kind);
-    let mut out = vec![0u8; rows * blocks * bb];
+    assert!(BB == kind.block_bytes() && PBB == panel_block_bytes(kind));
+    let mut out = vec![0u8; rows * blocks * BB];
     let (qh_at, qs_at) = match kind {
         Kind::Q4_0 | Kind::Q8_0 => (None, 2),
         Kind::Q4_1 => (None, 4),
@@ -72,22 +85,25 @@ pub(crate) fn repack(kind: Kind, data: &[u8], rows: usize, blocks: usize) -> Vec
         Kind::Q5_1 => (Some(4), 8),
     };
     let (groups, flip) = if kind == Kind::Q8_0 { (8, 0x80) } else { (4, 0) };
-    out.par_chunks_mut(blocks * pbb).enumerate().for_each(|(p, panel)| {
-        for (b, o) in panel.chunks_exact_mut(pbb).enumerate() {
-            let block = |r: usize| &data[((p * PANEL + r) * blocks + b) * bb..][..bb];
+    out.par_chunks_mut(blocks * PBB).enumerate().for_each(|(p, panel)| {
+        let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
+        for (b, o) in panel.chunks_exact_mut(PBB).enumerate() {
+            let o: &mut [u8; PBB] = o.try_into().expect("panel-block");
+            let block: [&[u8; BB]; PANEL] =
+                std::array::from_fn(|r| row[r][b * BB..(b + 1) * BB].try_into().expect("block"));
             let mut at = 0;
-            for r in 0..PANEL {
-                o[at..at + 2].copy_from_slice(&block(r)[0..2]); // d
+            for blk in &block {
+                o[at..at + 2].copy_from_slice(&blk[0..2]); // d
                 at += 2;
             }
             if kind.with_sum() {
-                for r in 0..PANEL {
-                    o[at..at + 2].copy_from_slice(&block(r)[2..4]); // m
+                for blk in &block {
+                    o[at..at + 2].copy_from_slice(&blk[2..4]); // m
                     at += 2;
                 }
             }
             if let Some(h) = qh_at {
-                let qh: [u32; PANEL] = std::array::from_fn(|r| u32::from_le_bytes(block(r)[h..h + 4].try_into().expect("4 bytes")));
+                let qh: [u32; PANEL] = std::array::from_fn(|r| u32::from_le_bytes(block[r][h..h + 4].try_into().expect("4 bytes")));
                 for j in 0..8 {
                     let mask = qh.iter().enumerate().fold(0u32, |m, (r, q)| m | (((q >> (4 * j)) & 0xF) << (4 * r)));
                     o[at..at + 4].copy_from_slice(&mask.to_le_bytes());
@@ -95,10 +111,10 @@ pub(crate) fn repack(kind: Kind, data: &[u8], rows: usize, blocks: usize) -> Vec
                 }
             }
             for g in 0..groups {
-                for r in 0..PANEL {
-                    let src = &block(r)[qs_at + 4 * g..qs_at + 4 * g + 4];
+                for blk in &block {
+                    let q = &blk[qs_at + 4 * g..qs_at + 4 * g + 4];
                     for k in 0..4 {
-                        o[at + k] = src[k] ^ flip;
+                        o[at + k] = q[k] ^ flip;
                     }
                     at += 4;
                 }

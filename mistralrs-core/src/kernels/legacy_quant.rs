@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::legacy_panels::{self, PANEL};
 use super::panel_product;
+use super::StoredRows;
 
 pub(crate) const QK: usize = 32;
 
@@ -87,6 +88,17 @@ pub struct LegacyQuantMatrix {
     path: Path,
 }
 
+fn kind_of(dtype: GgmlDType) -> Option<Kind> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => Kind::Q4_0,
+        GgmlDType::Q8_0 => Kind::Q8_0,
+        GgmlDType::Q4_1 => Kind::Q4_1,
+        GgmlDType::Q5_0 => Kind::Q5_0,
+        GgmlDType::Q5_1 => Kind::Q5_1,
+        _ => return None,
+    })
+}
+
 impl LegacyQuantMatrix {
     /// Some(matrix) for a 2-D Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensor on the CPU, None otherwise.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
@@ -96,38 +108,30 @@ impl LegacyQuantMatrix {
     /// As `from_qtensor`, on a given path (falling back to the row layout
     /// where the rows do not fill panels).
     pub(crate) fn with_path(t: &QTensor, path: Path) -> Result<Option<Self>> {
-        let kind = match t.dtype() {
-            GgmlDType::Q4_0 => Kind::Q4_0,
-            GgmlDType::Q8_0 => Kind::Q8_0,
-            GgmlDType::Q4_1 => Kind::Q4_1,
-            GgmlDType::Q5_0 => Kind::Q5_0,
-            GgmlDType::Q5_1 => Kind::Q5_1,
-            _ => return Ok(None),
-        };
-        if !t.device().is_cpu() {
-            return Ok(None);
-        }
-        let Ok((rows, cols)) = t.shape().dims2() else {
+        let (Some(kind), true, Ok((rows, cols))) = (kind_of(t.dtype()), t.device().is_cpu(), t.shape().dims2()) else {
             return Ok(None);
         };
         let data = t.data()?;
-        let (path, data) = match path {
-            Path::Panels if rows % PANEL == 0 => {
-                (path, legacy_panels::repack(kind, &data, rows, cols / QK))
-            }
-            Path::Panels => (
-                if has_avx2() { Path::Avx2 } else { Path::Scalar },
-                data.into_owned(),
-            ),
-            _ => (path, data.into_owned()),
+        let Some(src) = StoredRows::new(&data, cols / QK * kind.block_bytes(), None) else {
+            return Ok(None);
         };
-        Ok(Some(Self {
-            kind,
-            data,
-            rows,
-            cols,
-            path,
-        }))
+        Ok(Some(Self::build(kind, &src, rows, cols, path)))
+    }
+
+    /// Some(matrix) for (rows, cols) stored blocks of a legacy `dtype`, None
+    /// for other types.
+    pub fn from_stored(dtype: GgmlDType, src: &StoredRows, rows: usize, cols: usize) -> Option<Self> {
+        let kind = kind_of(dtype)?;
+        (cols % QK == 0 && src.rows() == rows).then(|| Self::build(kind, src, rows, cols, best_path()))
+    }
+
+    fn build(kind: Kind, src: &StoredRows, rows: usize, cols: usize, path: Path) -> Self {
+        let (path, data) = match path {
+            Path::Panels if rows % PANEL == 0 => (path, legacy_panels::repack(kind, src, rows, cols / QK)),
+            Path::Panels => (if has_avx2() { Path::Avx2 } else { Path::Scalar }, src.in_order().into_owned()),
+            _ => (path, src.in_order().into_owned()),
+        };
+        Self { kind, data, rows, cols, path }
     }
 
     /// The same blocks as a candle tensor (to dequantize, e.g. to merge an adapter).

@@ -19,6 +19,11 @@ impl Embedding {
         Self { table: Linear::new(table, None) }
     }
 
+    /// A table already built as a layer (vocab, hidden).
+    pub fn from_table(table: Linear) -> Self {
+        Self { table }
+    }
+
     /// `ids`: (tokens,) u32 -> (tokens, hidden).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.table.rows(ids)

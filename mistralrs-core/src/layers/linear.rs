@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::batch::StepContext;
 use super::lora::LoraStack;
-use crate::kernels::{LegacyQuantMatrix, KQuantMatrix};
+use crate::kernels::{KQuantMatrix, LegacyQuantMatrix, StoredRows};
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -39,6 +39,30 @@ impl Linear {
         };
         let weight = ours.unwrap_or(Weight::Candle(weight));
         Self { weight, bias, lora: None }
+    }
+
+    /// A layer over (rows, cols) weights of ggml type `dtype` as a file
+    /// stores them: repacked straight from the stored bytes where our
+    /// kernels take the type, else copied into a candle tensor on `device`.
+    pub fn from_stored(
+        dtype: GgmlDType,
+        src: &StoredRows,
+        rows: usize,
+        cols: usize,
+        bias: Option<Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        if device.is_cpu() {
+            let ours = match LegacyQuantMatrix::from_stored(dtype, src, rows, cols) {
+                Some(m) => Some(Weight::Legacy(Arc::new(m))),
+                None => KQuantMatrix::from_stored(dtype, src, rows, cols).map(|m| Weight::KQuant(Arc::new(m))),
+            };
+            if let Some(weight) = ours {
+                return Ok(Self { weight, bias, lora: None });
+            }
+        }
+        let q = qtensor_from_ggml(dtype, &src.in_order(), vec![rows, cols], device)?;
+        Ok(Self::new(QMatMul::from_arc(Arc::new(q))?, bias))
     }
 
     /// The layer with `delta` (out, in) added to its weight. A quantized

@@ -25,10 +25,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
-use candle_core::Device;
+use candle_core::quantized::GgmlDType;
 
 use super::gguf::TensorFile;
+use super::stored::StoredTensor;
 use super::gguf_types::ggml_type_name;
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
@@ -311,7 +311,8 @@ impl TensorFile for GgmlFile {
         self.tensors.contains_key(name)
     }
 
-    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+    /// Legacy files are small and rare: read with plain reads, not mapped.
+    fn stored(&self, name: &str) -> Result<StoredTensor<'_>> {
         let t = self.tensors.get(name).ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` is missing")))?;
         let mut data = vec![0u8; t.bytes];
         {
@@ -323,8 +324,7 @@ impl TensorFile for GgmlFile {
         if t.f32_scales {
             data = f16_scales(t.dtype, &data);
         }
-        qtensor_from_ggml(t.dtype, &data, t.dims.clone(), device)
-            .map_err(|e| Error::bad_file(&self.path, format!("tensor `{name}`: {e}")))
+        Ok(StoredTensor::owned(t.dtype, t.dims.clone(), data))
     }
 }
 

@@ -2,18 +2,20 @@
 //! under llama.cpp's names mapped to transformers' module names.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf_types::{first_unsupported_tensor, ggml_type_name};
+use super::stored::{MappedFile, StoredTensor};
 use super::WeightSource;
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
+use crate::kernels::StoredRows;
 use crate::layers::{Activation, Embedding, Linear};
 use crate::models::config::{ModelConfig, RopeScaling};
 
@@ -22,8 +24,15 @@ use crate::models::config::{ModelConfig, RopeScaling};
 pub trait TensorFile: Send + Sync {
     fn path(&self) -> &Path;
     fn has_tensor(&self, name: &str) -> bool;
-    /// Tensor `name` with its transformers-order shape (rows, cols).
-    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor>;
+    /// Tensor `name` as stored, with its transformers-order shape (rows, cols).
+    fn stored(&self, name: &str) -> Result<StoredTensor<'_>>;
+
+    /// Tensor `name` as a candle tensor on `device`.
+    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let t = self.stored(name)?;
+        qtensor_from_ggml(t.dtype, &t.bytes, t.dims.clone(), device)
+            .map_err(|e| Error::bad_file(self.path(), format!("tensor `{name}`: {e}")))
+    }
 }
 
 impl TensorFile for GgufFile {
@@ -33,19 +42,18 @@ impl TensorFile for GgufFile {
     fn has_tensor(&self, name: &str) -> bool {
         GgufFile::has_tensor(self, name)
     }
-    fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        GgufFile::qtensor(self, name, device)
+    fn stored(&self, name: &str) -> Result<StoredTensor<'_>> {
+        GgufFile::stored(self, name)
     }
 }
 
 const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
-/// A GGUF file opened for loading. Tensors are read with plain reads rather
-/// than through a memory map, so the file's pages do not count against the
-/// process while the weights are being copied into their own buffers.
+/// A GGUF file opened for loading, its tensors read through a memory map
+/// (see `stored.rs`).
 pub struct GgufFile {
     pub path: PathBuf,
-    file: Mutex<std::fs::File>,
+    map: MappedFile,
     len: u64,
     content: Content,
 }
@@ -66,13 +74,12 @@ impl GgufFile {
         if !(2..=3).contains(&version) {
             return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
         }
-        file.seek(SeekFrom::Start(0)).map_err(|e| Error::bad_file(path, e))?;
-        let content = match Content::read(&mut std::io::BufReader::new(&mut file)) {
+        let map = MappedFile::new(&file).map_err(|e| Error::bad_file(path, format!("cannot map the file: {e}")))?;
+        let content = match Content::read(&mut std::io::Cursor::new(map.bytes())) {
             Ok(c) => c,
             Err(e) => {
                 // Name the tensor whose type cannot run, if that is what stopped the reader.
-                file.seek(SeekFrom::Start(0)).map_err(|e| Error::bad_file(path, e))?;
-                if let Some((tensor, ty)) = first_unsupported_tensor(&mut file) {
+                if let Some((tensor, ty)) = first_unsupported_tensor(map.bytes()) {
                     return Err(Error::bad_file(
                         path,
                         format!(
@@ -85,7 +92,9 @@ impl GgufFile {
                 return Err(Error::bad_file(path, format!("corrupt GGUF header: {e}")));
             }
         };
-        let file = Self { path: path.to_path_buf(), file: Mutex::new(file), len, content };
+        // The header (with the tokenizer's vocabulary) is parsed: its pages can go.
+        drop(map.pages(0, usize::try_from(content.tensor_data_offset).unwrap_or(0)));
+        let file = Self { path: path.to_path_buf(), map, len, content };
         file.check_tensor_bounds()?;
         Ok(file)
     }
@@ -144,23 +153,26 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Tensor `name` with its transformers-order shape (rows, cols).
-    pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+    /// Tensor `name` as stored, with its transformers-order shape (rows, cols).
+    pub fn stored(&self, name: &str) -> Result<StoredTensor<'_>> {
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` is missing")))?;
-        let start = self.content.tensor_data_offset + info.offset;
-        let mut data = vec![0u8; tensor_bytes(info.ggml_dtype, info.shape.elem_count())];
-        {
-            let mut f = self.file.lock().map_err(|_| Error::runtime("GGUF reader poisoned"))?;
-            f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut data)).map_err(|e| {
-                Error::bad_file(&self.path, format!("cannot read tensor `{name}`: {e}"))
-            })?;
-        }
-        qtensor_from_ggml(info.ggml_dtype, &data, info.shape.dims().to_vec(), device)
-            .map_err(|e| Error::bad_file(&self.path, format!("tensor `{name}`: {e}")))
+        let len = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
+        let pages = self
+            .content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|start| self.map.pages(start, len))
+            .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` lies outside the file")))?;
+        Ok(StoredTensor::mapped(info.ggml_dtype, info.shape.dims().to_vec(), pages))
+    }
+
+    /// Tensor `name` as a candle tensor on `device`.
+    pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        TensorFile::qtensor(self, name, device)
     }
 
     /// The ggml types of the file's tensors, counted (for logs and checks).
@@ -375,14 +387,16 @@ impl GgufSource {
 
     /// The (weight or bias) tensor `name`, resolving stacked experts (`name#E`)
     /// and Q/K/V kept fused in the file.
-    fn resolve(&self, name: &str, suffix: &str, shape: &[usize]) -> Result<QTensor> {
+    fn resolve(&self, name: &str, suffix: &str, shape: &[usize]) -> Result<StoredTensor<'_>> {
+        let rows_of = |fused: &str, start: usize, n: usize| -> Result<StoredTensor<'_>> {
+            let t = self.file.stored(fused)?;
+            t.rows(start, n, shape).map_err(|e| Error::bad_file(self.file.path(), format!("tensor `{fused}`: {e}")))
+        };
         if let Some((base, e)) = name.split_once('#') {
             let e: usize = e.parse().map_err(|_| Error::runtime(format!("bad expert index in `{name}`")))?;
             let stacked = format!("{base}.{suffix}");
             if self.file.has_tensor(&stacked) {
-                let t = self.file.qtensor(&stacked, &self.device)?;
-                let rows = shape[0];
-                return Ok(slice_rows(&t, e * rows, rows, shape)?);
+                return rows_of(&stacked, e * shape[0], shape[0]);
             }
             // Older files: one tensor per expert, `blk.N.ffn_gate.E.weight`.
             let per_expert = format!("{}.{e}.{suffix}", base.trim_end_matches("_exps"));
@@ -400,8 +414,7 @@ impl GgufSource {
                 };
                 let fused = format!("{blk}.attn_qkv.{suffix}");
                 if let (Some((start, n)), true) = (range, self.file.has_tensor(&fused)) {
-                    let t = self.file.qtensor(&fused, &self.device)?;
-                    return Ok(slice_rows(&t, start, n, shape)?);
+                    return rows_of(&fused, start, n);
                 }
             }
         }
@@ -412,15 +425,32 @@ impl GgufSource {
         gguf_name(module).ok_or_else(|| Error::runtime(format!("no GGUF name for module `{module}`")))
     }
 
-    fn checked(&self, name: &str, shape: &[usize]) -> Result<QTensor> {
-        let t = self.file.qtensor(name, &self.device)?;
-        if t.shape().dims() != shape {
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<StoredTensor<'_>> {
+        let t = self.file.stored(name)?;
+        if t.dims != shape {
             return Err(Error::bad_file(
                 self.file.path(),
-                format!("tensor `{name}` has shape {:?}, the metadata implies {shape:?}", t.shape().dims()),
+                format!("tensor `{name}` has shape {:?}, the metadata implies {shape:?}", t.dims),
             ));
         }
         Ok(t)
+    }
+
+    /// A dense vector from a stored 1-D tensor.
+    fn dense(&self, t: &StoredTensor, name: &str) -> Result<Tensor> {
+        let q = qtensor_from_ggml(t.dtype, &t.bytes, t.dims.clone(), &self.device)
+            .map_err(|e| Error::bad_file(self.file.path(), format!("tensor `{name}`: {e}")))?;
+        Ok(q.dequantize(&self.device)?.to_dtype(DType::F32)?)
+    }
+
+    /// A linear layer (or embedding table) over a stored (rows, cols) matrix.
+    fn matrix(&self, t: &StoredTensor, order: Option<&(dyn Fn(usize) -> usize + Sync)>, bias: Option<Tensor>) -> Result<Linear> {
+        let [rows, cols] = t.dims[..] else {
+            return Err(Error::bad_file(self.file.path(), format!("expected a matrix, got a {:?} tensor", t.dims)));
+        };
+        let src = StoredRows::new(&t.bytes, t.row_bytes(), order)
+            .ok_or_else(|| Error::bad_file(self.file.path(), format!("a {:?} tensor of {} bytes is not whole rows", t.dims, t.bytes.len())))?;
+        Ok(Linear::from_stored(t.dtype, &src, rows, cols, bias, &self.device)?)
     }
 
     /// Rows per head that llama.cpp's converter interleaved, if `module` is Q or K.
@@ -436,28 +466,18 @@ impl GgufSource {
     }
 }
 
-/// Undo llama.cpp's `permute` of Q/K rows: within each head, GGUF row
-/// `2i + j` holds transformers row `j * head_dim/2 + i`. Rows are whole
-/// quantization blocks, so moving raw row bytes works for every ggml type.
-fn unpermute_rows(t: QTensor, heads: usize) -> candle_core::Result<QTensor> {
-    let (rows, cols) = t.shape().dims2()?;
-    let dtype = t.dtype();
-    let row_bytes = cols / dtype.block_size() * dtype.type_size();
-    let head_dim = rows / heads;
+/// Where llama.cpp's `permute` put each Q/K row: within each head of
+/// `head_dim` rows, transformers row `j * head_dim/2 + i` is stored as row
+/// `2i + j`. Rows are whole quantization blocks, so taking rows in this order
+/// undoes the permutation for every ggml type.
+fn rotary_order(rows: usize, heads: usize) -> impl Fn(usize) -> usize + Sync {
+    let head_dim = (rows / heads.max(1)).max(2);
     let half = head_dim / 2;
-    let src = t.data()?;
-    let mut dst = vec![0u8; src.len()];
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..half {
-                let from = h * head_dim + 2 * i + j;
-                let to = h * head_dim + j * half + i;
-                dst[to * row_bytes..(to + 1) * row_bytes]
-                    .copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
-            }
-        }
+    move |r| {
+        let (h, w) = (r / head_dim, r % head_dim);
+        let (j, i) = (w / half, w % half);
+        h * head_dim + 2 * i + j
     }
-    qtensor_from_ggml(dtype, &dst, vec![rows, cols], &t.device())
 }
 
 fn unpermute_vector(v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
@@ -465,36 +485,12 @@ fn unpermute_vector(v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     v.reshape((heads, n / heads / 2, 2))?.transpose(1, 2)?.contiguous()?.reshape(n)
 }
 
-/// Rows `start..start + n` of a tensor read as (rows, row length), as a
-/// tensor of `shape`: a stacked 3-D expert tensor is (experts * rows, cols),
-/// a 1-D bias is rows of one element. Whole rows are whole quantization
-/// blocks, so this is a byte range.
-fn slice_rows(t: &QTensor, start: usize, n: usize, shape: &[usize]) -> candle_core::Result<QTensor> {
-    let dims = t.shape().dims();
-    let (rows, row_len) = match dims {
-        [len] => (*len, 1),
-        [.., last] => (dims[..dims.len() - 1].iter().product(), *last),
-        [] => candle_core::bail!("cannot slice a scalar"),
-    };
-    if start + n > rows || n * row_len != shape.iter().product::<usize>() {
-        candle_core::bail!("cannot take rows {start}..{} of a {dims:?} tensor as {shape:?}", start + n);
-    }
-    let dtype = t.dtype();
-    let row_bytes = row_len / dtype.block_size() * dtype.type_size();
-    let data = t.data()?;
-    qtensor_from_ggml(dtype, &data[start * row_bytes..(start + n) * row_bytes], shape.to_vec(), &t.device())
-}
-
 impl WeightSource for GgufSource {
     fn linear(&self, module: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
         let name = self.name(module)?;
-        let mut w = self.resolve(&name, "weight", &[out_dim, in_dim])?;
         let heads = self.rotary_heads(module);
-        if let Some(h) = heads {
-            w = unpermute_rows(w, h)?;
-        }
         let b = if bias {
-            let b = self.resolve(&name, "bias", &[out_dim])?.dequantize(&self.device)?;
+            let b = self.dense(&self.resolve(&name, "bias", &[out_dim])?, &name)?;
             Some(match heads {
                 Some(h) => unpermute_vector(&b, h)?,
                 None => b,
@@ -502,13 +498,15 @@ impl WeightSource for GgufSource {
         } else {
             None
         };
-        Ok(Linear::new(QMatMul::from_arc(Arc::new(w))?, b))
+        let w = self.resolve(&name, "weight", &[out_dim, in_dim])?;
+        let order = heads.map(|h| rotary_order(out_dim, h));
+        self.matrix(&w, order.as_ref().map(|f| f as &(dyn Fn(usize) -> usize + Sync)), b)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
         let (module, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
         let gname = format!("{}.{suffix}", self.name(module)?);
-        let v = self.checked(&gname, &[len])?.dequantize(&self.device)?.to_dtype(DType::F32)?;
+        let v = self.dense(&self.checked(&gname, &[len])?, &gname)?;
         if self.norm_plus_one && suffix == "weight" && (module.ends_with("norm") || module.ends_with("layernorm")) {
             return Ok((v - 1.0)?);
         }
@@ -517,8 +515,7 @@ impl WeightSource for GgufSource {
 
     fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
         let name = format!("{}.weight", self.name(module)?);
-        let t = self.checked(&name, &[vocab, hidden])?;
-        Ok(Embedding::new(QMatMul::from_arc(Arc::new(t))?))
+        Ok(Embedding::from_table(self.matrix(&self.checked(&name, &[vocab, hidden])?, None, None)?))
     }
 
     fn has_module(&self, module: &str) -> bool {
@@ -565,9 +562,10 @@ mod tests {
             .unwrap()
             .reshape((rows, cols))
             .unwrap();
-        let q = QTensor::quantize(&permuted, GgmlDType::F32).unwrap();
-        let back = unpermute_rows(q, heads).unwrap().dequantize(&Device::Cpu).unwrap();
-        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
+        let stored = permuted.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let order = rotary_order(rows, heads);
+        let back: Vec<f32> = (0..rows).flat_map(|r| stored[order(r) * cols..(order(r) + 1) * cols].to_vec()).collect();
+        assert_eq!(back, hf);
     }
 
     #[test]
@@ -576,10 +574,12 @@ mod tests {
         let all: Vec<f32> = (0..experts * rows * cols).map(|i| i as f32).collect();
         let t = Tensor::from_vec(all.clone(), (experts, rows, cols), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
-        let e1 = slice_rows(&q, rows, rows, &[rows, cols]).unwrap();
+        let stored = || StoredTensor::owned(q.dtype(), vec![experts, rows, cols], q.data().unwrap().into_owned());
+        let e1 = stored().rows(rows, rows, &[rows, cols]).unwrap();
+        let e1 = qtensor_from_ggml(e1.dtype, &e1.bytes, e1.dims.clone(), &Device::Cpu).unwrap();
         let full = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let got = e1.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(got, full[rows * cols..2 * rows * cols]);
-        assert!(slice_rows(&q, 5, 2, &[2, cols]).is_err());
+        assert!(stored().rows(5, 2, &[2, cols]).is_err());
     }
 }

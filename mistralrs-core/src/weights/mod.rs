@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_types;
 pub mod isq;
 pub mod safetensors;
+pub mod stored;
 
 use candle_core::Tensor;
 
