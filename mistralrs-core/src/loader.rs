@@ -152,12 +152,20 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             };
             // The GGUF vocabulary is needed when no tokenizer.json is given, and
             // its chat template / EOS ids complete what a folder lacks. It is
-            // built before the weights are read so that the memory its
-            // construction frees is reused by them rather than added to them.
-            let vocab = if file.get_str("tokenizer.ggml.model").is_some() { Some(from_gguf(&file)) } else { None };
+            // built on a thread of its own while the weights are repacked:
+            // the two take about as long for a 150k vocabulary, and neither
+            // holds much memory beyond what it keeps.
             let weights = GgufSource::new(file.clone(), &cfg, device)?;
-            let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
-            (cfg, model, folder, vocab)
+            let (vocab, model) = std::thread::scope(|s| {
+                let vocab = file
+                    .get_str("tokenizer.ggml.model")
+                    .is_some()
+                    .then(|| s.spawn(|| from_gguf(&file)));
+                let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device);
+                let vocab = vocab.map(|h| h.join().unwrap_or_else(|_| Err(Error::runtime("the GGUF tokenizer build panicked"))));
+                (vocab, model)
+            });
+            (cfg, model?, folder, vocab)
         }
         ModelSpec::File { format: FileFormat::Ggml, tok_model_id, quantized_model_id, quantized_filename, .. } => {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;

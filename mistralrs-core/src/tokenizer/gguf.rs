@@ -33,15 +33,21 @@ pub struct GgufVocab {
     pub chat_template: Option<String>,
 }
 
-fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
+/// A string array of the metadata, borrowed.
+fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
     match file.get(key) {
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.to_string().cloned().map_err(|_| Error::bad_file(&file.path, format!("`{key}` holds a non-string"))))
+            .map(|v| v.to_string().map(String::as_str).map_err(|_| Error::bad_file(&file.path, format!("`{key}` holds a non-string"))))
             .collect(),
         Some(_) => Err(Error::bad_file(&file.path, format!("`{key}` is not an array"))),
         None => Err(Error::bad_file(&file.path, format!("missing metadata key `{key}`; pass tok_model_id or tokenizer_json"))),
     }
+}
+
+/// Pieces of these types are added tokens, matched whole before the model runs.
+fn is_added(token_type: u64) -> bool {
+    matches!(token_type, TYPE_CONTROL | TYPE_UNKNOWN | TYPE_USER_DEFINED)
 }
 
 fn numbers(file: &GgufFile, key: &str) -> Option<Vec<u64>> {
@@ -93,9 +99,9 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     let added: Vec<AddedToken> = types
         .iter()
         .enumerate()
-        .filter(|(_, &t)| t == TYPE_CONTROL || t == TYPE_UNKNOWN || t == TYPE_USER_DEFINED)
+        .filter(|(_, &t)| is_added(t))
         .map(|(i, &t)| {
-            AddedToken::from(tokens[i].clone(), t != TYPE_USER_DEFINED)
+            AddedToken::from(tokens[i].to_string(), t != TYPE_USER_DEFINED)
                 .single_word(false)
                 .lstrip(false)
                 .rstrip(false)
@@ -104,7 +110,7 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
         .collect();
     let add_bos = bool_key(file, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
     if let (true, Some(b)) = (add_bos, bos_id) {
-        let bos = &tokens[b as usize];
+        let bos = tokens[b as usize];
         json["post_processor"] = json!({
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -117,7 +123,7 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     // from one tokenizer.json text: for a 150k vocabulary with its merges
     // the JSON round trip took half a second of the load.
     let bad = |e: &dyn std::fmt::Display| Error::bad_file(&file.path, format!("cannot build a tokenizer from the GGUF vocabulary: {e}"));
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
     let mut bpe = BPE::builder()
         .vocab_and_merges(vocab, bpe_model.merges)
         .fuse_unk(bpe_model.fuse_unk)
@@ -144,9 +150,9 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     let mut eos_ids: Vec<u32> = eos_id.into_iter().chain(eot_id).collect();
     eos_ids.dedup();
     Ok(GgufVocab {
-        tokenizer: TextTokenizer::new(tokenizer),
-        bos: bos_id.map(|i| tokens[i as usize].clone()),
-        eos: eos_id.map(|i| tokens[i as usize].clone()),
+        tokenizer: TextTokenizer::with_pieces(tokenizer, tokens.iter().zip(&types).map(|(p, &t)| (*p, is_added(t)))),
+        bos: bos_id.map(|i| tokens[i as usize].to_string()),
+        eos: eos_id.map(|i| tokens[i as usize].to_string()),
         eos_ids,
         chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
     })
@@ -172,9 +178,9 @@ fn byte_level(use_regex: bool) -> Json {
 /// llama.cpp gives each model family's splitting rules.
 fn gpt2_json(file: &GgufFile) -> Result<(Json, BpeModel)> {
     let merges: Vec<(String, String)> = strings(file, "tokenizer.ggml.merges")?
-        .iter()
+        .into_iter()
         .map(|m| {
-            let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
+            let (a, b) = m.split_once(' ').unwrap_or((m, ""));
             (a.to_string(), b.to_string())
         })
         .collect();
@@ -215,10 +221,10 @@ fn gpt2_json(file: &GgufFile) -> Result<(Json, BpeModel)> {
 /// SentencePiece BPE as transformers converts it: merges ranked by the score
 /// of the piece they produce, byte fallback for unknown characters, and a
 /// space prefix (`▁`) added by the normalizer.
-fn llama_json(file: &GgufFile, tokens: &[String], types: &[u64]) -> Result<(Json, BpeModel)> {
+fn llama_json(file: &GgufFile, tokens: &[&str], types: &[u64]) -> Result<(Json, BpeModel)> {
     let scores = scores(file, "tokenizer.ggml.scores")
         .ok_or_else(|| Error::bad_file(&file.path, "missing metadata key `tokenizer.ggml.scores`"))?;
-    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut merges: Vec<(usize, usize, f32)> = Vec::new();
     for (i, piece) in tokens.iter().enumerate() {
         if types[i] != TYPE_NORMAL && types[i] != TYPE_USER_DEFINED {
@@ -237,8 +243,8 @@ fn llama_json(file: &GgufFile, tokens: &[String], types: &[u64]) -> Result<(Json
     }
     // Stable: equal scores keep the piece order above.
     merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let merges: Vec<(String, String)> = merges.iter().map(|&(l, r, _)| (tokens[l].clone(), tokens[r].clone())).collect();
-    let unk = types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| tokens[i].clone());
+    let merges: Vec<(String, String)> = merges.iter().map(|&(l, r, _)| (tokens[l].to_string(), tokens[r].to_string())).collect();
+    let unk = types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| tokens[i].to_string());
     let byte_fallback = types.contains(&TYPE_BYTE);
     let add_prefix = bool_key(file, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let mut norm = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];

@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 
 pub struct TextTokenizer {
     inner: Tokenizer,
-    /// Raw bytes of every token id, as OpenAI's logprobs `bytes` report them.
-    token_bytes: Vec<Vec<u8>>,
+    /// Raw bytes of every token id, as OpenAI's logprobs `bytes` report them:
+    /// token `i` is `bytes[ends[i - 1]..ends[i]]` (one buffer, not a
+    /// vector per token, for 150k-token vocabularies).
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl TextTokenizer {
@@ -28,22 +31,36 @@ impl TextTokenizer {
         Ok(Self::new(inner))
     }
 
+    /// Token pieces are looked up in the tokenizer's model by id.
     pub fn new(inner: Tokenizer) -> Self {
+        let n = inner.get_vocab_size(true) as u32;
+        let added = inner.get_added_tokens_decoder();
+        let pieces: Vec<(String, bool)> = (0..n)
+            .map(|id| match added.get(&id) {
+                Some(tok) => (tok.content.clone(), true),
+                None => (inner.id_to_token(id).unwrap_or_default(), false),
+            })
+            .collect();
+        Self::with_pieces(inner, pieces.iter().map(|(p, a)| (p.as_str(), *a)))
+    }
+
+    /// `pieces`: every id's piece in id order, and whether it is an added
+    /// token (whose piece is its text) rather than a model piece.
+    pub fn with_pieces<'a>(inner: Tokenizer, pieces: impl Iterator<Item = (&'a str, bool)>) -> Self {
         let byte_level = inner
             .get_decoder()
             .and_then(|d| serde_json::to_string(d).ok())
             .is_some_and(|s| s.contains("\"ByteLevel\""));
-        let n = inner.get_vocab_size(true);
-        let added = inner.get_added_tokens_decoder();
-        let token_bytes = (0..n as u32)
-            .map(|id| match (added.get(&id), inner.id_to_token(id)) {
-                (Some(tok), _) => tok.content.as_bytes().to_vec(),
-                (None, Some(piece)) if byte_level => byte_level_bytes(&piece),
-                (None, Some(piece)) => sentencepiece_bytes(&piece),
-                (None, None) => Vec::new(),
-            })
-            .collect();
-        Self { inner, token_bytes }
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        for (piece, added) in pieces {
+            match (added, byte_level) {
+                (true, _) => bytes.extend_from_slice(piece.as_bytes()),
+                (false, true) => bytes.extend(piece.chars().map(|c| unicode_to_byte(c).unwrap_or(b'?'))),
+                (false, false) => push_sentencepiece_bytes(piece, &mut bytes),
+            }
+            ends.push(bytes.len());
+        }
+        Self { inner, bytes, ends }
     }
 
     /// Tokens of a raw prompt with the tokenizer's own special-token rules
@@ -67,21 +84,25 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.token_bytes.len()) {
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.ends.len()) {
             return Err(Error::invalid(format!(
                 "token id {bad} is outside the vocabulary (size {})",
-                self.token_bytes.len()
+                self.ends.len()
             )));
         }
         self.inner.decode(ids, skip_special).map_err(|e| Error::runtime(format!("cannot decode tokens: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.token_bytes.len()
+        self.ends.len()
     }
 
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map_or(&[], |b| b.as_slice())
+        let i = id as usize;
+        match self.ends.get(i) {
+            Some(&end) => &self.bytes[if i == 0 { 0 } else { self.ends[i - 1] }..end],
+            None => &[],
+        }
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -99,35 +120,30 @@ impl TextTokenizer {
 
 /// GPT-2's byte-to-unicode table, inverted: the printable character each
 /// byte was mapped to by the byte-level pre-tokenizer, back to the byte.
-fn byte_level_bytes(piece: &str) -> Vec<u8> {
-    piece.chars().map(|c| unicode_to_byte(c).unwrap_or(b'?')).collect()
-}
-
 fn unicode_to_byte(c: char) -> Option<u8> {
     let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-    let cp = c as u32;
-    if cp < 256 && printable(cp) {
-        return Some(cp as u8);
-    }
     // The other bytes were assigned 256, 257, ... in increasing byte order.
-    let mut next = 256u32;
-    for b in 0u32..256 {
-        if !printable(b) {
-            if next == cp {
-                return Some(b as u8);
-            }
-            next += 1;
-        }
+    static OTHERS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let cp = c as u32;
+    if cp < 256 {
+        return printable(cp).then_some(cp as u8);
     }
-    None
+    let others = OTHERS.get_or_init(|| (0u32..256).filter(|&b| !printable(b)).map(|b| b as u8).collect());
+    others.get((cp - 256) as usize).copied()
 }
 
 /// SentencePiece pieces: `▁` is a space and `<0xNN>` a raw byte.
-fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
+fn push_sentencepiece_bytes(piece: &str, out: &mut Vec<u8>) {
     if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
         if let Ok(b) = u8::from_str_radix(&piece[3..5], 16) {
-            return vec![b];
+            out.push(b);
+            return;
         }
     }
-    piece.replace('\u{2581}', " ").into_bytes()
+    for (i, part) in piece.split('\u{2581}').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
 }
