@@ -14,11 +14,14 @@ use crate::error::{panic_message, Error, Result};
 use crate::loader::{self, LoadOptions, ModelSpec};
 use crate::request::{GenerationRequest, PromptInput};
 use crate::response::Event;
+use crate::kv_cache::{KvPool, BLOCK_SIZE};
 use crate::tokenizer::TextTokenizer;
 
 pub struct RunnerConfig {
     pub max_seqs: usize,
     pub no_kv_cache: bool,
+    /// Megabytes of KV cache; None: a quarter of the memory available at load.
+    pub kv_cache_mb: Option<usize>,
     pub repeat_last_n: usize,
     pub seed: Option<u64>,
 }
@@ -29,6 +32,8 @@ pub struct Runner {
     tokenizer: Arc<TextTokenizer>,
     chat_template: Option<ChatTemplate>,
     context_len: usize,
+    /// Tokens the KV cache holds in all: no sequence can be longer.
+    kv_tokens: usize,
     fingerprint: String,
     next_id: AtomicU64,
     adapters: Option<AdapterInfo>,
@@ -65,6 +70,9 @@ impl Runner {
         let loaded = guard(|| loader::load(spec, opts))?;
         let tokenizer = Arc::new(loaded.tokenizer);
         let stats = Arc::new(EngineStats::default());
+        let mc = loaded.model.config();
+        let block_bytes = KvPool::block_bytes(loaded.model.cache_layers(), mc.num_kv_heads, mc.head_dim);
+        let kv_blocks = kv_budget(cfg.kv_cache_mb, block_bytes, cfg.max_seqs, loaded.context_len)?;
         let device_name = if opts.device.is_cpu() { "cpu" } else if opts.device.is_cuda() { "cuda" } else { "metal" };
         let engine = Engine::new(
             loaded.model,
@@ -73,6 +81,7 @@ impl Runner {
             opts.device.clone(),
             EngineConfig {
                 max_seqs: cfg.max_seqs,
+                kv_blocks,
                 no_kv_cache: cfg.no_kv_cache,
                 repeat_last_n: cfg.repeat_last_n,
                 default_seed: cfg.seed,
@@ -90,6 +99,7 @@ impl Runner {
             tokenizer,
             chat_template: loaded.chat_template,
             context_len: loaded.context_len,
+            kv_tokens: kv_blocks * BLOCK_SIZE,
             fingerprint: format!("mistralrs-{}-{device_name}", env!("CARGO_PKG_VERSION")),
             next_id: AtomicU64::new(0),
             scaling_passes: Mutex::new(loaded.adapters.as_ref().and_then(|a| a.scaling_passes.clone())),
@@ -170,6 +180,11 @@ impl Runner {
             ("sequence_steps", s.sequence_steps.load(Ordering::Relaxed)),
             ("max_batch", s.max_batch.load(Ordering::Relaxed)),
             ("mixed_adapter_steps", s.mixed_adapter_steps.load(Ordering::Relaxed)),
+            ("preemptions", s.preemptions.load(Ordering::Relaxed)),
+            ("kv_blocks_total", s.kv_blocks_total.load(Ordering::Relaxed)),
+            ("kv_blocks_used", s.kv_blocks_used.load(Ordering::Relaxed)),
+            ("kv_block_tokens", BLOCK_SIZE as u64),
+            ("shared_prompts", s.shared_prompts.load(Ordering::Relaxed)),
         ];
         if let Some(p) = self.scaling_passes.lock().ok().and_then(|p| p.clone()) {
             v.push(("xlora_scaling_passes", p.load(Ordering::Relaxed)));
@@ -220,7 +235,9 @@ impl Runner {
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
-        let room = self.context_len.saturating_sub(prompt.len());
+        // The KV cache bounds a sequence as the context length does: one that
+        // could not fit even alone is refused now rather than never finishing.
+        let room = self.context_len.min(self.kv_tokens).saturating_sub(prompt.len());
         let max_new = match req.max_tokens {
             Some(0) => return Err(Error::invalid("max_tokens must be at least 1")),
             Some(m) if prompt.len() + m as usize > self.context_len => {
@@ -230,12 +247,21 @@ impl Runner {
                     self.context_len
                 )))
             }
+            Some(m) if prompt.len() + m as usize > self.kv_tokens => {
+                return Err(Error::invalid(format!(
+                    "the prompt ({} tokens) plus max_tokens ({m}) does not fit in the KV cache, which holds {} tokens \
+                     (raise Runner(kv_cache_mb=...))",
+                    prompt.len(),
+                    self.kv_tokens
+                )))
+            }
             Some(m) => m as usize,
             None if room == 0 => {
                 return Err(Error::invalid(format!(
-                    "the prompt ({} tokens) fills the model's context length ({})",
+                    "the prompt ({} tokens) fills the model's context length ({}) or the KV cache ({} tokens)",
                     prompt.len(),
-                    self.context_len
+                    self.context_len,
+                    self.kv_tokens
                 )))
             }
             None => room,
@@ -343,4 +369,43 @@ fn pin_thread_count() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
         }
     });
+}
+
+/// Blocks of the KV cache pool: `mb` megabytes, or by default a quarter of
+/// the memory available at load (no more than `max_seqs` full contexts
+/// need). On the CPU the pool's pages are only backed as blocks are used.
+fn kv_budget(mb: Option<usize>, block_bytes: usize, max_seqs: usize, context: usize) -> Result<usize> {
+    let most = max_seqs * crate::kv_cache::BlockTable::blocks_for(context);
+    match mb {
+        Some(mb) => {
+            let blocks = mb.saturating_mul(1 << 20) / block_bytes;
+            if blocks == 0 {
+                return Err(Error::invalid(format!(
+                    "kv_cache_mb={mb} holds no KV cache block ({BLOCK_SIZE} tokens take {:.2} MB for this model)",
+                    block_bytes as f64 / (1 << 20) as f64
+                )));
+            }
+            Ok(blocks)
+        }
+        None => {
+            let available = available_memory().unwrap_or(4 << 30);
+            let blocks = (available / 4 / block_bytes).clamp(1, most.max(1));
+            eprintln!(
+                "mistralrs: KV cache of {} MB ({} tokens) = a quarter of the {} MB available, at most {max_seqs} full \
+                 contexts; set Runner(kv_cache_mb=...) to choose",
+                blocks * block_bytes >> 20,
+                blocks * BLOCK_SIZE,
+                available >> 20
+            );
+            Ok(blocks)
+        }
+    }
+}
+
+/// Memory the system can still give (`MemAvailable`), where it says.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

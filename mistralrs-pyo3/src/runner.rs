@@ -136,7 +136,7 @@ impl Runner {
     #[new]
     #[pyo3(signature = (which, max_seqs=16, no_kv_cache=false, prefix_cache_n=16, token_source="cache",
         speculative_gamma=32, which_draft=None, chat_template=None, num_device_layers=None, in_situ_quant=None,
-        seed=None, device=None))]
+        seed=None, device=None, kv_cache_mb=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -152,7 +152,13 @@ impl Runner {
         in_situ_quant: Option<String>,
         seed: Option<u64>,
         device: Option<String>,
+        kv_cache_mb: Option<i64>,
     ) -> PyResult<Self> {
+        let kv_cache_mb = match kv_cache_mb {
+            Some(mb) if mb < 1 => return Err(PyValueError::new_err(format!("kv_cache_mb must be at least 1, got {mb}"))),
+            Some(mb) => Some(usize::try_from(mb).map_err(|_| PyValueError::new_err("kv_cache_mb is too large"))?),
+            None => None,
+        };
         if max_seqs < 1 {
             return Err(PyValueError::new_err(format!("max_seqs must be at least 1, got {max_seqs}")));
         }
@@ -178,6 +184,7 @@ impl Runner {
         let cfg = RunnerConfig {
             max_seqs: max_seqs as usize,
             no_kv_cache,
+            kv_cache_mb,
             repeat_last_n: which.repeat_last_n(),
             seed,
         };

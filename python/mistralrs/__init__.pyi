@@ -528,7 +528,11 @@ class Runner:
         in_situ_quant: QuantType | None = None,
         seed: int | None = None,
         device: str | None = None,
-    ) -> None: ...
+        kv_cache_mb: int | None = None,
+    ) -> None:
+        """``kv_cache_mb``: megabytes of paged KV cache (blocks of 16 tokens) shared by all sequences; by
+        default a quarter of the memory available at load (printed). When it runs out, the newest sequences
+        are preempted and recomputed later; a request that cannot fit even alone raises ValueError."""
     def send_chat_completion_request(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | ResponseIterator[ChatCompletionChunkResponse]:
@@ -549,7 +553,10 @@ class Runner:
         """Names of the loaded adapters (`order`, then `preload_adapters`)."""
     def stats(self) -> dict[str, int]:
         """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
-        different adapter sets) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""
+        different adapter sets), preemptions (sequences whose KV blocks were taken back, to be recomputed),
+        kv_blocks_total / kv_blocks_used (after the last step) / kv_block_tokens, shared_prompts (choices
+        that started from another choice's prompt blocks) and, for X-LoRA, xlora_scaling_passes (one per
+        sequence per step that ran it)."""
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
     def close(self) -> None: ...

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result as LoadResult};
-use crate::kv_cache::{KvStore, LayerOffset};
+use crate::kv_cache::StepKv;
 use crate::layers::{AdapterRows, ForwardBatch};
 use crate::models::{CausalLm, ModelConfig};
 
@@ -219,12 +219,12 @@ impl XLoraModel {
     }
 
     /// Every row's scalings for this step: (tokens, layers, adapters).
-    fn step_scalings(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+    fn step_scalings(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
         let device = batch.input_ids.device();
         let (nl, na) = (self.n_layers, self.n_adapters);
         let layers = self.model.cache_layers();
         // Sequences whose scalings are frozen skip the scaling pass.
-        let live: Vec<usize> = (0..batch.slots.len()).filter(|&i| caches[i].side_state().frozen_scalings.is_none()).collect();
+        let live: Vec<usize> = (0..batch.slots.len()).filter(|&i| kv.side_state(i).frozen_scalings.is_none()).collect();
         let mut per_seq: Vec<Option<Tensor>> = vec![None; batch.slots.len()];
         if !live.is_empty() {
             let sub = if live.len() == batch.slots.len() {
@@ -239,23 +239,15 @@ impl XLoraModel {
             let value = (self.cfg.scaling_pass_value * self.cfg.global_scaling_weight) as f32;
             let dummy = Tensor::full(value, (tokens, na), device)?;
             let sub = sub.with_adapters(Some(AdapterRows::shared(dummy, vec![value != 0.0; na])));
-            let hidden = {
-                let mut views: Vec<LayerOffset> = Vec::with_capacity(live.len());
-                let mut rest: Vec<Option<&mut &mut dyn KvStore>> = caches.iter_mut().map(Some).collect();
-                for &i in &live {
-                    let c = rest[i].take().expect("each sequence once");
-                    views.push(LayerOffset::new(&mut **c, layers));
-                }
-                let mut refs: Vec<&mut dyn KvStore> = views.iter_mut().map(|v| v as &mut dyn KvStore).collect();
-                self.model.hidden_states(&sub, &mut refs)?
-            };
+            // The scaling pass keeps its own keys and values, in the cache layers after the real pass's.
+            let hidden = self.model.hidden_states(&sub, &mut kv.subset(&live, layers))?;
             let s = self.scalings_from_logits(&self.classifier.forward(&hidden)?)?;
             let s = Tensor::from_vec(s, (tokens, nl, na), device)?;
             for (j, &i) in live.iter().enumerate() {
                 let slot = sub.slots[j];
                 let rows = s.narrow(0, slot.start, slot.len)?;
                 self.passes.fetch_add(1, Ordering::Relaxed);
-                let state = caches[i].side_state();
+                let state = kv.side_state(i);
                 state.scaling_passes += 1;
                 // After k generated tokens (k + 1 passes: the prompt, then one per token) the scalings freeze.
                 if self.tgt_non_granular_index.is_some_and(|k| state.scaling_passes > k) {
@@ -271,7 +263,7 @@ impl XLoraModel {
             .map(|(i, slot)| match per_seq[i].take() {
                 Some(rows) => Ok(rows),
                 None => {
-                    let f = caches[i].side_state().frozen_scalings.clone().expect("not live, so frozen");
+                    let f = kv.side_state(i).frozen_scalings.clone().expect("not live, so frozen");
                     f.unsqueeze(0)?.broadcast_as((slot.len, nl, na))?.contiguous()
                 }
             })
@@ -283,8 +275,8 @@ impl XLoraModel {
         }
     }
 
-    fn real_batch(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<ForwardBatch> {
-        let s = self.step_scalings(batch, caches)?;
+    fn real_batch(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<ForwardBatch> {
+        let s = self.step_scalings(batch, kv)?;
         Ok(batch.with_adapters(Some(AdapterRows::layerwise(&s, vec![true; self.n_adapters])?)))
     }
 }
@@ -306,14 +298,14 @@ fn softmax_in_place(v: &mut [f32], t: f32, keep: impl Fn(usize) -> bool) {
 }
 
 impl CausalLm for XLoraModel {
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        let real = self.real_batch(batch, caches)?;
-        self.model.forward(&real, caches)
+    fn forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
+        let real = self.real_batch(batch, kv)?;
+        self.model.forward(&real, kv)
     }
 
-    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        let real = self.real_batch(batch, caches)?;
-        self.model.hidden_states(&real, caches)
+    fn hidden_states(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
+        let real = self.real_batch(batch, kv)?;
+        self.model.hidden_states(&real, kv)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::Device;
 
 use crate::error::{panic_message, Error, Result};
-use crate::kv_cache::{KvStore, SeqKvCache};
+use crate::kv_cache::{BlockAllocator, BlockTable, KvPool, SideState, StepKv};
 use crate::layers::AdapterRows;
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
@@ -37,10 +37,19 @@ pub struct EngineStats {
     pub max_batch: AtomicU64,
     /// Steps whose sequences used more than one adapter set (the base counts as one).
     pub mixed_adapter_steps: AtomicU64,
+    /// Sequences whose cache blocks were taken back for older sequences (to be recomputed).
+    pub preemptions: AtomicU64,
+    /// Cache blocks in the pool, and those held by sequences after the last step.
+    pub kv_blocks_total: AtomicU64,
+    pub kv_blocks_used: AtomicU64,
+    /// Sibling choices that started from another choice's prompt blocks instead of their own.
+    pub shared_prompts: AtomicU64,
 }
 
 pub struct EngineConfig {
     pub max_seqs: usize,
+    /// Cache blocks in the pool (see `kv_budget`).
+    pub kv_blocks: usize,
     pub no_kv_cache: bool,
     pub repeat_last_n: usize,
     pub default_seed: Option<u64>,
@@ -75,8 +84,11 @@ pub struct Engine {
     cfg: EngineConfig,
     groups: HashMap<u64, (Group, GenerationRequest)>,
     waiting: VecDeque<Sequence>,
+    /// In admission order: the newest are preempted first.
     running: Vec<Sequence>,
     next_group: u64,
+    kv: KvPool,
+    alloc: BlockAllocator,
     /// The step runs inside the compute pool, so the parallel loops of every
     /// op split work among its threads directly instead of each waking the
     /// pool from outside and waiting on it.
@@ -98,7 +110,13 @@ impl Engine {
             .thread_name(|i| format!("mistralrs-compute-{i}"))
             .build()
             .map_err(|e| Error::runtime(format!("cannot start the compute threads: {e}")))?;
+        let mc = model.config();
+        let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device)
+            .map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
+        stats.kv_blocks_total.store(cfg.kv_blocks as u64, Ordering::Relaxed);
         Ok(Self {
+            alloc: BlockAllocator::new(cfg.kv_blocks),
+            kv,
             model,
             tokenizer,
             eos,
@@ -131,13 +149,7 @@ impl Engine {
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            while self.running.len() < self.cfg.max_seqs {
-                let Some(seq) = self.waiting.pop_front() else { break };
-                if let Some((g, _)) = self.groups.get_mut(&seq.group) {
-                    g.admitted.get_or_insert_with(Instant::now);
-                }
-                self.running.push(seq);
-            }
+            self.schedule();
             // A panic in a step fails the requests of that step, never the process.
             let pool = self.pool.clone();
             let outcome = catch_unwind(AssertUnwindSafe(|| pool.install(|| self.step())));
@@ -171,7 +183,7 @@ impl Engine {
         let req = a.request;
         let seed = req.seed.or(self.cfg.default_seed).unwrap_or_else(rand::random);
         let sampler = Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices);
-        let mut seq = Sequence::new(id, 0, a.prompt.clone(), self.model.cache_layers(), sampler, a.max_new);
+        let mut seq = Sequence::new(id, 0, a.prompt.clone(), sampler, a.max_new);
         seq.forks = req.best_of - 1;
         seq.adapters = a.adapters;
         let echo = match (&req.prompt, req.echo_prompt) {
@@ -199,15 +211,72 @@ impl Engine {
         self.waiting.push_back(seq);
     }
 
+    /// Picks this step's sequences and gives each the cache blocks its new
+    /// tokens need. Waiting sequences join while `max_seqs` and the free
+    /// blocks allow; when the pool runs out, the newest running sequences
+    /// give their blocks back and wait to be recomputed (preemption), so the
+    /// oldest always progress.
+    fn schedule(&mut self) {
+        if self.cfg.no_kv_cache {
+            for s in &mut self.running {
+                s.drop_cache(&mut self.alloc);
+            }
+        }
+        while self.running.len() < self.cfg.max_seqs {
+            let Some(seq) = self.waiting.front() else { break };
+            if BlockTable::blocks_for(seq.tokens.len()) > self.alloc.free_count() {
+                break;
+            }
+            let seq = self.waiting.pop_front().expect("peeked");
+            if let Some((g, _)) = self.groups.get_mut(&seq.group) {
+                g.admitted.get_or_insert_with(Instant::now);
+            }
+            self.running.push(seq);
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.reserve(i) {
+                i += 1;
+                continue;
+            }
+            let mut victim = self.running.pop().expect("i is in range");
+            victim.drop_cache(&mut self.alloc);
+            self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+            self.waiting.push_front(victim);
+        }
+    }
+
+    /// Blocks for running sequence `i`'s pending tokens; false when the pool
+    /// is out of blocks. A partly filled block it shares with a sibling
+    /// choice is copied before it writes there (copy-on-write).
+    fn reserve(&mut self, i: usize) -> bool {
+        let seq = &mut self.running[i];
+        let filled = seq.computed % crate::kv_cache::BLOCK_SIZE;
+        if filled != 0 {
+            let at = seq.computed / crate::kv_cache::BLOCK_SIZE;
+            let shared = seq.blocks.blocks[at];
+            if self.alloc.refs(shared) > 1 {
+                let Some(own) = self.alloc.allocate() else { return false };
+                if self.kv.copy_block(shared, own, filled).is_err() {
+                    self.alloc.release(own);
+                    return false;
+                }
+                self.alloc.release(shared);
+                seq.blocks.blocks[at] = own;
+            }
+        }
+        while seq.blocks.blocks.len() < BlockTable::blocks_for(seq.tokens.len()) {
+            match self.alloc.allocate() {
+                Some(b) => seq.blocks.blocks.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
     fn step(&mut self) -> Result<()> {
         if self.running.is_empty() {
             return Ok(());
-        }
-        if self.cfg.no_kv_cache {
-            let layers = self.model.cache_layers();
-            for s in &mut self.running {
-                s.cache = SeqKvCache::new(layers);
-            }
         }
         let logits = {
             let inputs: Vec<(&[u32], usize)> = self.running.iter().map(Sequence::pending).collect();
@@ -216,22 +285,28 @@ impl Engine {
                 Some(rows) => batch.with_adapters(Some(rows)),
                 None => batch,
             };
+            drop(inputs);
             self.count_step();
-            let mut caches: Vec<&mut dyn KvStore> =
-                self.running.iter_mut().map(|s| &mut s.cache as &mut dyn KvStore).collect();
-            self.model.forward(&batch, &mut caches)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
+            let (tables, sides): (Vec<&BlockTable>, Vec<&mut SideState>) =
+                self.running.iter_mut().map(|s| (&s.blocks, &mut s.side)).unzip();
+            let mut kv = StepKv::new(&self.kv, tables, sides);
+            self.model.forward(&batch, &mut kv)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
         };
+        for s in &mut self.running {
+            s.computed = s.tokens.len();
+        }
         let now = Instant::now();
         let mut forked = Vec::new();
         for (seq, mut row) in self.running.iter_mut().zip(logits) {
             let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
             if seq.generated() == 0 && seq.choice == 0 {
                 group.prompt_done = Some(now);
-                // Sibling choices share the prompt's cache and sample from the same logits.
+                // Sibling choices share the prompt's cache blocks and sample from the same logits.
                 for c in 1..=seq.forks {
                     let seed = req.seed.or(self.cfg.default_seed).map_or_else(rand::random, |s| s.wrapping_add(c as u64));
                     let sampler = Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices);
-                    forked.push((seq.fork(c, sampler)?, row.clone()));
+                    forked.push((seq.fork(c, sampler, &mut self.alloc), row.clone()));
+                    self.stats.shared_prompts.fetch_add(1, Ordering::Relaxed);
                 }
                 seq.forks = 0;
             }
@@ -281,17 +356,23 @@ impl Engine {
     /// Removes finished and abandoned sequences and answers finished requests.
     fn retire(&mut self) {
         let groups = &mut self.groups;
-        self.running.retain(|s| {
-            let Some((g, _)) = groups.get_mut(&s.group) else { return false };
-            if g.cancelled {
-                return false;
+        let alloc = &mut self.alloc;
+        self.running.retain_mut(|s| {
+            let keep = match groups.get_mut(&s.group) {
+                None => false,
+                Some((g, _)) if g.cancelled => false,
+                Some((g, _)) if s.finish.is_some() => {
+                    g.record(s);
+                    false
+                }
+                Some(_) => true,
+            };
+            if !keep {
+                s.blocks.release_all(alloc);
             }
-            if s.finish.is_some() {
-                g.record(s);
-                return false;
-            }
-            true
+            keep
         });
+        self.stats.kv_blocks_used.store((alloc.total() - alloc.free_count()) as u64, Ordering::Relaxed);
         self.waiting.retain(|s| groups.get(&s.group).is_some_and(|(g, _)| !g.cancelled));
         let done: Vec<u64> =
             groups.iter().filter(|(_, (g, _))| g.cancelled || g.is_done()).map(|(id, _)| *id).collect();
@@ -306,7 +387,8 @@ impl Engine {
 
     fn fail_running(&mut self, e: Error) {
         let msg = e.to_string();
-        for s in self.running.drain(..) {
+        for mut s in self.running.drain(..) {
+            s.blocks.release_all(&mut self.alloc);
             if let Some((g, _)) = self.groups.get_mut(&s.group) {
                 if !g.cancelled {
                     g.fail(Error::Runtime(msg.clone()));

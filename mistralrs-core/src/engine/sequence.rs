@@ -2,7 +2,7 @@
 //! has produced (with stop strings cut and held back while they may start).
 
 use crate::error::Result;
-use crate::kv_cache::{KvStore, SeqKvCache};
+use crate::kv_cache::{BlockAllocator, BlockTable, SideState};
 use crate::response::{ResponseLogprob, TopLogprob};
 use crate::sampler::{Sampled, Sampler};
 use crate::tokenizer::TextTokenizer;
@@ -14,7 +14,12 @@ pub struct Sequence {
     /// Prompt then generated tokens.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
-    pub cache: SeqKvCache,
+    /// The cache blocks holding this sequence's keys and values.
+    pub blocks: BlockTable,
+    /// Tokens whose keys and values are in those blocks.
+    pub computed: usize,
+    /// What the model keeps for this sequence between steps (X-LoRA).
+    pub side: SideState,
     pub sampler: Sampler,
     /// The decoding of all generated tokens (as transformers' `decode`), stop strings cut off.
     pub text: String,
@@ -41,13 +46,15 @@ pub struct StopRules<'a> {
 }
 
 impl Sequence {
-    pub fn new(group: u64, choice: usize, prompt: Vec<u32>, layers: usize, sampler: Sampler, max_new: usize) -> Self {
+    pub fn new(group: u64, choice: usize, prompt: Vec<u32>, sampler: Sampler, max_new: usize) -> Self {
         Self {
             group,
             choice,
             prompt_len: prompt.len(),
             tokens: prompt,
-            cache: SeqKvCache::new(layers),
+            blocks: BlockTable::default(),
+            computed: 0,
+            side: SideState::default(),
             sampler,
             text: String::new(),
             emitted: 0,
@@ -60,22 +67,33 @@ impl Sequence {
         }
     }
 
-    /// A sibling choice sharing this sequence's prompt (and its cached keys/values).
-    pub fn fork(&self, choice: usize, sampler: Sampler) -> candle_core::Result<Self> {
-        let mut s = Self::new(self.group, choice, self.tokens[..self.prompt_len].to_vec(), 0, sampler, self.max_new);
-        s.cache = self.cache.deep_clone()?;
+    /// A sibling choice sharing this sequence's prompt and its cache blocks
+    /// (a shared block is copied only when one of them writes into it).
+    pub fn fork(&self, choice: usize, sampler: Sampler, alloc: &mut BlockAllocator) -> Self {
+        let mut s = Self::new(self.group, choice, self.tokens[..self.prompt_len].to_vec(), sampler, self.max_new);
+        s.blocks = self.blocks.share(alloc);
+        s.computed = self.computed;
+        s.side = self.side.clone();
         s.adapters = self.adapters.clone();
-        Ok(s)
+        s
+    }
+
+    /// Gives the cache blocks back; the whole sequence is computed again
+    /// when it next runs (preemption, or running without a cache).
+    pub fn drop_cache(&mut self, alloc: &mut BlockAllocator) {
+        self.blocks.release_all(alloc);
+        self.computed = 0;
+        self.side = SideState::default();
     }
 
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
 
-    /// The tokens this step must run: the whole prompt first, then the last token.
+    /// The tokens this step must run (the whole prompt first, then the last
+    /// token) and how many precede them in the cache.
     pub fn pending(&self) -> (&[u32], usize) {
-        let past = self.cache.len();
-        (&self.tokens[past..], past)
+        (&self.tokens[self.computed..], self.computed)
     }
 
     /// Takes a sampled token; returns the text that may be streamed now.

@@ -1,21 +1,25 @@
-//! Causal self-attention of one sequence's new tokens against its cached
-//! keys and values, on the CPU, reading the cache in place.
+//! Causal self-attention of a step's new tokens against the paged KV
+//! cache, on the CPU, for every sequence of the step in one call, reading
+//! the cache's blocks in place.
 //!
 //! Why not tensor ops: per layer they cost a score matmul, a scale, a mask
 //! add, a softmax and a second matmul, each a pass over memory with its own
 //! thread-pool round trip, and a mask tensor rebuilt per step; at decode the
 //! products are a few rows long, where general matmul code is at its worst.
-//! Here each task takes one KV head and a tile of query tokens: the query
-//! heads that share that KV head (grouped-query attention) are its rows, the
-//! causal and sliding-window limits are index ranges, and scores live in a
-//! per-thread scratch of (rows, visible keys) — linear, not quadratic, in the
-//! prompt length.
+//! Here each task takes one sequence, one KV head and a tile of its query
+//! tokens: the query heads that share that KV head (grouped-query attention)
+//! are its rows, the causal and sliding-window limits are index ranges, and
+//! scores live in a per-thread scratch of (visible keys) — linear, not
+//! quadratic, in the prompt length. All sequences' tasks share one parallel
+//! loop, so a step of many short decodes fills the threads as one long
+//! prompt does.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::OutPtr;
+use crate::kv_cache::BLOCK_SIZE;
 
 /// Query tokens per task in a prompt (bounds the score scratch).
 const QUERY_TILE: usize = 16;
@@ -34,51 +38,72 @@ pub struct AttnShape {
     pub window: Option<usize>,
 }
 
-/// Keys or values of one layer of a sequence's cache, read in place:
-/// element (head, token, d) at `head * head_stride + token * head_dim + d`.
+/// Keys or values of one layer of the pool, (slots, kv_heads, head_dim),
+/// as one sequence sees them through its block table: its token `j` is in
+/// slot `blocks[j / BLOCK_SIZE] * BLOCK_SIZE + j % BLOCK_SIZE`.
 #[derive(Debug, Clone, Copy)]
 pub struct KvView<'a> {
     pub data: &'a [f32],
-    pub head_stride: usize,
+    pub blocks: &'a [u32],
 }
 
-impl<'a> KvView<'a> {
-    /// Head `head`'s rows from token `token` on (`dim` floats each).
-    fn from(&self, head: usize, token: usize, dim: usize) -> &'a [f32] {
-        &self.data[head * self.head_stride + token * dim..]
-    }
+/// One sequence's share of a step: its new tokens are rows
+/// `start..start + len` of the step's queries and outputs, after `past`
+/// cached ones; `k`, `v` hold `past + len` tokens (the new ones included).
+#[derive(Debug, Clone, Copy)]
+pub struct SeqAttn<'a> {
+    pub start: usize,
+    pub len: usize,
+    pub past: usize,
+    pub k: KvView<'a>,
+    pub v: KvView<'a>,
 }
 
-/// `q`: (t, heads, head_dim) of the `t` new tokens, which follow `past`
-/// cached ones; `k`, `v` hold `past + t` tokens (the new ones included);
-/// `out`: (t, heads * head_dim).
-pub fn attend(shape: &AttnShape, q: &[f32], t: usize, past: usize, k: KvView, v: KvView, out: &mut [f32]) {
-    attend_on(shape, q, t, past, k, v, out, simd_ok(shape.head_dim))
+/// `q`: (tokens, heads, head_dim) of the step; `out`: (tokens, heads *
+/// head_dim), each sequence's rows written.
+pub fn attend(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut [f32]) {
+    attend_on(shape, q, seqs, out, simd_ok(shape.head_dim))
 }
 
 /// `attend`, on the SIMD path or the scalar one.
-#[allow(clippy::too_many_arguments)]
-fn attend_on(shape: &AttnShape, q: &[f32], t: usize, past: usize, k: KvView, v: KvView, out: &mut [f32], simd: bool) {
+fn attend_on(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut [f32], simd: bool) {
     let AttnShape { heads, kv_heads, head_dim: dim, .. } = *shape;
-    assert!(heads % kv_heads == 0 && q.len() >= t * heads * dim && out.len() >= t * heads * dim);
-    assert!(k.data.len() >= (kv_heads - 1) * k.head_stride + (past + t) * dim);
-    assert!(v.data.len() >= (kv_heads - 1) * v.head_stride + (past + t) * dim);
-    let tiles = t.div_ceil(QUERY_TILE);
+    assert!(kv_heads > 0 && heads % kv_heads == 0);
+    let row = heads * dim;
+    for s in seqs {
+        assert!(q.len() >= (s.start + s.len) * row && out.len() >= (s.start + s.len) * row);
+        for view in [s.k, s.v] {
+            let blocks = (s.past + s.len).div_ceil(BLOCK_SIZE);
+            assert!(view.blocks.len() >= blocks, "block table shorter than the sequence");
+            let top = view.blocks[..blocks].iter().max().map_or(0, |&b| b as usize + 1);
+            assert!(view.data.len() >= top * BLOCK_SIZE * kv_heads * dim, "block outside the pool");
+        }
+    }
+    // Tasks: (sequence, KV head, query tile), flattened.
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    let mut work = 0;
+    for (i, s) in seqs.iter().enumerate() {
+        for g in 0..kv_heads {
+            for tile in 0..s.len.div_ceil(QUERY_TILE) {
+                tasks.push((i, g, tile));
+            }
+        }
+        work += heads * s.len * (s.past + s.len);
+    }
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let task = |i: usize| {
-        let (g, tile) = (i / tiles, i % tiles);
+    let task = |&(i, g, tile): &(usize, usize, usize)| {
+        let s = &seqs[i];
         let first = tile * QUERY_TILE;
-        let tokens = QUERY_TILE.min(t - first);
-        SCRATCH.with(|s| {
+        let tokens = QUERY_TILE.min(s.len - first);
+        SCRATCH.with(|sc| {
             // SAFETY: tasks write disjoint (token, head) rows of `out`.
-            unsafe { head_tile(shape, q, past, first, tokens, g, k, v, out_ptr, &mut s.borrow_mut(), simd) }
+            unsafe { head_tile(shape, q, s, first, tokens, g, out_ptr, &mut sc.borrow_mut(), simd) }
         });
     };
-    let work = heads * t * (past + t);
-    if work < PARALLEL_MIN_SCORES || kv_heads * tiles == 1 {
-        (0..kv_heads * tiles).for_each(task);
+    if work < PARALLEL_MIN_SCORES || tasks.len() == 1 {
+        tasks.iter().for_each(task);
     } else {
-        (0..kv_heads * tiles).into_par_iter().for_each(task);
+        tasks.par_iter().for_each(task);
     }
 }
 
@@ -95,41 +120,59 @@ fn visible(pos: usize, window: Option<usize>) -> (usize, usize) {
     (lo, pos + 1)
 }
 
-/// Tokens `first..first + tokens` of the new ones, for the query heads of KV head `g`.
+/// Calls `f(j0, j1, offset)` for each run `j0..j1` of `lo..hi` inside one
+/// block, `offset` being token j0's element offset for KV head `g`.
+fn runs(view: &KvView, lo: usize, hi: usize, row: usize, g_off: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let mut j0 = lo;
+    while j0 < hi {
+        let b = j0 / BLOCK_SIZE;
+        let j1 = hi.min((b + 1) * BLOCK_SIZE);
+        f(j0, j1, (view.blocks[b] as usize * BLOCK_SIZE + j0 % BLOCK_SIZE) * row + g_off);
+        j0 = j1;
+    }
+}
+
+/// Tokens `first..first + tokens` of sequence `s`'s new ones, for the query heads of KV head `g`.
 ///
 /// # Safety
-/// `out` points at a (t, heads * head_dim) buffer whose rows for these
+/// `out` points at a (tokens, heads * head_dim) buffer whose rows for these
 /// tokens and heads no other thread writes meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_tile(
     shape: &AttnShape,
     q: &[f32],
-    past: usize,
+    s: &SeqAttn,
     first: usize,
     tokens: usize,
     g: usize,
-    k: KvView,
-    v: KvView,
     out: OutPtr,
     scratch: &mut Vec<f32>,
     simd: bool,
 ) {
     let dim = shape.head_dim;
     let group = shape.heads / shape.kv_heads;
-    let keys_max = past + first + tokens;
+    let row = shape.kv_heads * dim;
+    let keys_max = s.past + first + tokens;
     if scratch.len() < keys_max {
         scratch.resize(keys_max, 0.0);
     }
     for i in first..first + tokens {
-        let (lo, hi) = visible(past + i, shape.window);
+        let (lo, hi) = visible(s.past + i, shape.window);
+        let r = s.start + i;
         for h in g * group..(g + 1) * group {
-            let qrow = &q[(i * shape.heads + h) * dim..][..dim];
+            let qrow = &q[(r * shape.heads + h) * dim..][..dim];
             let scores = &mut scratch[..hi - lo];
             // Scores, softmax over the visible keys, then the weighted sum of values.
-            scores_row(qrow, k.from(g, lo, dim), dim, shape.scale, scores, simd);
+            runs(&s.k, lo, hi, row, g * dim, |j0, j1, at| {
+                scores_row(qrow, &s.k.data[at..], row, dim, shape.scale, &mut scores[j0 - lo..j1 - lo], simd)
+            });
             softmax(scores, simd);
-            let o = std::slice::from_raw_parts_mut(out.at((i * shape.heads + h) * dim), dim);
-            weighted_values(scores, v.from(g, lo, dim), dim, o, simd);
+            let o = std::slice::from_raw_parts_mut(out.at((r * shape.heads + h) * dim), dim);
+            let mut fresh = true;
+            runs(&s.v, lo, hi, row, g * dim, |j0, j1, at| {
+                weighted_values(&scores[j0 - lo..j1 - lo], &s.v.data[at..], row, dim, o, !fresh, simd);
+                fresh = false;
+            });
         }
     }
 }
@@ -138,18 +181,21 @@ fn simd_ok(dim: usize) -> bool {
     dim.is_multiple_of(8) && super::legacy_quant::has_avx2()
 }
 
-/// `scores[j]` = scale · q · key j (`keys`: rows of `dim` floats).
-fn scores_row(q: &[f32], keys: &[f32], dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
-    assert!(keys.len() >= scores.len() * dim);
+/// `scores[j]` = scale · q · key j (`keys`: key j's `dim` floats at `j * stride`).
+fn scores_row(q: &[f32], keys: &[f32], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
+    if scores.is_empty() {
+        return;
+    }
+    assert!(stride >= dim && keys.len() >= (scores.len() - 1) * stride + dim);
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: AVX2+FMA detected, dim a multiple of 8 (`simd_ok`), keys long enough.
-        unsafe { avx2::scores_row(q, keys, dim, scale, scores) };
+        unsafe { avx2::scores_row(q, keys, stride, dim, scale, scores) };
         return;
     }
     let _ = simd;
-    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(dim)) {
-        *s = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = scale * q.iter().zip(&keys[j * stride..j * stride + dim]).map(|(a, b)| a * b).sum::<f32>();
     }
 }
 
@@ -174,19 +220,23 @@ fn softmax(s: &mut [f32], simd: bool) {
     s.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// `out` = Σ_j p[j] · value j (`values`: rows of `dim` floats).
-fn weighted_values(p: &[f32], values: &[f32], dim: usize, out: &mut [f32], simd: bool) {
-    assert!(values.len() >= p.len() * dim && out.len() == dim);
+/// `out` (+)= Σ_j p[j] · value j (`values`: value j's `dim` floats at
+/// `j * stride`); `add` keeps what `out` holds, else it is overwritten.
+#[allow(clippy::too_many_arguments)]
+fn weighted_values(p: &[f32], values: &[f32], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool) {
+    assert!(!p.is_empty() && stride >= dim && values.len() >= (p.len() - 1) * stride + dim && out.len() == dim);
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: AVX2+FMA detected, dim a multiple of 8, values long enough.
-        unsafe { avx2::weighted_values(p, values, dim, out) };
+        unsafe { avx2::weighted_values(p, values, stride, dim, out, add) };
         return;
     }
     let _ = simd;
-    out.fill(0.0);
-    for (&pj, x) in p.iter().zip(values.chunks_exact(dim)) {
-        for (o, x) in out.iter_mut().zip(x) {
+    if !add {
+        out.fill(0.0);
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, x) in out.iter_mut().zip(&values[j * stride..j * stride + dim]) {
             *o += pj * x;
         }
     }
@@ -209,7 +259,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores_row(q: &[f32], keys: &[f32], dim: usize, scale: f32, scores: &mut [f32]) {
+    pub unsafe fn scores_row(q: &[f32], keys: &[f32], stride: usize, dim: usize, scale: f32, scores: &mut [f32]) {
         let n = scores.len();
         let base = keys.as_ptr();
         let qp = q.as_ptr();
@@ -221,7 +271,7 @@ mod avx2 {
             for c in (0..dim).step_by(8) {
                 let qc = _mm256_loadu_ps(qp.add(c));
                 for (kk, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(base.add((j + kk) * dim + c)), *a);
+                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(base.add((j + kk) * stride + c)), *a);
                 }
             }
             _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), sc));
@@ -230,7 +280,7 @@ mod avx2 {
         for (jj, s) in scores.iter_mut().enumerate().skip(j) {
             let mut a = _mm256_setzero_ps();
             for c in (0..dim).step_by(8) {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(base.add(jj * dim + c)), a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(base.add(jj * stride + c)), a);
             }
             let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
             let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -279,16 +329,21 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_values(p: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
+    pub unsafe fn weighted_values(p: &[f32], values: &[f32], stride: usize, dim: usize, out: &mut [f32], add: bool) {
         let base = values.as_ptr();
         // Up to 64 output dims in registers at a time.
         let mut c0 = 0;
         while c0 < dim {
             let width = (dim - c0).min(64) / 8;
             let mut acc = [_mm256_setzero_ps(); 8];
+            if add {
+                for (c, a) in acc.iter_mut().enumerate().take(width) {
+                    *a = _mm256_loadu_ps(out.as_ptr().add(c0 + 8 * c));
+                }
+            }
             for (j, &pj) in p.iter().enumerate() {
                 let w = _mm256_set1_ps(pj);
-                let row = base.add(j * dim + c0);
+                let row = base.add(j * stride + c0);
                 for (c, a) in acc.iter_mut().enumerate().take(width) {
                     *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * c)), *a);
                 }
@@ -307,8 +362,8 @@ mod tests {
 
     /// Softmax attention written out in f64, straight from the definition
     /// (transformers' eager attention with repeat_kv and the causal /
-    /// sliding-window mask).
-    fn reference(s: &AttnShape, q: &[f32], t: usize, past: usize, k: &[f32], v: &[f32], cap: usize) -> Vec<f32> {
+    /// sliding-window mask). `kv(g, j)`: key and value of head g, token j.
+    fn reference<'a>(s: &AttnShape, q: &[f32], t: usize, past: usize, kv: impl Fn(usize, usize) -> (&'a [f32], &'a [f32])) -> Vec<f32> {
         let dim = s.head_dim;
         let group = s.heads / s.kv_heads;
         let mut out = vec![0f32; t * s.heads * dim];
@@ -320,16 +375,13 @@ mod tests {
                 let keys: Vec<usize> = (0..=pos).filter(|&j| s.window.is_none_or(|w| pos < w || j > pos - w)).collect();
                 let sc: Vec<f64> = keys
                     .iter()
-                    .map(|&j| {
-                        let kr = &k[(g * cap + j) * dim..][..dim];
-                        s.scale as f64 * qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
-                    })
+                    .map(|&j| s.scale as f64 * qr.iter().zip(kv(g, j).0).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for d in 0..dim {
-                    let acc: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * v[(g * cap + j) * dim + d] as f64).sum();
+                    let acc: f64 = keys.iter().zip(&e).map(|(&j, w)| w / z * kv(g, j).1[d] as f64).sum();
                     out[(i * s.heads + h) * dim + d] = acc as f32;
                 }
             }
@@ -342,12 +394,13 @@ mod tests {
     }
 
     /// Decode and prompt tiles, grouped heads, head sizes that do and do not
-    /// fill SIMD registers, a sliding window, a cache with spare capacity,
-    /// and a step large enough to run on the thread pool.
+    /// fill SIMD registers, a sliding window, and a step large enough to run
+    /// on the thread pool; each case runs as one sequence of a step together
+    /// with a decoding neighbour, over scattered blocks of a shared pool.
     #[test]
     fn matches_softmax_attention_definition() {
         for (heads, kv_heads, dim, t, past, window) in [
-            (4, 2, 64, 1, 37, None),
+            (4usize, 2usize, 64usize, 1usize, 37usize, None),
             (9, 3, 64, 21, 0, None),
             (6, 6, 80, 5, 9, None),
             (2, 1, 12, 3, 4, None),
@@ -356,15 +409,34 @@ mod tests {
             (14, 2, 64, 40, 100, None), // split across threads
         ] {
             let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), window };
-            let cap = past + t + 5;
-            let q = data(t * heads * dim, 1);
-            let k = data(kv_heads * cap * dim, 2);
-            let v = data(kv_heads * cap * dim, 3);
-            let want = reference(&shape, &q, t, past, &k, &v, cap);
+            let (n_a, n_b) = ((past + t as usize).div_ceil(BLOCK_SIZE), 20usize.div_ceil(BLOCK_SIZE));
+            let total = n_a + n_b + 3;
+            // Blocks in a scrambled order, interleaved between the two sequences.
+            let order: Vec<u32> = (0..total as u32).map(|i| (i * 7 + 3) % total as u32).collect();
+            let (blocks_a, blocks_b) = (order[..n_a].to_vec(), order[n_a..n_a + n_b].to_vec());
+            let row = kv_heads * dim;
+            let k = data(total * BLOCK_SIZE * row, 2);
+            let v = data(total * BLOCK_SIZE * row, 3);
+            let at = |blocks: &[u32], g: usize, j: usize| (blocks[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE) * row + g * dim;
+            // Sequence b decodes its 20th token; sequence a is the case, after it.
+            let q = data((1 + t) * heads * dim, 1);
+            let want_b = reference(&shape, &q[..heads * dim], 1, 19, |g, j| {
+                let o = at(&blocks_b, g, j);
+                (&k[o..o + dim], &v[o..o + dim])
+            });
+            let want_a = reference(&shape, &q[heads * dim..], t, past, |g, j| {
+                let o = at(&blocks_a, g, j);
+                (&k[o..o + dim], &v[o..o + dim])
+            });
             for simd in [false, true] {
-                let mut got = vec![0f32; t * heads * dim];
-                let kv = |d| KvView { data: d, head_stride: cap * dim };
-                attend_on(&shape, &q, t, past, kv(&k), kv(&v), &mut got, simd && simd_ok(dim));
+                let mut got = vec![0f32; (1 + t) * heads * dim];
+                let view = |d, b| KvView { data: d, blocks: b };
+                let seqs = [
+                    SeqAttn { start: 0, len: 1, past: 19, k: view(&k, &blocks_b), v: view(&v, &blocks_b) },
+                    SeqAttn { start: 1, len: t, past, k: view(&k, &blocks_a), v: view(&v, &blocks_a) },
+                ];
+                attend_on(&shape, &q, &seqs, &mut got, simd && simd_ok(dim));
+                let want: Vec<f32> = want_b.iter().chain(&want_a).copied().collect();
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(err < 2e-5, "{heads}/{kv_heads} heads, dim {dim}, t {t}, past {past}, simd {simd}: {err}");
             }

@@ -1,15 +1,16 @@
-//! Rotary self-attention over a batch of sequences, each against its own KV
-//! cache, with grouped query heads served without copying the KV heads: on
-//! the CPU by our attention kernel reading the cache in place, elsewhere as
-//! tensor ops.
+//! Rotary self-attention over a batch of sequences, each against its own
+//! history in the paged KV cache, with grouped query heads served without
+//! copying the KV heads: on the CPU by our attention kernel reading the
+//! cache's blocks in place (one call for the whole step), elsewhere as
+//! tensor ops over each sequence's gathered history.
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 
 use super::batch::StepContext;
 use super::linear::Linear;
 use super::rotary::Rotary;
-use crate::kernels::attention::{attend, AttnShape, KvView};
-use crate::kv_cache::KvStore;
+use crate::kernels::attention::{attend, AttnShape, KvView, SeqAttn};
+use crate::kv_cache::StepKv;
 
 /// Q, K and V projections: three matrices, or one (phi3, some phi2 files)
 /// whose output rows are Q, then K, then V.
@@ -43,8 +44,9 @@ impl SelfAttention {
         Tensor::cat(&[rot, pass], 2)
     }
 
-    /// `x`: (tokens, hidden) -> (tokens, hidden).
-    pub fn forward(&self, x: &Tensor, ctx: &StepContext, caches: &mut [&mut dyn KvStore], layer: usize) -> Result<Tensor> {
+    /// `x`: (tokens, hidden) -> (tokens, hidden); `kv` holds the blocks
+    /// of every sequence of the step, those for its new tokens included.
+    pub fn forward(&self, x: &Tensor, ctx: &StepContext, kv: &StepKv, layer: usize) -> Result<Tensor> {
         let t = x.dims2()?.0;
         let (q_dim, kv_dim) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let (q, k, v) = match &self.qkv {
@@ -57,41 +59,32 @@ impl SelfAttention {
         let q = self.rotate(&q.reshape((t, self.heads, self.head_dim))?, ctx)?;
         let k = self.rotate(&k.reshape((t, self.kv_heads, self.head_dim))?, ctx)?;
         let v = v.reshape((t, self.kv_heads, self.head_dim))?;
+        for (i, slot) in ctx.batch.slots.iter().enumerate() {
+            kv.write(layer, i, slot.past, &k.narrow(0, slot.start, slot.len)?, &v.narrow(0, slot.start, slot.len)?)?;
+        }
 
-        // Projections ran over the whole batch at once; attention runs per
-        // sequence, each against its own cache.
         let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
-            self.attend_cpu(&q, &k, &v, ctx, caches, layer)?
+            self.attend_cpu(&q, ctx, kv, layer)?
         } else {
             let mut outs = Vec::with_capacity(ctx.batch.slots.len());
             for (i, slot) in ctx.batch.slots.iter().enumerate() {
                 let qs = q.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (heads, len, dim)
-                let ks = k.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (kv_heads, len, dim)
-                let vs = v.narrow(0, slot.start, slot.len)?.transpose(0, 1)?;
-                let (k_all, v_all) = caches[i].append(layer, &ks, &vs)?;
+                let (k_all, v_all) = kv.gather(layer, i, slot.past + slot.len)?;
                 let mask = match ctx.masks.get(i) {
                     Some(m) => m.clone(),
                     None => causal_mask(slot.len, slot.past, ctx.window, q.device())?,
                 };
-                outs.push(grouped_attention(&qs, &k_all, &v_all, mask.as_ref(), self.scale)?);
+                outs.push(grouped_attention(&qs, &k_all.to_dtype(q.dtype())?, &v_all.to_dtype(q.dtype())?, mask.as_ref(), self.scale)?);
             }
             if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? }
         };
         self.o_proj.forward_rows(&y, ctx)
     }
 
-    /// `q`: (tokens, heads, head_dim), `k`, `v`: (tokens, kv_heads,
-    /// head_dim) f32 on the CPU -> (tokens, heads * head_dim), every
-    /// sequence's rows written by the attention kernel into one buffer.
-    fn attend_cpu(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        ctx: &StepContext,
-        caches: &mut [&mut dyn KvStore],
-        layer: usize,
-    ) -> Result<Tensor> {
+    /// `q`: (tokens, heads, head_dim) f32 on the CPU -> (tokens, heads *
+    /// head_dim): every sequence's rows from one call of the attention
+    /// kernel, which reads the pool's blocks in place.
+    fn attend_cpu(&self, q: &Tensor, ctx: &StepContext, kv: &StepKv, layer: usize) -> Result<Tensor> {
         let width = self.heads * self.head_dim;
         let t = q.dims3()?.0;
         let shape = AttnShape {
@@ -104,25 +97,27 @@ impl SelfAttention {
         let q = q.contiguous()?;
         let (q_store, q_layout) = q.storage_and_layout();
         let q_all = &cpu_f32(&q_store)?[q_layout.start_offset()..][..t * width];
+        let (k_pool, v_pool) = kv.layer(layer);
+        let (k_store, k_layout) = k_pool.storage_and_layout();
+        let (v_store, v_layout) = v_pool.storage_and_layout();
+        let k_data = &cpu_f32(&k_store)?[k_layout.start_offset()..];
+        let v_data = &cpu_f32(&v_store)?[v_layout.start_offset()..];
+        let seqs: Vec<SeqAttn> = ctx
+            .batch
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SeqAttn {
+                start: s.start,
+                len: s.len,
+                past: s.past,
+                k: KvView { data: k_data, blocks: kv.blocks(i) },
+                v: KvView { data: v_data, blocks: kv.blocks(i) },
+            })
+            .collect();
         let mut out = vec![0f32; t * width];
-        for (i, slot) in ctx.batch.slots.iter().enumerate() {
-            let ks = k.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (kv_heads, len, dim)
-            let vs = v.narrow(0, slot.start, slot.len)?.transpose(0, 1)?;
-            let (k_all, v_all) = caches[i].append(layer, &ks, &vs)?;
-            let past = k_all.dims3()?.1 - slot.len;
-            let (k_store, k_layout) = k_all.storage_and_layout();
-            let (v_store, v_layout) = v_all.storage_and_layout();
-            let rows = slot.start * width..(slot.start + slot.len) * width;
-            attend(
-                &shape,
-                &q_all[rows.clone()],
-                slot.len,
-                past,
-                kv_view(&k_store, k_layout, self.head_dim)?,
-                kv_view(&v_store, v_layout, self.head_dim)?,
-                &mut out[rows],
-            );
-        }
+        attend(&shape, q_all, &seqs, &mut out);
+        drop((k_store, v_store, q_store));
         Tensor::from_vec(out, (t, width), q.device())
     }
 }
@@ -132,15 +127,6 @@ fn cpu_f32(s: &Storage) -> Result<&[f32]> {
         Storage::Cpu(c) => c.as_slice::<f32>(),
         _ => candle_core::bail!("attention kernel: tensor not on the CPU"),
     }
-}
-
-/// A (kv_heads, tokens, head_dim) cache view whose rows are contiguous.
-fn kv_view<'a>(s: &'a Storage, l: &candle_core::Layout, dim: usize) -> Result<KvView<'a>> {
-    let st = l.stride();
-    if st.len() != 3 || st[1] != dim || st[2] != 1 {
-        candle_core::bail!("attention kernel: cache rows not contiguous (strides {st:?})");
-    }
-    Ok(KvView { data: &cpu_f32(s)?[l.start_offset()..], head_stride: st[0] })
 }
 
 /// `q`: (heads, q_len, head_dim); `k`, `v`: (kv_heads, kv_len, head_dim);
@@ -235,9 +221,11 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
     }
 
-    /// The CPU kernel and the tensor-op path (which other devices run) agree.
+    /// The CPU kernel and the tensor-op path (which other devices run) agree,
+    /// both reading keys and values written through the pool into scattered blocks.
     #[test]
     fn kernel_matches_tensor_ops() {
+        use crate::kv_cache::{BlockTable, KvPool, BLOCK_SIZE};
         let dev = Device::Cpu;
         for (heads, kv_heads, dim, t, past, window) in [(9, 3, 64, 30, 0, None), (14, 2, 64, 40, 3, None), (4, 2, 64, 1, 50, Some(16)), (8, 8, 64, 64, 0, None)] {
             let q = (Tensor::randn(0f32, 1.0, (heads, t, dim), &dev).unwrap() * 4.0).unwrap();
@@ -246,16 +234,33 @@ mod tests {
             let scale = 1.0 / (dim as f64).sqrt();
             let mask = causal_mask(t, past, window, &dev).unwrap();
             let want = grouped_attention(&q, &k, &v, mask.as_ref(), scale).unwrap();
+
+            let n = (past + t).div_ceil(BLOCK_SIZE);
+            let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev).unwrap();
+            let table = BlockTable { blocks: (0..n as u32).map(|b| 2 * n as u32 - 2 * b).collect() };
+            let (kt, vt) = (k.transpose(0, 1).unwrap(), v.transpose(0, 1).unwrap());
+            // The history in two writes, as a cached past and a step's new tokens.
+            for (from, len) in [(0, past), (past, t)] {
+                if len > 0 {
+                    pool.write(0, &table, from, &kt.narrow(0, from, len).unwrap(), &vt.narrow(0, from, len).unwrap()).unwrap();
+                }
+            }
+            let (kg, vg) = pool.gather(0, &table, past + t).unwrap();
+            let gathered = grouped_attention(&q, &kg, &vg, mask.as_ref(), scale).unwrap();
+
             let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: scale as f32, window };
             let qv = q.transpose(0, 1).unwrap().contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let kv = k.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let vv = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (kp, vp) = pool.layer(0);
+            let kd = kp.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let vd = vp.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut out = vec![0f32; t * heads * dim];
-            let hs = (past + t) * dim;
-            attend(&shape, &qv, t, past, KvView { data: &kv, head_stride: hs }, KvView { data: &vv, head_stride: hs }, &mut out);
+            let view = |d| KvView { data: d, blocks: &table.blocks };
+            attend(&shape, &qv, &[SeqAttn { start: 0, len: t, past, k: view(&kd), v: view(&vd) }], &mut out);
             let got = Tensor::from_vec(out, (t, heads * dim), &dev).unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-4, "{heads}/{kv_heads} t {t} past {past}: {diff}");
+            for (what, x) in [("kernel", got), ("gathered", gathered)] {
+                let diff = (x - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-4, "{what}: {heads}/{kv_heads} t {t} past {past}: {diff}");
+            }
         }
     }
 }

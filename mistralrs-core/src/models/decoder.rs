@@ -7,7 +7,7 @@ use candle_core::{Device, Result, Tensor};
 
 use super::{CausalLm, ModelConfig};
 use crate::error::Result as LoadResult;
-use crate::kv_cache::KvStore;
+use crate::kv_cache::StepKv;
 use crate::layers::{Embedding, ForwardBatch, GatedMlp, Linear, RmsNorm, Rotary, SelfAttention, StepContext};
 use crate::weights::WeightSource;
 
@@ -105,10 +105,10 @@ impl<F: FeedForward> PreNormDecoder<F> {
 
 impl<F: FeedForward> PreNormDecoder<F> {
     /// Every row's residual stream after the last layer (before the final norm).
-    fn layers_forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+    fn layers_forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
         let (mut x, ctx) = self.trunk.embed(batch)?;
         for (i, l) in self.layers.iter().enumerate() {
-            let h = l.self_attn.forward(&l.input_layernorm.forward(&x)?, &ctx, caches, i)?;
+            let h = l.self_attn.forward(&l.input_layernorm.forward(&x)?, &ctx, kv, i)?;
             x = (x + h)?;
             let h = l.mlp.forward(&l.post_attention_layernorm.forward(&x)?, &ctx)?;
             x = (x + h)?;
@@ -118,13 +118,13 @@ impl<F: FeedForward> PreNormDecoder<F> {
 }
 
 impl<F: FeedForward> CausalLm for PreNormDecoder<F> {
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        let x = self.layers_forward(batch, caches)?;
+    fn forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
+        let x = self.layers_forward(batch, kv)?;
         self.trunk.logits(&x, batch, |h| self.norm.forward(h))
     }
 
-    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        self.norm.forward(&self.layers_forward(batch, caches)?)
+    fn hidden_states(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
+        self.norm.forward(&self.layers_forward(batch, kv)?)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -13,19 +13,19 @@ use candle_core::{Device, Tensor};
 
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvStore;
+use crate::kv_cache::StepKv;
 use crate::weights::WeightSource;
 pub use crate::layers::{ForwardBatch, SeqSlot};
 pub use config::ModelConfig;
 
 pub trait CausalLm: Send + Sync {
     /// Runs every sequence's new tokens, appending to its cache
-    /// (`caches[i]` belongs to `batch.slots[i]`), and returns the logits of each
+    /// (the KV of `batch.slots[i]` is `kv`'s sequence i), and returns the logits of each
     /// sequence's last token: (sequences, vocab) f32.
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> candle_core::Result<Tensor>;
+    fn forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> candle_core::Result<Tensor>;
     /// Like `forward`, but returns every row's hidden state after the final
     /// norm (the output head's input): (tokens, hidden).
-    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> candle_core::Result<Tensor>;
+    fn hidden_states(&self, batch: &ForwardBatch, kv: &mut StepKv) -> candle_core::Result<Tensor>;
     fn config(&self) -> &ModelConfig;
     /// Layers of KV cache each sequence needs (X-LoRA keeps two sets).
     fn cache_layers(&self) -> usize {

@@ -7,7 +7,7 @@ use candle_core::{Device, Result, Tensor};
 use super::decoder::Trunk;
 use super::{CausalLm, ModelConfig};
 use crate::error::Result as LoadResult;
-use crate::kv_cache::KvStore;
+use crate::kv_cache::StepKv;
 use crate::layers::{ForwardBatch, LayerNorm, Mlp, QkvProj, SelfAttention};
 use crate::weights::WeightSource;
 
@@ -59,11 +59,11 @@ impl Phi2 {
 
 impl Phi2 {
     /// Every row's residual stream after the last layer (before the final norm).
-    fn layers_forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
+    fn layers_forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
         let (mut x, ctx) = self.trunk.embed(batch)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
-            let attn = layer.self_attn.forward(&h, &ctx, caches, i)?;
+            let attn = layer.self_attn.forward(&h, &ctx, kv, i)?;
             x = ((x + attn)? + layer.mlp.forward(&h, &ctx)?)?;
         }
         Ok(x)
@@ -71,13 +71,13 @@ impl Phi2 {
 }
 
 impl CausalLm for Phi2 {
-    fn forward(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        let x = self.layers_forward(batch, caches)?;
+    fn forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
+        let x = self.layers_forward(batch, kv)?;
         self.trunk.logits(&x, batch, |h| self.final_layernorm.forward(h))
     }
 
-    fn hidden_states(&self, batch: &ForwardBatch, caches: &mut [&mut dyn KvStore]) -> Result<Tensor> {
-        self.final_layernorm.forward(&self.layers_forward(batch, caches)?)
+    fn hidden_states(&self, batch: &ForwardBatch, kv: &mut StepKv) -> Result<Tensor> {
+        self.final_layernorm.forward(&self.layers_forward(batch, kv)?)
     }
 
     fn config(&self) -> &ModelConfig {

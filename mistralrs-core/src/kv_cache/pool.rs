@@ -1,0 +1,100 @@
+//! The memory of the KV cache: per cache layer, one key and one value
+//! tensor of (blocks × BLOCK_SIZE slots, kv_heads, head_dim), allocated once
+//! at load for the whole budget. On the CPU the zeroed buffers are only
+//! backed by memory as blocks are first written, lowest ids first.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::blocks::{BlockTable, BLOCK_SIZE};
+
+pub struct KvPool {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    kv_heads: usize,
+    head_dim: usize,
+    blocks: usize,
+}
+
+impl KvPool {
+    /// Bytes one block takes over all `layers`, keys and values (f32).
+    pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize) -> usize {
+        2 * layers * BLOCK_SIZE * kv_heads * head_dim * DType::F32.size_in_bytes()
+    }
+
+    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, device: &Device) -> Result<Self> {
+        let shape = (blocks * BLOCK_SIZE, kv_heads, head_dim);
+        let alloc = || {
+            (0..layers)
+                .map(|_| Tensor::zeros(shape, DType::F32, device))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            k: alloc()?,
+            v: alloc()?,
+            kv_heads,
+            head_dim,
+            blocks,
+        })
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn layers(&self) -> usize {
+        self.k.len()
+    }
+
+    /// Layer `layer`'s keys and values, (slots, kv_heads, head_dim).
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.k[layer], &self.v[layer])
+    }
+
+    /// Stores `k`, `v` ((t, kv_heads, head_dim)) as the tokens at positions
+    /// `past..past + t` of `table`, whose blocks must already be allocated.
+    pub fn write(&self, layer: usize, table: &BlockTable, past: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        let t = k.dims3()?.0;
+        let (k, v) = (
+            k.to_dtype(DType::F32)?.contiguous()?,
+            v.to_dtype(DType::F32)?.contiguous()?,
+        );
+        // One copy per run of the new tokens that falls in one block.
+        let mut i = 0;
+        while i < t {
+            let pos = past + i;
+            let run = (BLOCK_SIZE - pos % BLOCK_SIZE).min(t - i);
+            let slot = table.slot(pos);
+            self.k[layer].slice_set(&k.narrow(0, i, run)?, 0, slot)?;
+            self.v[layer].slice_set(&v.narrow(0, i, run)?, 0, slot)?;
+            i += run;
+        }
+        Ok(())
+    }
+
+    /// Layer `layer`'s first `n` tokens of `table`, (kv_heads, n, head_dim)
+    /// each, gathered into new tensors (for attention as tensor ops).
+    pub fn gather(&self, layer: usize, table: &BlockTable, n: usize) -> Result<(Tensor, Tensor)> {
+        let slots: Vec<u32> = (0..n).map(|i| table.slot(i) as u32).collect();
+        let ids = Tensor::from_vec(slots, n, self.k[layer].device())?;
+        let take = |t: &Tensor| t.index_select(&ids, 0)?.transpose(0, 1)?.contiguous();
+        Ok((take(&self.k[layer])?, take(&self.v[layer])?))
+    }
+
+    /// Copies the first `tokens` slots of block `from` into block `to`, in
+    /// every layer (a shared block about to be written: copy-on-write).
+    pub fn copy_block(&self, from: u32, to: u32, tokens: usize) -> Result<()> {
+        let (from, to) = (from as usize * BLOCK_SIZE, to as usize * BLOCK_SIZE);
+        for t in self.k.iter().chain(&self.v) {
+            t.slice_set(&t.narrow(0, from, tokens)?.contiguous()?, 0, to)?;
+        }
+        Ok(())
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+}

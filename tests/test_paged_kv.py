@@ -1,0 +1,77 @@
+"""The paged KV cache (SPEC §4): a budget that holds only part of the requests
+running at once (the newest are preempted and recomputed), choices that share
+their prompt's blocks copy-on-write, and requests that could never fit refused
+up front.
+
+Reference: each request's own sequential output on the default runner, whose
+greedy answers equal llama.cpp's on the same file (test_smollm2.py)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+from conftest import chat
+from mistralrs import CompletionRequest, Runner
+
+# Prompts of 8 to about 420 tokens, each different from its first token on.
+PROMPTS = [
+    f"Note {i}: " + "The quick brown fox jumps over the lazy dog near the river bank. " * reps
+    for i, reps in enumerate([0, 1, 3, 6, 10, 15, 22, 30, 0, 2, 4, 8, 12, 18, 26, 33])
+]
+
+
+def complete(runner, prompt: str, max_tokens: int = 24) -> str:
+    req = CompletionRequest(model="m", prompt=prompt, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    return runner.send_completion_request(req).choices[0].text
+
+
+def test_a_budget_for_a_quarter_of_the_requests_preempts_and_every_request_gets_its_own_output(
+    smollm2_runner, smollm2_which
+):
+    sequential = [complete(smollm2_runner, p) for p in PROMPTS]
+    tokens = sum(len(smollm2_runner.tokenize(p)) + 24 for p in PROMPTS)
+    # SmolLM2: 30 layers x 3 KV heads x 64 dims, keys and values in f32 = 45 KiB per token.
+    mb = max(1, tokens * 46080 // 4 >> 20)
+    small = Runner(which=smollm2_which, kv_cache_mb=mb)
+    try:
+        held = small.stats()["kv_blocks_total"] * small.stats()["kv_block_tokens"]
+        assert held < tokens / 3, (held, tokens)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
+            got = list(pool.map(lambda p: complete(small, p), PROMPTS))
+        stats = small.stats()
+        print(f"\n{len(PROMPTS)} requests, {tokens} tokens, cache of {held} tokens: {stats['preemptions']} preemptions")
+        assert stats["preemptions"] > 0
+        for p, s, g in zip(PROMPTS, sequential, got, strict=True):
+            assert g == s, f"{p[:20]!r}: {g!r} != {s!r}"
+        assert stats["kv_blocks_used"] == 0
+    finally:
+        small.close()
+
+
+def test_choices_share_the_prompt_blocks_and_copy_the_partial_one_before_writing(smollm2_runner):
+    # 8 greedy choices from one prompt pass: each equals the single answer, so
+    # no choice wrote into a block another one reads.
+    question = "Name three colors of the rainbow, please."
+    one = chat(smollm2_runner, question, max_tokens=20).choices[0].message.content
+    before = smollm2_runner.stats()["shared_prompts"]
+    res = chat(smollm2_runner, question, max_tokens=20, n_choices=8)
+    assert [c.message.content for c in res.choices] == [one] * 8
+    assert smollm2_runner.stats()["shared_prompts"] - before == 7
+
+
+def test_a_request_that_cannot_fit_alone_is_refused_up_front(smollm2_which):
+    small = Runner(which=smollm2_which, kv_cache_mb=2)  # 2 blocks of 16 tokens
+    try:
+        with pytest.raises(ValueError, match="KV cache"):
+            complete(small, "Hello there, how are you doing today?", max_tokens=100)
+        # What fits is served.
+        assert complete(small, "Hello", max_tokens=4)
+    finally:
+        small.close()
+
+
+@pytest.mark.parametrize("mb", [0, -5])
+def test_kv_cache_mb_must_be_positive(smollm2_which, mb):
+    with pytest.raises(ValueError, match="kv_cache_mb"):
+        Runner(which=smollm2_which, kv_cache_mb=mb)
