@@ -9,10 +9,14 @@ greedy answers equal llama.cpp's on the same file (test_smollm2.py)."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import threading
+import time
 
 import pytest
-from conftest import chat
-from mistralrs import CompletionRequest, Runner
+from conftest import assert_serves, chat
+from mistralrs import ChatCompletionRequest, CompletionRequest, Runner
 
 # Prompts of 8 to about 420 tokens, each different from its first token on.
 PROMPTS = [
@@ -75,3 +79,73 @@ def test_a_request_that_cannot_fit_alone_is_refused_up_front(smollm2_which):
 def test_kv_cache_mb_must_be_positive(smollm2_which, mb):
     with pytest.raises(ValueError, match="kv_cache_mb"):
         Runner(which=smollm2_which, kv_cache_mb=mb)
+
+
+def _wait_for(cond, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def _long_stream(runner):
+    return runner.send_chat_completion_request(
+        ChatCompletionRequest(
+            model="m",
+            messages=[{"role": "user", "content": "Write a long story about the sea."}],
+            max_tokens=400,
+            temperature=0.0,
+            ignore_eos=True,
+            stream=True,
+        )
+    )
+
+
+@pytest.mark.parametrize("how", ["close", "del"])
+def test_a_stream_stopped_midway_frees_its_blocks_within_a_step(smollm2_runner, how):
+    it = _long_stream(smollm2_runner)
+    for _ in range(3):
+        next(it)
+    assert smollm2_runner.stats()["kv_blocks_used"] > 0
+    steps = smollm2_runner.stats()["steps"]
+    if how == "close":
+        it.close()
+        with pytest.raises(StopIteration):
+            next(it)
+    else:
+        del it
+    assert _wait_for(lambda: smollm2_runner.stats()["kv_blocks_used"] == 0)
+    # The sequence stopped right away, not after its 400 tokens.
+    assert smollm2_runner.stats()["steps"] - steps < 20
+    assert_serves(smollm2_runner)
+
+
+def test_ctrl_c_interrupts_a_blocking_request_and_the_runner_keeps_serving(smollm2_runner):
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        chat(smollm2_runner, "Write a long story about the sea.", max_tokens=4000, ignore_eos=True)
+    elapsed = time.monotonic() - t0
+    timer.join()
+    print(f"\nKeyboardInterrupt {elapsed - 0.5:.2f} s after SIGINT")
+    assert elapsed < 1.5
+    assert _wait_for(lambda: smollm2_runner.stats()["kv_blocks_used"] == 0)
+    assert_serves(smollm2_runner)
+
+
+def test_close_fails_requests_in_flight(smollm2_which):
+    runner = Runner(which=smollm2_which, kv_cache_mb=64)
+    it = _long_stream(runner)
+    next(it)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        blocking = pool.submit(chat, runner, "Write a long story about the sea.", max_tokens=400, ignore_eos=True)
+        assert _wait_for(lambda: runner.stats()["max_batch"] >= 2)
+        runner.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            blocking.result(timeout=10)
+    with pytest.raises(RuntimeError, match="closed"):
+        for _ in it:
+            pass

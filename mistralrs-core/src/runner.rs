@@ -2,8 +2,8 @@
 //! the engine thread, and turns requests into token ids (so bad requests fail
 //! in the caller, before any work).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -48,15 +48,33 @@ pub struct Runner {
 }
 
 /// The events of one request, in order; the last is the full response (or
-/// the last chunk when streaming).
+/// the last chunk when streaming). Dropping it cancels the request: its
+/// sequences stop before the engine's next step and free their cache blocks.
 pub struct ResponseStream {
-    rx: Receiver<Result<Event>>,
+    /// In a mutex so that a waiting thread can hold it by reference.
+    rx: Mutex<Receiver<Result<Event>>>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl ResponseStream {
     /// The next event, or None once the request is answered.
     pub fn recv(&self) -> Option<Result<Event>> {
-        self.rx.recv().ok()
+        self.rx.lock().ok()?.recv().ok()
+    }
+
+    /// The next event, waiting at most `timeout` (so a caller can look
+    /// for interrupts in between); Err(Disconnected) once answered.
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> std::result::Result<Result<Event>, RecvTimeoutError> {
+        match self.rx.lock() {
+            Ok(rx) => rx.recv_timeout(timeout),
+            Err(_) => Err(RecvTimeoutError::Disconnected),
+        }
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
     }
 }
 
@@ -275,7 +293,9 @@ impl Runner {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let (responder, rx) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
         let admission = Admission {
+            cancel: cancel.clone(),
             id: format!("{prefix}-{n}"),
             created,
             fingerprint: self.fingerprint.clone(),
@@ -289,7 +309,7 @@ impl Runner {
         let tx = tx.as_ref().ok_or_else(|| Error::EngineClosed("the runner is closed".into()))?;
         tx.send(Message::Add(Box::new(admission)))
             .map_err(|_| Error::EngineClosed("the engine thread has stopped".into()))?;
-        Ok(ResponseStream { rx })
+        Ok(ResponseStream { rx: Mutex::new(rx), cancel })
     }
 
     /// The prompt's token ids, rendered with the chat template where it is a message list.

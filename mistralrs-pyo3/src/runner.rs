@@ -2,6 +2,7 @@
 //! wait on the engine releases the GIL, so many Python threads can send at
 //! once and the engine batches them.
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
@@ -114,11 +115,23 @@ impl Runner {
             let it = ResponseIterator { rx: Mutex::new(Some(rx)) };
             return Ok(Py::new(py, it)?.into_any());
         }
-        let ev = py.detach(move || rx.recv());
-        match ev {
+        match wait(py, &rx)? {
             Some(Ok(ev)) => event_to_py(py, ev),
             Some(Err(e)) => Err(to_py(e)),
             None => Err(PyRuntimeError::new_err("the engine stopped before answering")),
+        }
+    }
+}
+
+/// The stream's next event (None once answered), waiting without the GIL
+/// in short slices so that Ctrl-C raises KeyboardInterrupt promptly; the
+/// caller then drops the stream, which cancels the request.
+fn wait(py: Python<'_>, rx: &ResponseStream) -> PyResult<Option<mistralrs_core::Result<Event>>> {
+    loop {
+        match py.detach(|| rx.recv_timeout(std::time::Duration::from_millis(50))) {
+            Ok(ev) => return Ok(Some(ev)),
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            Err(RecvTimeoutError::Timeout) => py.check_signals()?,
         }
     }
 }
@@ -283,19 +296,33 @@ impl ResponseIterator {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let next = py.detach(|| {
-            let guard = self.rx.lock().ok()?;
-            guard.as_ref()?.recv()
-        });
+        let guard = self.rx.lock().map_err(|_| PyRuntimeError::new_err("the stream is unusable"))?;
+        let Some(rx) = guard.as_ref() else { return Ok(None) };
+        let next = wait(py, rx);
+        drop(guard);
         match next {
-            Some(Ok(ev)) => event_to_py(py, ev).map(Some),
-            Some(Err(e)) => {
-                if let Ok(mut g) = self.rx.lock() {
-                    *g = None;
-                }
+            Ok(Some(Ok(ev))) => event_to_py(py, ev).map(Some),
+            Ok(Some(Err(e))) => {
+                self.close();
                 Err(to_py(e))
             }
-            None => Ok(None),
+            Ok(None) => {
+                self.close();
+                Ok(None)
+            }
+            // Interrupted (Ctrl-C): the request is cancelled.
+            Err(e) => {
+                self.close();
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the stream: its request is cancelled and frees its cache blocks
+    /// before the engine's next step. Dropping the iterator does the same.
+    fn close(&self) {
+        if let Ok(mut g) = self.rx.lock() {
+            *g = None;
         }
     }
 }

@@ -569,7 +569,12 @@ class ResponseIterator(Generic[_T]):
     """The chunks of a streamed response, in order (``stream=True``)."""
 
     def __iter__(self) -> ResponseIterator[_T]: ...
-    def __next__(self) -> _T: ...
+    def __next__(self) -> _T:
+        """The next chunk. Raises the request's error, RuntimeError when the runner is closed before the
+        request finished, and KeyboardInterrupt on Ctrl-C (which cancels the request)."""
+    def close(self) -> None:
+        """Cancels the request; its KV cache blocks are freed before the engine's next step. Dropping the
+        iterator does the same."""
 
 def build_info() -> dict[str, object]:
     """How this build was compiled and what it runs on: ``version``, ``features``

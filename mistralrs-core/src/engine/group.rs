@@ -30,6 +30,8 @@ pub struct Group {
     pub prompt_done: Option<Instant>,
     /// The client stopped listening; its sequences are dropped.
     pub cancelled: bool,
+    /// Set by the caller's side when it stops listening.
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Finished {

@@ -8,7 +8,7 @@ mod sequence;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +66,8 @@ pub struct Admission {
     pub adapters: Option<Arc<[f32]>>,
     pub max_new: usize,
     pub responder: Responder,
+    /// Set when the caller stops listening (its stream is dropped).
+    pub cancel: Arc<AtomicBool>,
 }
 
 pub enum Message {
@@ -138,14 +140,14 @@ impl Engine {
                 match rx.recv() {
                     Ok(Message::Add(a)) => self.admit(*a),
                     Ok(Message::Swap(m, ack)) => self.swap(m, ack),
-                    Ok(Message::Stop) | Err(_) => return,
+                    Ok(Message::Stop) | Err(_) => return self.close(),
                 }
             }
             loop {
                 match rx.try_recv() {
                     Ok(Message::Add(a)) => self.admit(*a),
                     Ok(Message::Swap(m, ack)) => self.swap(m, ack),
-                    Ok(Message::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Ok(Message::Stop) | Err(TryRecvError::Disconnected) => return self.close(),
                     Err(TryRecvError::Empty) => break,
                 }
             }
@@ -163,6 +165,44 @@ impl Engine {
             }
             self.retire();
         }
+    }
+
+    /// Fails every request not yet answered: a closed runner never lets a
+    /// caller wait forever or mistake a cut-off stream for a finished one.
+    fn close(&mut self) {
+        for (_, (g, _)) in self.groups.iter_mut() {
+            if !g.cancelled {
+                g.fail(Error::EngineClosed("the runner was closed before this request finished".into()));
+            }
+        }
+        self.groups.clear();
+        self.running.clear();
+        self.waiting.clear();
+    }
+
+    /// Drops the sequences of requests whose callers stopped listening,
+    /// freeing their blocks before the step rather than after it.
+    fn drop_cancelled(&mut self) {
+        let mut any = false;
+        for (g, _) in self.groups.values_mut() {
+            if !g.cancelled && g.cancel.load(Ordering::Relaxed) {
+                g.cancelled = true;
+            }
+            any |= g.cancelled;
+        }
+        if !any {
+            return;
+        }
+        let (groups, alloc) = (&self.groups, &mut self.alloc);
+        let live = |s: &Sequence| groups.get(&s.group).is_some_and(|(g, _)| !g.cancelled);
+        self.running.retain_mut(|s| {
+            let keep = live(s);
+            if !keep {
+                s.blocks.release_all(alloc);
+            }
+            keep
+        });
+        self.waiting.retain(|s| live(s));
     }
 
     /// Running sequences keep their caches: the new model has the same
@@ -202,6 +242,7 @@ impl Engine {
             echo,
             prompt_tokens: a.prompt.len(),
             responder: a.responder,
+            cancel: a.cancel,
             finished: (0..req.best_of).map(|_| None).collect(),
             admitted: None,
             prompt_done: None,
@@ -217,6 +258,7 @@ impl Engine {
     /// give their blocks back and wait to be recomputed (preemption), so the
     /// oldest always progress.
     fn schedule(&mut self) {
+        self.drop_cancelled();
         if self.cfg.no_kv_cache {
             for s in &mut self.running {
                 s.drop_cache(&mut self.alloc);
