@@ -9,8 +9,12 @@ greedy answers equal llama.cpp's on the same file (test_smollm2.py)."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -149,3 +153,53 @@ def test_close_fails_requests_in_flight(smollm2_which):
     with pytest.raises(RuntimeError, match="closed"):
         for _ in it:
             pass
+
+
+LONG = json.loads((pathlib.Path(__file__).parent / "fixtures/smollm2/long_prompt_llamacpp.json").read_text())
+
+
+def test_a_long_prompt_runs_in_chunks_and_continues_as_llamacpp_does(smollm2_runner):
+    """Reference: llama.cpp's greedy continuation of a 1,720-token prompt evaluated in one
+    batch (scripts/record_llamacpp_long.py). Here it runs in four 512-token chunks, each
+    attending to the blocks the chunks before it wrote. The text must agree up to
+    llama.cpp's first near-tie (top-2 logit gap under 0.05)."""
+    ref = LONG["f32_kv"]
+    assert smollm2_runner.tokenize(LONG["prompt"]) == ref["prompt_ids"]
+    steps = smollm2_runner.stats()["steps"]
+    req = CompletionRequest(model="m", prompt=LONG["prompt"], max_tokens=24, temperature=0.0, ignore_eos=True)
+    text = smollm2_runner.send_completion_request(req).choices[0].text
+    assert smollm2_runner.stats()["steps"] - steps == -(-len(ref["prompt_ids"]) // 512) + 23
+    sure = next((i for i, s in enumerate(ref["steps"]) if s["gap"] < 0.05), len(ref["steps"]))
+    want = smollm2_runner.detokenize([s["id"] for s in ref["steps"][:sure]])
+    print(f"\nmistralrs {text!r}\nllama.cpp {ref['text']!r} (agreement required for {sure} tokens)")
+    assert text.startswith(want)
+
+
+_PREFILL_RSS = """
+import resource, sys
+from mistralrs import CompletionRequest, Runner, Which
+path, n = sys.argv[1], int(sys.argv[2])
+r = Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=path.rsplit('/', 1)[0], quantized_filename=path.rsplit('/', 1)[1]))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+words = ' '.join(f'w{i}' for i in range(4 * n))
+ids = r.tokenize(words)[:n]
+prompt = r.detokenize(ids)
+r.send_completion_request(CompletionRequest(model='m', prompt=prompt, max_tokens=1, temperature=0.0))
+print(len(r.tokenize(prompt)), base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_prefill_memory_grows_linearly_with_the_prompt(smollm2_path):
+    """Peak memory of a 1k, 2k and 4k-token prefill, each in a fresh process: what the
+    prompt adds (KV blocks, activations) doubles with the prompt, as it must when
+    attention never holds a (prompt x prompt) score matrix."""
+    added = {}
+    for n in (1000, 2000, 4000):
+        out = subprocess.run([sys.executable, "-c", _PREFILL_RSS, str(smollm2_path), str(n)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        tokens, base, peak = (int(x) for x in out)
+        added[n] = (peak - base) / 1024
+        print(f"\nprefill of {tokens} tokens: peak RSS {peak / 1024:.0f} MiB, {added[n]:.0f} MiB above the loaded model")
+    growth_small, growth_large = added[2000] - added[1000], added[4000] - added[2000]
+    # Linear: the second doubling adds about twice what the first did; quadratic would be 4x.
+    assert growth_large < 2.6 * growth_small, added

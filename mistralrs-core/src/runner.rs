@@ -17,6 +17,11 @@ use crate::response::Event;
 use crate::kv_cache::{KvPool, BLOCK_SIZE};
 use crate::tokenizer::TextTokenizer;
 
+/// Tokens one engine step runs at most (prompts beyond it run in chunks):
+/// big enough that prompt throughput is what one long product gives, small
+/// enough that decoding sequences wait at most about a second behind a prompt.
+const MAX_STEP_TOKENS: usize = 512;
+
 pub struct RunnerConfig {
     pub max_seqs: usize,
     pub no_kv_cache: bool,
@@ -100,6 +105,7 @@ impl Runner {
             EngineConfig {
                 max_seqs: cfg.max_seqs,
                 kv_blocks,
+                max_step_tokens: MAX_STEP_TOKENS,
                 no_kv_cache: cfg.no_kv_cache,
                 repeat_last_n: cfg.repeat_last_n,
                 default_seed: cfg.seed,

@@ -48,6 +48,10 @@ pub struct EngineStats {
 
 pub struct EngineConfig {
     pub max_seqs: usize,
+    /// Tokens one step runs at most: decoding sequences take one each, and
+    /// prompts share the rest in chunks (so a long prompt does not stall
+    /// running decodes for its whole length).
+    pub max_step_tokens: usize,
     /// Cache blocks in the pool (see `kv_budget`).
     pub kv_blocks: usize,
     pub no_kv_cache: bool,
@@ -260,8 +264,12 @@ impl Engine {
     fn schedule(&mut self) {
         self.drop_cancelled();
         if self.cfg.no_kv_cache {
+            // Every token is computed again for each new one (in chunks, over
+            // as many steps as the budget needs, without dropping them between).
             for s in &mut self.running {
-                s.drop_cache(&mut self.alloc);
+                if s.computed > 0 && s.uncomputed() == 1 {
+                    s.drop_cache(&mut self.alloc);
+                }
             }
         }
         while self.running.len() < self.cfg.max_seqs {
@@ -275,6 +283,22 @@ impl Engine {
             }
             self.running.push(seq);
         }
+        // Token budget: decoding sequences first, one token each, then
+        // prompts in admission order, each as much as what is left allows.
+        let mut budget = self.cfg.max_step_tokens;
+        for s in &mut self.running {
+            s.chunk = 0;
+            if s.uncomputed() == 1 {
+                s.chunk = 1;
+                budget = budget.saturating_sub(1);
+            }
+        }
+        for s in &mut self.running {
+            if s.chunk == 0 {
+                s.chunk = s.uncomputed().min(budget);
+                budget -= s.chunk;
+            }
+        }
         let mut i = 0;
         while i < self.running.len() {
             if self.reserve(i) {
@@ -283,12 +307,13 @@ impl Engine {
             }
             let mut victim = self.running.pop().expect("i is in range");
             victim.drop_cache(&mut self.alloc);
+            victim.chunk = 0;
             self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
             self.waiting.push_front(victim);
         }
     }
 
-    /// Blocks for running sequence `i`'s pending tokens; false when the pool
+    /// Blocks for running sequence `i`'s tokens of this step; false when the pool
     /// is out of blocks. A partly filled block it shares with a sibling
     /// choice is copied before it writes there (copy-on-write).
     fn reserve(&mut self, i: usize) -> bool {
@@ -307,7 +332,7 @@ impl Engine {
                 seq.blocks.blocks[at] = own;
             }
         }
-        while seq.blocks.blocks.len() < BlockTable::blocks_for(seq.tokens.len()) {
+        while seq.blocks.blocks.len() < BlockTable::blocks_for(seq.computed + seq.chunk) {
             match self.alloc.allocate() {
                 Some(b) => seq.blocks.blocks.push(b),
                 None => return false,
@@ -317,29 +342,39 @@ impl Engine {
     }
 
     fn step(&mut self) -> Result<()> {
-        if self.running.is_empty() {
+        // Sequences with tokens this step, in running order.
+        let active: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].chunk > 0).collect();
+        if active.is_empty() {
             return Ok(());
         }
         let logits = {
-            let inputs: Vec<(&[u32], usize)> = self.running.iter().map(Sequence::pending).collect();
+            let inputs: Vec<(&[u32], usize)> = active.iter().map(|&i| self.running[i].step_input()).collect();
             let batch = ForwardBatch::new(&inputs, &self.device)?;
-            let batch = match self.adapter_rows(&inputs)? {
+            let batch = match self.adapter_rows(&active, &inputs)? {
                 Some(rows) => batch.with_adapters(Some(rows)),
                 None => batch,
             };
             drop(inputs);
-            self.count_step();
-            let (tables, sides): (Vec<&BlockTable>, Vec<&mut SideState>) =
-                self.running.iter_mut().map(|s| (&s.blocks, &mut s.side)).unzip();
+            self.count_step(&active);
+            let (tables, sides): (Vec<&BlockTable>, Vec<&mut SideState>) = self
+                .running
+                .iter_mut()
+                .filter(|s| s.chunk > 0)
+                .map(|s| (&s.blocks, &mut s.side))
+                .unzip();
             let mut kv = StepKv::new(&self.kv, tables, sides);
             self.model.forward(&batch, &mut kv)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
         };
-        for s in &mut self.running {
-            s.computed = s.tokens.len();
-        }
         let now = Instant::now();
         let mut forked = Vec::new();
-        for (seq, mut row) in self.running.iter_mut().zip(logits) {
+        for (&i, mut row) in active.iter().zip(logits) {
+            let seq = &mut self.running[i];
+            seq.computed += seq.chunk;
+            seq.chunk = 0;
+            // A prompt chunk that does not reach the end samples nothing.
+            if seq.uncomputed() > 0 {
+                continue;
+            }
             let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
             if seq.generated() == 0 && seq.choice == 0 {
                 group.prompt_done = Some(now);
@@ -363,12 +398,13 @@ impl Engine {
     }
 
     /// Each token row's adapter weights, when any running sequence has adapters.
-    fn adapter_rows(&self, inputs: &[(&[u32], usize)]) -> Result<Option<AdapterRows>> {
-        let Some(n) = self.running.iter().find_map(|s| s.adapters.as_ref().map(|a| a.len())) else { return Ok(None) };
+    fn adapter_rows(&self, active: &[usize], inputs: &[(&[u32], usize)]) -> Result<Option<AdapterRows>> {
+        let seqs = || active.iter().map(|&i| &self.running[i]);
+        let Some(n) = seqs().find_map(|s| s.adapters.as_ref().map(|a| a.len())) else { return Ok(None) };
         let tokens: usize = inputs.iter().map(|(t, _)| t.len()).sum();
         let mut w = Vec::with_capacity(tokens * n);
         let mut active = vec![false; n];
-        for (seq, (t, _)) in self.running.iter().zip(inputs) {
+        for (seq, (t, _)) in seqs().zip(inputs) {
             match &seq.adapters {
                 Some(a) => {
                     for (on, x) in active.iter_mut().zip(a.iter()) {
@@ -384,13 +420,14 @@ impl Engine {
         Ok(Some(AdapterRows::shared(candle_core::Tensor::from_vec(w, (tokens, n), &self.device)?, active)))
     }
 
-    fn count_step(&self) {
-        let n = self.running.len() as u64;
+    fn count_step(&self, active: &[usize]) {
+        let n = active.len() as u64;
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.sequence_steps.fetch_add(n, Ordering::Relaxed);
         self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
-        let first = self.running.first().map(|s| s.adapters.as_deref());
-        if first.is_some_and(|f| self.running.iter().any(|s| s.adapters.as_deref() != f)) {
+        let mut sets = active.iter().map(|&i| self.running[i].adapters.as_deref());
+        let first = sets.next();
+        if first.is_some_and(|f| sets.any(|s| s != f)) {
             self.stats.mixed_adapter_steps.fetch_add(1, Ordering::Relaxed);
         }
     }

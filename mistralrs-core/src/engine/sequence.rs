@@ -18,6 +18,8 @@ pub struct Sequence {
     pub blocks: BlockTable,
     /// Tokens whose keys and values are in those blocks.
     pub computed: usize,
+    /// Tokens this step runs (set by the scheduler; a long prompt runs in chunks).
+    pub chunk: usize,
     /// What the model keeps for this sequence between steps (X-LoRA).
     pub side: SideState,
     pub sampler: Sampler,
@@ -54,6 +56,7 @@ impl Sequence {
             tokens: prompt,
             blocks: BlockTable::default(),
             computed: 0,
+            chunk: 0,
             side: SideState::default(),
             sampler,
             text: String::new(),
@@ -90,10 +93,15 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
-    /// The tokens this step must run (the whole prompt first, then the last
-    /// token) and how many precede them in the cache.
-    pub fn pending(&self) -> (&[u32], usize) {
-        (&self.tokens[self.computed..], self.computed)
+    /// Tokens not yet in the cache: the prompt (or what of it is left), then
+    /// the last sampled token.
+    pub fn uncomputed(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    /// The tokens this step runs and how many precede them in the cache.
+    pub fn step_input(&self) -> (&[u32], usize) {
+        (&self.tokens[self.computed..self.computed + self.chunk], self.computed)
     }
 
     /// Takes a sampled token; returns the text that may be streamed now.
