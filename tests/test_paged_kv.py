@@ -176,16 +176,22 @@ def test_a_long_prompt_runs_in_chunks_and_continues_as_llamacpp_does(smollm2_run
 
 
 _PREFILL_RSS = """
-import resource, sys
+import sys
 from mistralrs import CompletionRequest, Runner, Which
+
+def hwm():
+    # Peak resident memory (kB) since the last reset.
+    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+    return int(line.split()[1])
+
 path, n = sys.argv[1], int(sys.argv[2])
 r = Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=path.rsplit('/', 1)[0], quantized_filename=path.rsplit('/', 1)[1]))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 words = ' '.join(f'w{i}' for i in range(4 * n))
-ids = r.tokenize(words)[:n]
-prompt = r.detokenize(ids)
+prompt = r.detokenize(r.tokenize(words)[:n])
+open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM to the current RSS
+base = hwm()
 r.send_completion_request(CompletionRequest(model='m', prompt=prompt, max_tokens=1, temperature=0.0))
-print(len(r.tokenize(prompt)), base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(len(r.tokenize(prompt)), base, hwm())
 """
 
 
@@ -200,6 +206,8 @@ def test_prefill_memory_grows_linearly_with_the_prompt(smollm2_path):
         tokens, base, peak = (int(x) for x in out)
         added[n] = (peak - base) / 1024
         print(f"\nprefill of {tokens} tokens: peak RSS {peak / 1024:.0f} MiB, {added[n]:.0f} MiB above the loaded model")
+        assert added[n] > 0
     growth_small, growth_large = added[2000] - added[1000], added[4000] - added[2000]
-    # Linear: the second doubling adds about twice what the first did; quadratic would be 4x.
-    assert growth_large < 2.6 * growth_small, added
+    # Linear: the second doubling adds about twice what the first did (allocator steps
+    # blur it a little); a (prompt x prompt) score matrix would make it approach 4x.
+    assert growth_large < 3.0 * growth_small, added
