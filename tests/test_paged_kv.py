@@ -211,3 +211,44 @@ def test_prefill_memory_grows_linearly_with_the_prompt(smollm2_path):
     # Linear: the second doubling adds about twice what the first did (allocator steps
     # blur it a little); a (prompt x prompt) score matrix would make it approach 4x.
     assert growth_large < 3.0 * growth_small, added
+
+
+def _two_turns(runner):
+    q1 = "What is the capital of Germany? Answer in one sentence, then name two famous buildings there."
+    first = chat(runner, q1, max_tokens=40)
+    a1 = first.choices[0].message.content
+    req = ChatCompletionRequest(
+        model="m",
+        messages=[
+            {"role": "user", "content": q1},
+            {"role": "assistant", "content": a1},
+            {"role": "user", "content": "And what river flows through it?"},
+        ],
+        max_tokens=24,
+        temperature=0.0,
+    )
+    return first, runner.send_chat_completion_request(req)
+
+
+def test_the_second_turn_of_a_chat_reuses_the_first_turns_blocks(smollm2_which):
+    cached_runner = Runner(which=smollm2_which, kv_cache_mb=256)
+    plain_runner = Runner(which=smollm2_which, kv_cache_mb=256, prefix_cache_n=0)
+    try:
+        first, second = _two_turns(cached_runner)
+        _, plain = _two_turns(plain_runner)
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+        cached = second.usage.prompt_tokens_details.cached_tokens
+        # The first turn's prompt (whole blocks of it) at least; the rendered answer may
+        # tokenize differently from the generated ids after it.
+        assert cached >= first.usage.prompt_tokens // 16 * 16 > 0
+        assert cached % 16 == 0 and cached < second.usage.prompt_tokens
+        assert plain.usage.prompt_tokens_details.cached_tokens == 0
+        assert second.choices[0].message.content == plain.choices[0].message.content
+        assert cached_runner.stats()["prefix_cache_hit_tokens"] == cached
+        print(
+            f"\nsecond turn: {cached} of {second.usage.prompt_tokens} prompt tokens cached; time to first token "
+            f"{second.usage.total_prompt_time_sec * 1000:.1f} ms against {plain.usage.total_prompt_time_sec * 1000:.1f} ms"
+        )
+    finally:
+        cached_runner.close()
+        plain_runner.close()

@@ -27,6 +27,14 @@ pub struct Usage {
     pub total_time_sec: f64,
     pub total_prompt_time_sec: f64,
     pub total_completion_time_sec: f64,
+    /// As OpenAI reports it: `cached_tokens` of the prompt came from the prefix cache.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]

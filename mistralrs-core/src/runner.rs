@@ -27,6 +27,8 @@ pub struct RunnerConfig {
     pub no_kv_cache: bool,
     /// Megabytes of KV cache; None: a quarter of the memory available at load.
     pub kv_cache_mb: Option<usize>,
+    /// Released prefixes the prefix cache keeps (0 disables it).
+    pub prefix_cache_n: usize,
     pub repeat_last_n: usize,
     pub seed: Option<u64>,
 }
@@ -104,6 +106,7 @@ impl Runner {
             opts.device.clone(),
             EngineConfig {
                 max_seqs: cfg.max_seqs,
+                prefix_cache_n: cfg.prefix_cache_n,
                 kv_blocks,
                 max_step_tokens: MAX_STEP_TOKENS,
                 no_kv_cache: cfg.no_kv_cache,
@@ -209,6 +212,7 @@ impl Runner {
             ("kv_blocks_used", s.kv_blocks_used.load(Ordering::Relaxed)),
             ("kv_block_tokens", BLOCK_SIZE as u64),
             ("shared_prompts", s.shared_prompts.load(Ordering::Relaxed)),
+            ("prefix_cache_hit_tokens", s.prefix_cache_hit_tokens.load(Ordering::Relaxed)),
         ];
         if let Some(p) = self.scaling_passes.lock().ok().and_then(|p| p.clone()) {
             v.push(("xlora_scaling_passes", p.load(Ordering::Relaxed)));

@@ -23,6 +23,7 @@ fn _mistralrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChatCompletionChunkResponse>()?;
     m.add_class::<CompletionResponse>()?;
     m.add_class::<Usage>()?;
+    m.add_class::<PromptTokensDetails>()?;
     m.add_class::<Choice>()?;
     m.add_class::<ChunkChoice>()?;
     m.add_class::<CompletionChoice>()?;

@@ -198,6 +198,7 @@ impl Runner {
             max_seqs: max_seqs as usize,
             no_kv_cache,
             kv_cache_mb,
+            prefix_cache_n: prefix_cache_n as usize,
             repeat_last_n: which.repeat_last_n(),
             seed,
         };

@@ -390,6 +390,13 @@ class Usage:
     def total_prompt_time_sec(self) -> float: ...
     @property
     def total_completion_time_sec(self) -> float: ...
+    @property
+    def prompt_tokens_details(self) -> PromptTokensDetails: ...
+
+class PromptTokensDetails:
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens whose keys and values came from the prefix cache (`Runner(prefix_cache_n=...)`)."""
 
 class TopLogprob:
     @property

@@ -23,6 +23,8 @@ pub struct Group {
     /// Text put before each completion (`echo_prompt`).
     pub echo: Option<String>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_tokens: Option<usize>,
     pub responder: Responder,
     /// One slot per generated sequence (best_of of them).
     pub finished: Vec<Option<Finished>>,
@@ -91,6 +93,7 @@ impl Group {
             total_time_sec: total_s,
             total_prompt_time_sec: prompt_s,
             total_completion_time_sec: compl_s,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: self.cached_tokens.unwrap_or(0) },
         }
     }
 

@@ -44,10 +44,14 @@ pub struct EngineStats {
     pub kv_blocks_used: AtomicU64,
     /// Sibling choices that started from another choice's prompt blocks instead of their own.
     pub shared_prompts: AtomicU64,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub prefix_cache_hit_tokens: AtomicU64,
 }
 
 pub struct EngineConfig {
     pub max_seqs: usize,
+    /// Released prefixes whose blocks the prefix cache keeps (0: none).
+    pub prefix_cache_n: usize,
     /// Tokens one step runs at most: decoding sequences take one each, and
     /// prompts share the rest in chunks (so a long prompt does not stall
     /// running decodes for its whole length).
@@ -116,12 +120,21 @@ impl Engine {
             .thread_name(|i| format!("mistralrs-compute-{i}"))
             .build()
             .map_err(|e| Error::runtime(format!("cannot start the compute threads: {e}")))?;
+        let mut cfg = cfg;
         let mc = model.config();
+        // LongRoPE picks its rotation by the sequence's length when the keys
+        // are computed (as transformers does), so a block's keys depend on more
+        // than the tokens before it: such a model neither reuses cached
+        // prefixes nor splits a prompt into chunks.
+        if matches!(mc.rope_scaling, crate::models::config::RopeScaling::LongRope { .. }) {
+            cfg.prefix_cache_n = 0;
+            cfg.max_step_tokens = usize::MAX;
+        }
         let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device)
             .map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
         stats.kv_blocks_total.store(cfg.kv_blocks as u64, Ordering::Relaxed);
         Ok(Self {
-            alloc: BlockAllocator::new(cfg.kv_blocks),
+            alloc: BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n }),
             kv,
             model,
             tokenizer,
@@ -245,6 +258,7 @@ impl Engine {
             n_choices: req.n_choices,
             echo,
             prompt_tokens: a.prompt.len(),
+            cached_tokens: None,
             responder: a.responder,
             cancel: a.cancel,
             finished: (0..req.best_of).map(|_| None).collect(),
@@ -277,9 +291,15 @@ impl Engine {
             if BlockTable::blocks_for(seq.tokens.len()) > self.alloc.free_count() {
                 break;
             }
-            let seq = self.waiting.pop_front().expect("peeked");
+            let mut seq = self.waiting.pop_front().expect("peeked");
+            let cached = if self.cfg.no_kv_cache { 0 } else { seq.reuse_cached_prefix(&mut self.alloc) };
+            self.stats.prefix_cache_hit_tokens.fetch_add(cached as u64, Ordering::Relaxed);
             if let Some((g, _)) = self.groups.get_mut(&seq.group) {
                 g.admitted.get_or_insert_with(Instant::now);
+                // What the caller saved: counted at the first admission only, not on resumption.
+                if seq.generated() == 0 && seq.choice == 0 {
+                    g.cached_tokens.get_or_insert(cached);
+                }
             }
             self.running.push(seq);
         }
@@ -371,6 +391,7 @@ impl Engine {
             let seq = &mut self.running[i];
             seq.computed += seq.chunk;
             seq.chunk = 0;
+            seq.register_full_blocks(&mut self.alloc);
             // A prompt chunk that does not reach the end samples nothing.
             if seq.uncomputed() > 0 {
                 continue;
@@ -451,7 +472,7 @@ impl Engine {
             }
             keep
         });
-        self.stats.kv_blocks_used.store((alloc.total() - alloc.free_count()) as u64, Ordering::Relaxed);
+        self.stats.kv_blocks_used.store(alloc.used() as u64, Ordering::Relaxed);
         self.waiting.retain(|s| groups.get(&s.group).is_some_and(|(g, _)| !g.cancelled));
         let done: Vec<u64> =
             groups.iter().filter(|(_, (g, _))| g.cancelled || g.is_done()).map(|(id, _)| *id).collect();

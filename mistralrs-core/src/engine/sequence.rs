@@ -2,7 +2,7 @@
 //! has produced (with stop strings cut and held back while they may start).
 
 use crate::error::Result;
-use crate::kv_cache::{BlockAllocator, BlockTable, SideState};
+use crate::kv_cache::{block_hash, BlockAllocator, BlockTable, SideState, BLOCK_SIZE};
 use crate::response::{ResponseLogprob, TopLogprob};
 use crate::sampler::{Sampled, Sampler};
 use crate::tokenizer::TextTokenizer;
@@ -20,6 +20,8 @@ pub struct Sequence {
     pub computed: usize,
     /// Tokens this step runs (set by the scheduler; a long prompt runs in chunks).
     pub chunk: usize,
+    /// Prefix-cache keys of the full blocks computed so far, in order.
+    pub block_hashes: Vec<u64>,
     /// What the model keeps for this sequence between steps (X-LoRA).
     pub side: SideState,
     pub sampler: Sampler,
@@ -57,6 +59,7 @@ impl Sequence {
             blocks: BlockTable::default(),
             computed: 0,
             chunk: 0,
+            block_hashes: Vec::new(),
             side: SideState::default(),
             sampler,
             text: String::new(),
@@ -76,6 +79,7 @@ impl Sequence {
         let mut s = Self::new(self.group, choice, self.tokens[..self.prompt_len].to_vec(), sampler, self.max_new);
         s.blocks = self.blocks.share(alloc);
         s.computed = self.computed;
+        s.block_hashes = self.block_hashes.clone();
         s.side = self.side.clone();
         s.adapters = self.adapters.clone();
         s
@@ -85,12 +89,52 @@ impl Sequence {
     /// when it next runs (preemption, or running without a cache).
     pub fn drop_cache(&mut self, alloc: &mut BlockAllocator) {
         self.blocks.release_all(alloc);
+        self.block_hashes.clear();
         self.computed = 0;
         self.side = SideState::default();
     }
 
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// What the keys and values depend on besides the tokens: the adapter set.
+    pub fn cache_salt(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let Some(w) = &self.adapters else { return 0 };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        w.iter().map(|x| x.to_bits()).collect::<Vec<u32>>().hash(&mut h);
+        h.finish() | 1
+    }
+
+    /// Registers the blocks this sequence has filled since the last call in
+    /// the prefix cache.
+    pub fn register_full_blocks(&mut self, alloc: &mut BlockAllocator) {
+        let salt = self.cache_salt();
+        while self.block_hashes.len() < self.computed / BLOCK_SIZE {
+            let i = self.block_hashes.len();
+            let prev = self.block_hashes.last().copied().unwrap_or(0);
+            let h = block_hash(prev, &self.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE], salt);
+            alloc.register(self.blocks.blocks[i], h);
+            self.block_hashes.push(h);
+        }
+    }
+
+    /// Takes the cached blocks of the longest prefix of this (not yet
+    /// computed) sequence that the prefix cache holds, leaving at least one
+    /// token to compute; returns the tokens they cover.
+    pub fn reuse_cached_prefix(&mut self, alloc: &mut BlockAllocator) -> usize {
+        debug_assert!(self.computed == 0 && self.blocks.blocks.is_empty());
+        let salt = self.cache_salt();
+        for i in 0..(self.tokens.len() - 1) / BLOCK_SIZE {
+            let prev = self.block_hashes.last().copied().unwrap_or(0);
+            let h = block_hash(prev, &self.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE], salt);
+            let Some(b) = alloc.lookup(h) else { break };
+            self.blocks.blocks.push(b);
+            self.block_hashes.push(h);
+        }
+        self.computed = self.blocks.blocks.len() * BLOCK_SIZE;
+        self.computed
     }
 
     /// Tokens not yet in the cache: the prompt (or what of it is left), then

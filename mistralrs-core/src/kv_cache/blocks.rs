@@ -3,24 +3,49 @@
 //! sequences (the choices of one request) can share a prompt's blocks, and
 //! a per-sequence table of its blocks in token order.
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
 /// Tokens per block.
 pub const BLOCK_SIZE: usize = 16;
 
-/// Hands out block ids `0..total`. Free blocks are reused lowest id first,
-/// so the pool's memory is touched from its start and a lightly used pool
-/// stays mostly unbacked.
+/// Hands out block ids `0..total`, and keeps the prefix cache: a full
+/// block is registered under the chained hash of its tokens (`block_hash`),
+/// and when its last holder lets go it stays cached, evictable, until the
+/// pool needs it or more than `prefix_cache_n` released prefixes are kept.
+/// Free blocks are reused lowest id first, so the pool's memory is touched
+/// from its start and a lightly used pool stays mostly unbacked.
 #[derive(Debug)]
 pub struct BlockAllocator {
     refs: Vec<u32>,
     /// Free ids, highest first (popped from the end).
     free: Vec<u32>,
+    hash_of: Vec<Option<u64>>,
+    by_hash: HashMap<u64, u32>,
+    /// Cached blocks nobody holds, oldest release first (entries whose block
+    /// was taken again since are skipped).
+    evictable: VecDeque<u32>,
+    /// The cached blocks of each released sequence, oldest first; `listed`
+    /// counts the entries naming each block.
+    prefixes: VecDeque<Vec<u32>>,
+    listed: Vec<u32>,
+    prefix_cache_n: usize,
+    /// Blocks with a holder.
+    held: usize,
 }
 
 impl BlockAllocator {
-    pub fn new(total: usize) -> Self {
+    pub fn new(total: usize, prefix_cache_n: usize) -> Self {
         Self {
             refs: vec![0; total],
             free: (0..total as u32).rev().collect(),
+            hash_of: vec![None; total],
+            by_hash: HashMap::new(),
+            evictable: VecDeque::new(),
+            prefixes: VecDeque::new(),
+            listed: vec![0; total],
+            prefix_cache_n,
+            held: 0,
         }
     }
 
@@ -28,14 +53,31 @@ impl BlockAllocator {
         self.refs.len()
     }
 
+    /// Blocks a sequence could get now: free ones and cached ones nobody holds.
     pub fn free_count(&self) -> usize {
-        self.free.len()
+        self.total() - self.held
     }
 
-    /// A block with one reference, or None when the pool is exhausted.
+    /// Blocks held by sequences.
+    pub fn used(&self) -> usize {
+        self.held
+    }
+
+    /// A block with one reference, or None when the pool is exhausted. A
+    /// free block is taken first, else the cached block released longest ago.
     pub fn allocate(&mut self) -> Option<u32> {
-        let b = self.free.pop()?;
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => loop {
+                let b = self.evictable.pop_front()?;
+                if self.refs[b as usize] == 0 && self.hash_of[b as usize].is_some() {
+                    self.forget(b);
+                    break b;
+                }
+            },
+        };
         self.refs[b as usize] = 1;
+        self.held += 1;
         Some(b)
     }
 
@@ -48,17 +90,95 @@ impl BlockAllocator {
         self.refs[b as usize]
     }
 
-    /// Drops one reference; the last one returns the block to the free list.
+    /// Drops one reference; after the last one a cached block waits to be
+    /// evicted and any other block is free again.
     pub fn release(&mut self, b: u32) {
         let r = &mut self.refs[b as usize];
         debug_assert!(*r > 0, "block {b} released more often than held");
-        *r = r.saturating_sub(1);
         if *r == 0 {
-            // Keep the list sorted descending so the lowest id is reused first.
-            let at = self.free.partition_point(|&f| f > b);
-            self.free.insert(at, b);
+            return;
+        }
+        *r -= 1;
+        if *r == 0 {
+            self.held -= 1;
+            if self.hash_of[b as usize].is_some() {
+                self.evictable.push_back(b);
+            } else {
+                self.push_free(b);
+            }
         }
     }
+
+    fn push_free(&mut self, b: u32) {
+        // Keep the list sorted descending so the lowest id is reused first.
+        let at = self.free.partition_point(|&f| f > b);
+        self.free.insert(at, b);
+    }
+
+    /// Drops `b` from the prefix cache.
+    fn forget(&mut self, b: u32) {
+        if let Some(h) = self.hash_of[b as usize].take() {
+            if self.by_hash.get(&h) == Some(&b) {
+                self.by_hash.remove(&h);
+            }
+        }
+    }
+
+    /// Registers full block `b` under `hash`, unless the cache already has
+    /// a block for that hash (or prefix caching is off).
+    pub fn register(&mut self, b: u32, hash: u64) {
+        if self.prefix_cache_n == 0 || self.hash_of[b as usize].is_some() || self.by_hash.contains_key(&hash) {
+            return;
+        }
+        self.hash_of[b as usize] = Some(hash);
+        self.by_hash.insert(hash, b);
+    }
+
+    /// The cached block with `hash`, now held once more by the caller.
+    pub fn lookup(&mut self, hash: u64) -> Option<u32> {
+        let b = *self.by_hash.get(&hash)?;
+        if self.refs[b as usize] == 0 {
+            self.held += 1;
+        }
+        self.refs[b as usize] += 1;
+        Some(b)
+    }
+
+    /// Releases a finished (or preempted) sequence's blocks; its cached
+    /// blocks count as one kept prefix, and the oldest prefixes beyond
+    /// `prefix_cache_n` give their blocks back to the free list.
+    pub fn release_table(&mut self, table: &mut BlockTable) {
+        let cached: Vec<u32> = table.blocks.iter().copied().filter(|&b| self.hash_of[b as usize].is_some()).collect();
+        for b in table.blocks.drain(..) {
+            self.release(b);
+        }
+        if cached.is_empty() {
+            return;
+        }
+        for &b in &cached {
+            self.listed[b as usize] += 1;
+        }
+        self.prefixes.push_back(cached);
+        while self.prefixes.len() > self.prefix_cache_n {
+            for b in self.prefixes.pop_front().expect("longer than n") {
+                let i = b as usize;
+                self.listed[i] -= 1;
+                if self.listed[i] == 0 && self.refs[i] == 0 && self.hash_of[i].is_some() {
+                    self.forget(b);
+                    self.push_free(b);
+                }
+            }
+        }
+    }
+}
+
+/// The prefix-cache key of a full block: its tokens, chained with the key of
+/// the block before it (so equal blocks after different prefixes differ),
+/// and `salt` (the adapter set the keys and values were computed with).
+pub fn block_hash(previous: u64, tokens: &[u32], salt: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (previous, tokens, salt).hash(&mut h);
+    h.finish()
 }
 
 /// One sequence's blocks in token order: token `i` lives in slot
@@ -81,9 +201,7 @@ impl BlockTable {
 
     /// Gives every block back.
     pub fn release_all(&mut self, alloc: &mut BlockAllocator) {
-        for b in self.blocks.drain(..) {
-            alloc.release(b);
-        }
+        alloc.release_table(self);
     }
 
     /// The same blocks, each with one more holder.
@@ -101,7 +219,7 @@ mod tests {
 
     #[test]
     fn blocks_are_reused_lowest_first_and_shared_until_the_last_release() {
-        let mut a = BlockAllocator::new(4);
+        let mut a = BlockAllocator::new(4, 0);
         let (b0, b1, b2) = (a.allocate().unwrap(), a.allocate().unwrap(), a.allocate().unwrap());
         assert_eq!((b0, b1, b2), (0, 1, 2));
         a.release(b1);
@@ -115,5 +233,39 @@ mod tests {
         assert_eq!(a.refs(2), 1);
         assert_eq!(a.free_count(), 2);
         assert_eq!(u.slot(17), 2 * BLOCK_SIZE + 1);
+    }
+
+    #[test]
+    fn released_full_blocks_stay_cached_until_needed_or_beyond_the_prefix_limit() {
+        let mut a = BlockAllocator::new(3, 1);
+        let h = block_hash(0, &[1; BLOCK_SIZE], 0);
+        let mut t = BlockTable { blocks: vec![a.allocate().unwrap(), a.allocate().unwrap()] };
+        a.register(t.blocks[0], h);
+        t.release_all(&mut a);
+        assert_eq!(a.free_count(), 3);
+        // The cached block comes back by its hash, held again.
+        let mut u = BlockTable { blocks: vec![a.lookup(h).unwrap()] };
+        assert_eq!(u.blocks[0], 0);
+        assert_eq!(a.refs(0), 1);
+        u.release_all(&mut a);
+        // Free blocks are used before cached ones are evicted.
+        let (x, y) = (a.allocate().unwrap(), a.allocate().unwrap());
+        assert!(x != 0 && y != 0);
+        assert_eq!(a.lookup(h), Some(0));
+        a.release(0);
+        assert_eq!(a.allocate(), Some(0)); // evicted: nothing else was left
+        assert_eq!(a.lookup(h), None);
+        // A second released prefix pushes the first out (prefix_cache_n = 1).
+        let mut a = BlockAllocator::new(4, 1);
+        let (h1, h2) = (block_hash(0, &[1; BLOCK_SIZE], 0), block_hash(0, &[2; BLOCK_SIZE], 0));
+        let mut t1 = BlockTable { blocks: vec![a.allocate().unwrap()] };
+        let mut t2 = BlockTable { blocks: vec![a.allocate().unwrap()] };
+        a.register(t1.blocks[0], h1);
+        a.register(t2.blocks[0], h2);
+        t1.release_all(&mut a);
+        t2.release_all(&mut a);
+        assert_eq!(a.lookup(h1), None);
+        assert!(a.lookup(h2).is_some());
+        assert_ne!(block_hash(0, &[1; BLOCK_SIZE], 0), block_hash(0, &[1; BLOCK_SIZE], 1));
     }
 }

@@ -10,7 +10,7 @@ mod step;
 
 use candle_core::Tensor;
 
-pub use blocks::{BlockAllocator, BlockTable, BLOCK_SIZE};
+pub use blocks::{block_hash, BlockAllocator, BlockTable, BLOCK_SIZE};
 pub use pool::KvPool;
 pub use step::StepKv;
 
