@@ -252,3 +252,23 @@ def test_the_second_turn_of_a_chat_reuses_the_first_turns_blocks(smollm2_which):
     finally:
         cached_runner.close()
         plain_runner.close()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"n_choices": 10**6},
+        {"n_choices": 129},
+        {"presence_penalty": float("nan")},
+        {"frequency_penalty": float("inf")},
+        {"presence_penalty": 2.5},
+        {"logit_bias": {5: float("nan")}},
+        {"logit_bias": {5: 1000.0}},
+    ],
+    ids=lambda f: next(iter(f)) + "=" + str(next(iter(f.values()))),
+)
+def test_unbounded_request_numbers_are_refused(smollm2_runner, field):
+    # OpenAI's bounds: n <= 128, penalties in [-2, 2], logit_bias in [-100, 100]; NaN nowhere.
+    with pytest.raises(ValueError):
+        chat(smollm2_runner, "Hi", max_tokens=2, **field)
+    assert_serves(smollm2_runner)

@@ -141,3 +141,15 @@ def test_greedy_32_tokens_agree_with_llamacpp(qwen_runner, name):
     # the visible text is llama.cpp's up to its first EOS
     if EOS in case["ids"][:agree]:
         assert res.choices[0].message.content.startswith(case["text"]), res.choices[0].message.content
+
+
+def test_padding_rows_of_the_output_head_are_never_sampled(qwen_runner):
+    # The head has 151936 rows for 151665 real tokens; the GGUF lists the rest as
+    # UNUSED `[PAD...]` pieces. Even pushed to the top by logit_bias they are not
+    # sampled: the greedy answer is the unbiased one.
+    plain = _chat(qwen_runner, [{"role": "user", "content": "Say hi."}], max_tokens=4)
+    biased = _chat(
+        qwen_runner, [{"role": "user", "content": "Say hi."}], max_tokens=4, logit_bias={151665: 100.0, 151935: 100.0}
+    )
+    assert "[PAD" not in biased.choices[0].message.content
+    assert biased.choices[0].message.content == plain.choices[0].message.content

@@ -40,6 +40,9 @@ pub struct GenerationRequest {
     pub adapters: Option<Vec<String>>,
 }
 
+/// Sequences one request may ask for (OpenAI's limit on `n`).
+pub const MAX_CHOICES: usize = 128;
+
 impl GenerationRequest {
     pub fn kind(&self) -> RequestKind {
         match self.prompt {
@@ -76,6 +79,16 @@ impl GenerationRequest {
                 return Err(Error::invalid(format!("repetition_penalty must be > 0, got {r}")));
             }
         }
+        for (name, v) in [("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)] {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(Error::invalid(format!("{name} must be in [-2, 2], got {v}")));
+                }
+            }
+        }
+        if let Some((t, b)) = s.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(*b)) {
+            return Err(Error::invalid(format!("logit_bias for token {t} must be in [-100, 100], got {b}")));
+        }
         if let Some(n) = s.top_logprobs {
             if n > 20 {
                 return Err(Error::invalid(format!("top_logprobs must be at most 20, got {n}")));
@@ -83,6 +96,12 @@ impl GenerationRequest {
         }
         if self.n_choices == 0 {
             return Err(Error::invalid("n_choices must be at least 1"));
+        }
+        if self.best_of > MAX_CHOICES {
+            return Err(Error::invalid(format!(
+                "best_of / n_choices must be at most {MAX_CHOICES} (each choice is a sequence), got {}",
+                self.best_of
+            )));
         }
         if self.best_of < self.n_choices {
             return Err(Error::invalid(format!(

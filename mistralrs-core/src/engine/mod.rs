@@ -507,6 +507,7 @@ fn advance(
     tok: &TextTokenizer,
     eos: &[u32],
 ) -> Result<()> {
+    tok.mask_unsampleable(row);
     let sampled = seq.sampler.sample(row, &seq.tokens);
     let rules = StopRules { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs };
     let before = seq.logprobs.len();

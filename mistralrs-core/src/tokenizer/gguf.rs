@@ -18,6 +18,7 @@ const TYPE_NORMAL: u64 = 1;
 const TYPE_UNKNOWN: u64 = 2;
 const TYPE_CONTROL: u64 = 3;
 const TYPE_USER_DEFINED: u64 = 4;
+const TYPE_UNUSED: u64 = 5;
 const TYPE_BYTE: u64 = 6;
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -150,7 +151,8 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     let mut eos_ids: Vec<u32> = eos_id.into_iter().chain(eot_id).collect();
     eos_ids.dedup();
     Ok(GgufVocab {
-        tokenizer: TextTokenizer::with_pieces(tokenizer, tokens.iter().zip(&types).map(|(p, &t)| (*p, is_added(t)))),
+        tokenizer: TextTokenizer::with_pieces(tokenizer, tokens.iter().zip(&types).map(|(p, &t)| (*p, is_added(t))))
+            .with_unused((0..types.len() as u32).filter(|&i| types[i as usize] == TYPE_UNUSED).collect()),
         bos: bos_id.map(|i| tokens[i as usize].to_string()),
         eos: eos_id.map(|i| tokens[i as usize].to_string()),
         eos_ids,

@@ -17,6 +17,9 @@ pub struct TextTokenizer {
     /// vector per token, for 150k-token vocabularies).
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// Ids that are in the vocabulary only to pad it (llama.cpp's UNUSED
+    /// type): never sampled.
+    unused: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -60,7 +63,7 @@ impl TextTokenizer {
             }
             ends.push(bytes.len());
         }
-        Self { inner, bytes, ends }
+        Self { inner, bytes, ends, unused: Vec::new() }
     }
 
     /// Tokens of a raw prompt with the tokenizer's own special-token rules
@@ -91,6 +94,25 @@ impl TextTokenizer {
             )));
         }
         self.inner.decode(ids, skip_special).map_err(|e| Error::runtime(format!("cannot decode tokens: {e}")))
+    }
+
+    /// The same tokenizer with `ids` marked as never to be sampled.
+    pub fn with_unused(self, unused: Vec<u32>) -> Self {
+        Self { unused, ..self }
+    }
+
+    /// Hides what can never be a real next token from the sampler: ids past
+    /// the vocabulary (an output head padded beyond it, as Qwen2's 151,936
+    /// rows for 151,665 tokens) and padding entries within it.
+    pub fn mask_unsampleable(&self, logits: &mut [f32]) {
+        if logits.len() > self.ends.len() {
+            logits[self.ends.len()..].fill(f32::NEG_INFINITY);
+        }
+        for &id in &self.unused {
+            if let Some(x) = logits.get_mut(id as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
