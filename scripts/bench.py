@@ -127,7 +127,7 @@ class MistralrsBench:
         gguf = pathlib.Path(args.gguf)
         which = Which.GGUF(tok_model_id=None, quantized_model_id=str(gguf.parent), quantized_filename=gguf.name)
         # max_seqs stays at its default (16) unless more concurrent requests must fit in one batch.
-        self.runner, self.load_s = timed(lambda: Runner(which=which, max_seqs=max(16, args.concurrent)))
+        self.runner, self.load_s = timed(lambda: Runner(which=which, max_seqs=max([16, *args.concurrent])))
 
     def prompt(self, n: int, key: str) -> str:
         r = self.runner
@@ -171,7 +171,7 @@ class MistralrsBench:
 
     def warm_up(self, args):
         self.complete(self.prompt(32, "warm"), 4)  # first-call allocations, thread pools
-        if args.concurrent > 1:  # the batched path may have first-use costs of its own
+        if max(args.concurrent, default=0) > 1:  # the batched path may have first-use costs of its own
             self.concurrent([self.prompt(16, f"warm-c{i}") for i in range(2)], 2)
 
 
@@ -194,12 +194,12 @@ def worker_mistralrs(args) -> dict:
             "wall_short_s": wall_short,
             "wall_long_s": wall_long,
         }
-    if args.concurrent:
-        texts = [b.prompt(CONC_PROMPT_TOKENS, f"{args.rep}/conc/{i}") for i in range(args.concurrent)]
+    for c in args.concurrent:
+        texts = [b.prompt(CONC_PROMPT_TOKENS, f"{args.rep}/conc{c}/{i}") for i in range(c)]
         tokens, wall = b.concurrent(texts, CONC_MAX_TOKENS)
-        out[conc_key(args.concurrent)] = tokens / wall
+        out[conc_key(c)] = tokens / wall
         # max_batch shows whether the engine really ran the requests together
-        detail[conc_key(args.concurrent)] = {"tokens": tokens, "wall_s": wall, "engine_stats": b.runner.stats()}
+        detail[conc_key(c)] = {"tokens": tokens, "wall_s": wall, "engine_stats": b.runner.stats()}
     out["rss_mib"] = peak_rss_mib()
     out["detail"] = detail
     return out
@@ -275,15 +275,15 @@ def worker_llamacpp(args) -> dict:
         _, wall = timed(b.decode, tok, args.decode)
         out[tg_key(args.decode, p)] = args.decode / wall
         detail[tg_key(args.decode, p)] = {"prompt_tokens": len(ids), "wall_decode_s": wall}
-    if args.concurrent:
-        prompts = [b.prompt_ids(CONC_PROMPT_TOKENS, f"{args.rep}/conc/{i}") for i in range(args.concurrent)]
+    for c in args.concurrent:
+        prompts = [b.prompt_ids(CONC_PROMPT_TOKENS, f"{args.rep}/conc{c}/{i}") for i in range(c)]
         t0 = time.perf_counter()
         for ids in prompts:  # one after another: llama-cpp-python serves one sequence at a time
             b.generate(ids, CONC_MAX_TOKENS)
         wall = time.perf_counter() - t0
         tokens = CONC_MAX_TOKENS * len(prompts)
-        out[conc_key(args.concurrent)] = tokens / wall
-        detail[conc_key(args.concurrent)] = {"tokens": tokens, "wall_s": wall}
+        out[conc_key(c)] = tokens / wall
+        detail[conc_key(c)] = {"tokens": tokens, "wall_s": wall}
     out["rss_mib"] = peak_rss_mib()
     out["detail"] = detail
     return out
@@ -311,7 +311,7 @@ def run_worker(engine: str, python: str, args, rep: int) -> dict:
         "--decode-after",
         ",".join(map(str, args.decode_after)),
         "--concurrent",
-        str(args.concurrent),
+        ",".join(map(str, args.concurrent)) or "0",
     ]
     env = dict(os.environ)
     # Same thread count for every thread pool an engine might use.
@@ -334,9 +334,9 @@ def metric_rows(args) -> list[tuple[str, str, bool]]:
     rows += [
         (tg_key(args.decode, p), f"decode {args.decode} after {p}-tok prompt (tok/s)", True) for p in args.decode_after
     ]
-    if args.concurrent:
-        label = f"{args.concurrent} concurrent x {CONC_MAX_TOKENS} tok, total tok/s (llama.cpp: sequential)"
-        rows.append((conc_key(args.concurrent), label, True))
+    for c in args.concurrent:
+        label = f"{c} concurrent x {CONC_MAX_TOKENS} tok, total tok/s (llama.cpp: sequential)"
+        rows.append((conc_key(c), label, True))
     rows += [("load_s", "load (s)", False), ("rss_mib", "peak RSS (MiB)", False)]
     return rows
 
@@ -430,7 +430,11 @@ def main(argv=None) -> int:
     p.add_argument("--decode", type=int, default=128, help="tokens to decode (default 128)")
     p.add_argument("--prompt-lens", default="128,512", help="prompt lengths in tokens (default 128,512)")
     p.add_argument("--decode-after", default="16,128,512", help="prompt lengths to decode after (default 16,128,512)")
-    p.add_argument("--concurrent", type=int, default=8, help="concurrent requests, 0 to skip the row (default 8)")
+    p.add_argument(
+        "--concurrent",
+        default="8",
+        help="comma-separated numbers of concurrent requests, one row each; 0 to skip (default 8)",
+    )
     p.add_argument("--python", default=sys.executable, help="interpreter with mistralrs installed")
     p.add_argument(
         "--llamacpp-python", default=None, help="interpreter with llama-cpp-python installed (default: --python)"
@@ -442,6 +446,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.prompt_lens = int_list(args.prompt_lens)
     args.decode_after = int_list(args.decode_after)
+    args.concurrent = [c for c in int_list(args.concurrent) if c > 0]
 
     if args.worker:
         out = (worker_mistralrs if args.worker == "mistralrs" else worker_llamacpp)(args)

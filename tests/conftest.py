@@ -7,6 +7,10 @@
 
 Runners are session-scoped: loading is the slow part, and a Runner must keep
 serving after a bad request anyway (tests/test_errors.py checks exactly that).
+
+Tests marked ``slow`` (minutes each, full-scale versions of faster tests) run
+only with ``--run-slow``; CI skips them, and they are run before an issue
+that they cover is called done.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ TINY_GGUF_F32 = "tiny-f32.gguf"
 
 sys.path.insert(0, str(REPO / "scripts"))
 from fetch_models import model_path  # noqa: E402  (scripts/ is not a package)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes minutes; runs only with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:

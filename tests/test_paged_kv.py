@@ -272,3 +272,47 @@ def test_unbounded_request_numbers_are_refused(smollm2_runner, field):
     with pytest.raises(ValueError):
         chat(smollm2_runner, "Hi", max_tokens=2, **field)
     assert_serves(smollm2_runner)
+
+
+_MIXED_64 = """
+import concurrent.futures, json, sys
+from mistralrs import CompletionRequest, Runner, Which
+
+def hwm():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1])
+
+path, mb, prompts = sys.argv[1], int(sys.argv[2]), json.loads(sys.stdin.read())
+r = Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=path.rsplit('/', 1)[0],
+                            quantized_filename=path.rsplit('/', 1)[1]), kv_cache_mb=mb, max_seqs=64)
+def ask(p):
+    req = CompletionRequest(model='m', prompt=p, max_tokens=16, temperature=0.0, ignore_eos=True)
+    return r.send_completion_request(req).choices[0].text
+with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+    out = list(pool.map(ask, prompts))
+print(json.dumps({"texts": out, "stats": r.stats(), "peak_rss_kib": hwm()}))
+"""
+
+
+@pytest.mark.slow
+def test_64_mixed_requests_under_a_quarter_budget(smollm2_runner, smollm2_path):
+    """64 concurrent requests of 8 to 1,500 prompt tokens against a KV budget that holds a
+    quarter of them: all complete, each equals its own sequential output, preemptions
+    happen, and the process's peak RSS stays under budget + weights + 200 MiB."""
+    words = " ".join(f"item{i} is {i * 7 % 13}." for i in range(2000))
+    ids = smollm2_runner.tokenize(words, add_special_tokens=False)
+    lengths = [8 + (1500 - 8) * i // 63 for i in range(64)]
+    prompts = [f"Case {i}. " + smollm2_runner.detokenize(ids[i * 3 : i * 3 + n]) for i, n in enumerate(lengths)]
+    tokens = sum(len(smollm2_runner.tokenize(p)) + 16 for p in prompts)
+    mb = tokens * 46080 // 4 >> 20
+    sequential = [complete(smollm2_runner, p, max_tokens=16) for p in prompts]
+    run = subprocess.run([sys.executable, "-c", _MIXED_64, str(smollm2_path), str(mb)], input=json.dumps(prompts),
+                         capture_output=True, text=True, check=True)
+    got = json.loads(run.stdout)
+    stats, peak_mib = got["stats"], got["peak_rss_kib"] / 1024
+    weights_mib = smollm2_path.stat().st_size / 2**20
+    print(f"\n64 requests, {tokens} tokens, KV budget {mb} MB: {stats['preemptions']} preemptions, "
+          f"peak RSS {peak_mib:.0f} MiB (weights {weights_mib:.0f} MiB + budget {mb} MB)")
+    assert stats["preemptions"] > 0
+    for i, (s, g) in enumerate(zip(sequential, got["texts"], strict=True)):
+        assert g == s, f"request {i} ({lengths[i]} tokens): {g!r} != {s!r}"
+    assert peak_mib < weights_mib + mb + 200

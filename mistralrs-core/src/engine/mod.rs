@@ -291,6 +291,11 @@ impl Engine {
             if BlockTable::blocks_for(seq.tokens.len()) > self.alloc.free_count() {
                 break;
             }
+            // A request's other choices (forked after its prompt) count
+            // against max_seqs too; a request wider than max_seqs runs alone.
+            if !self.running.is_empty() && self.running.len() + 1 + seq.forks > self.cfg.max_seqs {
+                break;
+            }
             let mut seq = self.waiting.pop_front().expect("peeked");
             let cached = if self.cfg.no_kv_cache { 0 } else { seq.reuse_cached_prefix(&mut self.alloc) };
             self.stats.prefix_cache_hit_tokens.fetch_add(cached as u64, Ordering::Relaxed);
