@@ -285,7 +285,7 @@ path, mb, prompts = sys.argv[1], int(sys.argv[2]), json.loads(sys.stdin.read())
 r = Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=path.rsplit('/', 1)[0],
                             quantized_filename=path.rsplit('/', 1)[1]), kv_cache_mb=mb, max_seqs=64)
 def ask(p):
-    req = CompletionRequest(model='m', prompt=p, max_tokens=16, temperature=0.0, ignore_eos=True)
+    req = CompletionRequest(model='m', prompt=p, max_tokens=32, temperature=0.0, ignore_eos=True)
     return r.send_completion_request(req).choices[0].text
 with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
     out = list(pool.map(ask, prompts))
@@ -302,9 +302,9 @@ def test_64_mixed_requests_under_a_quarter_budget(smollm2_runner, smollm2_path):
     ids = smollm2_runner.tokenize(words, add_special_tokens=False)
     lengths = [8 + (1500 - 8) * i // 63 for i in range(64)]
     prompts = [f"Case {i}. " + smollm2_runner.detokenize(ids[i * 3 : i * 3 + n]) for i, n in enumerate(lengths)]
-    tokens = sum(len(smollm2_runner.tokenize(p)) + 16 for p in prompts)
+    tokens = sum(len(smollm2_runner.tokenize(p)) + 32 for p in prompts)
     mb = tokens * 46080 // 4 >> 20
-    sequential = [complete(smollm2_runner, p, max_tokens=16) for p in prompts]
+    sequential = [complete(smollm2_runner, p, max_tokens=32) for p in prompts]
     run = subprocess.run([sys.executable, "-c", _MIXED_64, str(smollm2_path), str(mb)], input=json.dumps(prompts),
                          capture_output=True, text=True, check=True)
     got = json.loads(run.stdout)

@@ -286,30 +286,8 @@ impl Engine {
                 }
             }
         }
-        while self.running.len() < self.cfg.max_seqs {
-            let Some(seq) = self.waiting.front() else { break };
-            if BlockTable::blocks_for(seq.tokens.len()) > self.alloc.free_count() {
-                break;
-            }
-            // A request's other choices (forked after its prompt) count
-            // against max_seqs too; a request wider than max_seqs runs alone.
-            if !self.running.is_empty() && self.running.len() + 1 + seq.forks > self.cfg.max_seqs {
-                break;
-            }
-            let mut seq = self.waiting.pop_front().expect("peeked");
-            let cached = if self.cfg.no_kv_cache { 0 } else { seq.reuse_cached_prefix(&mut self.alloc) };
-            self.stats.prefix_cache_hit_tokens.fetch_add(cached as u64, Ordering::Relaxed);
-            if let Some((g, _)) = self.groups.get_mut(&seq.group) {
-                g.admitted.get_or_insert_with(Instant::now);
-                // What the caller saved: counted at the first admission only, not on resumption.
-                if seq.generated() == 0 && seq.choice == 0 {
-                    g.cached_tokens.get_or_insert(cached);
-                }
-            }
-            self.running.push(seq);
-        }
-        // Token budget: decoding sequences first, one token each, then
-        // prompts in admission order, each as much as what is left allows.
+        // Token budget: running sequences first, decoding ones one token
+        // each, then prompts in admission order, each what is left allows.
         let mut budget = self.cfg.max_step_tokens;
         for s in &mut self.running {
             s.chunk = 0;
@@ -324,6 +302,36 @@ impl Engine {
                 budget -= s.chunk;
             }
         }
+        // Waiting sequences join while max_seqs, the budget and the blocks
+        // the running ones leave allow; each starts with its first chunk.
+        let mut free = self.alloc.free_count().saturating_sub(self.running.iter().map(|s| self.blocks_needed(s)).sum());
+        while self.running.len() < self.cfg.max_seqs && budget > 0 {
+            let Some(seq) = self.waiting.front() else { break };
+            // A request's other choices (forked after its prompt) count
+            // against max_seqs too; a request wider than max_seqs runs alone.
+            if !self.running.is_empty() && self.running.len() + 1 + seq.forks > self.cfg.max_seqs {
+                break;
+            }
+            // Counted before any cached prefix is found: never more than it needs.
+            let need = BlockTable::blocks_for(seq.tokens.len().min(budget));
+            if need > free {
+                break;
+            }
+            free -= need;
+            let mut seq = self.waiting.pop_front().expect("peeked");
+            let cached = if self.cfg.no_kv_cache { 0 } else { seq.reuse_cached_prefix(&mut self.alloc) };
+            self.stats.prefix_cache_hit_tokens.fetch_add(cached as u64, Ordering::Relaxed);
+            if let Some((g, _)) = self.groups.get_mut(&seq.group) {
+                g.admitted.get_or_insert_with(Instant::now);
+                // What the caller saved: counted at the first admission only, not on resumption.
+                if seq.generated() == 0 && seq.choice == 0 {
+                    g.cached_tokens.get_or_insert(cached);
+                }
+            }
+            seq.chunk = seq.uncomputed().min(budget);
+            budget -= seq.chunk;
+            self.running.push(seq);
+        }
         let mut i = 0;
         while i < self.running.len() {
             if self.reserve(i) {
@@ -336,6 +344,16 @@ impl Engine {
             self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
             self.waiting.push_front(victim);
         }
+    }
+
+    /// Blocks `seq` still needs for its tokens of this step (a shared partly
+    /// filled block it writes into counts as one).
+    fn blocks_needed(&self, seq: &Sequence) -> usize {
+        let filled = seq.computed % crate::kv_cache::BLOCK_SIZE;
+        let copy = filled != 0
+            && seq.chunk > 0
+            && self.alloc.refs(seq.blocks.blocks[seq.computed / crate::kv_cache::BLOCK_SIZE]) > 1;
+        BlockTable::blocks_for(seq.computed + seq.chunk).saturating_sub(seq.blocks.blocks.len()) + copy as usize
     }
 
     /// Blocks for running sequence `i`'s tokens of this step; false when the pool
