@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::adapters::{AdapterInfo, AdapterMode};
 use crate::chat_template::ChatTemplate;
-use crate::engine::{Admission, Engine, EngineConfig, EngineStats, Message};
+use crate::engine::{Admission, Engine, EngineConfig, EngineStats, Message, Notify, Responder};
 use crate::error::{panic_message, Error, Result};
 use crate::loader::{self, LoadOptions, ModelSpec};
 use crate::request::{GenerationRequest, PromptInput};
@@ -67,6 +67,18 @@ impl ResponseStream {
     /// The next event, or None once the request is answered.
     pub fn recv(&self) -> Option<Result<Event>> {
         self.rx.lock().ok()?.recv().ok()
+    }
+
+    /// The next event if one is ready: Ok(None) when none is yet,
+    /// Err(()) once the request is answered and every event taken.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_recv(&self) -> std::result::Result<Option<Result<Event>>, ()> {
+        let rx = self.rx.lock().map_err(|_| ())?;
+        match rx.try_recv() {
+            Ok(ev) => Ok(Some(ev)),
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
+        }
     }
 
     /// The next event, waiting at most `timeout` (so a caller can look
@@ -250,6 +262,12 @@ impl Runner {
 
     /// Validates and tokenizes `req`, then hands it to the engine.
     pub fn send(&self, req: GenerationRequest) -> Result<ResponseStream> {
+        self.send_notifying(req, None)
+    }
+
+    /// `send`, with `notify` called whenever the stream has something new
+    /// (an event, or its end) for a caller that does not block on it.
+    pub fn send_notifying(&self, req: GenerationRequest, notify: Option<Notify>) -> Result<ResponseStream> {
         req.validate()?;
         if req.stream && req.best_of > req.n_choices {
             return Err(Error::invalid("best_of cannot be combined with stream=True"));
@@ -302,7 +320,8 @@ impl Runner {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let (responder, rx) = channel();
+        let (tx, rx) = channel();
+        let responder = Responder::new(tx, notify);
         let cancel = Arc::new(AtomicBool::new(false));
         let admission = Admission {
             cancel: cancel.clone(),

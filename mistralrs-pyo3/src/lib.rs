@@ -17,6 +17,7 @@ fn _mistralrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<which::Which>()?;
     m.add_class::<runner::Runner>()?;
     m.add_class::<runner::ResponseIterator>()?;
+    m.add_class::<runner::PendingResponse>()?;
     m.add_class::<requests::ChatCompletionRequest>()?;
     m.add_class::<requests::CompletionRequest>()?;
     m.add_class::<ChatCompletionResponse>()?;

@@ -222,6 +222,39 @@ impl Runner {
         self.send_and_wait(py, req)
     }
 
+    /// A coroutine: the ChatCompletionResponse, or with stream=True an async
+    /// iterator of chunks. Awaiting it holds no thread (see `mistralrs._aio`).
+    fn send_chat_completion_request_async<'py>(slf: Py<Self>, py: Python<'py>, request: Bound<'py, ChatCompletionRequest>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("mistralrs._aio")?.call_method1("send", (slf, request))
+    }
+
+    /// A coroutine: the CompletionResponse, or with stream=True an async
+    /// iterator of partial ones.
+    fn send_completion_request_async<'py>(slf: Py<Self>, py: Python<'py>, request: Bound<'py, CompletionRequest>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("mistralrs._aio")?.call_method1("send", (slf, request))
+    }
+
+    /// Sends `request` (either kind) without waiting: each time its response
+    /// has news, one byte is written to `wake_fd` (a non-blocking pipe that
+    /// an event loop watches), and `PendingResponse.next_ready` takes it.
+    #[cfg(unix)]
+    fn _send_async(&self, py: Python<'_>, request: &Bound<'_, PyAny>, wake_fd: i32) -> PyResult<PendingResponse> {
+        let req = if let Ok(r) = request.cast::<ChatCompletionRequest>() {
+            r.borrow().to_core(py)?
+        } else {
+            request.cast::<CompletionRequest>()?.borrow().to_core()?
+        };
+        let notify: mistralrs_core::engine::Notify = Arc::new(move || {
+            // A full pipe already holds a wake-up; nothing is lost by skipping.
+            // SAFETY: writes one byte from a live buffer; the fd outlives the
+            // requests that use it (the event loop's waker closes it last).
+            unsafe { libc::write(wake_fd, [1u8].as_ptr().cast(), 1) };
+        });
+        let inner = self.inner.clone();
+        let rx = py.detach(|| inner.send_notifying(req, Some(notify))).map_err(to_py)?;
+        Ok(PendingResponse { rx: Mutex::new(Some(rx)) })
+    }
+
     /// Token ids of `text` as a completion prompt is tokenized (BOS added where the tokenizer adds it).
     #[pyo3(signature = (text, add_special_tokens=true))]
     fn tokenize(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
@@ -321,6 +354,46 @@ impl ResponseIterator {
 
     /// Stops the stream: its request is cancelled and frees its cache blocks
     /// before the engine's next step. Dropping the iterator does the same.
+    fn close(&self) {
+        if let Ok(mut g) = self.rx.lock() {
+            *g = None;
+        }
+    }
+}
+
+/// A request sent by the asyncio API, polled when its wake-up byte arrives.
+#[pyclass(module = "mistralrs")]
+pub struct PendingResponse {
+    rx: Mutex<Option<ResponseStream>>,
+}
+
+#[pymethods]
+impl PendingResponse {
+    /// ("event", response or chunk), ("pending", None) when nothing is ready
+    /// yet, or ("done", None) once answered; raises the request's error.
+    fn next_ready(&self, py: Python<'_>) -> PyResult<(&'static str, Option<Py<PyAny>>)> {
+        let next = {
+            let guard = self.rx.lock().map_err(|_| PyRuntimeError::new_err("the response is unusable"))?;
+            match guard.as_ref() {
+                Some(rx) => rx.try_recv(),
+                None => Err(()),
+            }
+        };
+        match next {
+            Ok(Some(Ok(ev))) => Ok(("event", Some(event_to_py(py, ev)?))),
+            Ok(Some(Err(e))) => {
+                self.close();
+                Err(to_py(e))
+            }
+            Ok(None) => Ok(("pending", None)),
+            Err(()) => {
+                self.close();
+                Ok(("done", None))
+            }
+        }
+    }
+
+    /// Stops listening: an unfinished request is cancelled.
     fn close(&self) {
         if let Ok(mut g) = self.rx.lock() {
             *g = None;

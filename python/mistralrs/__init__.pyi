@@ -548,6 +548,16 @@ class Runner:
         self, request: CompletionRequest
     ) -> CompletionResponse | ResponseIterator[CompletionResponse]:
         """A CompletionResponse, or with ``stream=True`` an iterator of partial ones."""
+    async def send_chat_completion_request_async(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletionResponse | AsyncResponseIterator[ChatCompletionChunkResponse]:
+        """The asyncio form: ``await`` gives the response, or with ``stream=True`` an async iterator of
+        chunks (``async for``). Awaiting holds no thread: the engine wakes the event loop (Unix). Cancelling
+        the task, or ``aclose()`` on the iterator, cancels the request."""
+    async def send_completion_request_async(
+        self, request: CompletionRequest
+    ) -> CompletionResponse | AsyncResponseIterator[CompletionResponse]:
+        """The asyncio form of ``send_completion_request`` (see ``send_chat_completion_request_async``)."""
     def send_re_isq(self, dtype: QuantType) -> None:
         """Re-quantizes the loaded model to ``dtype``: it is loaded again quantized while requests keep being
         served, then swapped in between two engine steps. Returns once later requests run on the new weights."""
@@ -582,6 +592,14 @@ class ResponseIterator(Generic[_T]):
     def close(self) -> None:
         """Cancels the request; its KV cache blocks are freed before the engine's next step. Dropping the
         iterator does the same."""
+
+class AsyncResponseIterator(Generic[_T]):
+    """The chunks of a streamed response for ``async for`` (from the ``*_async`` send methods)."""
+
+    def __aiter__(self) -> AsyncResponseIterator[_T]: ...
+    async def __anext__(self) -> _T: ...
+    async def aclose(self) -> None:
+        """Cancels the request; its KV cache blocks are freed before the engine's next step."""
 
 def build_info() -> dict[str, object]:
     """How this build was compiled and what it runs on: ``version``, ``features``

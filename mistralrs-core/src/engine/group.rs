@@ -9,7 +9,40 @@ use crate::error::{Error, Result};
 use crate::request::RequestKind;
 use crate::response::*;
 
-pub type Responder = Sender<Result<Event>>;
+/// Called after each event a request's caller can now receive (and when its
+/// channel closes): how an asyncio caller is woken without a thread of its own.
+pub type Notify = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// Where a request's events go.
+pub struct Responder {
+    tx: Sender<Result<Event>>,
+    notify: Option<Notify>,
+}
+
+impl Responder {
+    pub fn new(tx: Sender<Result<Event>>, notify: Option<Notify>) -> Self {
+        Self { tx, notify }
+    }
+
+    /// False when the caller has stopped listening.
+    fn send(&self, ev: Result<Event>) -> bool {
+        let ok = self.tx.send(ev).is_ok();
+        if let Some(n) = &self.notify {
+            n();
+        }
+        ok
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        // The channel closes after this: a waiting caller must look again.
+        if let Some(n) = self.notify.take() {
+            drop(std::mem::replace(&mut self.tx, std::sync::mpsc::channel().0));
+            n();
+        }
+    }
+}
 
 pub struct Group {
     pub id: String,
@@ -46,13 +79,13 @@ pub struct Finished {
 
 impl Group {
     pub fn send(&mut self, ev: Event) {
-        if self.responder.send(Ok(ev)).is_err() {
+        if !self.responder.send(Ok(ev)) {
             self.cancelled = true;
         }
     }
 
     pub fn fail(&mut self, e: Error) {
-        let _ = self.responder.send(Err(e));
+        self.responder.send(Err(e));
         self.cancelled = true;
     }
 

@@ -22,7 +22,7 @@ use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
 use crate::sampler::Sampler;
 use crate::tokenizer::TextTokenizer;
-pub use group::Responder;
+pub use group::{Notify, Responder};
 use group::Group;
 use sequence::{Sequence, StopRules};
 
