@@ -176,3 +176,23 @@ def test_same_seed_same_text(smollm2_runner):
 def test_different_seeds_different_text(smollm2_runner):
     texts = {sampled(smollm2_runner, s) for s in (1, 2, 3)}
     assert len(texts) > 1
+
+
+def test_a_prompt_of_token_ids_equals_the_same_prompt_as_text(smollm2_runner):
+    # OpenAI's completions API (and vLLM, llama-cpp-python) take `prompt` as token ids too.
+    text = "The capital of France is"
+    ids = smollm2_runner.tokenize(text)
+    as_text = smollm2_runner.send_completion_request(
+        CompletionRequest(model="m", prompt=text, max_tokens=8, temperature=0.0)
+    )
+    as_ids = smollm2_runner.send_completion_request(
+        CompletionRequest(model="m", prompt=ids, max_tokens=8, temperature=0.0, echo_prompt=True)
+    )
+    assert as_ids.usage.prompt_tokens == len(ids) == as_text.usage.prompt_tokens
+    assert as_ids.choices[0].text == smollm2_runner.detokenize(ids, skip_special_tokens=False) + as_text.choices[0].text
+
+
+@pytest.mark.parametrize("ids", [[1, -5, 3], [1, 10**9], []])
+def test_bad_token_id_prompts_are_refused(smollm2_runner, ids):
+    with pytest.raises(ValueError):
+        smollm2_runner.send_completion_request(CompletionRequest(model="m", prompt=ids, max_tokens=2))

@@ -12,6 +12,9 @@ pub enum PromptInput {
     Templated(String),
     /// A completion prompt, tokenized with the tokenizer's special-token rules.
     Completion(String),
+    /// A completion prompt given as token ids (OpenAI's `prompt: list[int]`),
+    /// used as they are once checked against the vocabulary.
+    Tokens(Vec<u32>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,7 @@ pub const MAX_CHOICES: usize = 128;
 impl GenerationRequest {
     pub fn kind(&self) -> RequestKind {
         match self.prompt {
-            PromptInput::Completion(_) => RequestKind::Completion,
+            PromptInput::Completion(_) | PromptInput::Tokens(_) => RequestKind::Completion,
             _ => RequestKind::Chat,
         }
     }

@@ -352,6 +352,13 @@ impl Runner {
             }
             PromptInput::Templated(text) => self.tokenizer.encode_plain(text)?,
             PromptInput::Completion(text) => self.tokenizer.encode_with_specials(text)?,
+            PromptInput::Tokens(ids) => {
+                let vocab = self.tokenizer.vocab_size();
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(Error::invalid(format!("prompt token id {bad} is outside the vocabulary (size {vocab})")));
+                }
+                ids.clone()
+            }
         })
     }
 

@@ -177,9 +177,17 @@ impl ChatCompletionRequest {
     }
 }
 
+/// A completion prompt: text, or token ids (as OpenAI's completions API,
+/// vLLM and llama-cpp-python take them).
+#[derive(Clone, FromPyObject, IntoPyObject)]
+pub enum CompletionPrompt {
+    Text(String),
+    Ids(Vec<i64>),
+}
+
 #[pyclass(get_all, set_all, module = "mistralrs")]
 pub struct CompletionRequest {
-    prompt: String,
+    prompt: CompletionPrompt,
     model: String,
     echo_prompt: bool,
     best_of: i64,
@@ -214,7 +222,7 @@ impl CompletionRequest {
         grammar=None, grammar_type=None, adapters=None, seed=None, ignore_eos=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        prompt: String,
+        prompt: CompletionPrompt,
         model: String,
         echo_prompt: bool,
         best_of: i64,
@@ -248,8 +256,15 @@ impl CompletionRequest {
 
     fn __repr__(&self) -> String {
         format!(
-            "CompletionRequest(model={:?}, prompt={:?}, max_tokens={:?}, temperature={:?}, stream={})",
-            self.model, self.prompt, self.max_tokens, self.temperature, self.stream
+            "CompletionRequest(model={:?}, prompt={}, max_tokens={:?}, temperature={:?}, stream={})",
+            self.model,
+            match &self.prompt {
+                CompletionPrompt::Text(t) => format!("{t:?}"),
+                CompletionPrompt::Ids(ids) => format!("{ids:?}"),
+            },
+            self.max_tokens,
+            self.temperature,
+            self.stream
         )
     }
 }
@@ -262,7 +277,14 @@ impl CompletionRequest {
         }
         Ok(GenerationRequest {
             model: self.model.clone(),
-            prompt: PromptInput::Completion(self.prompt.clone()),
+            prompt: match &self.prompt {
+                CompletionPrompt::Text(t) => PromptInput::Completion(t.clone()),
+                CompletionPrompt::Ids(ids) => PromptInput::Tokens(
+                    ids.iter()
+                        .map(|&t| u32::try_from(t).map_err(|_| PyValueError::new_err(format!("prompt token id {t} is not a vocabulary id"))))
+                        .collect::<PyResult<_>>()?,
+                ),
+            },
             sampling: sampling(
                 self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty,
                 self.frequency_penalty, self.presence_penalty, &self.logit_bias, self.logprobs, self.top_logprobs,

@@ -317,7 +317,7 @@ class ChatCompletionRequest:
 class CompletionRequest:
     def __init__(
         self,
-        prompt: str,
+        prompt: str | Sequence[int],
         model: str,
         echo_prompt: bool = False,
         best_of: int = 1,
@@ -342,7 +342,7 @@ class CompletionRequest:
         seed: int | None = None,
         ignore_eos: bool = False,
     ) -> None: ...
-    prompt: str
+    prompt: str | list[int]
     model: str
     echo_prompt: bool
     best_of: int

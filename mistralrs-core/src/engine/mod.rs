@@ -245,6 +245,7 @@ impl Engine {
         seq.adapters = a.adapters;
         let echo = match (&req.prompt, req.echo_prompt) {
             (crate::request::PromptInput::Completion(p), true) => Some(p.clone()),
+            (crate::request::PromptInput::Tokens(ids), true) => Some(self.tokenizer.decode(ids, false).unwrap_or_default()),
             _ => None,
         };
         let group = Group {
