@@ -207,10 +207,10 @@ def test_prefill_memory_grows_linearly_with_the_prompt(smollm2_path):
         added[n] = (peak - base) / 1024
         print(f"\nprefill of {tokens} tokens: peak RSS {peak / 1024:.0f} MiB, {added[n]:.0f} MiB above the loaded model")
         assert added[n] > 0
-    growth_small, growth_large = added[2000] - added[1000], added[4000] - added[2000]
-    # Linear: the second doubling adds about twice what the first did (allocator steps
-    # blur it a little); a (prompt x prompt) score matrix would make it approach 4x.
-    assert growth_large < 3.0 * growth_small, added
+    # Linear growth from any fixed start makes 4x the prompt cost at most 4x the memory
+    # (a little slack for allocator steps); a (prompt x prompt) score matrix would make it
+    # approach 16x.
+    assert added[4000] < 4.5 * added[1000], added
 
 
 def _two_turns(runner):
