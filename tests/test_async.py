@@ -30,18 +30,20 @@ def _req(q: str, **kw) -> ChatCompletionRequest:
     return ChatCompletionRequest(model="m", messages=[{"role": "user", "content": q}], temperature=0.0, **kw)
 
 
-def test_awaited_requests_equal_the_blocking_ones_and_hold_no_thread(smollm2_runner):
-    expected = [chat(smollm2_runner, q, max_tokens=24).choices[0].message.content for q in QUESTIONS]
+def test_64_awaited_requests_equal_the_blocking_ones_and_hold_no_thread(smollm2_runner):
+    prompts = [f"{q} (question {i})" for i in range(8) for q in QUESTIONS]
+    expected = [chat(smollm2_runner, p, max_tokens=12).choices[0].message.content for p in prompts]
 
     async def main():
         before = threading.active_count()
-        tasks = [asyncio.ensure_future(smollm2_runner.send_chat_completion_request_async(_req(q))) for q in QUESTIONS]
+        tasks = [asyncio.ensure_future(smollm2_runner.send_chat_completion_request_async(_req(p, max_tokens=12))) for p in prompts]
         await asyncio.sleep(0.05)
         during = threading.active_count()
         out = await asyncio.gather(*tasks)
         return before, during, out
 
     before, during, out = asyncio.run(main())
+    assert len(out) == 64
     assert during == before, (before, during)
     assert [r.choices[0].message.content for r in out] == expected
     assert all(r.usage.completion_tokens > 0 for r in out)
