@@ -64,11 +64,6 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
-    /// The next event, or None once the request is answered.
-    pub fn recv(&self) -> Option<Result<Event>> {
-        self.rx.lock().ok()?.recv().ok()
-    }
-
     /// The next event if one is ready: Ok(None) when none is yet,
     /// Err(()) once the request is answered and every event taken.
     #[allow(clippy::result_unit_err)]

@@ -103,13 +103,18 @@ impl Sequence {
         use std::hash::{Hash, Hasher};
         let Some(w) = &self.adapters else { return 0 };
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        w.iter().map(|x| x.to_bits()).collect::<Vec<u32>>().hash(&mut h);
+        for x in w.iter() {
+            x.to_bits().hash(&mut h);
+        }
         h.finish() | 1
     }
 
     /// Registers the blocks this sequence has filled since the last call in
     /// the prefix cache.
     pub fn register_full_blocks(&mut self, alloc: &mut BlockAllocator) {
+        if self.block_hashes.len() >= self.computed / BLOCK_SIZE {
+            return; // the common case: no block filled up this step
+        }
         let salt = self.cache_salt();
         while self.block_hashes.len() < self.computed / BLOCK_SIZE {
             let i = self.block_hashes.len();

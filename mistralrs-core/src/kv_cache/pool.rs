@@ -10,9 +10,6 @@ use super::blocks::{BlockTable, BLOCK_SIZE};
 pub struct KvPool {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
-    kv_heads: usize,
-    head_dim: usize,
-    blocks: usize,
 }
 
 impl KvPool {
@@ -28,21 +25,7 @@ impl KvPool {
                 .map(|_| Tensor::zeros(shape, DType::F32, device))
                 .collect::<Result<Vec<_>>>()
         };
-        Ok(Self {
-            k: alloc()?,
-            v: alloc()?,
-            kv_heads,
-            head_dim,
-            blocks,
-        })
-    }
-
-    pub fn blocks(&self) -> usize {
-        self.blocks
-    }
-
-    pub fn layers(&self) -> usize {
-        self.k.len()
+        Ok(Self { k: alloc()?, v: alloc()? })
     }
 
     /// Layer `layer`'s keys and values, (slots, kv_heads, head_dim).
@@ -88,13 +71,5 @@ impl KvPool {
             t.slice_set(&t.narrow(0, from, tokens)?.contiguous()?, 0, to)?;
         }
         Ok(())
-    }
-
-    pub fn kv_heads(&self) -> usize {
-        self.kv_heads
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
     }
 }

@@ -30,14 +30,6 @@ impl<'a> StepKv<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.tables.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
-    }
-
     /// What the model keeps for sequence `i` between steps.
     pub fn side_state(&mut self, i: usize) -> &mut SideState {
         self.side[i]
