@@ -129,6 +129,9 @@ def test_a_stream_stopped_midway_frees_its_blocks_within_a_step(smollm2_runner, 
 _CTRL_C = """
 import os, signal, sys, threading, time
 from mistralrs import ChatCompletionRequest, Runner, Which
+# Python leaves SIGINT ignored when it starts ignored (a job run in the background, as CI
+# may run this); a user's terminal process has the default handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 path = sys.argv[1]
 r = Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=path.rsplit('/', 1)[0],
                             quantized_filename=path.rsplit('/', 1)[1]))
@@ -157,7 +160,8 @@ except KeyboardInterrupt:
 
 
 def test_ctrl_c_interrupts_a_blocking_request_and_the_runner_keeps_serving(smollm2_path):
-    # In a fresh process, as a user at a terminal: the blocking call raises
+    # In a fresh process with Python's default SIGINT handler, as a user at a terminal
+    # (pytest itself may run with SIGINT ignored, in the background): the blocking call raises
     # KeyboardInterrupt, the request's blocks are freed and the runner serves on.
     out = subprocess.run([sys.executable, "-c", _CTRL_C, str(smollm2_path)], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
