@@ -205,8 +205,8 @@ impl Runner {
         Ok(Some(w.into()))
     }
 
-    /// The engine's counters: steps, sequence_steps, max_batch,
-    /// mixed_adapter_steps, and X-LoRA's xlora_scaling_passes.
+    /// The engine's counters and gauges (see `EngineStats`), and X-LoRA's
+    /// xlora_scaling_passes.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;
         let mut v = vec![
@@ -220,6 +220,9 @@ impl Runner {
             ("kv_block_tokens", BLOCK_SIZE as u64),
             ("shared_prompts", s.shared_prompts.load(Ordering::Relaxed)),
             ("prefix_cache_hit_tokens", s.prefix_cache_hit_tokens.load(Ordering::Relaxed)),
+            ("requests_cancelled", s.requests_cancelled.load(Ordering::Relaxed)),
+            ("seqs_running", s.seqs_running.load(Ordering::Relaxed)),
+            ("seqs_waiting", s.seqs_waiting.load(Ordering::Relaxed)),
         ];
         if let Some(p) = self.scaling_passes.lock().ok().and_then(|p| p.clone()) {
             v.push(("xlora_scaling_passes", p.load(Ordering::Relaxed)));

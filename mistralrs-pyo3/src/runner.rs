@@ -294,8 +294,10 @@ impl Runner {
 
     /// The engine's counters as a dict: steps, sequence_steps, max_batch,
     /// mixed_adapter_steps (steps whose sequences used different adapter
-    /// sets), and for X-LoRA xlora_scaling_passes (one per sequence per step
-    /// that ran the scaling pass).
+    /// sets), preemptions, kv_blocks_total/used, kv_block_tokens,
+    /// shared_prompts, prefix_cache_hit_tokens, requests_cancelled, the gauges
+    /// seqs_running and seqs_waiting (after the last step), and for X-LoRA
+    /// xlora_scaling_passes (one per sequence per step that ran the scaling pass).
     fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
         self.inner.stats().into_iter().collect()
     }

@@ -572,8 +572,9 @@ class Runner:
         """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
         different adapter sets), preemptions (sequences whose KV blocks were taken back, to be recomputed),
         kv_blocks_total / kv_blocks_used (after the last step) / kv_block_tokens, shared_prompts (choices
-        that started from another choice's prompt blocks) and, for X-LoRA, xlora_scaling_passes (one per
-        sequence per step that ran it)."""
+        that started from another choice's prompt blocks), prefix_cache_hit_tokens, requests_cancelled
+        (dropped by their callers before finishing), the gauges seqs_running / seqs_waiting (after the last
+        step) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
     def close(self) -> None: ...

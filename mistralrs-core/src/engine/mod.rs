@@ -46,6 +46,11 @@ pub struct EngineStats {
     pub shared_prompts: AtomicU64,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub prefix_cache_hit_tokens: AtomicU64,
+    /// Requests dropped by their callers (stream closed, task cancelled) before they finished.
+    pub requests_cancelled: AtomicU64,
+    /// Sequences running and waiting to start (or resume), after the last step.
+    pub seqs_running: AtomicU64,
+    pub seqs_waiting: AtomicU64,
 }
 
 pub struct EngineConfig {
@@ -204,6 +209,7 @@ impl Engine {
         for (g, _) in self.groups.values_mut() {
             if !g.cancelled && g.cancel.load(Ordering::Relaxed) {
                 g.cancelled = true;
+                self.stats.requests_cancelled.fetch_add(1, Ordering::Relaxed);
             }
             any |= g.cancelled;
         }
@@ -269,6 +275,7 @@ impl Engine {
         };
         self.groups.insert(id, (group, req));
         self.waiting.push_back(seq);
+        self.stats.seqs_waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
     }
 
     /// Picks this step's sequences and gives each the cache blocks its new
@@ -498,6 +505,8 @@ impl Engine {
         });
         self.stats.kv_blocks_used.store(alloc.used() as u64, Ordering::Relaxed);
         self.waiting.retain(|s| groups.get(&s.group).is_some_and(|(g, _)| !g.cancelled));
+        self.stats.seqs_running.store(self.running.len() as u64, Ordering::Relaxed);
+        self.stats.seqs_waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
         let done: Vec<u64> =
             groups.iter().filter(|(_, (g, _))| g.cancelled || g.is_done()).map(|(id, _)| *id).collect();
         for id in done {
