@@ -353,11 +353,18 @@ SMOLLM2_QUESTIONS = [
 
 def record_smollm2():
     """SmolLM2-135M-Instruct Q4_1: llama.cpp's greedy chat answers (its own chat-template rendering of the GGUF's
-    template, F32 and default F16 KV cache), 64 tokens or EOS."""
+    template, F32 and default F16 KV cache), 64 tokens or EOS.
+
+    Along each F32 answer, the token that llama.cpp itself picks next at every position under four evaluations
+    of the same token sequence: F32 or F16 KV cache, token by token (as generation runs) or the whole sequence in
+    one batch. Where these disagree the position is a knife edge: a last-bit difference in a float sum flips
+    some 8-bit activation rounding and the near-tie goes either way; another engine may take any of them."""
     import llama_cpp
     from fetch_models import model_path
 
     path = model_path("smollm2")
+    vb, _, meta = gguf_token_bytes(path)
+    eos = int(meta["tokenizer.ggml.eos_token_id"])
     results = []
     for f32_kv in (True, False):
         kw = {"type_k": 0, "type_v": 0} if f32_kv else {}
@@ -368,6 +375,41 @@ def record_smollm2():
             results.append({"question": q, "f32_kv_cache": f32_kv, "text": c["message"]["content"],
                             "finish_reason": c["finish_reason"], "completion_tokens": out["usage"]["completion_tokens"]})
         del llm
+
+    def picks(f32_kv: bool, prompt: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
+        """Next-token argmax after each answer prefix: token by token, and from one batch of the whole sequence."""
+        llm = load(path, 512, f32_kv)
+        llm.reset()
+        llm.eval(prompt)
+        inc = []
+        for t in answer + [None]:
+            inc.append(int(np.argmax(last_logits(llm))))
+            if t is not None:
+                llm.eval([t])
+        batch_llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False,
+                                    logits_all=True, flash_attn=False, **({"type_k": 0, "type_v": 0} if f32_kv else {}))
+        batch_llm.eval(prompt + answer)
+        batch = [int(np.argmax(batch_llm.scores[len(prompt) - 1 + k])) for k in range(len(answer) + 1)]
+        return inc, batch
+
+    f32_answers = [r for r in results if r["f32_kv_cache"]]
+    for r in f32_answers:
+        rendered = render_chat(meta["tokenizer.chat_template"], [{"role": "user", "content": r["question"]}])
+        llm = load(path, 512, f32_kv=True)
+        prompt = llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
+        steps, _ = greedy(llm, prompt, r["completion_tokens"])
+        answer = [s["id"] for s in steps if s["id"] != eos]
+        # The prompt is the one create_chat_completion used: its greedy run gives the recorded answer.
+        assert b"".join(vb[i] for i in answer).decode("utf-8") == r["text"], r["question"]
+        runs = [*picks(True, prompt, answer), *picks(False, prompt, answer)]
+        n = len(answer) + (1 if r["finish_reason"] == "stop" else 0)
+        r["tokens"] = [{"bytes": list(vb[i])} for i in answer]
+        # Per position: every token llama.cpp's four evaluations pick there (null: end of the answer, EOS).
+        r["picked_by_llamacpp"] = [sorted({None if run[k] == eos else tuple(vb[run[k]]) for run in runs},
+                                          key=lambda b: (b is not None, b or ())) for k in range(n)]
+        r["picked_by_llamacpp"] = [[None if b is None else list(b) for b in ks] for ks in r["picked_by_llamacpp"]]
+        edges = [k for k, ks in enumerate(r["picked_by_llamacpp"]) if len(ks) > 1]
+        print(f"smollm2 {r['question']!r}: {len(answer)} tokens, knife edges at {edges}")
     out = {"source": f"llama-cpp-python {llama_cpp.__version__}", "file": path.name, "results": results}
     d = FIX / "smollm2"
     d.mkdir(parents=True, exist_ok=True)

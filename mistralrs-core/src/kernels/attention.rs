@@ -9,10 +9,12 @@
 //! Here each task takes one sequence, one KV head and a tile of its query
 //! tokens: the query heads that share that KV head (grouped-query attention)
 //! are its rows, the causal and sliding-window limits are index ranges, and
-//! scores live in a per-thread scratch of (visible keys) — linear, not
-//! quadratic, in the prompt length. All sequences' tasks share one parallel
-//! loop, so a step of many short decodes fills the threads as one long
-//! prompt does.
+//! the keys go by one cache block at a time, each block serving every row of
+//! the tile with an online softmax (flash attention's tiling). So the scratch
+//! is (rows, head_dim) however long the prompt, and a long prompt reads its
+//! cache once per tile instead of once per query row. All sequences' tasks
+//! share one parallel loop, so a step of many short decodes fills the threads
+//! as one long prompt does.
 
 use std::cell::RefCell;
 
@@ -21,7 +23,8 @@ use rayon::prelude::*;
 use super::OutPtr;
 use crate::kv_cache::BLOCK_SIZE;
 
-/// Query tokens per task in a prompt (bounds the score scratch).
+/// Query tokens per task in a prompt: rows that share each block of keys
+/// while it is in L1 (more rows, more reuse; fewer tasks to spread).
 const QUERY_TILE: usize = 16;
 
 /// Score-matrix elements below which a step's attention stays on the calling thread.
@@ -120,19 +123,17 @@ fn visible(pos: usize, window: Option<usize>) -> (usize, usize) {
     (lo, pos + 1)
 }
 
-/// Calls `f(j0, j1, offset)` for each run `j0..j1` of `lo..hi` inside one
-/// block, `offset` being token j0's element offset for KV head `g`.
-fn runs(view: &KvView, lo: usize, hi: usize, row: usize, g_off: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let mut j0 = lo;
-    while j0 < hi {
-        let b = j0 / BLOCK_SIZE;
-        let j1 = hi.min((b + 1) * BLOCK_SIZE);
-        f(j0, j1, (view.blocks[b] as usize * BLOCK_SIZE + j0 % BLOCK_SIZE) * row + g_off);
-        j0 = j1;
-    }
+/// Element offset of token `j`'s vector for KV head offset `g_off` (in elements).
+fn slot(view: &KvView, j: usize, row: usize, g_off: usize) -> usize {
+    (view.blocks[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE) * row + g_off
 }
 
-/// Tokens `first..first + tokens` of sequence `s`'s new ones, for the query heads of KV head `g`.
+/// Tokens `first..first + tokens` of sequence `s`'s new ones, for the query
+/// heads of KV head `g`, flash-attention style: the keys go by in blocks,
+/// and each block is used by every row of the tile (query token × grouped
+/// head) while it sits in L1, each row keeping a running maximum, sum and
+/// output (online softmax). The scratch is (rows, head_dim) whatever the
+/// prompt's length, and the cache is read once per tile, not once per row.
 ///
 /// # Safety
 /// `out` points at a (tokens, heads * head_dim) buffer whose rows for these
@@ -152,29 +153,70 @@ unsafe fn head_tile(
     let dim = shape.head_dim;
     let group = shape.heads / shape.kv_heads;
     let row = shape.kv_heads * dim;
-    let keys_max = s.past + first + tokens;
-    if scratch.len() < keys_max {
-        scratch.resize(keys_max, 0.0);
+    let g_off = g * dim;
+    let rows = tokens * group;
+    if scratch.len() < rows * (dim + 2) + BLOCK_SIZE {
+        scratch.resize(rows * (dim + 2) + BLOCK_SIZE, 0.0);
     }
-    for i in first..first + tokens {
-        let (lo, hi) = visible(s.past + i, shape.window);
-        let r = s.start + i;
-        for h in g * group..(g + 1) * group {
-            let qrow = &q[(r * shape.heads + h) * dim..][..dim];
-            let scores = &mut scratch[..hi - lo];
-            // Scores, softmax over the visible keys, then the weighted sum of values.
-            runs(&s.k, lo, hi, row, g * dim, |j0, j1, at| {
-                scores_row(qrow, &s.k.data[at..], row, dim, shape.scale, &mut scores[j0 - lo..j1 - lo], simd)
-            });
-            softmax(scores, simd);
-            let o = std::slice::from_raw_parts_mut(out.at((r * shape.heads + h) * dim), dim);
-            let mut fresh = true;
-            runs(&s.v, lo, hi, row, g * dim, |j0, j1, at| {
-                weighted_values(&scores[j0 - lo..j1 - lo], &s.v.data[at..], row, dim, o, !fresh, simd);
-                fresh = false;
-            });
+    let (acc, rest) = scratch.split_at_mut(rows * dim);
+    let (maxes, rest) = rest.split_at_mut(rows);
+    let (sums, p) = rest.split_at_mut(rows);
+    maxes[..rows].fill(f32::NEG_INFINITY);
+    // Keys any row of the tile sees: from the first token's window start to the last token.
+    let (lo_all, _) = visible(s.past + first, shape.window);
+    let hi_all = s.past + first + tokens;
+    let mut j0 = lo_all;
+    while j0 < hi_all {
+        // One block's run of keys, contiguous in the pool for both K and V.
+        let j1 = hi_all.min((j0 / BLOCK_SIZE + 1) * BLOCK_SIZE);
+        let (k_at, v_at) = (slot(&s.k, j0, row, g_off), slot(&s.v, j0, row, g_off));
+        for t in 0..tokens {
+            let (lo, hi) = visible(s.past + first + t, shape.window);
+            let (a, b) = (lo.max(j0), hi.min(j1));
+            if a >= b {
+                continue;
+            }
+            let r = s.start + first + t;
+            for hh in 0..group {
+                let x = t * group + hh;
+                let qrow = &q[(r * shape.heads + g * group + hh) * dim..][..dim];
+                let sc = &mut p[..b - a];
+                scores_row(qrow, &s.k.data[k_at + (a - j0) * row..], row, dim, shape.scale, sc, simd);
+                let o = &mut acc[x * dim..(x + 1) * dim];
+                online_update(sc, &s.v.data[v_at + (a - j0) * row..], row, dim, o, &mut maxes[x], &mut sums[x], simd);
+            }
+        }
+        j0 = j1;
+    }
+    for t in 0..tokens {
+        let r = s.start + first + t;
+        for hh in 0..group {
+            let x = t * group + hh;
+            let inv = 1.0 / sums[x];
+            let o = std::slice::from_raw_parts_mut(out.at((r * shape.heads + g * group + hh) * dim), dim);
+            for (o, a) in o.iter_mut().zip(&acc[x * dim..(x + 1) * dim]) {
+                *o = a * inv;
+            }
         }
     }
+}
+
+/// Folds one run of keys into a row's running softmax: `scores` (consumed)
+/// against `values` (value j's `dim` floats at `j * stride`). The output and
+/// sum so far were relative to the old maximum; a larger one rescales them.
+#[allow(clippy::too_many_arguments)]
+fn online_update(scores: &mut [f32], values: &[f32], stride: usize, dim: usize, o: &mut [f32], max: &mut f32, sum: &mut f32, simd: bool) {
+    let fresh = *max == f32::NEG_INFINITY;
+    let m = scores.iter().fold(*max, |m, &x| m.max(x));
+    if !fresh && m > *max {
+        let c = (*max - m).exp();
+        o.iter_mut().for_each(|x| *x *= c);
+        *sum *= c;
+    }
+    *max = m;
+    let block_sum = exp_shifted(scores, m, simd);
+    *sum = if fresh { block_sum } else { *sum + block_sum };
+    weighted_values(scores, values, stride, dim, o, !fresh, simd);
 }
 
 fn simd_ok(dim: usize) -> bool {
@@ -199,16 +241,12 @@ fn scores_row(q: &[f32], keys: &[f32], stride: usize, dim: usize, scale: f32, sc
     }
 }
 
-/// In place: exp(s - max) / Σ.
-fn softmax(s: &mut [f32], simd: bool) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+/// In place s = exp(s - max); returns Σ s.
+fn exp_shifted(s: &mut [f32], max: f32, simd: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: AVX2+FMA detected.
-        let sum = unsafe { avx2::exp_shifted(s, max) };
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|x| *x *= inv);
-        return;
+        return unsafe { avx2::exp_shifted(s, max) };
     }
     let _ = simd;
     let mut sum = 0.0;
@@ -216,8 +254,7 @@ fn softmax(s: &mut [f32], simd: bool) {
         *x = (*x - max).exp();
         sum += *x;
     }
-    let inv = 1.0 / sum;
-    s.iter_mut().for_each(|x| *x *= inv);
+    sum
 }
 
 /// `out` (+)= Σ_j p[j] · value j (`values`: value j's `dim` floats at
@@ -407,6 +444,7 @@ mod tests {
             (4, 1, 128, 19, 30, Some(8)),
             (8, 2, 96, 1, 300, Some(64)),
             (14, 2, 64, 40, 100, None), // split across threads
+            (4, 2, 64, 70, 5, Some(20)), // several query tiles, each window starting mid-block
         ] {
             let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), window };
             let (n_a, n_b) = ((past + t as usize).div_ceil(BLOCK_SIZE), 20usize.div_ceil(BLOCK_SIZE));
