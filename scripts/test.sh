@@ -14,7 +14,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 echo "==> installing build and test tools into $VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.7,<2" pytest numpy
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.7,<2" pytest numpy \
+    jsonschema fastapi uvicorn prometheus-client openai httpx
 
 echo "==> cargo test --release -p mistralrs-core"
 cargo test --release -p mistralrs-core

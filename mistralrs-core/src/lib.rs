@@ -8,6 +8,7 @@ pub mod architecture;
 pub mod chat_template;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod hub;
 pub mod kernels;
 pub mod kv_cache;

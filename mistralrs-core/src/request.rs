@@ -2,6 +2,7 @@
 
 use crate::chat_template::{ChatMessage, ROLES};
 use crate::error::{Error, Result};
+use crate::grammar::Grammar;
 use crate::sampler::SamplingParams;
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct GenerationRequest {
     pub logprobs: bool,
     /// The LoRA set for this request (names of loaded adapters); None: the runner's active set.
     pub adapters: Option<Vec<String>>,
+    /// What every choice's output must match.
+    pub grammar: Option<Grammar>,
 }
 
 /// Sequences one request may ask for (OpenAI's limit on `n`).

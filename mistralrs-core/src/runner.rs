@@ -11,6 +11,7 @@ use crate::adapters::{AdapterInfo, AdapterMode};
 use crate::chat_template::ChatTemplate;
 use crate::engine::{Admission, Engine, EngineConfig, EngineStats, Message, Notify, Responder};
 use crate::error::{panic_message, Error, Result};
+use crate::grammar::GrammarCompiler;
 use crate::loader::{self, LoadOptions, ModelSpec};
 use crate::request::{GenerationRequest, PromptInput};
 use crate::response::Event;
@@ -52,6 +53,9 @@ pub struct Runner {
     /// Unmerged LoRA: the adapter set of requests that name none.
     active_adapters: RwLock<Vec<usize>>,
     stats: Arc<EngineStats>,
+    /// The first of the tokens that end a sequence (a complete grammar ends with it).
+    eos_ids: Vec<u32>,
+    grammars: std::sync::OnceLock<Arc<GrammarCompiler>>,
 }
 
 /// The events of one request, in order; the last is the full response (or
@@ -109,7 +113,7 @@ impl Runner {
         let engine = Engine::new(
             loaded.model,
             tokenizer.clone(),
-            loaded.eos_ids,
+            loaded.eos_ids.clone(),
             opts.device.clone(),
             EngineConfig {
                 max_seqs: cfg.max_seqs,
@@ -142,6 +146,8 @@ impl Runner {
             active_adapters: RwLock::new(loaded.adapters.as_ref().map(|a| a.default_active.clone()).unwrap_or_default()),
             adapters: loaded.adapters,
             stats,
+            eos_ids: loaded.eos_ids,
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -275,6 +281,10 @@ impl Runner {
             return Err(Error::invalid(format!("logit_bias names token {bad}, outside the vocabulary (size {vocab})")));
         }
         let adapters = self.request_adapters(&req)?;
+        let grammar = match &req.grammar {
+            Some(g) => Some(guard(|| self.grammars()?.compile(g))?),
+            None => None,
+        };
         let prompt = guard(|| self.prompt_ids(&req))?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
@@ -330,6 +340,7 @@ impl Runner {
             prompt,
             adapters,
             max_new,
+            grammar,
             responder,
         };
         let tx = self.tx.lock().map_err(|_| Error::EngineClosed("the runner is unusable".into()))?;
@@ -337,6 +348,16 @@ impl Runner {
         tx.send(Message::Add(Box::new(admission)))
             .map_err(|_| Error::EngineClosed("the engine thread has stopped".into()))?;
         Ok(ResponseStream { rx: Mutex::new(rx), cancel })
+    }
+
+    /// The grammar compiler, built on first use (a trie of the vocabulary).
+    fn grammars(&self) -> Result<Arc<GrammarCompiler>> {
+        if let Some(g) = self.grammars.get() {
+            return Ok(g.clone());
+        }
+        let eos = *self.eos_ids.first().ok_or_else(|| Error::invalid("grammars need a model with an end-of-sequence token"))?;
+        let g = Arc::new(GrammarCompiler::new(self.tokenizer.clone(), eos)?);
+        Ok(self.grammars.get_or_init(|| g).clone())
     }
 
     /// The prompt's token ids, rendered with the chat template where it is a message list.

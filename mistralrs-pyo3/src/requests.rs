@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use mistralrs_core::chat_template::ChatMessage;
+use mistralrs_core::grammar::Grammar;
 use mistralrs_core::request::{GenerationRequest, PromptInput};
 use mistralrs_core::sampler::SamplingParams;
 use pyo3::exceptions::PyValueError;
@@ -66,11 +67,61 @@ fn sampling(
     })
 }
 
-fn unsupported(grammar: &Option<String>) -> PyResult<()> {
-    if grammar.is_some() {
-        return Err(not_implemented("constrained generation (`grammar`)"));
+/// A JSON Schema given as a dict (or any JSON-able object) or as JSON text.
+fn json_value(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let text = match obj.cast::<PyString>() {
+        Ok(s) => s.extract::<String>()?,
+        Err(_) => obj.py().import("json")?.call_method1("dumps", (obj,))?.extract::<String>()?,
+    };
+    serde_json::from_str(&text).map_err(|e| PyValueError::new_err(format!("{what} is not valid JSON: {e}")))
+}
+
+/// `grammar` + `grammar_type` to the engine's grammar.
+fn grammar_of(grammar: &Option<Py<PyAny>>, grammar_type: &Option<String>, py: Python<'_>) -> PyResult<Option<Grammar>> {
+    let Some(g) = grammar else {
+        return match grammar_type {
+            Some(_) => Err(PyValueError::new_err("grammar_type was given without a grammar")),
+            None => Ok(None),
+        };
+    };
+    let g = g.bind(py);
+    let text = |kind: &str| {
+        g.extract::<String>().map_err(|_| PyValueError::new_err(format!("a {kind} grammar must be a str")))
+    };
+    Ok(Some(match grammar_type.as_deref() {
+        Some("regex") => Grammar::Regex(text("regex")?),
+        Some("lark") => Grammar::Lark(text("lark")?),
+        Some("json_schema") => Grammar::JsonSchema(json_value("the JSON Schema", g)?),
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "unknown grammar_type `{other}` (expected \"regex\", \"json_schema\" or \"lark\")"
+            )))
+        }
+        None => return Err(PyValueError::new_err("grammar needs grammar_type: \"regex\", \"json_schema\" or \"lark\"")),
+    }))
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}`
+/// (any JSON object) or `{"type": "json_schema", "json_schema": {"schema": ...}}`.
+fn response_format_of(format: &Bound<'_, PyAny>) -> PyResult<Option<Grammar>> {
+    let bad = |msg: &str| PyValueError::new_err(format!("response_format {msg}"));
+    let d = format.cast::<PyDict>().map_err(|_| bad("must be a dict with a `type`"))?;
+    let kind: String = d
+        .get_item("type")?
+        .ok_or_else(|| bad("has no `type`"))?
+        .extract()
+        .map_err(|_| bad("`type` must be a str"))?;
+    match kind.as_str() {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Grammar::JsonSchema(serde_json::json!({"type": "object"})))),
+        "json_schema" => {
+            let spec = d.get_item("json_schema")?.ok_or_else(|| bad("of type json_schema needs `json_schema`"))?;
+            let spec = spec.cast::<PyDict>().map_err(|_| bad("`json_schema` must be a dict"))?;
+            let schema = spec.get_item("schema")?.ok_or_else(|| bad("`json_schema` has no `schema`"))?;
+            Ok(Some(Grammar::JsonSchema(json_value("response_format's schema", &schema)?)))
+        }
+        other => Err(bad(&format!("type `{other}` is unknown (expected text, json_object or json_schema)"))),
     }
-    Ok(())
 }
 
 fn count(name: &str, v: i64) -> PyResult<usize> {
@@ -98,11 +149,12 @@ pub struct ChatCompletionRequest {
     top_k: Option<i64>,
     min_p: Option<f64>,
     stream: bool,
-    grammar: Option<String>,
+    grammar: Option<Py<PyAny>>,
     grammar_type: Option<String>,
     adapters: Option<Vec<String>>,
     seed: Option<u64>,
     ignore_eos: bool,
+    response_format: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -111,7 +163,7 @@ impl ChatCompletionRequest {
     #[pyo3(signature = (messages, model, logit_bias=None, logprobs=false, top_logprobs=None, max_tokens=None,
         n_choices=1, presence_penalty=None, frequency_penalty=None, repetition_penalty=None, stop_seqs=None,
         temperature=None, top_p=None, top_k=None, min_p=None, stream=false, grammar=None, grammar_type=None,
-        adapters=None, seed=None, ignore_eos=false))]
+        adapters=None, seed=None, ignore_eos=false, response_format=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         messages: Py<PyAny>,
@@ -130,16 +182,17 @@ impl ChatCompletionRequest {
         top_k: Option<i64>,
         min_p: Option<f64>,
         stream: bool,
-        grammar: Option<String>,
+        grammar: Option<Py<PyAny>>,
         grammar_type: Option<String>,
         adapters: Option<Vec<String>>,
         seed: Option<u64>,
         ignore_eos: bool,
+        response_format: Option<Py<PyAny>>,
     ) -> Self {
         Self {
             messages, model, logit_bias, logprobs, top_logprobs, max_tokens, n_choices, presence_penalty,
             frequency_penalty, repetition_penalty, stop_seqs, temperature, top_p, top_k, min_p, stream, grammar,
-            grammar_type, adapters, seed, ignore_eos,
+            grammar_type, adapters, seed, ignore_eos, response_format,
         }
     }
 
@@ -154,8 +207,12 @@ impl ChatCompletionRequest {
 
 impl ChatCompletionRequest {
     pub fn to_core(&self, py: Python<'_>) -> PyResult<GenerationRequest> {
-        unsupported(&self.grammar)?;
         let n = count("n_choices", self.n_choices)?;
+        let grammar = match (&self.response_format, grammar_of(&self.grammar, &self.grammar_type, py)?) {
+            (Some(_), Some(_)) => return Err(PyValueError::new_err("give either grammar or response_format, not both")),
+            (Some(f), None) => response_format_of(f.bind(py))?,
+            (None, g) => g,
+        };
         Ok(GenerationRequest {
             model: self.model.clone(),
             prompt: messages_of(self.messages.bind(py))?,
@@ -173,6 +230,7 @@ impl ChatCompletionRequest {
             seed: self.seed,
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
+            grammar,
         })
     }
 }
@@ -206,7 +264,7 @@ pub struct CompletionRequest {
     min_p: Option<f64>,
     suffix: Option<String>,
     stream: bool,
-    grammar: Option<String>,
+    grammar: Option<Py<PyAny>>,
     grammar_type: Option<String>,
     adapters: Option<Vec<String>>,
     seed: Option<u64>,
@@ -241,7 +299,7 @@ impl CompletionRequest {
         min_p: Option<f64>,
         suffix: Option<String>,
         stream: bool,
-        grammar: Option<String>,
+        grammar: Option<Py<PyAny>>,
         grammar_type: Option<String>,
         adapters: Option<Vec<String>>,
         seed: Option<u64>,
@@ -270,8 +328,7 @@ impl CompletionRequest {
 }
 
 impl CompletionRequest {
-    pub fn to_core(&self) -> PyResult<GenerationRequest> {
-        unsupported(&self.grammar)?;
+    pub fn to_core(&self, py: Python<'_>) -> PyResult<GenerationRequest> {
         if self.suffix.is_some() {
             return Err(not_implemented("fill-in-the-middle completion (`suffix`)"));
         }
@@ -299,6 +356,7 @@ impl CompletionRequest {
             seed: self.seed,
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
+            grammar: grammar_of(&self.grammar, &self.grammar_type, py)?,
         })
     }
 }

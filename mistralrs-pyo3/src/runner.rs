@@ -217,7 +217,7 @@ impl Runner {
     /// Sends a completion request; returns a CompletionResponse, or with
     /// stream=True an iterator of CompletionResponse chunks.
     fn send_completion_request(&self, py: Python<'_>, request: PyRef<'_, CompletionRequest>) -> PyResult<Py<PyAny>> {
-        let req = request.to_core()?;
+        let req = request.to_core(py)?;
         drop(request);
         self.send_and_wait(py, req)
     }
@@ -242,7 +242,7 @@ impl Runner {
         let req = if let Ok(r) = request.cast::<ChatCompletionRequest>() {
             r.borrow().to_core(py)?
         } else {
-            request.cast::<CompletionRequest>()?.borrow().to_core()?
+            request.cast::<CompletionRequest>()?.borrow().to_core(py)?
         };
         let notify: mistralrs_core::engine::Notify = Arc::new(move || {
             // A full pipe already holds a wake-up; nothing is lost by skipping.

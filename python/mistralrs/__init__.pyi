@@ -1,6 +1,6 @@
 """Type stubs for mistralrs (SPEC.md §1). Keep in step with mistralrs-pyo3."""
 
-from typing import ClassVar, Generic, Literal, Mapping, Sequence, TypeAlias, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Mapping, Sequence, TypeAlias, TypeVar
 
 __version__: str
 
@@ -266,6 +266,12 @@ class Which:
 
 Message: TypeAlias = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 GrammarType: TypeAlias = Literal["regex", "json_schema", "lark"]
+# A regex or Lark grammar as text; a JSON Schema as a dict or its JSON text. Every choice's output
+# then matches it (an invalid grammar raises ValueError with llguidance's message).
+Grammar: TypeAlias = str | Mapping[str, Any]
+# OpenAI's response_format: {"type": "text"}, {"type": "json_object"} or
+# {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}.
+ResponseFormat: TypeAlias = Mapping[str, Any]
 
 class ChatCompletionRequest:
     def __init__(
@@ -286,11 +292,12 @@ class ChatCompletionRequest:
         top_k: int | None = None,
         min_p: float | None = None,
         stream: bool = False,
-        grammar: str | None = None,
+        grammar: Grammar | None = None,
         grammar_type: GrammarType | None = None,
         adapters: Sequence[str] | None = None,
         seed: int | None = None,
         ignore_eos: bool = False,
+        response_format: ResponseFormat | None = None,
     ) -> None: ...
     messages: Sequence[Message] | str
     model: str
@@ -308,11 +315,12 @@ class ChatCompletionRequest:
     top_k: int | None
     min_p: float | None
     stream: bool
-    grammar: str | None
+    grammar: Grammar | None
     grammar_type: GrammarType | None
     adapters: Sequence[str] | None
     seed: int | None
     ignore_eos: bool
+    response_format: ResponseFormat | None
 
 class CompletionRequest:
     def __init__(
@@ -336,7 +344,7 @@ class CompletionRequest:
         min_p: float | None = None,
         suffix: str | None = None,
         stream: bool = False,
-        grammar: str | None = None,
+        grammar: Grammar | None = None,
         grammar_type: GrammarType | None = None,
         adapters: Sequence[str] | None = None,
         seed: int | None = None,
@@ -361,7 +369,7 @@ class CompletionRequest:
     min_p: float | None
     suffix: str | None
     stream: bool
-    grammar: str | None
+    grammar: Grammar | None
     grammar_type: GrammarType | None
     adapters: Sequence[str] | None
     seed: int | None

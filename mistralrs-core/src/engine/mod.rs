@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
+use rayon::prelude::*;
 
 use crate::error::{panic_message, Error, Result};
 use crate::kv_cache::{BlockAllocator, BlockTable, KvPool, SideState, StepKv};
 use crate::layers::AdapterRows;
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
-use crate::sampler::Sampler;
+use crate::sampler::{Sampled, Sampler};
 use crate::tokenizer::TextTokenizer;
 pub use group::{Notify, Responder};
 use group::Group;
@@ -78,6 +79,8 @@ pub struct Admission {
     /// Weight per loaded adapter for this request, None for the base alone.
     pub adapters: Option<Arc<[f32]>>,
     pub max_new: usize,
+    /// The request's grammar, compiled, at the start of the output.
+    pub grammar: Option<llguidance::Matcher>,
     pub responder: Responder,
     /// Set when the caller stops listening (its stream is dropped).
     pub cancel: Arc<AtomicBool>,
@@ -209,7 +212,6 @@ impl Engine {
         for (g, _) in self.groups.values_mut() {
             if !g.cancelled && g.cancel.load(Ordering::Relaxed) {
                 g.cancelled = true;
-                self.stats.requests_cancelled.fetch_add(1, Ordering::Relaxed);
             }
             any |= g.cancelled;
         }
@@ -249,6 +251,7 @@ impl Engine {
         let mut seq = Sequence::new(id, 0, a.prompt.clone(), sampler, a.max_new);
         seq.forks = req.best_of - 1;
         seq.adapters = a.adapters;
+        seq.grammar = a.grammar.map(Box::new);
         let echo = match (&req.prompt, req.echo_prompt) {
             (crate::request::PromptInput::Completion(p), true) => Some(p.clone()),
             (crate::request::PromptInput::Tokens(ids), true) => Some(self.tokenizer.decode(ids, false).unwrap_or_default()),
@@ -417,17 +420,26 @@ impl Engine {
             self.model.forward(&batch, &mut kv)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
         };
         let now = Instant::now();
-        let mut forked = Vec::new();
-        for (&i, mut row) in active.iter().zip(logits) {
+        // The rows of the sequences that sample now: a prompt chunk that does
+        // not reach the prompt's end samples nothing.
+        let mut rows = Vec::with_capacity(active.len());
+        for (&i, row) in active.iter().zip(logits) {
             let seq = &mut self.running[i];
             seq.computed += seq.chunk;
             seq.chunk = 0;
             seq.register_full_blocks(&mut self.alloc);
-            // A prompt chunk that does not reach the end samples nothing.
-            if seq.uncomputed() > 0 {
+            if seq.uncomputed() == 0 {
+                rows.push((i, row));
+            }
+        }
+        self.mask_by_grammars(&mut rows);
+        let mut forked = Vec::new();
+        for (i, mut row) in rows {
+            let seq = &mut self.running[i];
+            let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
+            if group.cancelled {
                 continue;
             }
-            let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
             if seq.generated() == 0 && seq.choice == 0 {
                 group.prompt_done = Some(now);
                 // Sibling choices share the prompt's cache blocks and sample from the same logits.
@@ -439,14 +451,40 @@ impl Engine {
                 }
                 seq.forks = 0;
             }
-            advance(seq, &mut row, group, req, &self.tokenizer, &self.eos)?;
+            advance(seq, &mut row, group, req, &self.tokenizer, &self.eos);
         }
         for (mut seq, mut row) in forked {
             let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
-            advance(&mut seq, &mut row, group, req, &self.tokenizer, &self.eos)?;
+            advance(&mut seq, &mut row, group, req, &self.tokenizer, &self.eos);
             self.running.push(seq);
         }
         Ok(())
+    }
+
+    /// Applies each constrained sequence's grammar to its row of logits, the
+    /// sequences in parallel: a mask over a 150k-token vocabulary can take a
+    /// millisecond, and a step may hold many constrained sequences.
+    fn mask_by_grammars(&mut self, rows: &mut [(usize, Vec<f32>)]) {
+        if !rows.iter().any(|(i, _)| self.running[*i].grammar.is_some()) {
+            return;
+        }
+        let mut seqs: Vec<Option<&mut Sequence>> = self.running.iter_mut().map(Some).collect();
+        let mut work: Vec<(&mut Sequence, &mut Vec<f32>)> = rows
+            .iter_mut()
+            .filter_map(|(i, row)| seqs[*i].take().filter(|s| s.grammar.is_some()).map(|s| (s, row)))
+            .collect();
+        let failed: Vec<(u64, Error)> = work
+            .par_iter_mut()
+            .filter_map(|(s, row)| {
+                let m = s.grammar.as_mut().expect("filtered on it");
+                crate::grammar::mask_logits(m, row).err().map(|e| (s.group, e))
+            })
+            .collect();
+        for (group, e) in failed {
+            if let Some((g, _)) = self.groups.get_mut(&group) {
+                fail_group(g, e);
+            }
+        }
     }
 
     /// Each token row's adapter weights, when any running sequence has adapters.
@@ -514,6 +552,11 @@ impl Engine {
                 if !g.cancelled && !g.stream {
                     g.complete();
                 }
+                // Dropped by its caller before the end: noticed before a step
+                // (`drop_cancelled`) or when a send found no receiver.
+                if g.cancelled && !g.is_done() && g.cancel.load(Ordering::Relaxed) {
+                    self.stats.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -531,20 +574,41 @@ impl Engine {
     }
 }
 
-/// Samples one token for `seq` from its logits row and streams what it adds.
-fn advance(
-    seq: &mut Sequence,
-    row: &mut [f32],
-    group: &mut Group,
-    req: &GenerationRequest,
-    tok: &TextTokenizer,
-    eos: &[u32],
-) -> Result<()> {
+/// Fails one request (its sequences are dropped after the step), leaving
+/// the others of the step running.
+fn fail_group(group: &mut Group, e: Error) {
+    if !group.cancelled {
+        group.fail(e);
+    }
+}
+
+/// Samples one token for `seq` from its logits row, appends the tokens its
+/// grammar then forces, and streams what they add. An error fails only this
+/// request.
+fn advance(seq: &mut Sequence, row: &mut [f32], group: &mut Group, req: &GenerationRequest, tok: &TextTokenizer, eos: &[u32]) {
+    let before = seq.logprobs.len();
+    match sample_and_force(seq, row, req, tok, eos) {
+        Ok(piece) => stream(seq, group, piece, before),
+        Err(e) => fail_group(group, e),
+    }
+}
+
+fn sample_and_force(seq: &mut Sequence, row: &mut [f32], req: &GenerationRequest, tok: &TextTokenizer, eos: &[u32]) -> Result<String> {
     tok.mask_unsampleable(row);
     let sampled = seq.sampler.sample(row, &seq.tokens);
     let rules = StopRules { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs };
-    let before = seq.logprobs.len();
-    let piece = seq.accept(sampled, tok, &rules)?;
+    let mut piece = seq.accept(sampled, tok, &rules)?;
+    // Forced tokens have probability 1 under the grammar: logprob 0, no alternatives.
+    for token in seq.forced_tokens() {
+        if seq.finish.is_some() {
+            break;
+        }
+        piece += &seq.accept(Sampled { token, logprob: Some(0.0), top: Vec::new() }, tok, &rules)?;
+    }
+    Ok(piece)
+}
+
+fn stream(seq: &Sequence, group: &mut Group, piece: String, before: usize) {
     if group.stream && (!piece.is_empty() || seq.finish.is_some()) {
         if seq.finish.is_some() {
             group.record(seq);
@@ -552,5 +616,4 @@ fn advance(
         let lp = seq.logprobs[before..].to_vec();
         group.chunk(seq.choice, piece, seq.finish, Some(lp));
     }
-    Ok(())
 }

@@ -39,6 +39,8 @@ pub struct Sequence {
     /// Weight per loaded adapter (1 for each in this request's set), or None
     /// for the base model alone.
     pub adapters: Option<std::sync::Arc<[f32]>>,
+    /// The request's grammar, in the state after this sequence's generated tokens.
+    pub grammar: Option<Box<llguidance::Matcher>>,
 }
 
 /// What the engine needs to judge each new token.
@@ -70,6 +72,7 @@ impl Sequence {
             max_new,
             forks: 0,
             adapters: None,
+            grammar: None,
         }
     }
 
@@ -82,6 +85,7 @@ impl Sequence {
         s.block_hashes = self.block_hashes.clone();
         s.side = self.side.clone();
         s.adapters = self.adapters.clone();
+        s.grammar = self.grammar.as_ref().map(|m| Box::new(m.deep_clone()));
         s
     }
 
@@ -159,6 +163,10 @@ impl Sequence {
             self.finish = Some("stop");
             return Ok(self.take_emittable(rules.stop_seqs));
         }
+        if let Some(m) = &mut self.grammar {
+            // The mask let only tokens the grammar takes through.
+            m.consume_token(s.token).map_err(|e| crate::error::Error::runtime(format!("grammar: {e}")))?;
+        }
         self.tokens.push(s.token);
         if let Some(lp) = s.logprob {
             self.logprob_sum += lp as f64;
@@ -185,8 +193,20 @@ impl Sequence {
             self.finish = Some("stop");
         } else if self.generated() >= self.max_new {
             self.finish = Some("length");
+        } else if self.grammar.as_ref().is_some_and(|m| m.is_stopped()) {
+            // The grammar admits nothing more (not even a longer match).
+            self.finish = Some("stop");
         }
         Ok(self.take_emittable(rules.stop_seqs))
+    }
+
+    /// Tokens the grammar allows as the only continuation, to be appended
+    /// without sampling (computed with the next step's tokens).
+    pub fn forced_tokens(&mut self) -> Vec<u32> {
+        match &mut self.grammar {
+            Some(m) if self.finish.is_none() => m.compute_ff_tokens(),
+            _ => Vec::new(),
+        }
     }
 
     /// Text not yet streamed, minus (while running) a tail that could be the

@@ -152,7 +152,8 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     eos_ids.dedup();
     Ok(GgufVocab {
         tokenizer: TextTokenizer::with_pieces(tokenizer, tokens.iter().zip(&types).map(|(p, &t)| (*p, is_added(t))))
-            .with_unused((0..types.len() as u32).filter(|&i| types[i as usize] == TYPE_UNUSED).collect()),
+            .with_unused((0..types.len() as u32).filter(|&i| types[i as usize] == TYPE_UNUSED).collect())
+            .with_special((0..types.len() as u32).filter(|&i| types[i as usize] == TYPE_CONTROL).collect()),
         bos: bos_id.map(|i| tokens[i as usize].to_string()),
         eos: eos_id.map(|i| tokens[i as usize].to_string()),
         eos_ids,

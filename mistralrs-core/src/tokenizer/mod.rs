@@ -20,6 +20,8 @@ pub struct TextTokenizer {
     /// Ids that are in the vocabulary only to pad it (llama.cpp's UNUSED
     /// type): never sampled.
     unused: Vec<u32>,
+    /// Control tokens (BOS, EOS, chat markers), sorted: never text a grammar may spell.
+    special: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -38,13 +40,15 @@ impl TextTokenizer {
     pub fn new(inner: Tokenizer) -> Self {
         let n = inner.get_vocab_size(true) as u32;
         let added = inner.get_added_tokens_decoder();
+        let mut special: Vec<u32> = added.iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        special.sort_unstable();
         let pieces: Vec<(String, bool)> = (0..n)
             .map(|id| match added.get(&id) {
                 Some(tok) => (tok.content.clone(), true),
                 None => (inner.id_to_token(id).unwrap_or_default(), false),
             })
             .collect();
-        Self::with_pieces(inner, pieces.iter().map(|(p, a)| (p.as_str(), *a)))
+        Self::with_pieces(inner, pieces.iter().map(|(p, a)| (p.as_str(), *a))).with_special(special)
     }
 
     /// `pieces`: every id's piece in id order, and whether it is an added
@@ -63,7 +67,7 @@ impl TextTokenizer {
             }
             ends.push(bytes.len());
         }
-        Self { inner, bytes, ends, unused: Vec::new() }
+        Self { inner, bytes, ends, unused: Vec::new(), special: Vec::new() }
     }
 
     /// Tokens of a raw prompt with the tokenizer's own special-token rules
@@ -99,6 +103,16 @@ impl TextTokenizer {
     /// The same tokenizer with `ids` marked as never to be sampled.
     pub fn with_unused(self, unused: Vec<u32>) -> Self {
         Self { unused, ..self }
+    }
+
+    /// The same tokenizer with `ids` (sorted) as its control tokens.
+    pub fn with_special(self, special: Vec<u32>) -> Self {
+        debug_assert!(special.is_sorted());
+        Self { special, ..self }
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.binary_search(&id).is_ok()
     }
 
     /// Hides what can never be a real next token from the sampler: ids past

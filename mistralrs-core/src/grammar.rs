@@ -1,0 +1,133 @@
+//! Structured output: a request's grammar (a regex, a JSON Schema or a Lark
+//! grammar) compiled by llguidance into a matcher per sequence, which says
+//! each step which tokens may come next and which ones the grammar forces.
+//!
+//! llguidance works on the vocabulary as bytes: a trie of every token's raw
+//! bytes, built once per runner (on the first request with a grammar, since
+//! most runners never need it). Special tokens are marked so that no grammar
+//! can spell them as text: a JSON string may hold the characters
+//! `<|im_end|>`, but never the end-of-turn token itself.
+
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// What a request constrains its output to.
+#[derive(Debug, Clone)]
+pub enum Grammar {
+    /// The whole output matches this regular expression.
+    Regex(String),
+    /// The output is JSON valid against this schema.
+    JsonSchema(serde_json::Value),
+    /// The output is a sentence of this Lark grammar (llguidance's dialect).
+    Lark(String),
+}
+
+impl Grammar {
+    fn top_level(&self) -> TopLevelGrammar {
+        match self {
+            Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(with_bounded_whitespace(schema)),
+            Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+        }
+    }
+}
+
+/// Whitespace between JSON tokens: one space, or a line break and up to 20
+/// spaces or tabs of indentation (llama.cpp's JSON grammars allow the same).
+/// Pretty-printed output passes; unbounded whitespace would let a weak or
+/// unlucky model fill `max_tokens` with newlines and never finish the value.
+const JSON_WHITESPACE: &str = r"\x20|\x0A[\x20\x09]{0,20}";
+
+/// The schema with our whitespace rule, unless it sets llguidance's own
+/// options (`x-guidance`).
+fn with_bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
+    let mut schema = schema.clone();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.entry("x-guidance").or_insert_with(|| serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }));
+    }
+    schema
+}
+
+/// The vocabulary as llguidance sees it: the token trie, and our tokenizer
+/// for the text a grammar forces.
+struct Vocab {
+    trie: TokTrie,
+    tokenizer: Arc<TextTokenizer>,
+}
+
+impl TokenizerEnv for Vocab {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        // Forced text is tokenized as the model would have written it; bytes
+        // that are not UTF-8 (a cut multi-byte character) go by the trie.
+        std::str::from_utf8(s)
+            .ok()
+            .and_then(|t| self.tokenizer.encode_plain(t).ok())
+            .unwrap_or_else(|| self.trie.greedy_tokenize(s))
+    }
+}
+
+/// Compiles requests' grammars against one model's vocabulary.
+pub struct GrammarCompiler {
+    factory: ParserFactory,
+}
+
+impl GrammarCompiler {
+    /// `eos`: the token that ends the output once the grammar is complete.
+    pub fn new(tokenizer: Arc<TextTokenizer>, eos: u32) -> Result<Self> {
+        let n = tokenizer.vocab_size();
+        let words: Vec<Vec<u8>> = (0..n as u32)
+            .map(|id| {
+                let bytes = tokenizer.token_bytes(id);
+                if tokenizer.is_special(id) {
+                    [&[TokTrie::SPECIAL_TOKEN_MARKER], bytes].concat()
+                } else {
+                    bytes.to_vec()
+                }
+            })
+            .collect();
+        let trie = TokTrie::from(&TokRxInfo::new(n as u32, eos), &words);
+        let env: TokEnv = Arc::new(Vocab { trie, tokenizer });
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| Error::runtime(format!("cannot prepare the vocabulary for grammars: {e}")))?;
+        // Grammar warnings and errors reach the caller as exceptions, not stderr.
+        factory.quiet();
+        Ok(Self { factory })
+    }
+
+    /// A matcher at the start of the output; an invalid grammar is a
+    /// request error carrying llguidance's message.
+    pub fn compile(&self, grammar: &Grammar) -> Result<Matcher> {
+        let parser = self
+            .factory
+            .create_parser(grammar.top_level())
+            .map_err(|e| Error::invalid(format!("invalid grammar: {e}")))?;
+        let matcher = Matcher::new(Ok(parser));
+        match matcher.get_error() {
+            Some(e) => Err(Error::invalid(format!("invalid grammar: {e}"))),
+            None => Ok(matcher),
+        }
+    }
+}
+
+/// Sets every logit the matcher does not allow next to -inf.
+pub fn mask_logits(matcher: &mut Matcher, logits: &mut [f32]) -> Result<()> {
+    let mask = matcher.compute_mask().map_err(|e| Error::runtime(format!("grammar: {e}")))?;
+    let allowed = mask.len().min(logits.len());
+    for (i, x) in logits[..allowed].iter_mut().enumerate() {
+        if !mask.is_allowed(i as u32) {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+    logits[allowed..].fill(f32::NEG_INFINITY);
+    Ok(())
+}
