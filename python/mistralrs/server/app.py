@@ -1,0 +1,236 @@
+"""``create_app(runner)``: the OpenAI-compatible FastAPI app over one ``Runner``.
+
+Every request is sent with the Python API's asyncio methods, so a request in
+flight holds no thread: thousands of open streams cost only their sequences
+in the engine. A client that goes away cancels its request, streamed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Optional, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
+
+import mistralrs
+from mistralrs.server import schemas, sse, translate
+from mistralrs.server.errors import APIError, bad_request, from_engine, install_handlers
+from mistralrs.server.metrics import Metrics
+from mistralrs.server.middleware import BearerAuth, BodyLimit, ObserveRequests
+
+# Far above any prompt a context window holds (a 128k-token prompt is ~0.5 MB of text,
+# ~1 MB as token ids), small enough that a runaway client cannot fill memory.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+# Reachable without the API key: probes, scrapers and the API's own docs.
+OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/redoc", "/openapi.json"})
+
+T = TypeVar("T")
+
+
+class ServerState:
+    """What the routes share; ``app.state.mistralrs``. ``closing`` is set when the server
+    is shutting down, so requests failed by the closing runner get 503, not 500."""
+
+    def __init__(self, runner: Any, model_name: str, metrics: Metrics) -> None:
+        self.runner = runner
+        self.model_name = model_name
+        self.metrics = metrics
+        self.created = int(time.time())
+        self.closing = False
+
+
+def _json(body: BaseModel, status: int = 200) -> Response:
+    return Response(body.model_dump_json(), status_code=status, media_type="application/json")
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone. Once the body is read, the server's ``receive`` only
+    answers with ``http.disconnect`` (or once the response is complete)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> Optional[T]:
+    """``await work``, cancelling it (and so its request in the engine) if the client leaves
+    first, in which case None. Streams get the same from Starlette's StreamingResponse."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done():
+        return task.result()
+    # The client left: let the cancelled request unwind (it is dropped in the engine).
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _all(works: Sequence[Awaitable[T]]) -> list[T]:
+    """All results; the first failure cancels the others (their sequences too)."""
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def create_app(
+    runner: mistralrs.Runner,
+    *,
+    model_name: str = "mistralrs",
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """An OpenAI-compatible app serving ``runner``: ``/v1/chat/completions``, ``/v1/completions``,
+    ``/v1/models``, ``/tokenize``, ``/detokenize``, ``/health`` and ``/metrics``.
+
+    ``model_name`` is the id ``/v1/models`` lists and responses carry (the ``model`` a request
+    names is not checked). With ``api_key``, every path but ``/health``, ``/metrics`` and the docs
+    needs ``Authorization: Bearer <api_key>``. Mount it in another app with ``app.mount("/llm",
+    create_app(runner))``; the caller keeps owning the runner (close it after the app stops).
+    """
+    metrics = Metrics(runner)
+    state = ServerState(runner, model_name, metrics)
+    app = FastAPI(title="mistralrs", version=mistralrs.__version__,
+                  description="OpenAI-compatible API over a mistralrs Runner")
+    app.state.mistralrs = state
+    install_handlers(app)
+    router = APIRouter()
+
+    def fail(e: BaseException) -> APIError:
+        return from_engine(e, closing=state.closing)
+
+    def build(make: Any, *args: Any) -> Any:
+        try:
+            return make(*args)
+        except (ValueError, OverflowError, NotImplementedError) as e:  # the Python API checks fields as it builds
+            raise fail(e) from e
+
+    def stream(streams: Sequence[Any], body: schemas._Sampling, endpoint: str, start: float,
+               render: Callable[[int, Any], BaseModel], has_text: Callable[[Any], bool],
+               usage_chunk: Callable[[schemas.Usage, Optional[str]], BaseModel]) -> StreamingResponse:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = sse.events(streams, render=render, has_text=has_text, render_usage=usage_chunk if include_usage else None,
+                            metrics=metrics, endpoint=endpoint, start=start, closing=lambda: state.closing)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    @router.post("/v1/chat/completions", response_model=None,
+                 responses={200: {"model": schemas.ChatCompletion}, 400: {"model": schemas.ErrorResponse}})
+    async def chat_completions(body: schemas.ChatCompletionRequestBody, request: Request) -> Response:
+        start = time.perf_counter()
+        req = build(translate.chat_request, body, model_name)
+        rid, created = _new_id("chatcmpl"), int(time.time())
+        send = runner.send_chat_completion_request_async(req)
+        try:
+            # A stream comes back at once; Starlette's StreamingResponse then watches for the disconnect.
+            res: Any = await (send if body.stream else _unless_disconnected(request, send))
+        except Exception as e:
+            raise fail(e) from e
+        if res is None:
+            return Response(status_code=499)
+        if body.stream:
+            return stream(
+                [res], body, "/v1/chat/completions", start,
+                render=lambda _i, c: translate.chat_chunk(c, rid, created, model_name),
+                has_text=lambda c: any(ch.delta.content for ch in c.choices),
+                usage_chunk=lambda u, fp: translate.usage_chunk_chat(u, rid, created, model_name, fp),
+            )
+        metrics.record_usage(res.usage.prompt_tokens, res.usage.completion_tokens, res.usage.avg_compl_tok_per_sec)
+        return _json(translate.chat_completion(res, rid, created, model_name))
+
+    @router.post("/v1/completions", response_model=None,
+                 responses={200: {"model": schemas.Completion}, 400: {"model": schemas.ErrorResponse}})
+    async def completions(body: schemas.CompletionRequestBody, request: Request) -> Response:
+        start = time.perf_counter()
+        reqs = build(translate.completion_requests, body, model_name)
+        rid, created = _new_id("cmpl"), int(time.time())
+        sends = _all([runner.send_completion_request_async(r) for r in reqs])
+        try:
+            results: Any = await (sends if body.stream else _unless_disconnected(request, sends))
+        except Exception as e:
+            raise fail(e) from e
+        if results is None:
+            return Response(status_code=499)
+        if body.stream:
+            builder = translate.CompletionLogprobsBuilder()
+            return stream(
+                results, body, "/v1/completions", start,
+                render=lambda i, c: translate.completion_chunk(c, i, body.n, rid, created, model_name, builder),
+                has_text=lambda c: any(ch.text for ch in c.choices),
+                usage_chunk=lambda u, fp: translate.usage_chunk_completion(u, rid, created, model_name, fp),
+            )
+        for r in results:
+            metrics.record_usage(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.avg_compl_tok_per_sec)
+        return _json(translate.completion(results, body.n, rid, created, model_name))
+
+    @router.get("/v1/models", response_model=schemas.ModelList)
+    async def list_models() -> schemas.ModelList:
+        return schemas.ModelList(data=[schemas.ModelCard(id=model_name, created=state.created)])
+
+    @router.get("/v1/models/{model_id:path}", response_model=schemas.ModelCard)
+    async def retrieve_model(model_id: str) -> schemas.ModelCard:
+        if model_id != model_name:
+            raise APIError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
+        return schemas.ModelCard(id=model_name, created=state.created)
+
+    @router.post("/tokenize", response_model=schemas.TokenizeResponse)
+    async def tokenize(body: schemas.TokenizeRequestBody) -> schemas.TokenizeResponse:
+        if body.messages is not None:
+            # The chat template is rendered inside the engine and the Python API does not expose it.
+            raise APIError(400, "tokenizing `messages` is not supported yet; send `prompt`", param="messages",
+                           code="unsupported")
+        if body.prompt is None:
+            raise bad_request("`prompt` is required", param="prompt")
+        try:
+            # A thread: a long prompt takes a while to tokenize, and streams must keep flowing.
+            ids = await run_in_threadpool(runner.tokenize, body.prompt, body.add_special_tokens)
+        except Exception as e:
+            raise fail(e) from e
+        return schemas.TokenizeResponse(tokens=ids, count=len(ids))
+
+    @router.post("/detokenize", response_model=schemas.DetokenizeResponse)
+    async def detokenize(body: schemas.DetokenizeRequestBody) -> schemas.DetokenizeResponse:
+        try:
+            text = await run_in_threadpool(runner.detokenize, translate.token_ids(body.tokens, "tokens"))
+        except APIError:
+            raise
+        except Exception as e:
+            raise fail(e) from e
+        return schemas.DetokenizeResponse(prompt=text)
+
+    @router.get("/health")
+    async def health() -> Response:
+        if state.closing:
+            return APIError(503, "shutting down", type="server_error", code="shutting_down").response()
+        return Response('{"status":"ok"}', media_type="application/json")
+
+    @router.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    app.include_router(router)
+    endpoints = frozenset(r.path for r in router.routes if hasattr(r, "path"))
+    # Added innermost first: the size limit runs inside auth, and metrics see every answer.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key, open_paths=OPEN_PATHS)
+    app.add_middleware(ObserveRequests, metrics=metrics, endpoints=endpoints)
+    return app

@@ -1,0 +1,241 @@
+"""Request and response bodies of the HTTP server, with OpenAI's field names.
+
+Requests ignore fields they do not know (as vLLM does), so clients that send
+newer or vendor-specific fields keep working; a known field of the wrong type
+is an error. The vLLM extras (``top_k``, ``min_p``, ``repetition_penalty``,
+``ignore_eos``) and ``adapters`` (this engine's LoRA sets) are accepted too.
+
+Annotations use ``typing`` forms (``Optional``, ``List``) because pydantic
+evaluates them at run time and the package supports Python 3.9.
+"""
+
+from typing import Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    # strict: "5" is not an int and 1 is not a bool, as OpenAI's API rejects them.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class ContentPart(_Request):
+    """One part of a message's content; only ``{"type": "text", "text": ...}`` is supported."""
+
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(_Request):
+    role: str
+    # None: an assistant turn that only carried tool calls, which the templates render as empty.
+    content: Union[str, List[ContentPart], None] = None
+    name: Optional[str] = None
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[Dict[str, object]] = None
+
+
+class _Sampling(_Request):
+    """Fields shared by chat and text completions."""
+
+    model: Optional[str] = None
+    frequency_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    logit_bias: Optional[Dict[str, float]] = None
+    max_tokens: Optional[int] = None
+    n: int = 1
+    seed: Optional[int] = None
+    stop: Union[str, List[str], None] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    # OpenAI's default; the Python API's default (None) would be greedy.
+    temperature: Optional[float] = 1.0
+    top_p: Optional[float] = None
+    user: Optional[str] = None
+    # Extensions, as vLLM names them.
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    ignore_eos: bool = False
+    adapters: Optional[List[str]] = None
+
+
+class ChatCompletionRequestBody(_Sampling):
+    messages: List[ChatMessage]
+    max_completion_tokens: Optional[int] = None
+    logprobs: bool = False
+    top_logprobs: Optional[int] = None
+    response_format: Optional[ResponseFormat] = None
+
+
+class CompletionRequestBody(_Sampling):
+    # A text, token ids, or a batch of either (one request per prompt).
+    prompt: Union[str, List[str], List[int], List[List[int]]]
+    # OpenAI's default for the legacy completions endpoint.
+    max_tokens: Optional[int] = 16
+    best_of: Optional[int] = None
+    echo: bool = False
+    logprobs: Optional[int] = None
+    suffix: Optional[str] = None
+
+
+class TokenizeRequestBody(_Request):
+    """vLLM's ``/tokenize``: a ``prompt`` (or ``messages``, which need the chat template)."""
+
+    prompt: Optional[str] = None
+    messages: Optional[List[ChatMessage]] = None
+    add_special_tokens: bool = True
+    model: Optional[str] = None
+
+
+class DetokenizeRequestBody(_Request):
+    tokens: List[int]
+    model: Optional[str] = None
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: Optional[List[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: List[TopLogprob]
+
+
+class ChoiceLogprobs(_Response):
+    content: Optional[List[TokenLogprob]]
+
+
+class CompletionLogprobs(_Response):
+    """The legacy completions layout: parallel lists, one entry per generated token."""
+
+    tokens: List[str]
+    token_logprobs: List[Optional[float]]
+    top_logprobs: List[Optional[Dict[str, float]]]
+    text_offset: List[int]
+
+
+class PromptTokensDetails(_Response):
+    cached_tokens: int
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
+
+
+class AssistantMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str]
+
+
+class ChatChoice(_Response):
+    index: int
+    message: AssistantMessage
+    finish_reason: Optional[str]
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class ChatCompletion(_Response):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: Optional[str] = None
+    choices: List[ChatChoice]
+    usage: Usage
+
+
+class Delta(_Response):
+    role: Optional[str] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: Delta
+    finish_reason: Optional[str] = None
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: Optional[str] = None
+    choices: List[ChatChunkChoice]
+    usage: Optional[Usage] = None
+
+
+class CompletionChoice(_Response):
+    index: int
+    text: str
+    finish_reason: Optional[str] = None
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class Completion(_Response):
+    """A whole text completion, and also each streamed chunk of one (as OpenAI streams them)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: Optional[str] = None
+    choices: List[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mistralrs"
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: List[ModelCard]
+
+
+class TokenizeResponse(_Response):
+    tokens: List[int]
+    count: int
+    # The Python API does not expose the context length yet.
+    max_model_len: Optional[int] = None
+
+
+class DetokenizeResponse(_Response):
+    prompt: str
+
+
+class ErrorDetail(_Response):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(_Response):
+    error: ErrorDetail = Field(description="OpenAI's error shape")
