@@ -324,6 +324,14 @@ def test_echo_prompt(tiny_runner):
         CompletionRequest(prompt="Hello", model="m", max_tokens=3, ignore_eos=True, echo_prompt=True)
     )
     assert echo.choices[0].text == "Hello" + plain.choices[0].text
+    # Streamed, the prompt comes first in each choice's first chunk (as OpenAI's and vLLM's streams).
+    texts = ["", ""]
+    for chunk in tiny_runner.send_completion_request(CompletionRequest(
+            prompt="Hello", model="m", max_tokens=3, ignore_eos=True, echo_prompt=True, stream=True,
+            n_choices=2, best_of=2, temperature=0.0)):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [echo.choices[0].text] * 2
 
 
 def test_messages_as_templated_string(tiny_runner):

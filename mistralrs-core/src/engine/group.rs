@@ -53,8 +53,10 @@ pub struct Group {
     pub stream: bool,
     pub logprobs: bool,
     pub n_choices: usize,
-    /// Text put before each completion (`echo_prompt`).
+    /// Text put before each completion (`echo_prompt`); when streaming, in each choice's first chunk.
     pub echo: Option<String>,
+    /// Choices whose first chunk has been streamed.
+    pub started: Vec<bool>,
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub cached_tokens: Option<usize>,
@@ -136,6 +138,13 @@ impl Group {
 
     /// A streamed piece of choice `choice` (`reason` on its last piece).
     pub fn chunk(&mut self, choice: usize, text: String, reason: Option<&'static str>, lp: Option<Vec<ResponseLogprob>>) {
+        let text = match (&self.echo, self.started.get_mut(choice)) {
+            (Some(echo), Some(started)) if !*started => format!("{echo}{text}"),
+            _ => text,
+        };
+        if let Some(s) = self.started.get_mut(choice) {
+            *s = true;
+        }
         let usage = (reason.is_some() && self.is_done()).then(|| self.usage());
         let logprobs = lp.filter(|_| self.logprobs).map(|content| Logprobs { content });
         let ev = match self.kind {

@@ -267,6 +267,7 @@ impl Engine {
             logprobs: req.logprobs,
             n_choices: req.n_choices,
             echo,
+            started: vec![false; req.best_of],
             prompt_tokens: a.prompt.len(),
             cached_tokens: None,
             responder: a.responder,
