@@ -29,6 +29,9 @@ pub struct Usage {
     pub total_completion_time_sec: f64,
     /// As OpenAI reports it: `cached_tokens` of the prompt came from the prefix cache.
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Speculative decoding: the share of the draft model's proposed tokens
+    /// that the target accepted (None without a draft, or before any proposal).
+    pub acceptance_rate: Option<f64>,
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]

@@ -32,6 +32,9 @@ pub struct RunnerConfig {
     pub prefix_cache_n: usize,
     pub repeat_last_n: usize,
     pub seed: Option<u64>,
+    /// Speculative decoding: a draft model with the target's vocabulary, and
+    /// the tokens it proposes per step (speculative_gamma).
+    pub draft: Option<(ModelSpec, usize)>,
 }
 
 pub struct Runner {
@@ -104,6 +107,14 @@ impl Runner {
         pin_thread_count();
         // A malformed file must surface as an error, never as a panic in the caller.
         let loaded = guard(|| loader::load(spec, opts))?;
+        let draft = match &cfg.draft {
+            Some((draft_spec, gamma)) => {
+                let d = guard(|| loader::load(draft_spec, opts))?;
+                same_vocabulary(&loaded.tokenizer, &d.tokenizer)?;
+                Some((d.model, *gamma))
+            }
+            None => None,
+        };
         let tokenizer = Arc::new(loaded.tokenizer);
         let stats = Arc::new(EngineStats::default());
         let mc = loaded.model.config();
@@ -125,6 +136,7 @@ impl Runner {
                 default_seed: cfg.seed,
             },
             stats.clone(),
+            draft,
         )?;
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
@@ -475,6 +487,25 @@ fn kv_budget(mb: Option<usize>, block_bytes: usize, max_seqs: usize, context: us
             Ok(blocks)
         }
     }
+}
+
+/// A draft model must write with the target's tokens: every id the same bytes.
+fn same_vocabulary(target: &TextTokenizer, draft: &TextTokenizer) -> Result<()> {
+    if target.vocab_size() != draft.vocab_size() {
+        return Err(Error::invalid(format!(
+            "the draft model's vocabulary ({} tokens) is not the target's ({} tokens): speculative decoding needs the same tokenizer",
+            draft.vocab_size(),
+            target.vocab_size()
+        )));
+    }
+    if let Some(id) = (0..target.vocab_size() as u32).find(|&i| target.token_bytes(i) != draft.token_bytes(i)) {
+        return Err(Error::invalid(format!(
+            "the draft model's token {id} is {:?}, the target's {:?}: speculative decoding needs the same tokenizer",
+            String::from_utf8_lossy(draft.token_bytes(id)),
+            String::from_utf8_lossy(target.token_bytes(id))
+        )));
+    }
+    Ok(())
 }
 
 /// Memory the system can still give (`MemAvailable`), where it says.

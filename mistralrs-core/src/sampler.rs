@@ -57,9 +57,44 @@ impl Sampler {
     /// generated tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Sampled {
         self.apply_bias_and_penalties(logits, context);
-
-        let log_norm = self.want_logprob.then(|| log_sum_exp(logits));
         let token = if self.params.is_greedy() { argmax(logits) } else { self.draw(logits) };
+        self.report(logits, token)
+    }
+
+    /// The distribution `sample` draws from, as (token, probability) pairs,
+    /// most likely first (one pair, probability 1, when greedy); `logits`
+    /// get the bias and penalties, as `sample` gives them (for `report`).
+    pub fn distribution(&mut self, logits: &mut [f32], context: &[u32]) -> Vec<(u32, f32)> {
+        self.apply_bias_and_penalties(logits, context);
+        if self.params.is_greedy() {
+            return vec![(argmax(logits), 1.0)];
+        }
+        self.candidates(logits);
+        self.candidates.clone()
+    }
+
+    /// A uniform draw in [0, 1) from this sequence's generator.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
+    /// A token drawn from `dist` ((token, weight) pairs, weights not necessarily normalized).
+    pub fn draw_from(&mut self, dist: &[(u32, f32)]) -> u32 {
+        let total: f32 = dist.iter().map(|c| c.1).sum();
+        let mut x = self.rng.random::<f32>() * total;
+        for c in dist {
+            x -= c.1;
+            if x <= 0.0 {
+                return c.0;
+            }
+        }
+        dist.iter().rev().find(|c| c.1 > 0.0).map_or(0, |c| c.0)
+    }
+
+    /// What the response says of `token`, chosen from `logits` (after bias
+    /// and penalties): its logprob and the top alternatives, when asked for.
+    pub fn report(&self, logits: &[f32], token: u32) -> Sampled {
+        let log_norm = self.want_logprob.then(|| log_sum_exp(logits));
         let logprob = log_norm.map(|z| logits[token as usize] - z);
         let top = match (self.params.top_logprobs, log_norm) {
             (Some(n), Some(z)) if n > 0 => top_n(logits, n).into_iter().map(|(t, l)| (t, l - z)).collect(),
@@ -94,6 +129,16 @@ impl Sampler {
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
+        self.candidates(logits);
+        let cands = std::mem::take(&mut self.candidates);
+        let token = self.draw_from(&cands);
+        self.candidates = cands;
+        token
+    }
+
+    /// Fills `candidates` with the tokens temperature, top-k, top-p and
+    /// min-p leave, and their probabilities (normalized), best first.
+    fn candidates(&mut self, logits: &[f32]) {
         let temp = self.params.temperature.unwrap_or(1.0) as f32;
         let cands = &mut self.candidates;
         cands.clear();
@@ -130,14 +175,9 @@ impl Sampler {
             cands.truncate(keep);
         }
         let total: f32 = cands.iter().map(|c| c.1).sum();
-        let mut x = self.rng.random::<f32>() * total;
-        for c in cands.iter() {
-            x -= c.1;
-            if x <= 0.0 {
-                return c.0;
-            }
+        for c in cands.iter_mut() {
+            c.1 /= total;
         }
-        cands.last().map_or(0, |c| c.0)
     }
 }
 

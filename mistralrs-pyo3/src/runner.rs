@@ -181,9 +181,6 @@ impl Runner {
         if speculative_gamma < 1 {
             return Err(PyValueError::new_err(format!("speculative_gamma must be at least 1, got {speculative_gamma}")));
         }
-        if which_draft.is_some() {
-            return Err(not_implemented("speculative decoding (which_draft)"));
-        }
         if num_device_layers.is_some() {
             return Err(not_implemented("splitting layers across devices (num_device_layers)"));
         }
@@ -201,6 +198,10 @@ impl Runner {
             prefix_cache_n: prefix_cache_n as usize,
             repeat_last_n: which.repeat_last_n(),
             seed,
+            draft: match &which_draft {
+                Some(d) => Some((spec_of(d)?, speculative_gamma as usize)),
+                None => None,
+            },
         };
         let inner = py.detach(|| mistralrs_core::Runner::new(&spec, &opts, cfg)).map_err(to_py)?;
         Ok(Self { inner: Arc::new(inner) })

@@ -400,6 +400,10 @@ class Usage:
     def total_completion_time_sec(self) -> float: ...
     @property
     def prompt_tokens_details(self) -> PromptTokensDetails: ...
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Speculative decoding: the share of the draft model's proposed tokens the target accepted
+        (None without ``which_draft``, or when nothing was proposed)."""
 
 class PromptTokensDetails:
     @property
@@ -547,7 +551,12 @@ class Runner:
     ) -> None:
         """``kv_cache_mb``: megabytes of paged KV cache (blocks of 16 tokens) shared by all sequences; by
         default a quarter of the memory available at load (printed). When it runs out, the newest sequences
-        are preempted and recomputed later; a request that cannot fit even alone raises ValueError."""
+        are preempted and recomputed later; a request that cannot fit even alone raises ValueError.
+
+        ``which_draft``: a smaller model with the same vocabulary (ValueError otherwise) that proposes up to
+        ``speculative_gamma`` tokens per decoding step; the target verifies them in one forward pass. Greedy
+        output is the target's own; sampled output follows the target's distribution (the standard
+        acceptance rule). ``Usage.acceptance_rate`` says how many proposals were kept."""
     def send_chat_completion_request(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | ResponseIterator[ChatCompletionChunkResponse]:

@@ -57,6 +57,9 @@ pub struct Group {
     pub echo: Option<String>,
     /// Choices whose first chunk has been streamed.
     pub started: Vec<bool>,
+    /// Speculative decoding: draft tokens proposed for this request, and accepted.
+    pub spec_proposed: usize,
+    pub spec_accepted: usize,
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub cached_tokens: Option<usize>,
@@ -129,6 +132,7 @@ impl Group {
             total_prompt_time_sec: prompt_s,
             total_completion_time_sec: compl_s,
             prompt_tokens_details: PromptTokensDetails { cached_tokens: self.cached_tokens.unwrap_or(0) },
+            acceptance_rate: (self.spec_proposed > 0).then(|| self.spec_accepted as f64 / self.spec_proposed as f64),
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod group;
 mod sequence;
+mod speculative;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -26,6 +27,7 @@ use crate::tokenizer::TextTokenizer;
 pub use group::{Notify, Responder};
 use group::Group;
 use sequence::{Sequence, StopRules};
+use speculative::{Draft, Verdict};
 
 /// Counters of the engine's work, read by the runner (`Runner.stats()`).
 #[derive(Debug, Default)]
@@ -112,6 +114,8 @@ pub struct Engine {
     /// pool from outside and waiting on it.
     pool: Arc<rayon::ThreadPool>,
     stats: Arc<EngineStats>,
+    /// Speculative decoding's draft model, when the runner has one.
+    draft: Option<Draft>,
 }
 
 impl Engine {
@@ -122,6 +126,7 @@ impl Engine {
         device: Device,
         cfg: EngineConfig,
         stats: Arc<EngineStats>,
+        draft: Option<(Box<dyn CausalLm>, usize)>,
     ) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(rayon::current_num_threads())
@@ -141,7 +146,19 @@ impl Engine {
         let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device)
             .map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
         stats.kv_blocks_total.store(cfg.kv_blocks as u64, Ordering::Relaxed);
+        let draft = match draft {
+            Some((model, gamma)) => {
+                // As many tokens as the target's pool, and room for every sequence's proposals.
+                let blocks = cfg.kv_blocks + cfg.max_seqs * (gamma.div_ceil(crate::kv_cache::BLOCK_SIZE) + 1);
+                let dc = model.config();
+                let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, &device)
+                    .map_err(|e| Error::runtime(format!("cannot allocate the draft model's KV cache: {e}")))?;
+                Some(Draft { model, kv, alloc: BlockAllocator::new(blocks, 0), gamma })
+            }
+            None => None,
+        };
         Ok(Self {
+            draft,
             alloc: BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n }),
             kv,
             model,
@@ -219,11 +236,12 @@ impl Engine {
             return;
         }
         let (groups, alloc) = (&self.groups, &mut self.alloc);
+        let mut draft = self.draft.as_mut().map(|d| &mut d.alloc);
         let live = |s: &Sequence| groups.get(&s.group).is_some_and(|(g, _)| !g.cancelled);
         self.running.retain_mut(|s| {
             let keep = live(s);
             if !keep {
-                s.blocks.release_all(alloc);
+                s.release(alloc, draft.as_deref_mut());
             }
             keep
         });
@@ -268,6 +286,8 @@ impl Engine {
             n_choices: req.n_choices,
             echo,
             started: vec![false; req.best_of],
+            spec_proposed: 0,
+            spec_accepted: 0,
             prompt_tokens: a.prompt.len(),
             cached_tokens: None,
             responder: a.responder,
@@ -294,7 +314,7 @@ impl Engine {
             // as many steps as the budget needs, without dropping them between).
             for s in &mut self.running {
                 if s.computed > 0 && s.uncomputed() == 1 {
-                    s.drop_cache(&mut self.alloc);
+                    s.drop_cache(&mut self.alloc, self.draft.as_mut().map(|d| &mut d.alloc));
                 }
             }
         }
@@ -306,6 +326,18 @@ impl Engine {
             if s.uncomputed() == 1 {
                 s.chunk = 1;
                 budget = budget.saturating_sub(1);
+            }
+        }
+        // Decoding sequences with a draft model verify its proposals too.
+        if let Some(d) = self.draft.as_ref().filter(|_| !self.cfg.no_kv_cache) {
+            for s in &mut self.running {
+                s.proposals = 0;
+                if s.chunk == 1 && s.generated() > 0 {
+                    // Never more tokens than max_tokens allows (a step emits up to proposals + 1).
+                    s.proposals = d.gamma.min(s.max_new.saturating_sub(s.generated() + 1)).min(budget);
+                    s.chunk += s.proposals;
+                    budget -= s.proposals;
+                }
             }
         }
         for s in &mut self.running {
@@ -351,8 +383,9 @@ impl Engine {
                 continue;
             }
             let mut victim = self.running.pop().expect("i is in range");
-            victim.drop_cache(&mut self.alloc);
+            victim.drop_cache(&mut self.alloc, self.draft.as_mut().map(|d| &mut d.alloc));
             victim.chunk = 0;
+            victim.proposals = 0;
             self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
             self.waiting.push_front(victim);
         }
@@ -402,9 +435,11 @@ impl Engine {
         if active.is_empty() {
             return Ok(());
         }
+        self.propose()?;
         let logits = {
             let inputs: Vec<(&[u32], usize)> = active.iter().map(|&i| self.running[i].step_input()).collect();
-            let batch = ForwardBatch::new(&inputs, &self.device)?;
+            let wanted = |k: usize| 1 + self.running[active[k]].proposals;
+            let batch = ForwardBatch::wanting(&inputs, wanted, &self.device)?;
             let batch = match self.adapter_rows(&active, &inputs)? {
                 Some(rows) => batch.with_adapters(Some(rows)),
                 None => batch,
@@ -424,14 +459,31 @@ impl Engine {
         // The rows of the sequences that sample now: a prompt chunk that does
         // not reach the prompt's end samples nothing.
         let mut rows = Vec::with_capacity(active.len());
-        for (&i, row) in active.iter().zip(logits) {
+        // Speculating sequences: a row per proposal and one more.
+        let mut verify = Vec::new();
+        let mut logits = logits.into_iter();
+        for &i in &active {
             let seq = &mut self.running[i];
             seq.computed += seq.chunk;
             seq.chunk = 0;
+            if seq.proposals > 0 {
+                // Its blocks are registered once the accepted tokens are known.
+                verify.push((i, logits.by_ref().take(seq.proposals + 1).collect::<Vec<_>>()));
+                continue;
+            }
+            let row = logits.next().expect("a row per sequence");
             seq.register_full_blocks(&mut self.alloc);
             if seq.uncomputed() == 0 {
                 rows.push((i, row));
             }
+        }
+        for (i, seq_rows) in verify {
+            let seq = &mut self.running[i];
+            let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
+            if !group.cancelled {
+                advance_speculative(seq, seq_rows, group, req, &self.tokenizer, &self.eos);
+            }
+            seq.register_full_blocks(&mut self.alloc);
         }
         self.mask_by_grammars(&mut rows);
         let mut forked = Vec::new();
@@ -458,6 +510,69 @@ impl Engine {
             let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
             advance(&mut seq, &mut row, group, req, &self.tokenizer, &self.eos);
             self.running.push(seq);
+        }
+        Ok(())
+    }
+
+    /// The draft model's proposals for this step's speculating sequences. The
+    /// draft first reads what it has not seen of each (the prompt, the
+    /// target's last tokens), then proposes one token per pass, all the
+    /// sequences in each pass; proposals are appended to the sequences'
+    /// tokens, to be verified by the target in this step's forward pass.
+    fn propose(&mut self) -> Result<()> {
+        let Some(draft) = self.draft.as_mut() else { return Ok(()) };
+        let spec: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].proposals > 0).collect();
+        for &i in &spec {
+            let s = &mut self.running[i];
+            let need = BlockTable::blocks_for(s.tokens.len() + s.proposals - 1);
+            while s.draft_blocks.blocks.len() < need {
+                let Some(b) = draft.alloc.allocate() else { break };
+                s.draft_blocks.blocks.push(b);
+            }
+            if s.draft_blocks.blocks.len() < need {
+                // No room in the draft's pool: this sequence decodes plainly.
+                s.chunk -= s.proposals;
+                s.proposals = 0;
+            }
+        }
+        let most = spec.iter().map(|&i| self.running[i].proposals).max().unwrap_or(0);
+        for round in 0..most {
+            let members: Vec<usize> = spec.iter().copied().filter(|&i| self.running[i].proposals > round).collect();
+            if members.is_empty() {
+                break;
+            }
+            let logits = {
+                let inputs: Vec<(&[u32], usize)> = members
+                    .iter()
+                    .map(|&i| (&self.running[i].tokens[self.running[i].draft_computed..], self.running[i].draft_computed))
+                    .collect();
+                let batch = ForwardBatch::new(&inputs, &self.device)?;
+                drop(inputs);
+                let mut sides = vec![SideState::default(); members.len()];
+                let tables: Vec<&BlockTable> = members.iter().map(|&i| &self.running[i].draft_blocks).collect();
+                let mut kv = StepKv::new(&draft.kv, tables, sides.iter_mut().collect());
+                draft.model.forward(&batch, &mut kv)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
+            };
+            for (&i, mut row) in members.iter().zip(logits) {
+                let s = &mut self.running[i];
+                s.draft_computed = s.tokens.len();
+                self.tokenizer.mask_unsampleable(&mut row);
+                let masked = match &mut s.grammar {
+                    Some(m) => crate::grammar::mask_logits(m, &mut row).is_ok(),
+                    None => true,
+                };
+                let q = s.sampler.distribution(&mut row, &s.tokens);
+                let d = s.sampler.draw_from(&q);
+                let taken = masked && s.grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
+                if !taken {
+                    // The grammar failed on the draft's side: verify what was proposed so far.
+                    s.chunk -= s.proposals - s.drafted.len();
+                    s.proposals = s.drafted.len();
+                    continue;
+                }
+                s.tokens.push(d);
+                s.drafted.push(q);
+            }
         }
         Ok(())
     }
@@ -527,6 +642,7 @@ impl Engine {
     fn retire(&mut self) {
         let groups = &mut self.groups;
         let alloc = &mut self.alloc;
+        let mut draft = self.draft.as_mut().map(|d| &mut d.alloc);
         self.running.retain_mut(|s| {
             let keep = match groups.get_mut(&s.group) {
                 None => false,
@@ -538,7 +654,7 @@ impl Engine {
                 Some(_) => true,
             };
             if !keep {
-                s.blocks.release_all(alloc);
+                s.release(alloc, draft.as_deref_mut());
             }
             keep
         });
@@ -565,7 +681,7 @@ impl Engine {
     fn fail_running(&mut self, e: Error) {
         let msg = e.to_string();
         for mut s in self.running.drain(..) {
-            s.blocks.release_all(&mut self.alloc);
+            s.release(&mut self.alloc, self.draft.as_mut().map(|d| &mut d.alloc));
             if let Some((g, _)) = self.groups.get_mut(&s.group) {
                 if !g.cancelled {
                     g.fail(Error::Runtime(msg.clone()));
@@ -598,15 +714,113 @@ fn sample_and_force(seq: &mut Sequence, row: &mut [f32], req: &GenerationRequest
     tok.mask_unsampleable(row);
     let sampled = seq.sampler.sample(row, &seq.tokens);
     let rules = StopRules { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs };
-    let mut piece = seq.accept(sampled, tok, &rules)?;
-    // Forced tokens have probability 1 under the grammar: logprob 0, no alternatives.
+    let piece = seq.accept(sampled, tok, &rules)?;
+    Ok(piece + &force(seq, tok, &rules)?)
+}
+
+/// Appends the tokens the grammar forces next; returns the text they add.
+/// Forced tokens have probability 1 under the grammar: logprob 0, no alternatives.
+fn force(seq: &mut Sequence, tok: &TextTokenizer, rules: &StopRules) -> Result<String> {
+    let mut piece = String::new();
     for token in seq.forced_tokens() {
         if seq.finish.is_some() {
             break;
         }
-        piece += &seq.accept(Sampled { token, logprob: Some(0.0), top: Vec::new() }, tok, &rules)?;
+        piece += &seq.accept(Sampled { token, logprob: Some(0.0), top: Vec::new() }, tok, rules)?;
     }
     Ok(piece)
+}
+
+fn grammar_err(e: impl std::fmt::Display) -> Error {
+    Error::runtime(format!("grammar: {e}"))
+}
+
+/// Verifies a sequence's proposals against the target's rows (one per
+/// proposal, then one after them) and streams what it emits. An error
+/// fails only this request.
+fn advance_speculative(
+    seq: &mut Sequence,
+    mut rows: Vec<Vec<f32>>,
+    group: &mut Group,
+    req: &GenerationRequest,
+    tok: &TextTokenizer,
+    eos: &[u32],
+) {
+    let before = seq.logprobs.len();
+    match verify_and_accept(seq, &mut rows, group, req, tok, eos) {
+        Ok(piece) => stream(seq, group, piece, before),
+        Err(e) => fail_group(group, e),
+    }
+}
+
+/// The acceptance rule along the proposals: each kept one is emitted, and
+/// the first rejected one is replaced by a draw from the rule's residual
+/// (or, all kept, one more token is drawn from the last row). Both caches
+/// then hold only what was accepted.
+fn verify_and_accept(
+    seq: &mut Sequence,
+    rows: &mut [Vec<f32>],
+    group: &mut Group,
+    req: &GenerationRequest,
+    tok: &TextTokenizer,
+    eos: &[u32],
+) -> Result<String> {
+    let n = std::mem::take(&mut seq.proposals);
+    let drafted = std::mem::take(&mut seq.drafted);
+    let base = seq.tokens.len() - n;
+    if let Some(m) = &mut seq.grammar {
+        m.rollback(n).map_err(grammar_err)?;
+    }
+    let mut emitted = Vec::with_capacity(n + 1);
+    let mut accepted = 0;
+    for (i, row) in rows.iter_mut().enumerate().take(n + 1) {
+        tok.mask_unsampleable(row);
+        if let Some(m) = &mut seq.grammar {
+            crate::grammar::mask_logits(m, row)?;
+        }
+        let p = seq.sampler.distribution(row, &seq.tokens[..base + i]);
+        let (token, kept) = if i < n {
+            let d = seq.tokens[base + i];
+            let u = seq.sampler.uniform();
+            match speculative::verify(&p, &drafted[i], d, u) {
+                Verdict::Accept => (d, true),
+                Verdict::Resample(r) => (seq.sampler.draw_from(&r), false),
+            }
+        } else {
+            (seq.sampler.draw_from(&p), false)
+        };
+        emitted.push(seq.sampler.report(row, token));
+        if !kept {
+            break;
+        }
+        accepted += 1;
+        if let Some(m) = &mut seq.grammar {
+            m.consume_token(token).map_err(grammar_err)?;
+            if m.is_stopped() {
+                break; // the grammar is complete: the sequence ends with this token
+            }
+        }
+    }
+    // Back to the state before this step's tokens, which `accept` takes again.
+    if let Some(m) = &mut seq.grammar {
+        m.rollback(accepted).map_err(grammar_err)?;
+    }
+    seq.tokens.truncate(base);
+    seq.computed = base + accepted;
+    seq.draft_computed = seq.draft_computed.min(base + accepted);
+    group.spec_proposed += n;
+    group.spec_accepted += accepted;
+    let rules = StopRules { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs };
+    let mut piece = String::new();
+    for s in emitted {
+        if seq.finish.is_some() {
+            break;
+        }
+        piece += &seq.accept(s, tok, &rules)?;
+    }
+    // An end-of-sequence token is not appended: nothing past the tokens is computed.
+    seq.computed = seq.computed.min(seq.tokens.len());
+    Ok(piece + &force(seq, tok, &rules)?)
 }
 
 fn stream(seq: &Sequence, group: &mut Group, piece: String, before: usize) {

@@ -41,6 +41,13 @@ pub struct Sequence {
     pub adapters: Option<std::sync::Arc<[f32]>>,
     /// The request's grammar, in the state after this sequence's generated tokens.
     pub grammar: Option<Box<llguidance::Matcher>>,
+    /// Speculative decoding: the draft model's cache blocks and the tokens
+    /// they hold; the tokens the draft proposes this step (set by the
+    /// scheduler) and the draft's distribution for each proposal made.
+    pub draft_blocks: BlockTable,
+    pub draft_computed: usize,
+    pub proposals: usize,
+    pub drafted: Vec<Vec<(u32, f32)>>,
 }
 
 /// What the engine needs to judge each new token.
@@ -73,6 +80,10 @@ impl Sequence {
             forks: 0,
             adapters: None,
             grammar: None,
+            draft_blocks: BlockTable::default(),
+            draft_computed: 0,
+            proposals: 0,
+            drafted: Vec::new(),
         }
     }
 
@@ -91,11 +102,20 @@ impl Sequence {
 
     /// Gives the cache blocks back; the whole sequence is computed again
     /// when it next runs (preemption, or running without a cache).
-    pub fn drop_cache(&mut self, alloc: &mut BlockAllocator) {
-        self.blocks.release_all(alloc);
+    pub fn drop_cache(&mut self, alloc: &mut BlockAllocator, draft: Option<&mut BlockAllocator>) {
+        self.release(alloc, draft);
         self.block_hashes.clear();
         self.computed = 0;
         self.side = SideState::default();
+    }
+
+    /// Gives back the cache blocks of the target model and of the draft.
+    pub fn release(&mut self, alloc: &mut BlockAllocator, draft: Option<&mut BlockAllocator>) {
+        self.blocks.release_all(alloc);
+        if let Some(d) = draft {
+            self.draft_blocks.release_all(d);
+        }
+        self.draft_computed = 0;
     }
 
     pub fn generated(&self) -> usize {

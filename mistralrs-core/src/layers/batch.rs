@@ -23,23 +23,32 @@ pub struct ForwardBatch {
     /// (tokens,) u32
     pub input_ids: Tensor,
     pub slots: Vec<SeqSlot>,
-    /// (sequences,) u32, the row of each sequence's last token (whose logits are wanted).
+    /// The rows whose logits are wanted: each sequence's last token, or its
+    /// last few (speculative decoding scores every proposed token).
     pub last_rows: Tensor,
     /// Each token row's adapter weights, where unmerged adapters are in use.
     pub adapters: Option<AdapterRows>,
 }
 
 impl ForwardBatch {
-    /// `seqs`: for each sequence, (new tokens, tokens already cached).
+    /// `seqs`: for each sequence, (new tokens, tokens already cached); the
+    /// logits of each one's last token are wanted.
     pub fn new(seqs: &[(&[u32], usize)], device: &Device) -> Result<Self> {
+        Self::wanting(seqs, |_| 1, device)
+    }
+
+    /// `new`, with the logits of the last `rows(i)` tokens of sequence `i`
+    /// wanted (at least 1, at most its new tokens), in order.
+    pub fn wanting(seqs: &[(&[u32], usize)], rows: impl Fn(usize) -> usize, device: &Device) -> Result<Self> {
         let total: usize = seqs.iter().map(|(t, _)| t.len()).sum();
         let mut ids = Vec::with_capacity(total);
         let mut slots = Vec::with_capacity(seqs.len());
         let mut last = Vec::with_capacity(seqs.len());
-        for (tokens, past) in seqs {
+        for (i, (tokens, past)) in seqs.iter().enumerate() {
             slots.push(SeqSlot { start: ids.len(), len: tokens.len(), past: *past });
             ids.extend_from_slice(tokens);
-            last.push((ids.len() - 1) as u32);
+            let n = rows(i).clamp(1, tokens.len());
+            last.extend((ids.len() - n..ids.len()).map(|r| r as u32));
         }
         let n = last.len();
         Ok(Self {
