@@ -35,7 +35,8 @@ def plain():
     r.close()
 
 
-@pytest.fixture(scope="module", params=[("close", 4), ("far", 3), ("close", 1)], ids=["close-g4", "far-g3", "close-g1"])
+@pytest.fixture(scope="module", params=[("close", 4), ("far", 3), ("close", 1), ("close", 8)],
+                ids=["close-g4", "far-g3", "close-g1", "close-g8"])
 def spec(request):
     name, gamma = request.param
     r = Runner(which=TARGET, which_draft=CLOSE_DRAFT if name == "close" else FAR_DRAFT, speculative_gamma=gamma)

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use llguidance::api::TopLevelGrammar;
+use llguidance::api::{StopReason, TopLevelGrammar};
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 
@@ -119,9 +119,17 @@ impl GrammarCompiler {
     }
 }
 
-/// Sets every logit the matcher does not allow next to -inf.
+/// Sets every logit the matcher does not allow next to -inf; all of them
+/// when it allows nothing at all (a grammar the vocabulary cannot spell on).
 pub fn mask_logits(matcher: &mut Matcher, logits: &mut [f32]) -> Result<()> {
-    let mask = matcher.compute_mask().map_err(|e| Error::runtime(format!("grammar: {e}")))?;
+    let mask = match matcher.compute_mask() {
+        Ok(mask) => mask,
+        Err(_) if matcher.stop_reason() == StopReason::NoExtensionBias => {
+            logits.fill(f32::NEG_INFINITY);
+            return Ok(());
+        }
+        Err(e) => return Err(Error::runtime(format!("grammar: {e}"))),
+    };
     let allowed = mask.len().min(logits.len());
     for (i, x) in logits[..allowed].iter_mut().enumerate() {
         if !mask.is_allowed(i as u32) {
@@ -130,4 +138,30 @@ pub fn mask_logits(matcher: &mut Matcher, logits: &mut [f32]) -> Result<()> {
     }
     logits[allowed..].fill(f32::NEG_INFINITY);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vocabulary of a few words and the end token.
+    fn words() -> Arc<TextTokenizer> {
+        use tokenizers::models::wordlevel::WordLevel;
+        let vocab = [("a", 0u32), ("b", 1), ("ab", 2), ("</s>", 3), ("[UNK]", 4)];
+        let model = WordLevel::builder()
+            .vocab(vocab.iter().map(|(w, i)| (w.to_string(), *i)).collect())
+            .unk_token("[UNK]".into())
+            .build()
+            .unwrap();
+        Arc::new(TextTokenizer::new(tokenizers::Tokenizer::new(model)).with_special(vec![3, 4]))
+    }
+
+    #[test]
+    fn invalid_grammars_are_request_errors() {
+        let c = GrammarCompiler::new(words(), 3).unwrap();
+        for g in [Grammar::Regex("(".into()), Grammar::Lark("start: nothing_defined".into()), Grammar::JsonSchema(serde_json::json!({"type": 5}))] {
+            let e = c.compile(&g).err().expect("invalid");
+            assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        }
+    }
 }

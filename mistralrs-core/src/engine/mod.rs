@@ -557,13 +557,17 @@ impl Engine {
                 let s = &mut self.running[i];
                 s.draft_computed = s.tokens.len();
                 self.tokenizer.mask_unsampleable(&mut row);
-                let masked = match &mut s.grammar {
-                    Some(m) => crate::grammar::mask_logits(m, &mut row).is_ok(),
+                if round == 0 {
+                    s.draft_grammar = s.grammar.as_ref().map(|m| Box::new(m.deep_clone()));
+                }
+                // A grammar completed by the last proposal allows nothing more to propose.
+                let masked = match &mut s.draft_grammar {
+                    Some(m) => !m.is_stopped() && crate::grammar::mask_logits(m, &mut row).is_ok() && !dead_end(&row),
                     None => true,
                 };
                 let q = s.sampler.distribution(&mut row, &s.tokens);
                 let d = s.sampler.draw_from(&q);
-                let taken = masked && s.grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
+                let taken = masked && s.draft_grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
                 if !taken {
                     // The grammar failed on the draft's side: verify what was proposed so far.
                     s.chunk -= s.proposals - s.drafted.len();
@@ -712,8 +716,11 @@ fn advance(seq: &mut Sequence, row: &mut [f32], group: &mut Group, req: &Generat
 
 fn sample_and_force(seq: &mut Sequence, row: &mut [f32], req: &GenerationRequest, tok: &TextTokenizer, eos: &[u32]) -> Result<String> {
     tok.mask_unsampleable(row);
-    let sampled = seq.sampler.sample(row, &seq.tokens);
     let rules = StopRules { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs };
+    if seq.grammar.is_some() && dead_end(row) {
+        return Ok(seq.finish_now(GRAMMAR_DEAD_END, &rules));
+    }
+    let sampled = seq.sampler.sample(row, &seq.tokens);
     let piece = seq.accept(sampled, tok, &rules)?;
     Ok(piece + &force(seq, tok, &rules)?)
 }
@@ -729,6 +736,15 @@ fn force(seq: &mut Sequence, tok: &TextTokenizer, rules: &StopRules) -> Result<S
         piece += &seq.accept(Sampled { token, logprob: Some(0.0), top: Vec::new() }, tok, rules)?;
     }
     Ok(piece)
+}
+
+/// The finish reason of a sequence whose grammar allows no next token (not
+/// even the end): the vocabulary cannot spell what the grammar needs next.
+const GRAMMAR_DEAD_END: &str = "grammar_dead_end";
+
+/// No token can be sampled from this row.
+fn dead_end(row: &[f32]) -> bool {
+    row.iter().all(|&x| x == f32::NEG_INFINITY)
 }
 
 fn grammar_err(e: impl std::fmt::Display) -> Error {
@@ -767,16 +783,21 @@ fn verify_and_accept(
 ) -> Result<String> {
     let n = std::mem::take(&mut seq.proposals);
     let drafted = std::mem::take(&mut seq.drafted);
+    seq.draft_grammar = None;
     let base = seq.tokens.len() - n;
-    if let Some(m) = &mut seq.grammar {
-        m.rollback(n).map_err(grammar_err)?;
-    }
+    // The grammar walked along the proposals (a copy: `accept` advances the sequence's own).
+    let mut grammar = seq.grammar.as_ref().map(|m| m.deep_clone());
     let mut emitted = Vec::with_capacity(n + 1);
     let mut accepted = 0;
+    let mut stuck = false;
     for (i, row) in rows.iter_mut().enumerate().take(n + 1) {
         tok.mask_unsampleable(row);
-        if let Some(m) = &mut seq.grammar {
+        if let Some(m) = &mut grammar {
             crate::grammar::mask_logits(m, row)?;
+            if dead_end(row) {
+                stuck = true;
+                break;
+            }
         }
         let p = seq.sampler.distribution(row, &seq.tokens[..base + i]);
         let (token, kept) = if i < n {
@@ -794,16 +815,12 @@ fn verify_and_accept(
             break;
         }
         accepted += 1;
-        if let Some(m) = &mut seq.grammar {
+        if let Some(m) = &mut grammar {
             m.consume_token(token).map_err(grammar_err)?;
             if m.is_stopped() {
                 break; // the grammar is complete: the sequence ends with this token
             }
         }
-    }
-    // Back to the state before this step's tokens, which `accept` takes again.
-    if let Some(m) = &mut seq.grammar {
-        m.rollback(accepted).map_err(grammar_err)?;
     }
     seq.tokens.truncate(base);
     seq.computed = base + accepted;
@@ -820,6 +837,9 @@ fn verify_and_accept(
     }
     // An end-of-sequence token is not appended: nothing past the tokens is computed.
     seq.computed = seq.computed.min(seq.tokens.len());
+    if stuck && seq.finish.is_none() {
+        return Ok(piece + &seq.finish_now(GRAMMAR_DEAD_END, &rules));
+    }
     Ok(piece + &force(seq, tok, &rules)?)
 }
 

@@ -48,6 +48,9 @@ pub struct Sequence {
     pub draft_computed: usize,
     pub proposals: usize,
     pub drafted: Vec<Vec<(u32, f32)>>,
+    /// The grammar as the draft's proposals advance it (a copy: the
+    /// sequence's own matcher only ever takes accepted tokens).
+    pub draft_grammar: Option<Box<llguidance::Matcher>>,
 }
 
 /// What the engine needs to judge each new token.
@@ -84,6 +87,7 @@ impl Sequence {
             draft_computed: 0,
             proposals: 0,
             drafted: Vec::new(),
+            draft_grammar: None,
         }
     }
 
@@ -218,6 +222,13 @@ impl Sequence {
             self.finish = Some("stop");
         }
         Ok(self.take_emittable(rules.stop_seqs))
+    }
+
+    /// Ends the sequence where it stands (`reason` as its finish reason);
+    /// returns the text not yet streamed.
+    pub fn finish_now(&mut self, reason: &'static str, rules: &StopRules) -> String {
+        self.finish = Some(reason);
+        self.take_emittable(rules.stop_seqs)
     }
 
     /// Tokens the grammar allows as the only continuation, to be appended
