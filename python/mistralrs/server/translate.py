@@ -60,19 +60,11 @@ def _check_stream_options(body: schemas._Sampling) -> None:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
 
 
-def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCompletionRequest:
-    _check_stream_options(body)
-    if body.top_logprobs is not None and not body.logprobs:
-        raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
-    messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _text(m.content)} for m in body.messages]
-    return ChatCompletionRequest(
-        messages=messages,
+def _shared(body: schemas._Sampling, model: str) -> dict[str, Any]:
+    """The fields chat and text completions share, under the Python API's names."""
+    return dict(
         model=model,
         logit_bias=_logit_bias(body.logit_bias),
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs,
-        # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
-        max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         n_choices=body.n,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
@@ -86,6 +78,21 @@ def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCom
         adapters=body.adapters,
         seed=body.seed,
         ignore_eos=body.ignore_eos,
+    )
+
+
+def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCompletionRequest:
+    _check_stream_options(body)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
+    messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _text(m.content)} for m in body.messages]
+    return ChatCompletionRequest(
+        messages=messages,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs,
+        # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
+        max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        **_shared(body, model),
         # The engine maps it onto its JSON-schema grammar (SPEC §1), and says what is wrong with it.
         response_format=None if body.response_format is None else body.response_format.model_dump(exclude_none=True),
     )
@@ -122,27 +129,13 @@ def completion_requests(body: schemas.CompletionRequestBody, model: str) -> list
     return [
         CompletionRequest(
             prompt=prompt,
-            model=model,
             echo_prompt=body.echo,
             best_of=best_of,
             max_tokens=body.max_tokens,
-            n_choices=body.n,
-            logit_bias=_logit_bias(body.logit_bias),
             logprobs=body.logprobs is not None,
             top_logprobs=body.logprobs,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            repetition_penalty=body.repetition_penalty,
-            stop_seqs=_stops(body.stop),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            min_p=body.min_p,
             suffix=body.suffix,
-            stream=body.stream,
-            adapters=body.adapters,
-            seed=body.seed,
-            ignore_eos=body.ignore_eos,
+            **_shared(body, model),
         )
         for prompt in completion_prompts(body)
     ]
