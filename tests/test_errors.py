@@ -230,3 +230,35 @@ def test_bad_request_in_stream_mode(tiny_runner):
         )
         list(it)
     assert_serves(tiny_runner)
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**64}, "seed"),
+    ({"logit_bias": {-1: 1.0}}, "logit_bias"),
+    ({"logit_bias": {2**40: 1.0}}, "logit_bias"),
+    ({"logit_bias": {1: float("nan")}}, "logit_bias"),
+    ({"logit_bias": {1: float("inf")}}, "logit_bias"),
+    ({"presence_penalty": float("nan")}, "presence_penalty"),
+    ({"frequency_penalty": float("-inf")}, "frequency_penalty"),
+    ({"top_logprobs": 50}, "top_logprobs"),  # checked with logprobs off too
+])
+def test_out_of_range_numbers_are_value_errors_naming_the_field(tiny_runner, kw, field):
+    # Issue 13: never an OverflowError from the int conversion, never NaN logits in the batch.
+    with pytest.raises(ValueError, match=field):
+        tiny_runner.send_completion_request(CompletionRequest(prompt="Hi", model="m", max_tokens=2, **kw))
+    assert_serves(tiny_runner)
+
+
+def test_a_runner_seed_out_of_range_is_a_value_error(llama_tiny_dir):
+    with pytest.raises(ValueError, match="seed"):
+        Runner(which=Which.Plain(model_id=str(llama_tiny_dir), arch="llama"), seed=-5)
+
+
+def test_a_vanishing_temperature_is_greedy(tiny_runner):
+    # Dividing logits by 1e-40 overflows to infinities; below 1e-5 the engine takes the argmax, as at 0.
+    greedy = tiny_runner.send_completion_request(
+        CompletionRequest(prompt="Once", model="m", max_tokens=8, temperature=0.0, ignore_eos=True))
+    tiny = tiny_runner.send_completion_request(
+        CompletionRequest(prompt="Once", model="m", max_tokens=8, temperature=1e-40, ignore_eos=True, seed=3))
+    assert tiny.choices[0].text == greedy.choices[0].text

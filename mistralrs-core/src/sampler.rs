@@ -7,6 +7,9 @@ use std::collections::HashMap;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// Temperatures below this sample greedily (llama.cpp and vLLM do likewise).
+pub const MIN_TEMPERATURE: f64 = 1e-5;
+
 #[derive(Debug, Clone, Default)]
 pub struct SamplingParams {
     pub temperature: Option<f64>,
@@ -22,8 +25,10 @@ pub struct SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy at temperature 0, and below `MIN_TEMPERATURE`, where dividing
+    /// the logits would overflow to infinities: there the law is argmax anyway.
     pub fn is_greedy(&self) -> bool {
-        self.temperature.is_none_or(|t| t == 0.0)
+        self.temperature.is_none_or(|t| t < MIN_TEMPERATURE)
     }
 }
 

@@ -49,11 +49,24 @@ fn sampling(
     repetition_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
-    logit_bias: &Option<HashMap<u32, f32>>,
+    logit_bias: &Option<HashMap<i128, f32>>,
     logprobs: bool,
     top_logprobs: Option<i64>,
 ) -> PyResult<SamplingParams> {
     let top_logprobs = non_negative("top_logprobs", top_logprobs)?;
+    // Checked here too: the engine sees top_logprobs only when logprobs is on.
+    if let Some(n) = top_logprobs.filter(|&n| n > 20) {
+        return Err(PyValueError::new_err(format!("top_logprobs must be at most 20, got {n}")));
+    }
+    let logit_bias = logit_bias
+        .iter()
+        .flatten()
+        .map(|(&t, &b)| {
+            u32::try_from(t)
+                .map(|t| (t, b))
+                .map_err(|_| PyValueError::new_err(format!("logit_bias names token {t}, which is not a vocabulary id")))
+        })
+        .collect::<PyResult<HashMap<u32, f32>>>()?;
     Ok(SamplingParams {
         temperature,
         top_k: non_negative("top_k", top_k)?,
@@ -62,7 +75,7 @@ fn sampling(
         repetition_penalty,
         frequency_penalty,
         presence_penalty,
-        logit_bias: logit_bias.clone().unwrap_or_default(),
+        logit_bias,
         top_logprobs: logprobs.then_some(top_logprobs.unwrap_or(0)),
     })
 }
@@ -124,6 +137,12 @@ fn response_format_of(format: &Bound<'_, PyAny>) -> PyResult<Option<Grammar>> {
     }
 }
 
+/// A seed as the engine takes it (a u64); any other int is a ValueError, not an OverflowError.
+pub(crate) fn seed_of(seed: Option<i128>) -> PyResult<Option<u64>> {
+    seed.map(|s| u64::try_from(s).map_err(|_| PyValueError::new_err(format!("seed must be in [0, 2**64), got {s}"))))
+        .transpose()
+}
+
 fn count(name: &str, v: i64) -> PyResult<usize> {
     if v < 1 {
         return Err(PyValueError::new_err(format!("{name} must be at least 1, got {v}")));
@@ -135,7 +154,7 @@ fn count(name: &str, v: i64) -> PyResult<usize> {
 pub struct ChatCompletionRequest {
     messages: Py<PyAny>,
     model: String,
-    logit_bias: Option<HashMap<u32, f32>>,
+    logit_bias: Option<HashMap<i128, f32>>,
     logprobs: bool,
     top_logprobs: Option<i64>,
     max_tokens: Option<i64>,
@@ -152,7 +171,7 @@ pub struct ChatCompletionRequest {
     grammar: Option<Py<PyAny>>,
     grammar_type: Option<String>,
     adapters: Option<Vec<String>>,
-    seed: Option<u64>,
+    seed: Option<i128>,
     ignore_eos: bool,
     response_format: Option<Py<PyAny>>,
 }
@@ -168,7 +187,7 @@ impl ChatCompletionRequest {
     fn new(
         messages: Py<PyAny>,
         model: String,
-        logit_bias: Option<HashMap<u32, f32>>,
+        logit_bias: Option<HashMap<i128, f32>>,
         logprobs: bool,
         top_logprobs: Option<i64>,
         max_tokens: Option<i64>,
@@ -185,7 +204,7 @@ impl ChatCompletionRequest {
         grammar: Option<Py<PyAny>>,
         grammar_type: Option<String>,
         adapters: Option<Vec<String>>,
-        seed: Option<u64>,
+        seed: Option<i128>,
         ignore_eos: bool,
         response_format: Option<Py<PyAny>>,
     ) -> Self {
@@ -227,7 +246,7 @@ impl ChatCompletionRequest {
             ignore_eos: self.ignore_eos,
             stream: self.stream,
             echo_prompt: false,
-            seed: self.seed,
+            seed: seed_of(self.seed)?,
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
             grammar,
@@ -251,7 +270,7 @@ pub struct CompletionRequest {
     best_of: i64,
     max_tokens: Option<i64>,
     n_choices: i64,
-    logit_bias: Option<HashMap<u32, f32>>,
+    logit_bias: Option<HashMap<i128, f32>>,
     logprobs: bool,
     top_logprobs: Option<i64>,
     presence_penalty: Option<f32>,
@@ -267,7 +286,7 @@ pub struct CompletionRequest {
     grammar: Option<Py<PyAny>>,
     grammar_type: Option<String>,
     adapters: Option<Vec<String>>,
-    seed: Option<u64>,
+    seed: Option<i128>,
     ignore_eos: bool,
 }
 
@@ -286,7 +305,7 @@ impl CompletionRequest {
         best_of: i64,
         max_tokens: Option<i64>,
         n_choices: i64,
-        logit_bias: Option<HashMap<u32, f32>>,
+        logit_bias: Option<HashMap<i128, f32>>,
         logprobs: bool,
         top_logprobs: Option<i64>,
         presence_penalty: Option<f32>,
@@ -302,7 +321,7 @@ impl CompletionRequest {
         grammar: Option<Py<PyAny>>,
         grammar_type: Option<String>,
         adapters: Option<Vec<String>>,
-        seed: Option<u64>,
+        seed: Option<i128>,
         ignore_eos: bool,
     ) -> Self {
         Self {
@@ -353,7 +372,7 @@ impl CompletionRequest {
             ignore_eos: self.ignore_eos,
             stream: self.stream,
             echo_prompt: self.echo_prompt,
-            seed: self.seed,
+            seed: seed_of(self.seed)?,
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
             grammar: grammar_of(&self.grammar, &self.grammar_type, py)?,

@@ -163,7 +163,7 @@ impl Runner {
         chat_template: Option<String>,
         num_device_layers: Option<Vec<String>>,
         in_situ_quant: Option<String>,
-        seed: Option<u64>,
+        seed: Option<i128>,
         device: Option<String>,
         kv_cache_mb: Option<i64>,
     ) -> PyResult<Self> {
@@ -197,7 +197,7 @@ impl Runner {
             kv_cache_mb,
             prefix_cache_n: prefix_cache_n as usize,
             repeat_last_n: which.repeat_last_n(),
-            seed,
+            seed: crate::requests::seed_of(seed)?,
             draft: match &which_draft {
                 Some(d) => Some((spec_of(d)?, speculative_gamma as usize)),
                 None => None,
