@@ -262,3 +262,29 @@ def test_a_vanishing_temperature_is_greedy(tiny_runner):
     tiny = tiny_runner.send_completion_request(
         CompletionRequest(prompt="Once", model="m", max_tokens=8, temperature=1e-40, ignore_eos=True, seed=3))
     assert tiny.choices[0].text == greedy.choices[0].text
+
+
+@pytest.mark.parametrize("template,message", [
+    # Nested loops: each alone is small, together 10^10 steps.
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "budget"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "budget"),
+    # Within the budget of steps, but hundreds of MB of text.
+    ("{% for i in range(2000) %}{% for j in range(2000) %}{{ 'y' * 40 }}{% endfor %}{% endfor %}", "MiB"),
+])
+def test_a_runaway_chat_template_is_a_value_error_in_bounded_time(llama_tiny_dir, template, message):
+    # Issue 13, item 4: templates run on a budget of instructions and of output.
+    import time
+
+    runner = Runner(which=Which.Plain(model_id=str(llama_tiny_dir), arch="llama"), chat_template=template)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        chat(runner, "Hi", max_tokens=2)
+    assert time.monotonic() - start < 10
+    runner.close()
+
+
+def test_a_long_conversation_renders_within_the_template_budget(smollm2_runner):
+    # The budget is far above what real templates take: 400 turns through SmolLM2's GGUF template.
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(400)]
+    res = smollm2_runner.send_chat_completion_request(ChatCompletionRequest(model="m", messages=msgs, max_tokens=1))
+    assert res.usage.prompt_tokens > 2000

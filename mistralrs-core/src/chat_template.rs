@@ -84,6 +84,9 @@ impl ChatTemplate {
             .build()
             .map_err(|e| Error::runtime(format!("template syntax: {e}")))?;
         env.set_syntax(syntax);
+        // A template is code from a file: it runs on a budget of instructions
+        // and of output, so none can loop or grow for ever.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
@@ -96,13 +99,52 @@ impl ChatTemplate {
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(Error::runtime)?;
-        tmpl.render(context! {
+        let mut out = Capped { buf: Vec::new(), overflowed: false };
+        let ctx = context! {
             messages => Serde(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-        })
-        .map_err(|e| Error::invalid(format!("chat template error: {e}")))
+        };
+        tmpl.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => Error::invalid(format!(
+                "the chat template ran past its budget of {TEMPLATE_FUEL} instructions (a runaway loop?)"
+            )),
+            _ if out.overflowed => Error::invalid(format!(
+                "the chat template's output passed {} MiB (a runaway loop?)",
+                TEMPLATE_MAX_OUTPUT >> 20
+            )),
+            _ => Error::invalid(format!("chat template error: {e}")),
+        })?;
+        String::from_utf8(out.buf).map_err(|e| Error::invalid(format!("chat template output is not UTF-8: {e}")))
+    }
+}
+
+/// Instructions a chat template may run per render: real templates take
+/// thousands for long conversations; a second or so of runaway loop ends it.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Bytes a rendered prompt may have: far beyond any context window.
+const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
+/// A buffer that refuses to grow past `TEMPLATE_MAX_OUTPUT`.
+struct Capped {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > TEMPLATE_MAX_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
