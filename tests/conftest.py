@@ -97,6 +97,19 @@ def smollm2_runner(smollm2_which):
     runner.close()
 
 
+# Short factual questions for tests that send many different chat requests at once.
+QUESTIONS = [
+    "What is the capital of Germany?",
+    "Name a primary color.",
+    "What is 2 + 2?",
+    "Give me a synonym for happy.",
+    "What do bees make?",
+    "Which planet is closest to the sun?",
+    "What is the opposite of cold?",
+    "How many legs does a spider have?",
+]
+
+
 def chat(runner, content: str, **kwargs):
     """One user message, greedy unless told otherwise; returns the response."""
     kwargs.setdefault("temperature", 0.0)

@@ -10,19 +10,9 @@ import threading
 import time
 
 import pytest
-from conftest import assert_serves, chat
+from conftest import QUESTIONS, assert_serves, chat
 from mistralrs import ChatCompletionRequest, CompletionRequest
 
-QUESTIONS = [
-    "What is the capital of Germany?",
-    "Name a primary color.",
-    "What is 2 + 2?",
-    "Give me a synonym for happy.",
-    "What do bees make?",
-    "Which planet is closest to the sun?",
-    "What is the opposite of cold?",
-    "How many legs does a spider have?",
-]
 
 
 def _req(q: str, **kw) -> ChatCompletionRequest:

@@ -23,7 +23,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from conftest import chat  # noqa: E402
+from conftest import QUESTIONS, chat  # noqa: E402
 from mistralrs import CompletionRequest  # noqa: E402
 from server_support import ServerProcess  # noqa: E402
 
@@ -305,16 +305,6 @@ def test_create_app_mounts_in_another_app(tiny_runner):
 
 # ----------------------------------------------------------------------------- SmolLM2: streaming, concurrency, cancellation
 
-QUESTIONS = [
-    "What is the capital of Germany?",
-    "Name a primary color.",
-    "What is 2 + 2?",
-    "Give me a synonym for happy.",
-    "What do bees make?",
-    "Which planet is closest to the sun?",
-    "What is the opposite of cold?",
-    "How many legs does a spider have?",
-]
 
 
 def test_streamed_chat_equals_the_whole_response(smollm2_server, smollm2_runner):
