@@ -50,7 +50,20 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::Runtime(e.to_string())
+        Error::Runtime(candle_message(&e))
+    }
+}
+
+/// candle's message without the backtrace it attaches when `RUST_BACKTRACE`
+/// is set (common among Rust users): frames of our internals mean nothing
+/// to a Python caller and bury the reason.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
     }
 }
 

@@ -12,10 +12,11 @@ use crate::architecture::Architecture;
 use crate::chat_template::{template_from_config, token_text, ChatTemplate, TemplateOverride};
 use crate::error::{Error, Result};
 use crate::hub::{ModelRepo, TokenSource};
+use crate::models::config::Field;
 use crate::models::{self, CausalLm, ModelConfig};
 use crate::tokenizer::{gguf::from_gguf, TextTokenizer};
 use crate::weights::ggml::GgmlFile;
-use crate::weights::gguf::{model_config, GgufFile, GgufSource};
+use crate::weights::gguf::{model_config, GgufFile, GgufSource, TensorFile};
 use crate::weights::isq::QuantizingSource;
 use crate::weights::safetensors::SafetensorsSource;
 
@@ -137,15 +138,23 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
                 }
             };
             let repo = ModelRepo::open(&model_id, &opts.token_source)?;
-            let cfg = ModelConfig::from_hf_json(&repo.get("config.json")?, *arch)?;
+            let config_path = repo.get("config.json")?;
+            let cfg = ModelConfig::from_hf_json(&config_path, *arch)?;
             let files = safetensors_files(&repo)?;
             let weights = SafetensorsSource::open(&files, device)?;
+            check_config(&cfg, weights.tensor_count(), &weights, &config_path, &|f| f.hf_key().to_string())?;
             (cfg.clone(), build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?, read_tokenizer_folder(&repo)?, None)
         }
         ModelSpec::File { format: FileFormat::Gguf, tok_model_id, quantized_model_id, quantized_filename, .. } => {
             let repo = ModelRepo::open(quantized_model_id, &opts.token_source)?;
             let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
             let cfg = model_config(&file)?;
+            let arch = file.architecture()?.to_string();
+            let weights = GgufSource::new(file.clone(), &cfg, device)?;
+            check_config(&cfg, file.tensor_count(), &weights, &file.path, &|f| match f {
+                Field::Vocab => "token_embd.weight".to_string(),
+                _ => format!("{arch}.{}", f.gguf_key()),
+            })?;
             let folder = match tok_model_id {
                 Some(id) => read_tokenizer_folder(&ModelRepo::open(id, &opts.token_source)?)?,
                 None => TokenizerFolder::default(),
@@ -155,7 +164,6 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             // built on a thread of its own while the weights are repacked:
             // the two take about as long for a 150k vocabulary, and neither
             // holds much memory beyond what it keeps.
-            let weights = GgufSource::new(file.clone(), &cfg, device)?;
             let (vocab, model) = std::thread::scope(|s| {
                 let vocab = file
                     .get_str("tokenizer.ggml.model")
@@ -179,6 +187,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             };
             let cfg = file.model_config(config.as_ref())?;
             let weights = GgufSource::with_layout(file.clone(), true, false, &cfg, device);
+            check_config(&cfg, file.tensor_count(), &weights, file.path(), &|f| GgmlFile::field_name(f).to_string())?;
             let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
             let folder = match &tok_repo {
                 Some(r) => read_tokenizer_folder(r)?,
@@ -206,16 +215,19 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
         (None, None) => match gguf_tokenizer {
             Some(t) => t,
             None => {
-                return Err(Error::invalid(match spec {
-                    ModelSpec::Plain { .. } => "the model folder has no tokenizer.json; pass tokenizer_json".to_string(),
-                    ModelSpec::File { format: FileFormat::Gguf, quantized_filename, .. } => format!(
-                        "{quantized_filename}: no tokenizer in the GGUF metadata; pass tok_model_id or tokenizer_json"
+                return Err(match spec {
+                    ModelSpec::Plain { model_id, .. } => Error::not_found(
+                        Path::new(model_id.as_deref().unwrap_or(".")).join("tokenizer.json"),
+                        "the model folder has no tokenizer.json; pass tokenizer_json",
                     ),
-                    ModelSpec::File { format: FileFormat::Ggml, quantized_filename, .. } => format!(
+                    ModelSpec::File { format: FileFormat::Gguf, quantized_filename, .. } => Error::invalid(format!(
+                        "{quantized_filename}: no tokenizer in the GGUF metadata; pass tok_model_id or tokenizer_json"
+                    )),
+                    ModelSpec::File { format: FileFormat::Ggml, quantized_filename, .. } => Error::invalid(format!(
                         "{quantized_filename}: GGML files are loaded with the tokenizer of tok_model_id (a folder or \
                          hub repo with tokenizer.json) or tokenizer_json"
-                    ),
-                }))
+                    )),
+                })
             }
         },
     };
@@ -245,6 +257,27 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
         )));
     }
     Ok(LoadedModel { context_len: cfg.max_position_embeddings, model, tokenizer, chat_template, eos_ids, adapters: adapter_info })
+}
+
+/// The config's sizes checked before anything is built from them: in
+/// range, consistent, and no more layers than the weights hold (nor fewer:
+/// a layer the config leaves out would be silently skipped).
+fn check_config(
+    cfg: &ModelConfig,
+    tensors: usize,
+    weights: &dyn crate::weights::WeightSource,
+    path: &Path,
+    name: &dyn Fn(Field) -> String,
+) -> Result<()> {
+    cfg.validate(tensors, name).map_err(|why| Error::bad_file(path, why))?;
+    let n = cfg.num_layers;
+    if weights.has_module(&format!("model.layers.{n}.input_layernorm")) {
+        return Err(Error::bad_file(
+            path,
+            format!("`{}` is {n}, but the weights hold a layer {n} too", name(Field::Layers)),
+        ));
+    }
+    Ok(())
 }
 
 fn safetensors_files(repo: &ModelRepo) -> Result<Vec<PathBuf>> {

@@ -462,7 +462,7 @@ fn pin_thread_count() {
 /// the memory available at load (no more than `max_seqs` full contexts
 /// need). On the CPU the pool's pages are only backed as blocks are used.
 fn kv_budget(mb: Option<usize>, block_bytes: usize, max_seqs: usize, context: usize) -> Result<usize> {
-    let most = max_seqs * crate::kv_cache::BlockTable::blocks_for(context);
+    let most = max_seqs.saturating_mul(crate::kv_cache::BlockTable::blocks_for(context));
     match mb {
         Some(mb) => {
             let blocks = mb.saturating_mul(1 << 20) / block_bytes;
@@ -509,9 +509,27 @@ fn same_vocabulary(target: &TextTokenizer, draft: &TextTokenizer) -> Result<()> 
 }
 
 /// Memory the system can still give (`MemAvailable`), where it says.
+/// The memory this process can still take: the system's available memory,
+/// lowered to what is left of an address-space limit (`RLIMIT_AS`) or of
+/// its cgroup's `memory.max`, where either is set.
 fn available_memory() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let kb = |text: &str, key: &str| -> Option<usize> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|k| k * 1024)
+    };
+    let mut avail = kb(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable:")?;
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0 && lim.rlim_cur != libc::RLIM_INFINITY {
+            let used = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| kb(&s, "VmSize:")).unwrap_or(0);
+            avail = avail.min((lim.rlim_cur as usize).saturating_sub(used));
+        }
+    }
+    let cgroup = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok()?.trim().parse::<usize>().ok();
+    if let (Some(max), Some(cur)) = (cgroup("memory.max"), cgroup("memory.current")) {
+        avail = avail.min(max.saturating_sub(cur));
+    }
+    Some(avail)
 }

@@ -92,7 +92,9 @@ fn spec_of(which: &Which) -> PyResult<ModelSpec> {
 fn device_of(device: Option<&str>) -> PyResult<Device> {
     let default = if cfg!(feature = "cuda") { "cuda:0" } else if cfg!(feature = "metal") { "metal" } else { "cpu" };
     let name = device.unwrap_or(default);
-    let bad = |e: candle_core::Error| PyValueError::new_err(format!("device `{name}` is not available: {e}"));
+    let bad = |e: candle_core::Error| {
+        PyValueError::new_err(format!("device `{name}` is not available: {}", mistralrs_core::error::candle_message(&e)))
+    };
     match name {
         "cpu" => Ok(Device::Cpu),
         "metal" => Device::new_metal(0).map_err(bad),

@@ -12,6 +12,27 @@ pub struct KvPool {
     v: Vec<Tensor>,
 }
 
+/// `n` zeroed f32s whose pages the kernel backs only when first written,
+/// or an error where `Tensor::zeros` would abort the process: the address
+/// space can be smaller than the memory the budget was sized from (an
+/// `RLIMIT_AS`, a container's limit).
+fn zeroed(n: usize) -> Result<Vec<f32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    // SAFETY: the layout has a non-zero size; all-zero bytes are a valid
+    // f32 (0.0); the Vec takes the buffer with the layout the global
+    // allocator gave it (length = capacity = n), as `Vec` itself would.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        if p.is_null() {
+            return Err(candle_core::Error::Msg(format!("cannot allocate {} MB", layout.size() >> 20)));
+        }
+        Ok(Vec::from_raw_parts(p, n, n))
+    }
+}
+
 impl KvPool {
     /// Bytes one block takes over all `layers`, keys and values (f32).
     pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize) -> usize {
@@ -20,9 +41,15 @@ impl KvPool {
 
     pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, device: &Device) -> Result<Self> {
         let shape = (blocks * BLOCK_SIZE, kv_heads, head_dim);
+        let elems = blocks
+            .checked_mul(BLOCK_SIZE * kv_heads * head_dim)
+            .ok_or_else(|| candle_core::Error::Msg(format!("a KV cache of {blocks} blocks overflows")))?;
         let alloc = || {
             (0..layers)
-                .map(|_| Tensor::zeros(shape, DType::F32, device))
+                .map(|_| match device {
+                    Device::Cpu => Tensor::from_vec(zeroed(elems)?, shape, device),
+                    _ => Tensor::zeros(shape, DType::F32, device),
+                })
                 .collect::<Result<Vec<_>>>()
         };
         Ok(Self { k: alloc()?, v: alloc()? })

@@ -24,61 +24,49 @@ impl RopeFreqs {
     }
 }
 
+/// The rotation of each position is computed when a batch needs it rather
+/// than tabled for the whole context at load: a table would be sized by the
+/// file's context length (2^31 in a hostile file), and the few thousand
+/// sin/cos pairs of a batch cost microseconds next to its matmuls.
 #[derive(Debug, Clone)]
 pub struct Rotary {
-    /// (positions, rotary_dim / 2): the short table, then the long one if any.
-    cos: Tensor,
-    sin: Tensor,
-    max_positions: usize,
-    /// Sequences longer than this use the long table.
-    long_after: Option<usize>,
-}
-
-fn table(inv_freq: &[f32], max_positions: usize, scale: f32, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
-    for pos in 0..max_positions {
-        for f in inv_freq {
-            // f32 product, as torch computes `position_ids.float() @ inv_freq`.
-            let angle = pos as f32 * f;
-            cos.push(angle.cos() * scale);
-            sin.push(angle.sin() * scale);
-        }
-    }
+    freqs: RopeFreqs,
 }
 
 impl Rotary {
-    pub fn new(freqs: &RopeFreqs, max_positions: usize, device: &Device) -> Result<Self> {
-        let half = freqs.inv_freq.len();
-        let tables = if freqs.long.is_some() { 2 } else { 1 };
-        let mut cos = Vec::with_capacity(tables * max_positions * half);
-        let mut sin = Vec::with_capacity(tables * max_positions * half);
-        table(&freqs.inv_freq, max_positions, freqs.scale, &mut cos, &mut sin);
+    pub fn new(freqs: &RopeFreqs) -> Result<Self> {
         if let Some((long, _)) = &freqs.long {
-            if long.len() != half {
-                candle_core::bail!("long rope factors have {} entries, expected {half}", long.len());
+            if long.len() != freqs.inv_freq.len() {
+                candle_core::bail!("long rope factors have {} entries, expected {}", long.len(), freqs.inv_freq.len());
             }
-            table(long, max_positions, freqs.scale, &mut cos, &mut sin);
         }
-        let rows = tables * max_positions;
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (rows, half), device)?,
-            sin: Tensor::from_vec(sin, (rows, half), device)?,
-            max_positions,
-            long_after: freqs.long.as_ref().map(|(_, n)| *n),
-        })
+        Ok(Self { freqs: freqs.clone() })
     }
 
     /// The (cos, sin) rows of every token of a batch, each (tokens, rotary_dim / 2);
     /// computed once per forward and shared by all layers.
     pub fn tables(&self, slots: &[SeqSlot], device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.freqs.inv_freq.len();
         let total: usize = slots.iter().map(|s| s.len).sum();
-        let mut rows = Vec::with_capacity(total);
+        let mut cos = Vec::with_capacity(total * half);
+        let mut sin = Vec::with_capacity(total * half);
+        let scale = self.freqs.scale;
         for s in slots {
-            let long = self.long_after.is_some_and(|n| s.past + s.len > n);
-            let base = if long { self.max_positions } else { 0 };
-            rows.extend((s.past..s.past + s.len).map(|p| (base + p) as u32));
+            // LongRoPE switches tables per sequence, as transformers does per forward.
+            let inv_freq = match &self.freqs.long {
+                Some((long, after)) if s.past + s.len > *after => long,
+                _ => &self.freqs.inv_freq,
+            };
+            for pos in s.past..s.past + s.len {
+                for f in inv_freq {
+                    // f32 product, as torch computes `position_ids.float() @ inv_freq`.
+                    let angle = pos as f32 * f;
+                    cos.push(angle.cos() * scale);
+                    sin.push(angle.sin() * scale);
+                }
+            }
         }
-        let rows = Tensor::from_vec(rows, total, device)?;
-        Ok((self.cos.index_select(&rows, 0)?, self.sin.index_select(&rows, 0)?))
+        Ok((Tensor::from_vec(cos, (total, half), device)?, Tensor::from_vec(sin, (total, half), device)?))
     }
 
     /// `x`: (tokens, heads, head_dim) -> same shape, rotated.

@@ -46,7 +46,7 @@ impl Trunk {
             embed_tokens,
             embed_scale,
             lm_head,
-            rotary: Rotary::new(&cfg.rope_freqs(), cfg.max_position_embeddings, device)?,
+            rotary: Rotary::new(&cfg.rope_freqs())?,
             window: cfg.sliding_window,
             device: device.clone(),
         })

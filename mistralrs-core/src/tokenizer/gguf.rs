@@ -79,10 +79,23 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     if types.len() != tokens.len() {
         return Err(Error::bad_file(&file.path, "`tokenizer.ggml.token_type` and `tokenizer.ggml.tokens` differ in length"));
     }
-    let id = |key: &str| file.get_usize(key).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
-    let bos_id = id("tokenizer.ggml.bos_token_id");
-    let eos_id = id("tokenizer.ggml.eos_token_id");
-    let eot_id = id("tokenizer.ggml.eot_token_id");
+    // A special-token id outside the vocabulary is a corrupt file, not a
+    // token to drop quietly (an EOS that never matches never ends a sequence).
+    let id = |key: &str| -> Result<Option<u32>> {
+        match file.get(key) {
+            None => Ok(None),
+            Some(v) => match value_as_u64(v).filter(|&i| i < tokens.len() as u64) {
+                Some(i) => Ok(Some(i as u32)),
+                None => Err(Error::bad_file(
+                    &file.path,
+                    format!("metadata key `{key}` is {v:?}, not a token id of the {}-token vocabulary", tokens.len()),
+                )),
+            },
+        }
+    };
+    let bos_id = id("tokenizer.ggml.bos_token_id")?;
+    let eos_id = id("tokenizer.ggml.eos_token_id")?;
+    let eot_id = id("tokenizer.ggml.eot_token_id")?;
 
     let ((json, bpe_model), default_add_bos) = match model.as_str() {
         "gpt2" => (gpt2_json(file)?, false),
@@ -227,6 +240,12 @@ fn gpt2_json(file: &GgufFile) -> Result<(Json, BpeModel)> {
 fn llama_json(file: &GgufFile, tokens: &[&str], types: &[u64]) -> Result<(Json, BpeModel)> {
     let scores = scores(file, "tokenizer.ggml.scores")
         .ok_or_else(|| Error::bad_file(&file.path, "missing metadata key `tokenizer.ggml.scores`"))?;
+    if scores.len() != tokens.len() {
+        return Err(Error::bad_file(
+            &file.path,
+            format!("`tokenizer.ggml.scores` has {} entries for {} tokens", scores.len(), tokens.len()),
+        ));
+    }
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut merges: Vec<(usize, usize, f32)> = Vec::new();
     for (i, piece) in tokens.iter().enumerate() {

@@ -27,13 +27,14 @@ use std::sync::Mutex;
 
 use candle_core::quantized::GgmlDType;
 
+use super::finite::check_finite;
 use super::gguf::TensorFile;
 use super::stored::StoredTensor;
 use super::gguf_types::ggml_type_name;
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
 use crate::layers::Activation;
-use crate::models::config::{ModelConfig, RopeScaling};
+use crate::models::config::{Field, ModelConfig, RopeScaling};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
@@ -192,7 +193,7 @@ impl GgmlFile {
         }
         let hparams =
             HParams { n_vocab: h[0], n_embd: h[1], n_mult: h[2], n_head: h[3], n_layer: h[4], n_rot: h[5], ftype: h[6] as u32 };
-        if hparams.n_head == 0 || !hparams.n_embd.is_multiple_of(hparams.n_head) || hparams.n_vocab == 0 {
+        if hparams.n_head == 0 || hparams.n_embd == 0 || !hparams.n_embd.is_multiple_of(hparams.n_head) || hparams.n_vocab == 0 {
             return Err(bad(format!("bad hyper-parameters {hparams:?}")));
         }
         let mut pos = match container {
@@ -232,13 +233,19 @@ impl GgmlFile {
                 pos += pad;
             }
             let (dtype, block_bytes, f32_scales) = stored_type(container, type_id, &name).map_err(bad)?;
-            let elems: usize = dims.iter().product();
+            let elems = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .filter(|&e| e > 0)
+                .ok_or_else(|| bad(format!("tensor `{name}`: dims {dims:?} are empty or overflow")))?;
             let cols = *dims.last().unwrap_or(&0);
             if !cols.is_multiple_of(dtype.block_size()) {
                 return Err(bad(format!("tensor `{name}`: rows of {cols} are not whole {} blocks", ggml_type_name(type_id))));
             }
-            let bytes = elems / dtype.block_size() * block_bytes;
-            if pos + bytes as u64 > size {
+            let bytes = (elems / dtype.block_size())
+                .checked_mul(block_bytes)
+                .ok_or_else(|| bad(format!("tensor `{name}`: dims {dims:?} overflow")))?;
+            if pos.saturating_add(bytes as u64) > size {
                 return Err(bad(format!(
                     "truncated GGML file: tensor `{name}` ends at byte {} but the file has {size} bytes",
                     pos + bytes as u64
@@ -246,12 +253,33 @@ impl GgmlFile {
             }
             let gname = gguf_name(&name)
                 .ok_or_else(|| bad(format!("tensor `{name}` is not one of a llama model's (GGML files are llama-family)")))?;
-            tensors.insert(gname, TensorInfo { dtype, dims, offset: pos, bytes, f32_scales });
+            if tensors.insert(gname, TensorInfo { dtype, dims, offset: pos, bytes, f32_scales }).is_some() {
+                return Err(bad(format!("duplicate tensor name `{name}`")));
+            }
             r.seek_relative(bytes as i64).map_err(|e| bad(e.to_string()))?;
             pos += bytes as u64;
         }
         drop(r);
         Ok(Self { path: path.to_path_buf(), file: Mutex::new(file), container, hparams, tensors })
+    }
+
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Where a config field comes from: the header, the tensors' shapes, or
+    /// (what GGML files lack) the tokenizer folder's config.json.
+    pub fn field_name(f: Field) -> &'static str {
+        match f {
+            Field::Vocab => "n_vocab",
+            Field::Hidden => "n_embd",
+            Field::Heads => "n_head",
+            Field::Layers => "n_layer",
+            Field::RotaryDim => "n_rot",
+            Field::Intermediate => "layers.0.feed_forward.w1.weight",
+            Field::KvHeads | Field::HeadDim => "layers.0.attention.wk.weight",
+            other => other.hf_key(),
+        }
     }
 
     fn dims(&self, name: &str) -> Option<&[usize]> {
@@ -324,6 +352,7 @@ impl TensorFile for GgmlFile {
         if t.f32_scales {
             data = f16_scales(t.dtype, &data);
         }
+        check_finite(t.dtype, &data).map_err(|why| Error::bad_file(&self.path, format!("tensor `{name}`: {why}")))?;
         Ok(StoredTensor::owned(t.dtype, t.dims.clone(), data))
     }
 }

@@ -10,11 +10,12 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::gguf_types::{first_unsupported_tensor, ggml_type_name};
+use super::gguf_header::{self, tensor_bytes};
+use super::finite::check_finite;
 use super::stored::{MappedFile, StoredTensor};
 use super::WeightSource;
 use crate::architecture::Architecture;
-use crate::error::{Error, Result};
+use crate::error::{candle_message, Error, Result};
 use crate::kernels::StoredRows;
 use crate::layers::{Activation, Embedding, Linear};
 use crate::models::config::{ModelConfig, RopeScaling};
@@ -31,7 +32,7 @@ pub trait TensorFile: Send + Sync {
     fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         let t = self.stored(name)?;
         qtensor_from_ggml(t.dtype, &t.bytes, t.dims.clone(), device)
-            .map_err(|e| Error::bad_file(self.path(), format!("tensor `{name}`: {e}")))
+            .map_err(|e| Error::bad_file(self.path(), format!("tensor `{name}`: {}", candle_message(&e))))
     }
 }
 
@@ -47,21 +48,17 @@ impl TensorFile for GgufFile {
     }
 }
 
-const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
-
 /// A GGUF file opened for loading, its tensors read through a memory map
 /// (see `stored.rs`).
 pub struct GgufFile {
     pub path: PathBuf,
     map: MappedFile,
-    len: u64,
     content: Content,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::not_found(path, e.to_string()))?;
-        let len = file.metadata().map_err(|e| Error::bad_file(path, e))?.len();
         let mut head = [0u8; 8];
         let got = file.read(&mut head).map_err(|e| Error::bad_file(path, e))?;
         if got < 8 || &head[..4] != b"GGUF" {
@@ -75,45 +72,10 @@ impl GgufFile {
             return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
         }
         let map = MappedFile::new(&file).map_err(|e| Error::bad_file(path, format!("cannot map the file: {e}")))?;
-        let content = match Content::read(&mut std::io::Cursor::new(map.bytes())) {
-            Ok(c) => c,
-            Err(e) => {
-                // Name the tensor whose type cannot run, if that is what stopped the reader.
-                if let Some((tensor, ty)) = first_unsupported_tensor(map.bytes()) {
-                    return Err(Error::bad_file(
-                        path,
-                        format!(
-                            "tensor `{tensor}` has ggml type {} (type id {ty}), which mistralrs cannot run; \
-                             supported: {SUPPORTED_TYPES}",
-                            ggml_type_name(ty)
-                        ),
-                    ));
-                }
-                return Err(Error::bad_file(path, format!("corrupt GGUF header: {e}")));
-            }
-        };
+        let content = gguf_header::read(map.bytes(), path)?;
         // The header (with the tokenizer's vocabulary) is parsed: its pages can go.
         drop(map.pages(0, usize::try_from(content.tensor_data_offset).unwrap_or(0)));
-        let file = Self { path: path.to_path_buf(), map, len, content };
-        file.check_tensor_bounds()?;
-        Ok(file)
-    }
-
-    /// A truncated file is caught here, at open, rather than at the first
-    /// tensor that falls off its end.
-    fn check_tensor_bounds(&self) -> Result<()> {
-        let len = self.len;
-        for (name, info) in &self.content.tensor_infos {
-            let bytes = tensor_bytes(info.ggml_dtype, info.shape.elem_count());
-            let end = self.content.tensor_data_offset + info.offset + bytes as u64;
-            if end > len {
-                return Err(Error::bad_file(
-                    &self.path,
-                    format!("truncated GGUF: tensor `{name}` ends at byte {end} but the file has {len} bytes"),
-                ));
-            }
-        }
-        Ok(())
+        Ok(Self { path: path.to_path_buf(), map, content })
     }
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
@@ -153,6 +115,10 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    pub fn tensor_count(&self) -> usize {
+        self.content.tensor_infos.len()
+    }
+
     /// Tensor `name` as stored, with its transformers-order shape (rows, cols).
     pub fn stored(&self, name: &str) -> Result<StoredTensor<'_>> {
         let info = self
@@ -167,6 +133,7 @@ impl GgufFile {
             .checked_add(info.offset)
             .and_then(|start| self.map.pages(start, len))
             .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` lies outside the file")))?;
+        check_finite(info.ggml_dtype, pages.bytes()).map_err(|why| Error::bad_file(&self.path, format!("tensor `{name}`: {why}")))?;
         Ok(StoredTensor::mapped(info.ggml_dtype, info.shape.dims().to_vec(), pages))
     }
 
@@ -201,10 +168,6 @@ pub fn value_as_u64(v: &Value) -> Option<u64> {
         Value::Bool(x) => *x as u64,
         _ => return None,
     })
-}
-
-fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
-    elems / dtype.block_size() * dtype.type_size()
 }
 
 /// How llama.cpp stores an architecture.
@@ -248,7 +211,14 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
     let heads = file.require_usize(&key("attention.head_count"))?;
     let kv_heads = file.get_usize(&key("attention.head_count_kv")).unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(Error::bad_file(&file.path, format!("bad head counts: {heads} heads, {kv_heads} KV heads")));
+        return Err(Error::bad_file(
+            &file.path,
+            format!(
+                "`{}` is {heads} and `{}` is {kv_heads}: both must be positive, the first a multiple of the second",
+                key("attention.head_count"),
+                key("attention.head_count_kv")
+            ),
+        ));
     }
     let head_dim = file.get_usize(&key("attention.key_length")).unwrap_or(hidden / heads);
     let vocab = match file.content.tensor_infos.get("token_embd.weight") {
@@ -439,7 +409,7 @@ impl GgufSource {
     /// A dense vector from a stored 1-D tensor.
     fn dense(&self, t: &StoredTensor, name: &str) -> Result<Tensor> {
         let q = qtensor_from_ggml(t.dtype, &t.bytes, t.dims.clone(), &self.device)
-            .map_err(|e| Error::bad_file(self.file.path(), format!("tensor `{name}`: {e}")))?;
+            .map_err(|e| Error::bad_file(self.file.path(), format!("tensor `{name}`: {}", candle_message(&e))))?;
         Ok(q.dequantize(&self.device)?.to_dtype(DType::F32)?)
     }
 

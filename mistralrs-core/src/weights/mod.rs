@@ -2,8 +2,10 @@
 //! transformers module names (`model.layers.0.self_attn.q_proj`); each source
 //! translates to its own file's names and layout.
 
+pub mod finite;
 pub mod ggml;
 pub mod gguf;
+pub mod gguf_header;
 pub mod gguf_types;
 pub mod isq;
 pub mod safetensors;

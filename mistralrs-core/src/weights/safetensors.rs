@@ -9,9 +9,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 
+use super::finite::check_finite;
 use super::WeightSource;
 use crate::error::{Error, Result};
 use crate::layers::{Embedding, Linear};
@@ -41,17 +42,26 @@ impl SafetensorsSource {
         let mut opened = Vec::with_capacity(files.len());
         for (i, f) in files.iter().enumerate() {
             let (header, data_start, size) = check_header(f)?;
+            let mut spans = Vec::new();
             for (name, info) in header.as_object().into_iter().flatten() {
                 if name == "__metadata__" {
                     continue;
                 }
                 let e = entry(i, info, data_start, size).map_err(|why| Error::bad_file(f, format!("tensor `{name}`: {why}")))?;
-                tensors.insert(name.clone(), e);
+                spans.push((e.start, e.end, name.as_str()));
+                if tensors.insert(name.clone(), e).is_some() {
+                    return Err(Error::bad_file(f, format!("duplicate tensor name `{name}` (in two shards)")));
+                }
             }
+            check_spans(&mut spans, data_start, size).map_err(|why| Error::bad_file(f, why))?;
             let file = std::fs::File::open(f).map_err(|e| Error::not_found(f, e.to_string()))?;
             opened.push((f.clone(), Mutex::new(file)));
         }
         Ok(Self { files: opened, tensors, origin, device: device.clone() })
+    }
+
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -70,8 +80,19 @@ impl SafetensorsSource {
                 .and_then(|_| f.read_exact(&mut bytes))
                 .map_err(|err| Error::bad_file(path, format!("cannot read tensor `{name}`: {err}")))?;
         }
-        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &self.device)?;
-        Ok(t.to_dtype(DType::F32)?)
+        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &self.device)?.to_dtype(DType::F32)?;
+        // F64 is checked after its conversion (a value beyond f32's range becomes infinite there).
+        let finite = match e.dtype {
+            DType::F16 => check_finite(GgmlDType::F16, &bytes),
+            DType::BF16 => check_finite(GgmlDType::BF16, &bytes),
+            DType::F32 => check_finite(GgmlDType::F32, &bytes),
+            _ => match t.flatten_all()?.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
+                Some(at) => Err(format!("element {at} is not finite (NaN, infinite or beyond f32's range)")),
+                None => Ok(()),
+            },
+        };
+        finite.map_err(|why| Error::bad_file(path, format!("tensor `{name}`: {why}")))?;
+        Ok(t)
     }
 }
 
@@ -81,7 +102,9 @@ fn entry(file: usize, info: &serde_json::Value, data_start: u64, size: u64) -> s
         Some("F16") => DType::F16,
         Some("BF16") => DType::BF16,
         Some("F64") => DType::F64,
-        Some(other) => return Err(format!("dtype {other} is not a floating-point weight type")),
+        Some(other) => {
+            return Err(format!("dtype {other} is not a floating-point weight type (F32, F16, BF16 and F64 are)"))
+        }
         None => return Err("no dtype".into()),
     };
     let shape: Vec<usize> = info
@@ -96,11 +119,36 @@ fn entry(file: usize, info: &serde_json::Value, data_start: u64, size: u64) -> s
         [a, b] => (a.as_u64().ok_or("bad data_offsets")?, b.as_u64().ok_or("bad data_offsets")?),
         _ => return Err("bad data_offsets".into()),
     };
-    let want = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
-    if b < a || b - a != want || data_start + b > size {
+    let want = shape
+        .iter()
+        .try_fold(dtype.size_in_bytes() as u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    if b < a || b - a != want || data_start.checked_add(b).is_none_or(|end| end > size) {
         return Err(format!("data_offsets [{a}, {b}] do not hold {shape:?} {dtype:?} within the file"));
     }
     Ok(Entry { file, dtype, shape, start: data_start + a, end: data_start + b })
+}
+
+/// The safetensors rule (its own loader checks the same): tensor data lies
+/// end to end, each tensor's bytes its own, and fills the data section; a
+/// gap or an overlap means a header that was edited or cut.
+fn check_spans(spans: &mut [(u64, u64, &str)], data_start: u64, size: u64) -> std::result::Result<(), String> {
+    spans.sort_unstable();
+    let mut at = data_start;
+    for &(start, end, name) in spans.iter() {
+        if start != at {
+            return Err(format!(
+                "tensor `{name}`: data starts at byte {} where the tensor before it ends at {} (overlapping or missing data)",
+                start - data_start,
+                at - data_start
+            ));
+        }
+        at = end;
+    }
+    if at != size {
+        return Err(format!("the tensors' data ends at byte {at} but the file has {size} bytes"));
+    }
+    Ok(())
 }
 
 /// The header is read by hand so that a corrupt file gets a message about
