@@ -514,3 +514,96 @@ def test_error_messages_carry_no_backtrace(base_gguf, case_dir, case, backtrace)
             f"backtrace text ({pattern!r}) in the {result.get('type')} message:\n{result['message'][:3000]}"
         )
     check(result, expect, path)
+
+
+# ----------------------------------------------------------------------------- legacy GGML
+
+GGML_BASE = FIXTURES / "ggml" / "model-ggjt3-q8_0.bin"  # 256-wide llama, loaded with the quant-types tokenizer
+GGML_TOK = FIXTURES / "quant-types"
+GGML_NAME = "hostile.bin"
+
+
+def ggml_tensors(data: bytes) -> list[dict]:
+    """The tensor headers of a GGJT v3 file: name, where its n_dims/type/dims fields and data are."""
+    (n_vocab,) = struct.unpack_from("<I", data, 8)
+    pos = 8 + 28
+    for _ in range(n_vocab):  # token: u32 length, bytes, f32 score
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4 + n + 4
+    out = []
+    while pos < len(data):
+        n_dims, name_len, ttype = struct.unpack_from("<III", data, pos)
+        dims = list(struct.unpack_from(f"<{n_dims}I", data, pos + 12))
+        name_at = pos + 12 + 4 * n_dims
+        name = data[name_at:name_at + name_len].decode()
+        start = name_at + name_len
+        start += (32 - start % 32) % 32
+        block, size = {0: (1, 4), 1: (1, 2), 8: (32, 34)}[ttype]
+        nbytes = math.prod(dims) // block * size
+        out.append({"name": name, "header": pos, "type": ttype, "dims": dims, "data": start, "nbytes": nbytes})
+        pos = start + nbytes
+    return out
+
+
+def ggml_hparam(index: int, value: int):
+    # The seven u32 hyper-parameters after magic and version: n_vocab, n_embd, n_mult, n_head, n_layer, n_rot, ftype.
+    return lambda b, ts: struct.pack_into("<I", b, 8 + 4 * index, value)
+
+
+def ggml_tensor_dim(name: str, dim: int, value: int):
+    def edit(b, ts):
+        t = next(t for t in ts if t["name"] == name)
+        struct.pack_into("<I", b, t["header"] + 12 + 4 * dim, value)
+    return edit
+
+
+def ggml_rename(second: str, first: str):
+    def edit(b, ts):
+        t = next(t for t in ts if t["name"] == second)
+        at = t["header"] + 12 + 4 * len(t["dims"])
+        assert len(first) == len(second)
+        b[at:at + len(second)] = first.encode()
+    return edit
+
+
+def ggml_nan(name: str):
+    def edit(b, ts):
+        t = next(t for t in ts if t["name"] == name)
+        if t["type"] == 8:
+            struct.pack_into("<H", b, t["data"], 0x7E00)  # the first block's f16 scale
+        else:
+            struct.pack_into("<f", b, t["data"], math.nan)
+    return edit
+
+
+GGML_CASES = [
+    ("n_layer-2^31", ggml_hparam(4, 2**31), Expect((r"n_layer",))),
+    ("n_layer-0", ggml_hparam(4, 0), Expect((r"n_layer",))),
+    ("n_embd-0", ggml_hparam(1, 0), Expect((r"hyper-parameters|n_embd",))),
+    ("n_head-0", ggml_hparam(3, 0), Expect((r"hyper-parameters|n_head",))),
+    ("n_rot-odd", ggml_hparam(5, 7), Expect((r"n_rot",))),
+    ("dims-overflow", ggml_tensor_dim("layers.0.attention.wq.weight", 1, 2**31), Expect((r"attention\.wq",))),
+    ("duplicate-tensor", ggml_rename("layers.0.attention.wk.weight", "layers.0.attention.wq.weight"),
+     Expect((r"duplicate", r"attention\.wq"))),
+    ("nan-scale", ggml_nan("layers.0.feed_forward.w2.weight"), Expect((r"ffn_down|feed_forward\.w2", NON_FINITE))),
+    ("nan-norm", ggml_nan("norm.weight"), Expect((r"output_norm|norm\.weight", NON_FINITE))),
+]
+
+
+@pytest.mark.parametrize("edit,expect", [c[1:] for c in GGML_CASES], ids=[c[0] for c in GGML_CASES])
+def test_ggml_bad_files(case_dir, edit, expect):
+    data = bytearray(GGML_BASE.read_bytes())
+    edit(data, ggml_tensors(bytes(data)))
+    path = case_dir / GGML_NAME
+    path.write_bytes(bytes(data))
+    spec = {"which": "GGML", "which_kwargs": {"tok_model_id": str(GGML_TOK), "quantized_model_id": str(case_dir),
+                                              "quantized_filename": GGML_NAME}}
+    check(run_child(spec), expect, path)
+
+
+def test_ggml_control_loads_under_the_cap(case_dir):
+    path = case_dir / GGML_NAME
+    path.write_bytes(GGML_BASE.read_bytes())
+    spec = {"which": "GGML", "which_kwargs": {"tok_model_id": str(GGML_TOK), "quantized_model_id": str(case_dir),
+                                              "quantized_filename": GGML_NAME}}
+    check(run_child(spec), Expect(may_load=True), path)

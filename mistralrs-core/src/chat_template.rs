@@ -84,7 +84,8 @@ impl ChatTemplate {
             .build()
             .map_err(|e| Error::runtime(format!("template syntax: {e}")))?;
         env.set_syntax(syntax);
-        // A template is code from a file: it runs on a budget of instructions
+        // A template is code from a file: it runs on a budget of work
+        // (instructions, and the bytes of the strings and lists it builds)
         // and of output, so none can loop or grow for ever.
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -108,7 +109,9 @@ impl ChatTemplate {
         };
         tmpl.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
             ErrorKind::OutOfFuel => Error::invalid(format!(
-                "the chat template ran past its budget of {TEMPLATE_FUEL} instructions (a runaway loop?)"
+                "the chat template ran past its budget ({TEMPLATE_FUEL} instructions, or {} MB of data built; \
+                 a runaway loop?)",
+                TEMPLATE_FUEL * 64 >> 20
             )),
             _ if out.overflowed => Error::invalid(format!(
                 "the chat template's output passed {} MiB (a runaway loop?)",
@@ -120,9 +123,11 @@ impl ChatTemplate {
     }
 }
 
-/// Instructions a chat template may run per render: real templates take
-/// thousands for long conversations; a second or so of runaway loop ends it.
-const TEMPLATE_FUEL: u64 = 20_000_000;
+/// minijinja's fuel per render: one per instruction, one per 64 bytes of
+/// data a template builds (its strings, lists and maps). Real templates
+/// take tens of thousands for long conversations; a runaway loop or a
+/// string doubled in a loop stops after about a second and ~300 MB.
+const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// Bytes a rendered prompt may have: far beyond any context window.
 const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;

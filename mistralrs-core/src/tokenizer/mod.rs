@@ -10,6 +10,17 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, Result};
 
 
+/// A call into `tokenizers`, whose encoders and decoders panic (rather than
+/// fail) on some states a malformed tokenizer.json leaves, such as a
+/// post-processor naming a special token it does not define: such a panic
+/// is the call's error, not a crash of the request or the process.
+fn guarded<T>(f: impl FnOnce() -> tokenizers::Result<T>) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(p) => Err(format!("the tokenizer is malformed ({})", crate::error::panic_message(p.as_ref()))),
+    }
+}
+
 pub struct TextTokenizer {
     inner: Tokenizer,
     /// Raw bytes of every token id, as OpenAI's logprobs `bytes` report them:
@@ -26,13 +37,28 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| {
+        let text = std::fs::read_to_string(path).map_err(|e| {
             if path.exists() {
-                Error::bad_file(path, format!("cannot load tokenizer: {e}"))
+                Error::bad_file(path, format!("cannot read tokenizer: {e}"))
             } else {
                 Error::not_found(path, "tokenizer file does not exist")
             }
         })?;
+        // The JSON is checked first: `tokenizers` panics instead of failing
+        // on some malformed files (its decoder and normalizer deserializers
+        // `expect`), and no syntax error should get that far.
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| Error::bad_file(path, format!("cannot load tokenizer: invalid JSON: {e}")))?;
+        // Well-formed JSON with a malformed part can still reach those
+        // `expect`s; the library's panic is this file's error.
+        let parsed = std::panic::catch_unwind(|| text.parse::<Tokenizer>()).map_err(|p| {
+            Error::bad_file(path, format!("cannot load tokenizer: malformed ({})", crate::error::panic_message(p.as_ref())))
+        })?;
+        let inner = parsed.map_err(|e| Error::bad_file(path, format!("cannot load tokenizer: {e}")))?;
+        // A post-processor that names a special token it does not define
+        // parses, then fails every prompt: found here, it is the file's error.
+        guarded(|| inner.encode_fast("a", true))
+            .map_err(|e| Error::bad_file(path, format!("cannot load tokenizer: encoding a probe failed: {e}")))?;
         Ok(Self::new(inner))
     }
 
@@ -82,12 +108,9 @@ impl TextTokenizer {
     }
 
     fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode_fast(text, add_special)
-            .map_err(|e| Error::invalid(format!("cannot tokenize the prompt: {e}")))?
-            .get_ids()
-            .to_vec())
+        let encoded = guarded(|| self.inner.encode_fast(text, add_special))
+            .map_err(|e| Error::invalid(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(encoded.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
@@ -97,7 +120,7 @@ impl TextTokenizer {
                 self.ends.len()
             )));
         }
-        self.inner.decode(ids, skip_special).map_err(|e| Error::runtime(format!("cannot decode tokens: {e}")))
+        guarded(|| self.inner.decode(ids, skip_special)).map_err(|e| Error::runtime(format!("cannot decode tokens: {e}")))
     }
 
     /// The same tokenizer with `ids` marked as never to be sampled.

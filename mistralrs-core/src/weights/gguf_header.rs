@@ -277,7 +277,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<Content, String> {
     let mut before: Option<&(String, TensorInfo)> = None;
     for entry in &order {
         let (name, info) = entry;
-        let size = tensor_bytes(info.ggml_dtype, info.shape.elem_count()) as u64;
+        let size = (info.shape.elem_count() / info.ggml_dtype.block_size())
+            .checked_mul(info.ggml_dtype.type_size())
+            .ok_or_else(|| format!("tensor `{name}`: dims {:?} overflow its size in bytes", info.shape.dims()))?
+            as u64;
         if info.offset % align != 0 {
             return Err(format!("tensor `{name}`: data offset {} is not a multiple of the alignment {align}", info.offset));
         }
@@ -388,6 +391,8 @@ mod tests {
         assert!(err(&five).contains("at most 4"));
         let zero = file(&[], &[("a", vec![32, 0], 0, 0)], 128);
         assert!(err(&zero).contains("dim of 0"));
+        let big = file(&[], &[("a", vec![1 << 31, 1 << 31], 0, 0)], 128);
+        assert!(err(&big).contains("overflow its size"));
         let huge = file(&[], &[("a", vec![1 << 32, 1 << 32], 0, 0)], 128);
         assert!(err(&huge).contains("overflow"));
         let partial = file(&[], &[("a", vec![16], 8, 0)], 128);
