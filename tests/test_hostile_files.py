@@ -607,3 +607,20 @@ def test_ggml_control_loads_under_the_cap(case_dir):
     spec = {"which": "GGML", "which_kwargs": {"tok_model_id": str(GGML_TOK), "quantized_model_id": str(case_dir),
                                               "quantized_filename": GGML_NAME}}
     check(run_child(spec), Expect(may_load=True), path)
+
+
+# ----------------------------------------------------------------------------- templates that print themselves
+
+@pytest.mark.parametrize("template", [
+    "{% set ns = namespace() %}{% set ns.x = ns %}{{ ns }}",
+    "{% set ns = namespace() %}{% set a = ns %}{% set ns.x = a %}{{ ns ~ '' }}",
+    "{% macro m(p) %}{% set p.x = p %}{{ p|string }}{% endmacro %}{% set ns = namespace() %}{{ m(ns) }}",
+    "{% set ns = namespace() %}{% set d = {'k': ns} %}{% set ns.x = d.k %}{{ ns == ns }}",
+], ids=["direct", "alias", "macro", "through-a-map"])
+def test_a_self_referential_namespace_in_a_template_is_a_value_error(template):
+    # Found by the json fuzz target: a namespace stored in itself made minijinja's printing recurse without end
+    # inside one instruction (no fuel is charged there) and overflow the stack, killing the process. Such
+    # templates are refused when the Runner is built (template_namespaces.rs).
+    result = run_child(plain_spec(LLAMA_TINY, chat_template=template), timeout=TEMPLATE_TIME_LIMIT_S)
+    assert result["outcome"] == "error" and result["type"] == "ValueError", result
+    assert "namespace" in result["message"], result

@@ -34,6 +34,13 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).expect("scratch write");
 }
 
+/// A fixture file into the scratch folder. Not `std::fs::copy`: it can fail
+/// with EINTR under libFuzzer's timer signals, where read and write retry.
+pub fn copy_fixture(dir: &Path, name: &str) {
+    let bytes = std::fs::read(fixture().join(name)).expect("fixture read");
+    write(dir, name, &bytes);
+}
+
 pub fn options() -> LoadOptions {
     // A local path never reaches the network, but make sure of it.
     std::env::set_var("HF_HUB_OFFLINE", "1");

@@ -16,7 +16,7 @@ const FILES: [&str; 4] = ["config.json", "tokenizer.json", "model.safetensors", 
 fn folder_with(name: &str, text: &[u8]) -> std::path::PathBuf {
     let dir = common::scratch();
     for f in FILES {
-        std::fs::copy(common::fixture().join(f), dir.join(f)).expect("fixture");
+        common::copy_fixture(&dir, f);
     }
     common::write(&dir, name, text);
     dir

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let dir = common::scratch();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(common::fixture().join(f), dir.join(f)).expect("fixture");
+        common::copy_fixture(&dir, f);
     }
     common::write(&dir, "model.safetensors", data);
     common::load_and_generate(&common::plain_spec(&dir));

@@ -93,6 +93,7 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        crate::template_namespaces::check(&template).map_err(Error::invalid)?;
         env.add_template_owned("chat", template)
             .map_err(|e| Error::invalid(format!("the chat template does not parse: {e}")))?;
         Ok(Self { env, bos_token, eos_token })

@@ -19,6 +19,7 @@ pub mod request;
 pub mod response;
 pub mod runner;
 pub mod sampler;
+pub mod template_namespaces;
 pub mod tokenizer;
 pub mod weights;
 
