@@ -13,10 +13,13 @@ pub enum Architecture {
     Phi2,
     Phi3,
     Qwen2,
+    /// Gemma 2 and Gemma 3 (text): beyond the seven architectures of SPEC.md.
+    Gemma2,
+    Gemma3,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 7] = [
+    pub const ALL: [Architecture; 9] = [
         Architecture::Mistral,
         Architecture::Gemma,
         Architecture::Mixtral,
@@ -24,6 +27,8 @@ impl Architecture {
         Architecture::Phi2,
         Architecture::Phi3,
         Architecture::Qwen2,
+        Architecture::Gemma2,
+        Architecture::Gemma3,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +40,8 @@ impl Architecture {
             Architecture::Phi2 => "phi2",
             Architecture::Phi3 => "phi3",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Gemma2 => "gemma2",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
@@ -55,6 +62,9 @@ impl Architecture {
             "phi" => Architecture::Phi2,
             "phi3" => Architecture::Phi3,
             "qwen2" => Architecture::Qwen2,
+            "gemma2" => Architecture::Gemma2,
+            // `gemma3` is the multimodal model, whose `text_config` is read.
+            "gemma3" | "gemma3_text" => Architecture::Gemma3,
             _ => return None,
         })
     }

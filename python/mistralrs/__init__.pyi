@@ -16,10 +16,12 @@ class Architecture:
     Phi2: ClassVar[Architecture]
     Phi3: ClassVar[Architecture]
     Qwen2: ClassVar[Architecture]
+    Gemma2: ClassVar[Architecture]
+    Gemma3: ClassVar[Architecture]
     @property
-    def value(self) -> Literal["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2"]: ...
+    def value(self) -> Literal["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2", "gemma2", "gemma3"]: ...
 
-ArchLike: TypeAlias = Architecture | Literal["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2"]
+ArchLike: TypeAlias = Architecture | Literal["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2", "gemma2", "gemma3"]
 
 # ----------------------------------------------------------------------------- Which
 

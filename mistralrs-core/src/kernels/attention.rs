@@ -37,6 +37,8 @@ pub struct AttnShape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// Scaled scores become `cap · tanh(score / cap)` (Gemma 2's soft-capping).
+    pub softcap: Option<f32>,
     /// Keys older than this many positions are hidden (Mistral's sliding window).
     pub window: Option<usize>,
 }
@@ -182,6 +184,9 @@ unsafe fn head_tile(
                 let qrow = &q[(r * shape.heads + g * group + hh) * dim..][..dim];
                 let sc = &mut p[..b - a];
                 scores_row(qrow, &s.k.data[k_at + (a - j0) * row..], row, dim, shape.scale, sc, simd);
+                if let Some(cap) = shape.softcap {
+                    sc.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+                }
                 let o = &mut acc[x * dim..(x + 1) * dim];
                 online_update(sc, &s.v.data[v_at + (a - j0) * row..], row, dim, o, &mut maxes[x], &mut sums[x], simd);
             }
@@ -413,6 +418,7 @@ mod tests {
                 let sc: Vec<f64> = keys
                     .iter()
                     .map(|&j| s.scale as f64 * qr.iter().zip(kv(g, j).0).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
+                    .map(|x| s.softcap.map_or(x, |c| c as f64 * (x / c as f64).tanh()))
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
@@ -436,17 +442,17 @@ mod tests {
     /// with a decoding neighbour, over scattered blocks of a shared pool.
     #[test]
     fn matches_softmax_attention_definition() {
-        for (heads, kv_heads, dim, t, past, window) in [
-            (4usize, 2usize, 64usize, 1usize, 37usize, None),
-            (9, 3, 64, 21, 0, None),
-            (6, 6, 80, 5, 9, None),
-            (2, 1, 12, 3, 4, None),
-            (4, 1, 128, 19, 30, Some(8)),
-            (8, 2, 96, 1, 300, Some(64)),
-            (14, 2, 64, 40, 100, None), // split across threads
-            (4, 2, 64, 70, 5, Some(20)), // several query tiles, each window starting mid-block
+        for (heads, kv_heads, dim, t, past, window, softcap) in [
+            (4usize, 2usize, 64usize, 1usize, 37usize, None, None),
+            (9, 3, 64, 21, 0, None, None),
+            (6, 6, 80, 5, 9, None, Some(1.5)), // soft-capped: scores reach ±8
+            (2, 1, 12, 3, 4, None, None),
+            (4, 1, 128, 19, 30, Some(8), Some(3.0)),
+            (8, 2, 96, 1, 300, Some(64), None),
+            (14, 2, 64, 40, 100, None, None), // split across threads
+            (4, 2, 64, 70, 5, Some(20), None), // several query tiles, each window starting mid-block
         ] {
-            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), window };
+            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), softcap, window };
             let (n_a, n_b) = ((past + t as usize).div_ceil(BLOCK_SIZE), 20usize.div_ceil(BLOCK_SIZE));
             let total = n_a + n_b + 3;
             // Blocks in a scrambled order, interleaved between the two sequences.

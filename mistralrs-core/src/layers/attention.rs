@@ -6,8 +6,9 @@
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 
-use super::batch::StepContext;
+use super::batch::{AttnView, StepContext};
 use super::linear::Linear;
+use super::norm::RmsNorm;
 use super::rotary::Rotary;
 use crate::kernels::attention::{attend, AttnShape, KvView, SeqAttn};
 use crate::kv_cache::StepKv;
@@ -28,18 +29,54 @@ pub struct SelfAttention {
     /// Leading dims of each head that are rotated (phi2 rotates part of each head).
     rotary_dim: usize,
     scale: f64,
+    /// Scores become `cap · tanh(score / cap)` (Gemma 2).
+    softcap: Option<f64>,
+    /// RMSNorm of each query and key head before rotation (Gemma 3).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// Attends through the step's local view (Gemma's sliding-window layers).
+    local: bool,
 }
 
 impl SelfAttention {
     pub fn new(qkv: QkvProj, o_proj: Linear, heads: usize, kv_heads: usize, head_dim: usize, rotary_dim: usize) -> Self {
-        Self { qkv, o_proj, heads, kv_heads, head_dim, rotary_dim, scale: 1.0 / (head_dim as f64).sqrt() }
+        Self {
+            qkv,
+            o_proj,
+            heads,
+            kv_heads,
+            head_dim,
+            rotary_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            softcap: None,
+            qk_norm: None,
+            local: false,
+        }
     }
 
-    fn rotate(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+    /// Scores scaled by `scale` rather than 1/sqrt(head_dim).
+    pub fn with_scale(self, scale: f64) -> Self {
+        Self { scale, ..self }
+    }
+
+    pub fn with_softcap(self, softcap: Option<f64>) -> Self {
+        Self { softcap, ..self }
+    }
+
+    /// Per-head norms of the queries and keys (weights of head_dim).
+    pub fn with_qk_norm(self, q: RmsNorm, k: RmsNorm) -> Self {
+        Self { qk_norm: Some((q, k)), ..self }
+    }
+
+    /// A layer of the local kind (the step's local view: its window and rotary rows).
+    pub fn local(self, local: bool) -> Self {
+        Self { local, ..self }
+    }
+
+    fn rotate(&self, x: &Tensor, view: &AttnView) -> Result<Tensor> {
         if self.rotary_dim == self.head_dim {
-            return Rotary::apply(x, &ctx.cos, &ctx.sin);
+            return Rotary::apply(x, &view.cos, &view.sin);
         }
-        let rot = Rotary::apply(&x.narrow(2, 0, self.rotary_dim)?, &ctx.cos, &ctx.sin)?;
+        let rot = Rotary::apply(&x.narrow(2, 0, self.rotary_dim)?, &view.cos, &view.sin)?;
         let pass = x.narrow(2, self.rotary_dim, self.head_dim - self.rotary_dim)?;
         Tensor::cat(&[rot, pass], 2)
     }
@@ -56,25 +93,33 @@ impl SelfAttention {
                 (y.narrow(1, 0, q_dim)?, y.narrow(1, q_dim, kv_dim)?, y.narrow(1, q_dim + kv_dim, kv_dim)?)
             }
         };
-        let q = self.rotate(&q.reshape((t, self.heads, self.head_dim))?, ctx)?;
-        let k = self.rotate(&k.reshape((t, self.kv_heads, self.head_dim))?, ctx)?;
+        let view = ctx.view(self.local);
+        let (q, k) = (q.reshape((t, self.heads, self.head_dim))?, k.reshape((t, self.kv_heads, self.head_dim))?);
+        let (q, k) = match &self.qk_norm {
+            // The norm runs over the last dim: each head of each token.
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            None => (q, k),
+        };
+        let q = self.rotate(&q, view)?;
+        let k = self.rotate(&k, view)?;
         let v = v.reshape((t, self.kv_heads, self.head_dim))?;
         for (i, slot) in ctx.batch.slots.iter().enumerate() {
             kv.write(layer, i, slot.past, &k.narrow(0, slot.start, slot.len)?, &v.narrow(0, slot.start, slot.len)?)?;
         }
 
         let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
-            self.attend_cpu(&q, ctx, kv, layer)?
+            self.attend_cpu(&q, ctx, view, kv, layer)?
         } else {
             let mut outs = Vec::with_capacity(ctx.batch.slots.len());
             for (i, slot) in ctx.batch.slots.iter().enumerate() {
                 let qs = q.narrow(0, slot.start, slot.len)?.transpose(0, 1)?; // (heads, len, dim)
                 let (k_all, v_all) = kv.gather(layer, i, slot.past + slot.len)?;
-                let mask = match ctx.masks.get(i) {
+                let mask = match view.masks.get(i) {
                     Some(m) => m.clone(),
-                    None => causal_mask(slot.len, slot.past, ctx.window, q.device())?,
+                    None => causal_mask(slot.len, slot.past, view.window, q.device())?,
                 };
-                outs.push(grouped_attention(&qs, &k_all.to_dtype(q.dtype())?, &v_all.to_dtype(q.dtype())?, mask.as_ref(), self.scale)?);
+                let (k_all, v_all) = (k_all.to_dtype(q.dtype())?, v_all.to_dtype(q.dtype())?);
+                outs.push(grouped_attention(&qs, &k_all, &v_all, mask.as_ref(), self.scale, self.softcap)?);
             }
             if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? }
         };
@@ -84,7 +129,7 @@ impl SelfAttention {
     /// `q`: (tokens, heads, head_dim) f32 on the CPU -> (tokens, heads *
     /// head_dim): every sequence's rows from one call of the attention
     /// kernel, which reads the pool's blocks in place.
-    fn attend_cpu(&self, q: &Tensor, ctx: &StepContext, kv: &StepKv, layer: usize) -> Result<Tensor> {
+    fn attend_cpu(&self, q: &Tensor, ctx: &StepContext, view: &AttnView, kv: &StepKv, layer: usize) -> Result<Tensor> {
         let width = self.heads * self.head_dim;
         let t = q.dims3()?.0;
         let shape = AttnShape {
@@ -92,7 +137,8 @@ impl SelfAttention {
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             scale: self.scale as f32,
-            window: ctx.window,
+            softcap: self.softcap.map(|c| c as f32),
+            window: view.window,
         };
         let q = q.contiguous()?;
         let (q_store, q_layout) = q.storage_and_layout();
@@ -130,9 +176,10 @@ fn cpu_f32(s: &Storage) -> Result<&[f32]> {
 }
 
 /// `q`: (heads, q_len, head_dim); `k`, `v`: (kv_heads, kv_len, head_dim);
-/// `mask`: additive (q_len, kv_len) or None when every key is visible.
+/// `mask`: additive (q_len, kv_len) or None when every key is visible;
+/// `softcap`: scores become `cap · tanh(score / cap)` before the mask.
 /// Returns (q_len, heads * head_dim).
-pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64, softcap: Option<f64>) -> Result<Tensor> {
     let (heads, q_len, head_dim) = q.dims3()?;
     let (kv_heads, kv_len, _) = k.dims3()?;
     let group = heads / kv_heads;
@@ -142,6 +189,10 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
     // K and V are views into the cache's buffers (a row stride of the buffer's
     // capacity); the matmul reads them in place instead of copying the history.
     let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match softcap {
+        Some(c) => ((scores / c)?.tanh()? * c)?,
+        None => scores,
+    };
     let scores = match mask {
         Some(m) => scores
             .reshape((kv_heads, group, q_len, kv_len))?
@@ -207,14 +258,14 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap();
         let mask = causal_mask(3, 0, None, &dev).unwrap();
-        let got = grouped_attention(&q, &k, &v, mask.as_ref(), 0.5).unwrap();
+        let got = grouped_attention(&q, &k, &v, mask.as_ref(), 0.5, None).unwrap();
         // Reference: each query head h against KV head h / 2, one at a time.
         let mut heads = Vec::new();
         for h in 0..4 {
             let qh = q.narrow(0, h, 1).unwrap();
             let kh = k.narrow(0, h / 2, 1).unwrap();
             let vh = v.narrow(0, h / 2, 1).unwrap();
-            heads.push(grouped_attention(&qh, &kh, &vh, mask.as_ref(), 0.5).unwrap());
+            heads.push(grouped_attention(&qh, &kh, &vh, mask.as_ref(), 0.5, None).unwrap());
         }
         let want = Tensor::cat(&heads, 1).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -227,13 +278,18 @@ mod tests {
     fn kernel_matches_tensor_ops() {
         use crate::kv_cache::{BlockTable, KvPool, BLOCK_SIZE};
         let dev = Device::Cpu;
-        for (heads, kv_heads, dim, t, past, window) in [(9, 3, 64, 30, 0, None), (14, 2, 64, 40, 3, None), (4, 2, 64, 1, 50, Some(16)), (8, 8, 64, 64, 0, None)] {
+        for (heads, kv_heads, dim, t, past, window, softcap) in [
+            (9, 3, 64, 30, 0, None, None),
+            (14, 2, 64, 40, 3, None, Some(2.0)),
+            (4, 2, 64, 1, 50, Some(16), None),
+            (8, 8, 64, 64, 0, Some(8), Some(5.0)),
+        ] {
             let q = (Tensor::randn(0f32, 1.0, (heads, t, dim), &dev).unwrap() * 4.0).unwrap();
             let k = (Tensor::randn(0f32, 1.0, (kv_heads, past + t, dim), &dev).unwrap() * 4.0).unwrap();
             let v = Tensor::randn(0f32, 1.0, (kv_heads, past + t, dim), &dev).unwrap();
             let scale = 1.0 / (dim as f64).sqrt();
             let mask = causal_mask(t, past, window, &dev).unwrap();
-            let want = grouped_attention(&q, &k, &v, mask.as_ref(), scale).unwrap();
+            let want = grouped_attention(&q, &k, &v, mask.as_ref(), scale, softcap).unwrap();
 
             let n = (past + t).div_ceil(BLOCK_SIZE);
             let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev).unwrap();
@@ -246,9 +302,9 @@ mod tests {
                 }
             }
             let (kg, vg) = pool.gather(0, &table, past + t).unwrap();
-            let gathered = grouped_attention(&q, &kg, &vg, mask.as_ref(), scale).unwrap();
+            let gathered = grouped_attention(&q, &kg, &vg, mask.as_ref(), scale, softcap).unwrap();
 
-            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: scale as f32, window };
+            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: scale as f32, softcap: softcap.map(|c| c as f32), window };
             let qv = q.transpose(0, 1).unwrap().contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let (kp, vp) = pool.layer(0);
             let kd = kp.flatten_all().unwrap().to_vec1::<f32>().unwrap();

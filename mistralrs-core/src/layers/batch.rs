@@ -70,11 +70,11 @@ impl ForwardBatch {
     }
 }
 
-/// Computed once per forward pass and shared by every layer: the rotary
-/// rows of each token and, where attention runs as tensor ops (not on the
-/// CPU), each sequence's attention mask.
-pub struct StepContext<'a> {
-    pub batch: &'a ForwardBatch,
+/// What the layers of one kind (all of them, or Gemma's local or global
+/// ones) share in a step: the rotary rows of each token, how far back they
+/// see, and, where attention runs as tensor ops (not on the CPU), each
+/// sequence's attention mask.
+pub struct AttnView {
     /// (tokens, rotary_dim / 2)
     pub cos: Tensor,
     pub sin: Tensor,
@@ -85,14 +85,45 @@ pub struct StepContext<'a> {
     pub masks: Vec<Option<Tensor>>,
 }
 
-impl<'a> StepContext<'a> {
-    pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
+impl AttnView {
+    pub fn new(batch: &ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
         let (cos, sin) = rotary.tables(&batch.slots, device)?;
-        let masks = if device.is_cpu() {
-            Vec::new()
-        } else {
-            batch.slots.iter().map(|s| causal_mask(s.len, s.past, window, device)).collect::<Result<Vec<_>>>()?
-        };
-        Ok(Self { batch, cos, sin, window, masks })
+        Ok(Self { cos, sin, window, masks: masks(batch, window, device)? })
+    }
+
+    /// A view with `other`'s rotary rows and a window of its own.
+    pub fn with_rows(batch: &ForwardBatch, other: &AttnView, window: Option<usize>, device: &Device) -> Result<Self> {
+        Ok(Self { cos: other.cos.clone(), sin: other.sin.clone(), window, masks: masks(batch, window, device)? })
+    }
+}
+
+fn masks(batch: &ForwardBatch, window: Option<usize>, device: &Device) -> Result<Vec<Option<Tensor>>> {
+    if device.is_cpu() {
+        return Ok(Vec::new());
+    }
+    batch.slots.iter().map(|s| causal_mask(s.len, s.past, window, device)).collect()
+}
+
+/// Computed once per forward pass and shared by every layer.
+pub struct StepContext<'a> {
+    pub batch: &'a ForwardBatch,
+    /// The global layers' view of the step.
+    pub global: AttnView,
+    /// The local layers' (models that interleave sliding-window layers with global ones).
+    pub local: Option<AttnView>,
+}
+
+impl<'a> StepContext<'a> {
+    /// A step whose layers all see it one way.
+    pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
+        Ok(Self { batch, global: AttnView::new(batch, rotary, window, device)?, local: None })
+    }
+
+    /// The view of a local layer (`local`) or a global one.
+    pub fn view(&self, local: bool) -> &AttnView {
+        match (&self.local, local) {
+            (Some(v), true) => v,
+            _ => &self.global,
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::architecture::Architecture;
+use super::gemma_config;
 use crate::error::{Error, Result};
 use crate::layers::rotary::{default_inv_freq, RopeFreqs};
 use crate::layers::Activation;
@@ -22,6 +23,23 @@ pub enum RopeScaling {
     /// Phi-3's LongRoPE: per-pair divisors for short sequences and for
     /// sequences longer than `original_max_position`, and a factor on cos/sin.
     LongRope { short: Vec<f32>, long: Vec<f32>, original_max_position: usize, attention_factor: f64 },
+}
+
+/// What Gemma 2 and 3 add to the llama layout; the default is none of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extras {
+    /// Attention scores are scaled by 1/sqrt(this) rather than 1/sqrt(head_dim).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Attention scores become `cap · tanh(score / cap)` before the mask and softmax.
+    pub attn_logit_softcap: Option<f64>,
+    /// Logits become `cap · tanh(logit / cap)`.
+    pub final_logit_softcap: Option<f64>,
+    /// Per layer: whether it attends through `sliding_window` (a local
+    /// layer) or to the whole context. None: every layer uses the window, if any.
+    pub sliding_layers: Option<Vec<bool>>,
+    /// The rope base of the local layers, which rotate without `rope_scaling`
+    /// (Gemma 3); None: they rotate as the global layers do.
+    pub local_rope_theta: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +70,7 @@ pub struct ModelConfig {
     /// Mixture-of-experts: experts per layer (0 for a dense MLP) and experts per token.
     pub num_experts: usize,
     pub experts_per_token: usize,
+    pub extras: Extras,
 }
 
 impl ModelConfig {
@@ -67,6 +86,22 @@ impl ModelConfig {
             },
             _ => RopeFreqs::plain(self.inv_freq()),
         }
+    }
+
+    /// The local layers' rotary frequencies where they differ from `rope_freqs`.
+    pub fn local_rope_freqs(&self) -> Option<RopeFreqs> {
+        let theta = self.extras.local_rope_theta?;
+        Some(RopeFreqs::plain(default_inv_freq(self.rotary_dim, theta)))
+    }
+
+    /// Whether layer `i` attends through the sliding window.
+    pub fn is_local(&self, i: usize) -> bool {
+        self.sliding_window.is_some() && self.extras.sliding_layers.as_ref().is_none_or(|l| l.get(i).copied().unwrap_or(false))
+    }
+
+    /// The factor on attention scores.
+    pub fn attn_scale(&self) -> f64 {
+        1.0 / self.extras.query_pre_attn_scalar.unwrap_or(self.head_dim as f64).sqrt()
     }
 
     /// Inverse rotary frequencies with the configured (length-independent) scaling applied.
@@ -103,10 +138,7 @@ impl ModelConfig {
 /// older layout (`rope_theta`, `rope_scaling` at top level) and transformers
 /// 5's `rope_parameters` are accepted.
 #[derive(Debug, Deserialize)]
-struct HfConfig {
-    model_type: Option<String>,
-    #[serde(default)]
-    architectures: Vec<String>,
+pub(super) struct HfConfig {
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -131,6 +163,14 @@ struct HfConfig {
     use_sliding_window: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
+    // Gemma 2 and 3 (see gemma_config.rs).
+    pub(super) query_pre_attn_scalar: Option<f64>,
+    pub(super) attn_logit_softcapping: Option<f64>,
+    pub(super) final_logit_softcapping: Option<f64>,
+    pub(super) layer_types: Option<Vec<String>>,
+    #[serde(alias = "_sliding_window_pattern")]
+    pub(super) sliding_window_pattern: Option<usize>,
+    pub(super) rope_local_base_freq: Option<f64>,
 }
 
 fn arch_of_class(class: &str) -> Option<Architecture> {
@@ -198,15 +238,18 @@ impl ModelConfig {
             .map_err(|e| Error::not_found(path, format!("cannot read config.json: {e}")))?;
         let raw: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))?;
-        let c: HfConfig = serde_json::from_value(raw)
-            .map_err(|e| Error::bad_file(path, format!("not a supported model config: {e}")))?;
-
-        let found = c
-            .model_type
+        let class_of = |k: &str| raw.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let model_type = class_of("model_type");
+        let classes: Vec<String> = raw
+            .get("architectures")
+            .and_then(|x| x.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).map(str::to_string).collect())
+            .unwrap_or_default();
+        let found = model_type
             .as_deref()
             .and_then(Architecture::from_model_type)
-            .or_else(|| c.architectures.iter().find_map(|a| arch_of_class(a)));
-        let named = c.model_type.clone().unwrap_or_else(|| c.architectures.join(","));
+            .or_else(|| classes.iter().find_map(|a| arch_of_class(a)));
+        let named = model_type.clone().unwrap_or_else(|| classes.join(","));
         match found {
             Some(a) if a == arch => {}
             _ => {
@@ -220,6 +263,11 @@ impl ModelConfig {
                 ))
             }
         }
+
+        let raw = gemma_config::text_config(raw, arch);
+        let c: HfConfig = serde_json::from_value(raw)
+            .map_err(|e| Error::bad_file(path, format!("not a supported model config: {e}")))?;
+        let extras = gemma_config::extras(&c, arch, c.num_hidden_layers);
 
         // transformers 5 moves rope settings into `rope_parameters`.
         let params = c.rope_parameters.as_ref();
@@ -271,7 +319,7 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: c.max_position_embeddings,
-            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(arch == Architecture::Gemma),
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(matches!(arch, Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3)),
             sliding_window,
             qkv_bias: arch == Architecture::Qwen2 || c.attention_bias.unwrap_or(false),
             o_bias: arch != Architecture::Qwen2 && c.attention_bias.unwrap_or(false),
@@ -280,6 +328,7 @@ impl ModelConfig {
             hidden_act,
             num_experts: c.num_local_experts.unwrap_or(0),
             experts_per_token: c.num_experts_per_tok.unwrap_or(2),
+            extras,
         })
     }
 }
@@ -425,7 +474,28 @@ impl ModelConfig {
                 self.experts_per_token
             ));
         }
+        self.validate_extras(name)?;
         self.validate_rope_scaling(name)
+    }
+
+    fn validate_extras(&self, name: &dyn Fn(Field) -> String) -> std::result::Result<(), String> {
+        let e = &self.extras;
+        for (what, v) in [
+            ("query_pre_attn_scalar", e.query_pre_attn_scalar),
+            ("attention logit soft-capping", e.attn_logit_softcap),
+            ("final logit soft-capping", e.final_logit_softcap),
+            ("the local layers' rope base", e.local_rope_theta),
+        ] {
+            if let Some(x) = v.filter(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(format!("{what} is {x}; it must be finite and positive"));
+            }
+        }
+        if let Some(layers) = &e.sliding_layers {
+            if layers.len() != self.num_layers {
+                return Err(format!("{} layer kinds for `{}` = {} layers", layers.len(), name(Field::Layers), self.num_layers));
+            }
+        }
+        Ok(())
     }
 
     fn validate_rope_scaling(&self, name: &dyn Fn(Field) -> String) -> std::result::Result<(), String> {

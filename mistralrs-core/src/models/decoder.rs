@@ -1,6 +1,7 @@
 //! What the architectures share: the trunk around the decoder layers
 //! (token embeddings, rotary tables, output head) and the pre-norm decoder
-//! (`x + attn(norm(x))`, then `x + ffn(norm(x))`) that all but phi2 use.
+//! (`x + attn(norm(x))`, then `x + ffn(norm(x))`) that all but phi2 use;
+//! Gemma 2 and 3 add a norm on each block's output (`x + norm(attn(norm(x)))`).
 //! An architecture file says how its layers are built from the weights.
 
 use candle_core::{Device, Result, Tensor};
@@ -8,6 +9,7 @@ use candle_core::{Device, Result, Tensor};
 use super::{CausalLm, ModelConfig};
 use crate::error::Result as LoadResult;
 use crate::kv_cache::StepKv;
+use crate::layers::batch::AttnView;
 use crate::layers::{Embedding, ForwardBatch, GatedMlp, Linear, RmsNorm, Rotary, SelfAttention, StepContext};
 use crate::weights::WeightSource;
 
@@ -30,7 +32,13 @@ pub struct Trunk {
     embed_scale: Option<f64>,
     lm_head: Linear,
     rotary: Rotary,
+    /// The window of the global layers (Mistral's, which all its layers use).
     window: Option<usize>,
+    /// Models with local layers: their window, and their rotary where it
+    /// differs from the global layers' (Gemma 3's).
+    local: Option<(usize, Option<Rotary>)>,
+    /// Logits become `cap · tanh(logit / cap)` (Gemma 2).
+    final_softcap: Option<f64>,
     device: Device,
 }
 
@@ -42,19 +50,32 @@ impl Trunk {
         } else {
             embed_tokens.as_output_head()
         };
+        let interleaved = cfg.extras.sliding_layers.is_some();
+        let local = match (interleaved, cfg.sliding_window) {
+            (true, Some(w)) => Some((w, cfg.local_rope_freqs().map(|f| Rotary::new(&f)).transpose()?)),
+            _ => None,
+        };
         Ok(Self {
             embed_tokens,
             embed_scale,
             lm_head,
             rotary: Rotary::new(&cfg.rope_freqs())?,
-            window: cfg.sliding_window,
+            window: if interleaved { None } else { cfg.sliding_window },
+            local,
+            final_softcap: cfg.extras.final_logit_softcap,
             device: device.clone(),
         })
     }
 
     /// The embeddings of the batch's tokens, (tokens, hidden), and what its layers share.
     pub fn embed<'a>(&self, batch: &'a ForwardBatch) -> Result<(Tensor, StepContext<'a>)> {
-        let ctx = StepContext::new(batch, &self.rotary, self.window, &self.device)?;
+        let mut ctx = StepContext::new(batch, &self.rotary, self.window, &self.device)?;
+        if let Some((window, rotary)) = &self.local {
+            ctx.local = Some(match rotary {
+                Some(r) => AttnView::new(batch, r, Some(*window), &self.device)?,
+                None => AttnView::with_rows(batch, &ctx.global, Some(*window), &self.device)?,
+            });
+        }
         let x = self.embed_tokens.forward(&batch.input_ids)?;
         let x = match self.embed_scale {
             Some(s) => (x * s)?,
@@ -66,18 +87,25 @@ impl Trunk {
     /// Logits of each sequence's last token; only those rows are normalized and projected.
     pub fn logits(&self, x: &Tensor, batch: &ForwardBatch, final_norm: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let last = x.index_select(&batch.last_rows, 0)?; // (sequences, hidden)
-        self.lm_head.forward(&final_norm(&last)?)
+        let logits = self.lm_head.forward(&final_norm(&last)?)?;
+        match self.final_softcap {
+            Some(c) => (logits / c)?.tanh()? * c,
+            None => Ok(logits),
+        }
     }
 }
 
 pub struct PreNormLayer<F> {
     pub input_layernorm: RmsNorm,
     pub self_attn: SelfAttention,
+    /// The norm before the feed-forward block (transformers' llama name).
     pub post_attention_layernorm: RmsNorm,
     pub mlp: F,
+    /// Norms of the attention and feed-forward outputs (Gemma 2 and 3).
+    pub out_norms: Option<(RmsNorm, RmsNorm)>,
 }
 
-/// A pre-norm decoder: llama, mistral, qwen2, gemma, phi3, mixtral.
+/// A pre-norm decoder: llama, mistral, qwen2, gemma, gemma2, gemma3, phi3, mixtral.
 pub struct PreNormDecoder<F> {
     trunk: Trunk,
     layers: Vec<PreNormLayer<F>>,
@@ -109,8 +137,16 @@ impl<F: FeedForward> PreNormDecoder<F> {
         let (mut x, ctx) = self.trunk.embed(batch)?;
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.self_attn.forward(&l.input_layernorm.forward(&x)?, &ctx, kv, i)?;
+            let h = match &l.out_norms {
+                Some((attn_out, _)) => attn_out.forward(&h)?,
+                None => h,
+            };
             x = (x + h)?;
             let h = l.mlp.forward(&l.post_attention_layernorm.forward(&x)?, &ctx)?;
+            let h = match &l.out_norms {
+                Some((_, ffn_out)) => ffn_out.forward(&h)?,
+                None => h,
+            };
             x = (x + h)?;
         }
         Ok(x)

@@ -12,7 +12,7 @@ use crate::layers::{GatedMlp, RmsNorm};
 use crate::weights::WeightSource;
 
 /// transformers' `GemmaRMSNorm` multiplies by `1 + weight`.
-fn load_norm(cfg: &ModelConfig, w: &dyn WeightSource, name: &str) -> Result<RmsNorm> {
+pub(crate) fn load_norm(cfg: &ModelConfig, w: &dyn WeightSource, name: &str) -> Result<RmsNorm> {
     Ok(RmsNorm::new((w.vector(name, cfg.hidden_size)? + 1.0)?, cfg.norm_eps))
 }
 
@@ -27,6 +27,7 @@ pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: 
             self_attn: load_attention(cfg, w, &format!("{p}.self_attn"))?,
             post_attention_layernorm: load_norm(cfg, w, &format!("{p}.post_attention_layernorm.weight"))?,
             mlp: load_mlp(cfg, w, &format!("{p}.mlp"))?,
+            out_norms: None,
         })
     })
 }

@@ -87,6 +87,7 @@ pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: 
             self_attn: load_attention(cfg, w, &format!("{p}.self_attn"))?,
             post_attention_layernorm: load_norm(cfg, w, &format!("{p}.post_attention_layernorm.weight"))?,
             mlp: SparseMoe::load(cfg, w, &format!("{p}.block_sparse_moe"))?,
+            out_norms: None,
         })
     })
 }

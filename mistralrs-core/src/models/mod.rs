@@ -4,6 +4,9 @@
 pub mod config;
 pub mod decoder;
 pub mod gemma;
+pub mod gemma2;
+pub mod gemma3;
+mod gemma_config;
 pub mod llama;
 pub mod mixtral;
 pub mod phi2;
@@ -42,6 +45,8 @@ pub fn load(cfg: &ModelConfig, weights: &dyn WeightSource, device: &Device, prog
         // Mistral and Qwen2 are Llama with a sliding window / Q, K, V biases (see llama.rs).
         Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => Box::new(llama::load(cfg, weights, device, progress)?),
         Architecture::Gemma => Box::new(gemma::load(cfg, weights, device, progress)?),
+        Architecture::Gemma2 => Box::new(gemma2::load(cfg, weights, device, progress)?),
+        Architecture::Gemma3 => Box::new(gemma3::load(cfg, weights, device, progress)?),
         Architecture::Mixtral => Box::new(mixtral::load(cfg, weights, device, progress)?),
         Architecture::Phi2 => Box::new(phi2::Phi2::load(cfg, weights, device, progress)?),
         Architecture::Phi3 => Box::new(phi3::load(cfg, weights, device, progress)?),

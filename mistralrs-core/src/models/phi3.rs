@@ -23,6 +23,7 @@ pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, device: &Device, progress: 
             self_attn: SelfAttention::new(qkv, o, h, kv, d, cfg.rotary_dim),
             post_attention_layernorm: load_norm(cfg, w, &format!("{p}.post_attention_layernorm.weight"))?,
             mlp: GatedMlp::new(gate_up, w.linear(&format!("{p}.mlp.down_proj"), hidden, inter, false)?, cfg.hidden_act),
+            out_norms: None,
         })
     })
 }

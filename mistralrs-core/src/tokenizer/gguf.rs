@@ -24,6 +24,23 @@ const TYPE_BYTE: u64 = 6;
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Tokens that end generation wherever a vocabulary has them, as llama.cpp
+/// decides by their text: most files name only their EOS, not the chat
+/// format's end of turn (Gemma's `<end_of_turn>`, ChatML's `<|im_end|>`),
+/// which transformers ends on through generation_config.json.
+const END_OF_GENERATION: [&str; 10] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
+
 /// What the tokenizer metadata says besides the pieces themselves.
 pub struct GgufVocab {
     pub tokenizer: TextTokenizer,
@@ -161,7 +178,9 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufVocab> {
     }
     tokenizer.add_tokens(added).map_err(|e| bad(&e))?;
 
-    let mut eos_ids: Vec<u32> = eos_id.into_iter().chain(eot_id).collect();
+    let by_text = tokens.iter().enumerate().filter(|(_, t)| END_OF_GENERATION.contains(t)).map(|(i, _)| i as u32);
+    let mut eos_ids: Vec<u32> = eos_id.into_iter().chain(eot_id).chain(by_text).collect();
+    eos_ids.sort_unstable();
     eos_ids.dedup();
     Ok(GgufVocab {
         tokenizer: TextTokenizer::with_pieces(tokenizer, tokens.iter().zip(&types).map(|(p, &t)| (*p, is_added(t))))

@@ -326,6 +326,7 @@ impl GgmlFile {
             hidden_act: Activation::Silu,
             num_experts: 0,
             experts_per_token: 2,
+            extras: Default::default(),
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::architecture::Architecture;
 use crate::error::{candle_message, Error, Result};
 use crate::kernels::StoredRows;
 use crate::layers::{Activation, Embedding, Linear};
-use crate::models::config::{ModelConfig, RopeScaling};
+use crate::models::config::{Extras, ModelConfig, RopeScaling};
 
 /// A file of ggml tensors under llama.cpp's GGUF tensor names (a GGUF file,
 /// or a legacy GGML file whose names are mapped).
@@ -179,7 +179,7 @@ struct GgufArch {
     norm_plus_one: bool,
 }
 
-const SUPPORTED_GGUF: &str = "llama (also Mistral and Mixtral files), qwen2, gemma, phi2, phi3";
+const SUPPORTED_GGUF: &str = "llama (also Mistral and Mixtral files), qwen2, gemma, gemma2, gemma3, phi2, phi3";
 
 fn arch_of_gguf(file: &GgufFile) -> Result<GgufArch> {
     let name = file.architecture()?;
@@ -194,6 +194,8 @@ fn arch_of_gguf(file: &GgufFile) -> Result<GgufArch> {
         "phi2" => plain(Architecture::Phi2),
         "phi3" => plain(Architecture::Phi3),
         "gemma" => GgufArch { arch: Architecture::Gemma, interleaved_rope: false, norm_plus_one: true },
+        "gemma2" => GgufArch { arch: Architecture::Gemma2, interleaved_rope: false, norm_plus_one: true },
+        "gemma3" => GgufArch { arch: Architecture::Gemma3, interleaved_rope: false, norm_plus_one: true },
         other => {
             return Err(Error::bad_file(
                 &file.path,
@@ -257,15 +259,17 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
         .or_else(|| file.get_f64(&key("attention.layer_norm_epsilon")))
         .unwrap_or(1e-5);
     let hidden_act = match kind.arch {
-        Architecture::Gemma | Architecture::Phi2 => Activation::GeluTanh,
+        Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Phi2 => Activation::GeluTanh,
         _ => Activation::Silu,
     };
+    let layers = file.require_usize(&key("block_count"))?;
+    let extras = gemma_extras(file, &name, kind.arch, layers, hidden / heads, head_dim);
     Ok(ModelConfig {
         arch: kind.arch,
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: file.require_usize(&key("feed_forward_length"))?,
-        num_layers: file.require_usize(&key("block_count"))?,
+        num_layers: layers,
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
@@ -282,11 +286,44 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
         hidden_act,
         num_experts: file.get_usize(&key("expert_count")).unwrap_or(0),
         experts_per_token: file.get_usize(&key("expert_used_count")).unwrap_or(2),
+        extras,
     })
 }
 
-/// llama.cpp's tensor name for a transformers module name.
-fn gguf_name(module: &str) -> Option<String> {
+/// Gemma 2 and 3 as llama.cpp runs them. Its files record neither
+/// `query_pre_attn_scalar` nor which layers are local: llama.cpp scales
+/// attention by 1/sqrt(head_dim), except for the 27B models (46 layers of
+/// Gemma 2, 62 of Gemma 3), scaled by hidden/heads as their configs say;
+/// and every 2nd (Gemma 2) or 6th (Gemma 3) layer is global unless the
+/// file gives `attention.sliding_window_pattern`. Soft-capping defaults to
+/// llama.cpp's (and transformers') 50 and 30 for Gemma 2; Gemma 3 has none.
+fn gemma_extras(file: &GgufFile, name: &str, arch: Architecture, layers: usize, hidden_per_head: usize, head_dim: usize) -> Extras {
+    let key = |k: &str| format!("{name}.{k}");
+    let (pattern, is_27b, caps) = match arch {
+        Architecture::Gemma2 => (2, layers == 46, (Some(50.0), Some(30.0))),
+        Architecture::Gemma3 => (6, layers == 62, (None, None)),
+        _ => return Extras::default(),
+    };
+    let sliding_layers = match file.get(&key("attention.sliding_window_pattern")) {
+        Some(Value::Array(flags)) => (0..layers).map(|i| flags.get(i).and_then(|f| f.to_bool().ok()).unwrap_or(false)).collect(),
+        other => {
+            let n = other.and_then(value_as_u64).map_or(pattern, |n| n.max(1) as usize);
+            (0..layers).map(|i| (i + 1) % n != 0).collect()
+        }
+    };
+    Extras {
+        query_pre_attn_scalar: Some(if is_27b { hidden_per_head } else { head_dim } as f64),
+        attn_logit_softcap: file.get_f64(&key("attn_logit_softcapping")).or(caps.0),
+        final_logit_softcap: file.get_f64(&key("final_logit_softcapping")).or(caps.1),
+        sliding_layers: Some(sliding_layers),
+        local_rope_theta: (arch == Architecture::Gemma3).then(|| file.get_f64(&key("rope.freq_base_swa")).unwrap_or(10_000.0)),
+    }
+}
+
+/// llama.cpp's tensor name for a transformers module name; `post_norms`:
+/// Gemma 2/3, whose `post_attention_layernorm` is a norm of the attention
+/// output (`post_attention_norm`), not the llama family's pre-MLP norm.
+fn gguf_name(module: &str, post_norms: bool) -> Option<String> {
     let direct = match module {
         "model.embed_tokens" => Some("token_embd"),
         "model.norm" | "model.final_layernorm" => Some("output_norm"),
@@ -308,7 +345,11 @@ fn gguf_name(module: &str) -> Option<String> {
         "mlp.up_proj" | "mlp.gate_up_proj" | "mlp.fc1" => "ffn_up",
         "mlp.down_proj" | "mlp.fc2" => "ffn_down",
         "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
+        "post_attention_layernorm" if post_norms => "post_attention_norm",
+        "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "block_sparse_moe.gate" => "ffn_gate_inp",
         _ => return expert_name(idx, sub),
     };
@@ -335,6 +376,8 @@ pub struct GgufSource {
     unpermute: Option<(usize, usize)>,
     /// Gemma files store `1 + w` for norms; the models expect transformers' `w`.
     norm_plus_one: bool,
+    /// Gemma 2/3 names (see `gguf_name`).
+    post_norms: bool,
     /// Rows of Q, K and V within a fused `attn_qkv` (for files that fuse what the model keeps apart).
     qkv_rows: (usize, usize),
     device: Device,
@@ -352,7 +395,8 @@ impl GgufSource {
     pub fn with_layout(file: Arc<dyn TensorFile>, interleaved_rope: bool, norm_plus_one: bool, cfg: &ModelConfig, device: &Device) -> Self {
         let unpermute = interleaved_rope.then_some((cfg.num_heads, cfg.num_kv_heads));
         let qkv_rows = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-        Self { file, unpermute, norm_plus_one, qkv_rows, device: device.clone() }
+        let post_norms = matches!(cfg.arch, Architecture::Gemma2 | Architecture::Gemma3);
+        Self { file, unpermute, norm_plus_one, post_norms, qkv_rows, device: device.clone() }
     }
 
     /// The (weight or bias) tensor `name`, resolving stacked experts (`name#E`)
@@ -392,7 +436,7 @@ impl GgufSource {
     }
 
     fn name(&self, module: &str) -> Result<String> {
-        gguf_name(module).ok_or_else(|| Error::runtime(format!("no GGUF name for module `{module}`")))
+        gguf_name(module, self.post_norms).ok_or_else(|| Error::runtime(format!("no GGUF name for module `{module}`")))
     }
 
     fn checked(&self, name: &str, shape: &[usize]) -> Result<StoredTensor<'_>> {
@@ -489,12 +533,12 @@ impl WeightSource for GgufSource {
     }
 
     fn has_module(&self, module: &str) -> bool {
-        gguf_name(module).is_some_and(|n| self.file.has_tensor(&format!("{n}.weight")))
+        gguf_name(module, self.post_norms).is_some_and(|n| self.file.has_tensor(&format!("{n}.weight")))
     }
 
     fn has_tensor(&self, name: &str) -> bool {
         let (module, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
-        gguf_name(module).is_some_and(|n| self.file.has_tensor(&format!("{n}.{suffix}")))
+        gguf_name(module, self.post_norms).is_some_and(|n| self.file.has_tensor(&format!("{n}.{suffix}")))
     }
 }
 
@@ -504,16 +548,21 @@ mod tests {
 
     #[test]
     fn transformers_names_map_to_llama_cpp_names() {
-        assert_eq!(gguf_name("model.embed_tokens").as_deref(), Some("token_embd"));
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj").as_deref(), Some("blk.3.attn_q"));
-        assert_eq!(gguf_name("model.layers.0.mlp.gate_up_proj").as_deref(), Some("blk.0.ffn_up"));
-        assert_eq!(gguf_name("model.layers.1.self_attn.dense").as_deref(), Some("blk.1.attn_output"));
-        assert_eq!(gguf_name("model.final_layernorm").as_deref(), Some("output_norm"));
+        assert_eq!(gguf_name("model.embed_tokens", false).as_deref(), Some("token_embd"));
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj", false).as_deref(), Some("blk.3.attn_q"));
+        assert_eq!(gguf_name("model.layers.0.mlp.gate_up_proj", false).as_deref(), Some("blk.0.ffn_up"));
+        assert_eq!(gguf_name("model.layers.1.self_attn.dense", false).as_deref(), Some("blk.1.attn_output"));
+        assert_eq!(gguf_name("model.final_layernorm", false).as_deref(), Some("output_norm"));
         assert_eq!(
-            gguf_name("model.layers.2.block_sparse_moe.experts.5.w2").as_deref(),
+            gguf_name("model.layers.2.block_sparse_moe.experts.5.w2", false).as_deref(),
             Some("blk.2.ffn_down_exps#5")
         );
-        assert_eq!(gguf_name("model.layers.2.mystery"), None);
+        assert_eq!(gguf_name("model.layers.2.mystery", false), None);
+        // Gemma 2/3: the same transformers name is another tensor.
+        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm", false).as_deref(), Some("blk.0.ffn_norm"));
+        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm", true).as_deref(), Some("blk.0.post_attention_norm"));
+        assert_eq!(gguf_name("model.layers.0.pre_feedforward_layernorm", true).as_deref(), Some("blk.0.ffn_norm"));
+        assert_eq!(gguf_name("model.layers.0.self_attn.k_norm", true).as_deref(), Some("blk.0.attn_k_norm"));
     }
 
     /// llama.cpp's converter: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2)`.

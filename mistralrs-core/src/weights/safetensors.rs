@@ -35,6 +35,20 @@ pub struct SafetensorsSource {
     device: Device,
 }
 
+/// A multimodal checkpoint's text decoder under the names of a text-only
+/// one: `language_model.model.*` (the hub's Gemma 3 files) and
+/// `model.language_model.*` (transformers 5) become `model.*`. The vision
+/// tower's tensors keep their names and are never asked for.
+fn text_model_name(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("language_model.model.").or_else(|| name.strip_prefix("model.language_model.")) {
+        return format!("model.{rest}");
+    }
+    match name.strip_prefix("language_model.") {
+        Some(rest) if rest.starts_with("lm_head.") => rest.to_string(),
+        _ => name.to_string(),
+    }
+}
+
 impl SafetensorsSource {
     pub fn open(files: &[PathBuf], device: &Device) -> Result<Self> {
         let origin = files.first().cloned().unwrap_or_default();
@@ -49,7 +63,7 @@ impl SafetensorsSource {
                 }
                 let e = entry(i, info, data_start, size).map_err(|why| Error::bad_file(f, format!("tensor `{name}`: {why}")))?;
                 spans.push((e.start, e.end, name.as_str()));
-                if tensors.insert(name.clone(), e).is_some() {
+                if tensors.insert(text_model_name(name), e).is_some() {
                     return Err(Error::bad_file(f, format!("duplicate tensor name `{name}` (in two shards)")));
                 }
             }
