@@ -3,7 +3,13 @@ engine's steps against a recorded greedy run (transformers or llama.cpp)."""
 
 from __future__ import annotations
 
-from mistralrs import ChatCompletionRequest, CompletionRequest, Runner
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from mistralrs import ChatCompletionRequest, CompletionRequest, Runner, Which
 
 
 def by_name(results: list[dict], name: str) -> dict:
@@ -80,3 +86,83 @@ def check_greedy_steps(res, case: dict, ref_steps: list[dict], ref_text: str, to
             if t["logprob"] > sixth + 2 * tol:
                 assert tuple(t["bytes"]) in got_keys, f"{where}: reference alternative id {t['id']} missing"
     assert choice_text(res, case["kind"]) == ref_text, f"{label}: text differs"
+
+
+class RunnerCache:
+    """Runners by key, each loaded once (loading is the slow part), and each (key, case name)'s greedy output sent
+    once and shared by the tests that check it.  `which_for(key)` says what to load, `case_for(key, name)` which
+    recorded case to send."""
+
+    def __init__(self, which_for: Callable[[tuple], Which], case_for: Callable[[tuple, str], dict], n_steps: int):
+        self.which_for, self.case_for, self.n_steps = which_for, case_for, n_steps
+        self.runners: dict[tuple, Runner] = {}
+        self.outputs: dict[tuple, object] = {}
+
+    def get(self, key: tuple) -> Runner:
+        if key not in self.runners:
+            self.runners[key] = Runner(which=self.which_for(key))
+        return self.runners[key]
+
+    def run(self, key: tuple, name: str):
+        okey = key + (name,)
+        if okey not in self.outputs:
+            self.outputs[okey] = send_greedy(self.get(key), self.case_for(key, name), self.n_steps)
+        return self.outputs[okey]
+
+    def close(self):
+        for r in self.runners.values():
+            r.close()
+
+
+class TinyModels:
+    """A test module's committed tiny models: `fix/<name>-tiny/` with model.safetensors, `<name>-tiny-f32.gguf` /
+    `<name>-tiny-q8_0.gguf`, references.json (transformers) and references_llamacpp.json (llama.cpp), written by
+    `made_by`.  `arch[name]`: the `arch` the plain model is loaded with (default: the name)."""
+
+    def __init__(self, fix: Path, names: list[str], made_by: str, arch: dict[str, str] | None = None):
+        self.fix, self.made_by, self.arch = fix, made_by, arch or {}
+        self.names = [n for n in names if (self.folder(n) / "references.json").exists()]
+        self._json: dict[Path, dict] = {}
+
+    def folder(self, name: str) -> Path:
+        return self.fix / f"{name}-tiny"
+
+    def f32_file(self, name: str) -> str:
+        return f"{name}-tiny-f32.gguf"
+
+    def q8_file(self, name: str) -> str:
+        return f"{name}-tiny-q8_0.gguf"
+
+    def _load(self, path: Path) -> dict:
+        if path not in self._json:
+            if not path.exists():
+                pytest.fail(f"missing fixture {path}; run {self.made_by}")
+            self._json[path] = json.loads(path.read_text())
+        return self._json[path]
+
+    def refs(self, name: str) -> dict:
+        return self._load(self.folder(name) / "references.json")
+
+    def lcpp(self, name: str) -> dict:
+        return self._load(self.folder(name) / "references_llamacpp.json")
+
+    def cases(self, names: list[str] | None = None, kind: str | None = None) -> list[tuple[str, str]]:
+        """(model, case name) of every recorded case (of `kind`: completion or chat)."""
+        return [(n, c["name"]) for n in (self.names if names is None else names) for c in self.refs(n)["cases"]
+                if kind is None or c["kind"] == kind]
+
+    def get_case(self, name: str, case: str) -> dict:
+        return next(c for c in self.refs(name)["cases"] if c["name"] == case)
+
+    def which_for(self, key: tuple) -> Which:
+        """("plain", name) or ("gguf", name, file)."""
+        kind, name = key[0], key[1]
+        d = self.folder(name)
+        if kind == "plain":
+            return Which.Plain(model_id=str(d), arch=self.arch.get(name, name))
+        if not (d / key[2]).exists():
+            pytest.fail(f"missing fixture {d / key[2]}")
+        return Which.GGUF(tok_model_id=None, quantized_model_id=str(d), quantized_filename=key[2])
+
+    def runners(self, n_steps: int) -> RunnerCache:
+        return RunnerCache(self.which_for, lambda key, case: self.get_case(key[1], case), n_steps)

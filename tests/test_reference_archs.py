@@ -37,11 +37,12 @@ from pathlib import Path
 import pytest
 
 from mistralrs import Runner, Which
-from reference_support import by_name, bytes_to_ids, check_greedy_steps, choice_text, content, send_greedy
+from reference_support import TinyModels, by_name, bytes_to_ids, check_greedy_steps, choice_text, content
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 ALL_ARCHS = ["qwen2", "mistral", "gemma", "phi3", "phi2", "mixtral"]
-ARCHS = [a for a in ALL_ARCHS if (FIX / f"{a}-tiny" / "references.json").exists()]
+TINY = TinyModels(FIX, ALL_ARCHS, "scripts/make_fixtures_archs.py and scripts/record_llamacpp.py archs")
+ARCHS = TINY.names
 N_STEPS = 16
 F32_TOL = 1e-3
 QUANT_BOUNDS = {"qwen2": 0.45, "mistral": 0.30, "gemma": 0.05, "phi3": 0.40, "phi2": 0.40, "mixtral": 0.45}
@@ -51,92 +52,25 @@ SUPPORTED_GGUF = ["llama", "qwen2", "gemma", "phi2", "phi3"]
 # (arch, file, case) where the engine is known to flip a llama.cpp near-tie on a quantized file; strict xfail.
 KNOWN_LLAMACPP_DIVERGENCE: set[tuple[str, str, str]] = set()
 
-
-def folder(arch: str) -> Path:
-    return FIX / f"{arch}-tiny"
-
-
-def f32_file(arch: str) -> str:
-    return f"{arch}-tiny-f32.gguf"
-
-
-def q8_file(arch: str) -> str:
-    return f"{arch}-tiny-q8_0.gguf"
-
-
-def _load_json(path: Path) -> dict:
-    if not path.exists():
-        pytest.fail(f"missing fixture {path}; run scripts/make_fixtures_archs.py and "
-                    f"scripts/record_llamacpp.py archs")
-    return json.loads(path.read_text())
-
-
-_REFS: dict[str, dict] = {}
-_LCPP: dict[str, dict] = {}
-
-
-def refs(arch: str) -> dict:
-    if arch not in _REFS:
-        _REFS[arch] = _load_json(folder(arch) / "references.json")
-    return _REFS[arch]
-
-
-def lcpp(arch: str) -> dict:
-    if arch not in _LCPP:
-        _LCPP[arch] = _load_json(folder(arch) / "references_llamacpp.json")
-    return _LCPP[arch]
+folder, f32_file, q8_file, refs, lcpp, get_case = TINY.folder, TINY.f32_file, TINY.q8_file, TINY.refs, TINY.lcpp, TINY.get_case
 
 
 def arch_cases() -> list[tuple[str, str]]:
-    return [(a, c["name"]) for a in ARCHS for c in refs(a)["cases"]]
+    return TINY.cases()
 
 
 def arch_completion_cases() -> list[tuple[str, str]]:
-    return [(a, c["name"]) for a in ARCHS for c in refs(a)["cases"] if c["kind"] == "completion"]
+    return TINY.cases(kind="completion")
 
 
 def ids_of(pairs) -> list[str]:
     return [f"{a}-{n}" for a, n in pairs]
 
 
-def get_case(arch: str, name: str) -> dict:
-    return next(c for c in refs(arch)["cases"] if c["name"] == name)
-
-
 # --------------------------------------------------------------------------- runners
-class _Runners:
-    def __init__(self):
-        self.runners: dict[tuple, Runner] = {}
-        self.outputs: dict[tuple, object] = {}
-
-    def get(self, key: tuple) -> Runner:
-        if key not in self.runners:
-            kind, arch = key[0], key[1]
-            d = folder(arch)
-            if kind == "plain":
-                which = Which.Plain(model_id=str(d), arch=arch)
-            else:
-                fname = key[2]
-                if not (d / fname).exists():
-                    pytest.fail(f"missing fixture {d / fname}")
-                which = Which.GGUF(tok_model_id=None, quantized_model_id=str(d), quantized_filename=fname)
-            self.runners[key] = Runner(which=which)
-        return self.runners[key]
-
-    def run(self, key: tuple, name: str):
-        okey = key + (name,)
-        if okey not in self.outputs:
-            self.outputs[okey] = send_greedy(self.get(key), get_case(key[1], name), N_STEPS)
-        return self.outputs[okey]
-
-    def close(self):
-        for r in self.runners.values():
-            r.close()
-
-
 @pytest.fixture(scope="module")
 def runners():
-    rs = _Runners()
+    rs = TINY.runners(N_STEPS)
     yield rs
     rs.close()
 

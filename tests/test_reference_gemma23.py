@@ -54,11 +54,10 @@ from pathlib import Path
 
 import pytest
 from mistralrs import Architecture, ChatCompletionRequest, CompletionRequest, Runner, Which
-from reference_support import by_name, bytes_to_ids, check_greedy_steps, choice_text, content, send_greedy
+from reference_support import TinyModels, by_name, bytes_to_ids, check_greedy_steps, choice_text, content, send_greedy
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 ALL_MODELS = ["gemma2", "gemma3", "gemma3-mm"]
-MODELS = [m for m in ALL_MODELS if (FIX / f"{m}-tiny" / "references.json").exists()]
 ARCH = {"gemma2": "gemma2", "gemma3": "gemma3", "gemma3-mm": "gemma3"}
 N_STEPS = 16
 F32_TOL = 1e-3
@@ -70,38 +69,12 @@ BOS, EOS, START_OF_TURN, END_OF_TURN = 0, 1, 2, 3
 LOGIT_BIAS = 100.0  # OpenAI's largest allowed bias
 
 
-def folder(model: str) -> Path:
-    return FIX / f"{model}-tiny"
+TINY = TinyModels(FIX, ALL_MODELS, "scripts/make_fixtures_gemma.py", arch=ARCH)
+folder, f32_file, q8_file, refs, lcpp, get_case = TINY.folder, TINY.f32_file, TINY.q8_file, TINY.refs, TINY.lcpp, TINY.get_case
+which_for = TINY.which_for
 
 
-def f32_file(model: str) -> str:
-    return f"{model}-tiny-f32.gguf"
-
-
-def q8_file(model: str) -> str:
-    return f"{model}-tiny-q8_0.gguf"
-
-
-def _load_json(path: Path) -> dict:
-    if not path.exists():
-        pytest.fail(f"missing fixture {path}; run scripts/make_fixtures_gemma.py")
-    return json.loads(path.read_text())
-
-
-_REFS: dict[str, dict] = {}
-_LCPP: dict[str, dict] = {}
-
-
-def refs(model: str) -> dict:
-    if model not in _REFS:
-        _REFS[model] = _load_json(folder(model) / "references.json")
-    return _REFS[model]
-
-
-def lcpp(model: str) -> dict:
-    if model not in _LCPP:
-        _LCPP[model] = _load_json(folder(model) / "references_llamacpp.json")
-    return _LCPP[model]
+MODELS = TINY.names
 
 
 def gguf_files(model: str) -> list[str]:
@@ -119,19 +92,15 @@ def quant_bound(model: str) -> float:
 
 
 def model_cases(models=None) -> list[tuple[str, str]]:
-    return [(m, c["name"]) for m in (MODELS if models is None else models) for c in refs(m)["cases"]]
+    return TINY.cases(models)
 
 
 def model_completion_cases() -> list[tuple[str, str]]:
-    return [(m, c["name"]) for m in MODELS for c in refs(m)["cases"] if c["kind"] == "completion"]
+    return TINY.cases(kind="completion")
 
 
 def ids_of(pairs) -> list[str]:
     return ["-".join(p) for p in pairs]
-
-
-def get_case(model: str, name: str) -> dict:
-    return next(c for c in refs(model)["cases"] if c["name"] == name)
 
 
 def first_case(model: str, kind: str) -> dict:
@@ -143,41 +112,9 @@ def template_of(model: str) -> str:
 
 
 # --------------------------------------------------------------------------- runners
-def which_for(key: tuple) -> Which:
-    kind, model = key[0], key[1]
-    d = folder(model)
-    if kind == "plain":
-        return Which.Plain(model_id=str(d), arch=ARCH[model])
-    fname = key[2]
-    if not (d / fname).exists():
-        pytest.fail(f"missing fixture {d / fname}")
-    return Which.GGUF(tok_model_id=None, quantized_model_id=str(d), quantized_filename=fname)
-
-
-class _Runners:
-    def __init__(self):
-        self.runners: dict[tuple, Runner] = {}
-        self.outputs: dict[tuple, object] = {}
-
-    def get(self, key: tuple) -> Runner:
-        if key not in self.runners:
-            self.runners[key] = Runner(which=which_for(key))
-        return self.runners[key]
-
-    def run(self, key: tuple, name: str):
-        okey = key + (name,)
-        if okey not in self.outputs:
-            self.outputs[okey] = send_greedy(self.get(key), get_case(key[1], name), N_STEPS)
-        return self.outputs[okey]
-
-    def close(self):
-        for r in self.runners.values():
-            r.close()
-
-
 @pytest.fixture(scope="module")
 def runners():
-    rs = _Runners()
+    rs = TINY.runners(N_STEPS)
     yield rs
     rs.close()
 

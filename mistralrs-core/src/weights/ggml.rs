@@ -30,7 +30,7 @@ use candle_core::quantized::GgmlDType;
 use super::finite::check_finite;
 use super::gguf::TensorFile;
 use super::stored::StoredTensor;
-use super::gguf_types::ggml_type_name;
+use super::gguf_types::{dtype_of, ggml_type_name};
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
 use crate::layers::Activation;
@@ -123,21 +123,10 @@ fn gguf_name(name: &str) -> Option<String> {
 /// bytes per block in the file, and whether its scales are f32.
 fn stored_type(container: Container, id: u32, name: &str) -> std::result::Result<(GgmlDType, usize, bool), String> {
     let type_name = ggml_type_name(id);
-    let dtype = match id {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
-        _ => return Err(format!("tensor `{name}` has type {type_name} (id {id}), which {container} files never held")),
+    // Q8_1 (an activation type) and BF16 (GGUF only) were never stored in these containers.
+    let dtype = match dtype_of(id).filter(|d| !matches!(d, GgmlDType::Q8_1 | GgmlDType::BF16)) {
+        Some(d) => d,
+        None => return Err(format!("tensor `{name}` has type {type_name} (id {id}), which {container} files never held")),
     };
     let quantized = !matches!(dtype, GgmlDType::F32 | GgmlDType::F16);
     let k_quant = id >= 10;

@@ -15,35 +15,13 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
 use candle_core::quantized::GgmlDType;
 
-use super::gguf_types::{ggml_type_name, is_supported};
+use super::gguf_types::{dtype_of, ggml_type_name};
 use crate::error::{Error, Result};
 
 /// ggml's `GGML_MAX_DIMS`.
 const MAX_DIMS: u32 = 4;
 const DEFAULT_ALIGNMENT: u64 = 32;
 pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
-
-/// The candle type of a supported ggml type id.
-pub fn dtype_of(id: u32) -> Option<GgmlDType> {
-    Some(match id {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        9 => GgmlDType::Q8_1,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
-        30 => GgmlDType::BF16,
-        _ => return None,
-    })
-}
 
 /// The ggml type id of `dtype` (for messages).
 fn type_id(dtype: GgmlDType) -> u32 {
@@ -237,7 +215,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Content, String> {
         if names.insert(name.clone(), order.len()).is_some() {
             return Err(format!("duplicate tensor name `{name}`"));
         }
-        let dtype = match dtype_of(ty).filter(|_| is_supported(ty)) {
+        let dtype = match dtype_of(ty) {
             Some(d) => d,
             None => {
                 return Err(format!(

@@ -2,6 +2,8 @@
 //! run (an IQ quant, a ternary type, MXFP4) is refused with the type's name,
 //! which tells a user what to do.
 
+use candle_core::quantized::GgmlDType;
+
 /// ggml's name for type id `id` (`ggml.h`'s `enum ggml_type`).
 pub fn ggml_type_name(id: u32) -> &'static str {
     match id {
@@ -43,7 +45,25 @@ pub fn ggml_type_name(id: u32) -> &'static str {
     }
 }
 
-/// Type ids this engine runs.
-pub fn is_supported(id: u32) -> bool {
-    matches!(id, 0..=3 | 6..=15 | 30)
+/// The candle type of a ggml type id this engine runs (None for the rest).
+pub fn dtype_of(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
 }
+
