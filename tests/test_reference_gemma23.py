@@ -50,8 +50,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
+import gguf_edit as ge
 import pytest
 from mistralrs import Architecture, ChatCompletionRequest, CompletionRequest, Runner, Which
 from reference_support import TinyModels, by_name, bytes_to_ids, check_greedy_steps, choice_text, content, send_greedy
@@ -432,3 +435,45 @@ def test_arch_mismatch_raises_value_error(src, arch):
         Runner(which=Which.Plain(model_id=str(folder(src)), arch=arch))
     msg = str(ei.value).lower()
     assert arch in msg and ARCH[src] in msg, msg
+
+
+# --------------------------------------------------------------------------- bad Gemma settings
+BAD_GGUF_SETTINGS = [
+    ("gemma2.attn_logit_softcapping", 0.0),
+    ("gemma2.final_logit_softcapping", float("nan")),
+    ("gemma2.final_logit_softcapping", -30.0),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_GGUF_SETTINGS, ids=[f"{k}={v}" for k, v in BAD_GGUF_SETTINGS])
+def test_bad_gguf_softcapping_is_refused(tmp_path, key, value):
+    """A soft-cap that is not finite and positive (0 would divide by zero; NaN poisons every logit) is a corrupt
+    file: ValueError naming the key, as for the other hyper-parameters (tests/test_hostile_files.py)."""
+    f = ge.GGUFFile.read(folder("gemma2") / f32_file("gemma2"))
+    if f.has(key):
+        f.set(key, value, ge.FLOAT32)
+    else:
+        f.add(key, ge.FLOAT32, value)
+    f.write(tmp_path / "bad.gguf")
+    with pytest.raises(ValueError, match=re.escape(key)):
+        Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=str(tmp_path), quantized_filename="bad.gguf"))
+
+
+BAD_CONFIG_SETTINGS = [
+    ("gemma2", "query_pre_attn_scalar", -24),
+    ("gemma2", "attn_logit_softcapping", 0),
+    ("gemma3", "rope_local_base_freq", 0),
+]
+
+
+@pytest.mark.parametrize("model,key,value", BAD_CONFIG_SETTINGS, ids=[f"{m}-{k}" for m, k, _ in BAD_CONFIG_SETTINGS])
+def test_bad_config_json_gemma_settings_are_refused(tmp_path, model, key, value):
+    """The same for config.json: ValueError naming the key."""
+    for p in folder(model).iterdir():
+        if not p.name.endswith(".gguf"):
+            shutil.copy(p, tmp_path / p.name)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=re.escape(key)):
+        Runner(which=Which.Plain(model_id=str(tmp_path), arch=ARCH[model]))

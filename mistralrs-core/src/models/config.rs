@@ -353,6 +353,10 @@ pub enum Field {
     RotaryDim,
     Experts,
     ExpertsPerToken,
+    QueryPreAttnScalar,
+    AttnSoftcap,
+    FinalSoftcap,
+    LocalRopeTheta,
 }
 
 impl Field {
@@ -374,6 +378,10 @@ impl Field {
             Field::RotaryDim => "partial_rotary_factor",
             Field::Experts => "num_local_experts",
             Field::ExpertsPerToken => "num_experts_per_tok",
+            Field::QueryPreAttnScalar => "query_pre_attn_scalar",
+            Field::AttnSoftcap => "attn_logit_softcapping",
+            Field::FinalSoftcap => "final_logit_softcapping",
+            Field::LocalRopeTheta => "rope_local_base_freq",
         }
     }
 
@@ -395,6 +403,11 @@ impl Field {
             Field::RotaryDim => "rope.dimension_count",
             Field::Experts => "expert_count",
             Field::ExpertsPerToken => "expert_used_count",
+            // llama.cpp's files have no query_pre_attn_scalar: the head dim stands in.
+            Field::QueryPreAttnScalar => "attention.key_length",
+            Field::AttnSoftcap => "attn_logit_softcapping",
+            Field::FinalSoftcap => "final_logit_softcapping",
+            Field::LocalRopeTheta => "rope.freq_base_swa",
         }
     }
 }
@@ -480,14 +493,14 @@ impl ModelConfig {
 
     fn validate_extras(&self, name: &dyn Fn(Field) -> String) -> std::result::Result<(), String> {
         let e = &self.extras;
-        for (what, v) in [
-            ("query_pre_attn_scalar", e.query_pre_attn_scalar),
-            ("attention logit soft-capping", e.attn_logit_softcap),
-            ("final logit soft-capping", e.final_logit_softcap),
-            ("the local layers' rope base", e.local_rope_theta),
+        for (field, v) in [
+            (Field::QueryPreAttnScalar, e.query_pre_attn_scalar),
+            (Field::AttnSoftcap, e.attn_logit_softcap),
+            (Field::FinalSoftcap, e.final_logit_softcap),
+            (Field::LocalRopeTheta, e.local_rope_theta),
         ] {
             if let Some(x) = v.filter(|x| !(x.is_finite() && *x > 0.0)) {
-                return Err(format!("{what} is {x}; it must be finite and positive"));
+                return Err(format!("`{}` is {x}; it must be finite and positive", name(field)));
             }
         }
         if let Some(layers) = &e.sliding_layers {
