@@ -17,11 +17,12 @@ import os
 import pathlib
 import sys
 
-from mistralrs import Runner, Which
+from mistralrs import Architecture, Runner, Which
 from mistralrs.server.app import DEFAULT_MAX_BODY_BYTES, create_app
 from mistralrs.server.graceful import serve
 
-ARCHS = ["mistral", "gemma", "mixtral", "llama", "phi2", "phi3", "qwen2"]
+# Every architecture the engine knows, in its own order (the enum is the one list).
+ARCHS = [a.value for a in vars(Architecture).values() if isinstance(a, Architecture)]
 QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"]
 
 
