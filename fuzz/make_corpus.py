@@ -11,6 +11,8 @@ inputs libFuzzer adds to fuzz/corpus/<target>/ are left alone.
 All models are one tiny llama: hidden 32, 2 heads of 16, 1 KV head, intermediate 64, context 64, rms eps 1e-5,
 rope theta 1e4; weights N(0, 0.02), norms 1.0. GGUF files hold llama.cpp's tensor names and shapes (dims
 innermost first, as tests/fixtures/llama-tiny/*.gguf); Q/K rows are not permuted (random weights: no need).
+The Gemma 2 / 3 GGUF seeds have the same sizes (head_dim 16 as attention.key_length / value_length), 2 blocks,
+rms eps 1e-6, sliding window 8, tied embeddings, and norms as llama.cpp stores Gemma's: 1 + w, w N(0, 0.02).
 
 fuzz/fixture/tokenizer/ (what the ggml, safetensors, json and request targets load beside their input):
   tokenizer.json         byte-level BPE, 128 tokens: <s> </s> <|im_start|> <|im_end|> (special), the 94
@@ -27,6 +29,14 @@ Corpus (fuzz/corpus/<target>/):
                 <0x00>..<0xFF>, ▁-pieces with scores, a user-defined, a control and unused tokens);
                 Q8_0 / F16 / F32 with Q4_0, Q4_1, Q8_0, F16 mixed in; 1 or 2 blocks; one with
                 general.alignment 64; tied (no output.weight) and untied.
+                Gemma: gemma2 and gemma3 files, llama vocabulary plus <start_of_turn> / <end_of_turn>
+                (control), add_space_prefix false, Gemma chat template. gemma2: token_embd, output_norm,
+                blk.N.{attn_norm, attn_q/k/v, attn_output, post_attention_norm, ffn_norm, ffn_gate/up/down,
+                post_ffw_norm}, attn_logit_softcapping 50, final_logit_softcapping 30, F16 with Q8_0
+                token_embd and MLP. gemma3: the same plus blk.N.attn_q_norm / attn_k_norm, rope.freq_base 1e6,
+                rope.freq_base_swa 1e4, no soft-capping; F16 + Q8_0 as gemma2 (no sliding_window_pattern),
+                Q4_0 / Q4_1 / Q8_0 with sliding_window_pattern [true, false] and an eot_token_id, and Q8_0
+                with sliding_window_pattern 2 (a u32: every 2nd layer global).
   ggml/         legacy files for the fixture's vocabulary (n_vocab 128): ggjt v3 Q8_0 (untied), ggjt v2
                 Q4_0/Q4_1/Q8_0 with f32 scales, ggjt v1 F16, ggmf v1 F16, unversioned ggml F32.
   safetensors/  model.safetensors for the fixture config: F16, BF16, F32 (the F32 one is ~55 KB: hidden 32
@@ -131,8 +141,9 @@ def token_bytes(tok: str) -> bytes:
     return bytes(U2B[c] for c in tok)
 
 
-def spm_vocab():
-    """SentencePiece (llama.cpp `llama` model): tokens, scores, token types."""
+def spm_vocab(controls: tuple[str, ...] = ()):
+    """SentencePiece (llama.cpp `llama` model): tokens, scores, token types; `controls`: more control tokens
+    at the end (Gemma's turn markers)."""
     toks, scores, types = [], [], []
 
     def add(t, s, ty):
@@ -156,6 +167,8 @@ def spm_vocab():
     add("<|end|>", 0.0, 3)  # control
     add("<pad_0>", 0.0, 5)  # unused
     add("<pad_1>", 0.0, 5)
+    for c in controls:
+        add(c, 0.0, 3)
     return toks, scores, types
 
 
@@ -302,6 +315,39 @@ def gguf_tensors(hf: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     return [(n, named[n]) for n in order if n in named]
 
 
+# Gemma 2 / 3 (llama.cpp's gemma2 / gemma3): norms after attention and after the MLP as well as before them,
+# Q/K norms per head (Gemma 3), tied embeddings.
+GEMMA_BLOCK_ORDER = ["attn_norm", "attn_q", "attn_q_norm", "attn_k", "attn_k_norm", "attn_v", "attn_output",
+                     "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"]
+GEMMA_EPS, GEMMA_WINDOW = 1e-6, 8
+GEMMA_TURNS = ("<start_of_turn>", "<end_of_turn>")
+
+
+def gemma_tensors(vocab: int, layers: int, qk_norm: bool) -> list[tuple[str, np.ndarray]]:
+    """Gemma 2 (Gemma 3 with `qk_norm`) in llama.cpp's names, token_embd, blk.N.*, output_norm (tied: no
+    output.weight), in transformers' (out, in) shapes. Matrices N(0, 0.02); norms as llama.cpp's converter
+    stores them, 1 + w with w N(0, 0.02) (around 1.0; Q/K norms are head_dim long). Same draws for the same
+    arguments."""
+    rng = np.random.RandomState(0)
+    w = lambda *s: (rng.standard_normal(s) * 0.02).astype(np.float32)  # noqa: E731
+    norm = lambda n: (1.0 + rng.standard_normal(n) * 0.02).astype(np.float32)  # noqa: E731
+    shapes = {
+        "attn_norm": (HIDDEN,), "attn_q": (HEADS * HEAD_DIM, HIDDEN), "attn_q_norm": (HEAD_DIM,),
+        "attn_k": (KV_HEADS * HEAD_DIM, HIDDEN), "attn_k_norm": (HEAD_DIM,), "attn_v": (KV_HEADS * HEAD_DIM, HIDDEN),
+        "attn_output": (HIDDEN, HEADS * HEAD_DIM), "post_attention_norm": (HIDDEN,), "ffn_norm": (HIDDEN,),
+        "ffn_gate": (FF, HIDDEN), "ffn_up": (FF, HIDDEN), "ffn_down": (HIDDEN, FF), "post_ffw_norm": (HIDDEN,),
+    }
+    t = [("token_embd.weight", w(vocab, HIDDEN))]
+    for i in range(layers):
+        for part in GEMMA_BLOCK_ORDER:
+            if part in ("attn_q_norm", "attn_k_norm") and not qk_norm:
+                continue
+            shape = shapes[part]
+            t.append((f"blk.{i}.{part}.weight", norm(*shape) if len(shape) == 1 else w(*shape)))
+    t.append(("output_norm.weight", norm(HIDDEN)))
+    return t
+
+
 def write_gguf(path: Path, metadata: list[tuple[str, int, object]], tensors: list[tuple[str, np.ndarray, int]],
                alignment: int = 32) -> None:
     infos, data = [], bytearray()
@@ -341,6 +387,31 @@ def llama_meta(name: str, layers: int, file_type: int, vocab: int, quantized: bo
     return m
 
 
+def gemma_meta(arch: str, name: str, layers: int, file_type: int, quantized: bool, extra: list) -> list:
+    """gemma2 / gemma3 hyperparameters as llama.cpp's converter writes them (no vocab_size, no
+    rope.dimension_count; head_dim in key_length / value_length), then `extra` (arch-specific keys)."""
+    k = lambda s: f"{arch}.{s}"  # noqa: E731
+    m = [
+        ("general.architecture", ge.STRING, arch),
+        ("general.name", ge.STRING, name),
+        (k("context_length"), ge.UINT32, CTX),
+        (k("embedding_length"), ge.UINT32, HIDDEN),
+        (k("block_count"), ge.UINT32, layers),
+        (k("feed_forward_length"), ge.UINT32, FF),
+        (k("attention.head_count"), ge.UINT32, HEADS),
+        (k("attention.head_count_kv"), ge.UINT32, KV_HEADS),
+        (k("attention.key_length"), ge.UINT32, HEAD_DIM),
+        (k("attention.value_length"), ge.UINT32, HEAD_DIM),
+        (k("attention.layer_norm_rms_epsilon"), ge.FLOAT32, GEMMA_EPS),
+        (k("attention.sliding_window"), ge.UINT32, GEMMA_WINDOW),
+    ]
+    m += [(k(key), ty, v) for key, ty, v in extra]
+    m.append(("general.file_type", ge.UINT32, file_type))
+    if quantized:
+        m.append(("general.quantization_version", ge.UINT32, 2))
+    return m
+
+
 def gpt2_meta(tokens, merges, pre: str, template: str | None = None, eot: int | None = None) -> list:
     types = [3 if t in SPECIALS else 1 for t in tokens]
     m = [
@@ -361,8 +432,9 @@ def gpt2_meta(tokens, merges, pre: str, template: str | None = None, eot: int | 
     return m
 
 
-def spm_meta(template: str | None = None) -> list:
-    toks, scores, types = spm_vocab()
+def spm_meta(template: str | None = None, controls: tuple[str, ...] = (), space_prefix: bool = True,
+             eot: int | None = None) -> list:
+    toks, scores, types = spm_vocab(controls)
     m = [
         ("tokenizer.ggml.model", ge.STRING, "llama"),
         ("tokenizer.ggml.pre", ge.STRING, "default"),
@@ -374,8 +446,10 @@ def spm_meta(template: str | None = None) -> list:
         ("tokenizer.ggml.eos_token_id", ge.UINT32, 2),
         ("tokenizer.ggml.add_bos_token", ge.BOOL, True),
         ("tokenizer.ggml.add_eos_token", ge.BOOL, False),
-        ("tokenizer.ggml.add_space_prefix", ge.BOOL, True),
+        ("tokenizer.ggml.add_space_prefix", ge.BOOL, space_prefix),
     ]
+    if eot is not None:
+        m.append(("tokenizer.ggml.eot_token_id", ge.UINT32, eot))
     if template is not None:
         m.append(("tokenizer.chat_template", ge.STRING, template))
     return m
@@ -454,6 +528,39 @@ def make_gguf() -> list[Path]:
     emit("llama-gpt2-bytes-q8_0-tied.gguf",
          llama_meta("fuzz-gpt2-bytes", 1, 7, len(BYTES_TOKENS), True)
          + gpt2_meta(BYTES_TOKENS, BYTES_MERGES, "smollm"),
+         typed(t, Q8_0))
+
+    # Gemma 2 / 3: two blocks, SentencePiece vocabulary with <start_of_turn> / <end_of_turn> (control) at the
+    # end and no space prefix (as Gemma's files), Gemma chat template. F16 files with Q8_0 token_embd and
+    # MLP keep them under 64 KB (an F16 table of 314 tokens alone is 20 KB).
+    gemma_vocab = spm_vocab(GEMMA_TURNS)[0]
+    gemma_tok = spm_meta(template=GEMMA, controls=GEMMA_TURNS, space_prefix=False)
+    f16mix = {"token_embd": Q8_0, "ffn_gate": Q8_0, "ffn_up": Q8_0, "ffn_down": Q8_0}
+    # 6. gemma2: local/global layers by llama.cpp's default (every 2nd global), window 8, both soft-caps.
+    t = gemma_tensors(len(gemma_vocab), 2, qk_norm=False)
+    emit("gemma2-spm-f16mix.gguf",
+         gemma_meta("gemma2", "fuzz-gemma2-f16mix", 2, 1, True, [
+             ("attn_logit_softcapping", ge.FLOAT32, 50.0), ("final_logit_softcapping", ge.FLOAT32, 30.0)])
+         + gemma_tok,
+         typed(t, F16, f16mix))
+    # 7-9. gemma3: Q/K norms, global rope base 1e6, local 1e4, no soft-caps. Which layers are local: the
+    #      default (every 6th global: both local here), a bool per layer (local, global), a period of 2.
+    gemma3 = [("rope.freq_base", ge.FLOAT32, 1e6), ("rope.freq_base_swa", ge.FLOAT32, 1e4)]
+    t = gemma_tensors(len(gemma_vocab), 2, qk_norm=True)
+    emit("gemma3-spm-f16mix.gguf",
+         gemma_meta("gemma3", "fuzz-gemma3-f16mix", 2, 1, True, gemma3) + gemma_tok,
+         typed(t, F16, f16mix))
+    mix = {"attn_k": Q4_1, "attn_v": Q8_0, "ffn_up": Q4_1, "ffn_down": Q8_0}
+    emit("gemma3-spm-swa-bools-q4mix.gguf",
+         gemma_meta("gemma3", "fuzz-gemma3-swa-bools", 2, 2, True,
+                    gemma3 + [("attention.sliding_window_pattern", ge.ARRAY, (ge.BOOL, [True, False]))])
+         + spm_meta(template=GEMMA, controls=GEMMA_TURNS, space_prefix=False,
+                    eot=gemma_vocab.index("<end_of_turn>")),
+         typed(t, Q4_0, mix))
+    emit("gemma3-spm-q8_0.gguf",
+         gemma_meta("gemma3", "fuzz-gemma3-q8_0", 2, 7, True,
+                    gemma3 + [("attention.sliding_window_pattern", ge.UINT32, 2)])
+         + gemma_tok,
          typed(t, Q8_0))
     return written
 
@@ -1025,7 +1132,7 @@ def check(paths: dict[str, list[Path]]) -> int:
         print("gguf", flush=True)
         for p in paths["gguf"]:
             which = W.GGUF(tok_model_id=None, quantized_model_id=str(p.parent), quantized_filename=p.name)
-            chat = p.name in ("llama-gpt2-q8_0.gguf", "llama-spm-q4mix.gguf")
+            chat = p.name in ("llama-gpt2-q8_0.gguf", "llama-spm-q4mix.gguf") or p.name.startswith("gemma")
             c.one(p.name, c.load_gen(which, chat))
 
         print("ggml", flush=True)
