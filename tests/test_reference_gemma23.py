@@ -208,20 +208,26 @@ def _llamacpp_result(model: str, fname: str, name: str) -> dict:
     return by_name(lc["results"], name)
 
 
-@pytest.mark.parametrize("model,name", model_cases(), ids=ids_of(model_cases()))
-def test_gguf_f32_greedy_matches_llamacpp(runners, model, name):
-    """Reference: llama.cpp (llama-cpp-python 0.3.36) greedy ids on the same F32 GGUF file, prompt ids fed as tokens
-    in one batch, 16 steps ignoring EOS, F32 KV cache (its default F16 KV cache gives the same ids, recorded);
-    token bytes and decoded text equal, no exception."""
-    fname = f32_file(model)
+def _engine_vs_llamacpp(runners, model: str, fname: str, name: str):
+    """The case, llama.cpp's recorded result on `fname`, the engine's greedy response, and both token sequences
+    as bytes (the engine's and llama.cpp's ids spelled through the vocabulary); the prompt counted alike."""
     case = get_case(model, name)
     ref = _llamacpp_result(model, fname, name)
     vb = refs(model)["vocab_bytes"]
     res = runners.run(gguf_key(model, fname), name)
     assert res.usage.prompt_tokens == len(case["prompt_ids"])
     got = [list(t.bytes) for t in content(res)]
-    want = [vb[i] for i in ref["ids"]]
     assert len(got) == N_STEPS
+    return case, ref, res, got, [vb[i] for i in ref["ids"]]
+
+
+@pytest.mark.parametrize("model,name", model_cases(), ids=ids_of(model_cases()))
+def test_gguf_f32_greedy_matches_llamacpp(runners, model, name):
+    """Reference: llama.cpp (llama-cpp-python 0.3.36) greedy ids on the same F32 GGUF file, prompt ids fed as tokens
+    in one batch, 16 steps ignoring EOS, F32 KV cache (its default F16 KV cache gives the same ids, recorded);
+    token bytes and decoded text equal, no exception."""
+    fname = f32_file(model)
+    case, ref, res, got, want = _engine_vs_llamacpp(runners, model, fname, name)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, (f"{fname}/{name}: step {i}: got bytes {g}, llama.cpp chose id {ref['ids'][i]} bytes {w} "
                         f"(llama.cpp top1-top2 gap there {ref['steps'][i]['gap']})")
@@ -240,14 +246,7 @@ def test_gguf_q8_0_greedy_follows_llamacpp(runners, model, name):
     departure the contexts differ and nothing further is compared.  The agreement is printed (pytest -s)."""
     fname = q8_file(model)
     bound = quant_bound(model)
-    case = get_case(model, name)
-    ref = _llamacpp_result(model, fname, name)
-    vb = refs(model)["vocab_bytes"]
-    res = runners.run(gguf_key(model, fname), name)
-    assert res.usage.prompt_tokens == len(case["prompt_ids"])
-    got = [list(t.bytes) for t in content(res)]
-    want = [vb[i] for i in ref["ids"]]
-    assert len(got) == N_STEPS
+    case, ref, res, got, want = _engine_vs_llamacpp(runners, model, fname, name)
     agree = 0
     while agree < N_STEPS and got[agree] == want[agree]:
         agree += 1
@@ -256,7 +255,7 @@ def test_gguf_q8_0_greedy_follows_llamacpp(runners, model, name):
         assert choice_text(res, case["kind"]) == ref["text"]
         return
     step = ref["steps"][agree]
-    second = vb[step["top"][1]["id"]]
+    second = refs(model)["vocab_bytes"][step["top"][1]["id"]]
     assert step["gap"] < bound and got[agree] == second, (
         f"{fname}/{name}: left llama.cpp's greedy at step {agree} (llama.cpp top1-top2 gap {step['gap']:.4f}, "
         f"near-tie bound {bound:.3f}): got bytes {got[agree]}, llama.cpp chose id {ref['ids'][agree]} bytes "
