@@ -357,7 +357,8 @@ impl KQuantMatrix {
     /// kernels run and the rows fill panels; None otherwise.
     pub fn from_stored(dtype: GgmlDType, src: &StoredRows, rows: usize, cols: usize) -> Option<Self> {
         let kind = kind_of(dtype)?;
-        if !super::legacy_panels::available() || rows % PANEL != 0 || cols % QK_K != 0 || src.rows() != rows {
+        let runs = super::legacy_panels::available() || super::select::choice() == super::select::KernelChoice::Scalar;
+        if !runs || rows % PANEL != 0 || cols % QK_K != 0 || src.rows() != rows {
             return None;
         }
         let data = match kind {
@@ -426,8 +427,40 @@ impl KQuantMatrix {
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
 
+    /// The same products without SIMD (`MISTRALRS_CPU_KERNELS=scalar`, or a
+    /// CPU without the panel kernels' features): each row's blocks expanded to
+    /// f32 against the Q8_K activations expanded to f32. That is llama.cpp's
+    /// q4_K/q6_K x q8_K arithmetic up to the order of float sums (its integer
+    /// sums are exact in f32 at these sizes), so results match the SIMD tiles'.
+    fn product_scalar(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
+        let (rows, cols, kind) = (self.rows, self.cols, self.kind);
+        let bb = kind.block_bytes();
+        let x: Vec<f32> = acts.iter().flat_map(|a| a.qs.iter().map(move |&q| a.d * f32::from(q))).collect();
+        let cells = super::OutPtr(out.as_mut_ptr());
+        (0..rows).into_par_iter().for_each_init(
+            || (vec![0u8; cols / QK_K * bb], vec![0f32; cols]),
+            |(raw, w), r| {
+                self.row_blocks(r, raw);
+                for (blk, o) in raw.chunks_exact(bb).zip(w.chunks_exact_mut(QK_K)) {
+                    match kind {
+                        KKind::Q4K => dequantize_q4k(blk, o),
+                        KKind::Q6K => dequantize_q6k(blk, o),
+                    }
+                }
+                for (t, xt) in x.chunks_exact(cols).take(m).enumerate() {
+                    let dot: f32 = w.iter().zip(xt).map(|(a, b)| a * b).sum();
+                    // SAFETY: cell (t, r) is inside the (m, rows) output and written by this row's task only.
+                    unsafe { *cells.at(t * rows + r) = dot };
+                }
+            },
+        );
+    }
+
     /// The panels against every token, tiles of 8 then a remainder as 4 + 2 + 1.
     fn product(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
+        if !super::legacy_panels::available() {
+            return self.product_scalar(acts, m, out);
+        }
         let blocks = self.cols / QK_K;
         let panel_bytes = blocks * self.kind.panel_block_bytes();
         let (kind, rows) = (self.kind, self.rows);

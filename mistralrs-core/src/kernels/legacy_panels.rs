@@ -44,18 +44,7 @@ pub(crate) fn panel_offset(kind: Kind) -> i32 {
 
 /// Whether this CPU runs the panel kernels.
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vnni")
-            && super::legacy_quant::has_avx2()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::select::avx512_vnni()
 }
 
 /// `src`: (rows, blocks) original blocks, `rows` a multiple of

@@ -293,16 +293,7 @@ pub(crate) fn path_name() -> &'static str {
 }
 
 pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::select::avx2()
 }
 
 /// llama.cpp's x86 `quantize_row_q8_0/q8_1`: scale 127/amax, round half to

@@ -8,11 +8,13 @@ pub mod legacy_quant;
 pub mod kquant_panels;
 pub mod quantize_q6k;
 pub mod report;
+pub mod select;
 mod type_tests;
 
 pub use legacy_quant::LegacyQuantMatrix;
 pub use kquant_panels::KQuantMatrix;
 pub use report::kernel_report;
+pub use select::own_kernels;
 
 /// A pointer into an output buffer that parallel tasks share, each writing
 /// cells no other task writes.

@@ -123,9 +123,11 @@ impl LoraStack {
         if x.device().is_cpu() && x.dims2()?.0 <= FEW_ROWS {
             return self.add_to_few_rows(&y, x, &w);
         }
-        let w = w.index_select(&self.column_adapter, 1)?; // (tokens, Σr)
-        let xa = x.matmul(&self.a_t)?; // (tokens, Σr)
-        y + (xa * w)?.matmul(&self.b_t)?
+        // The adapters' factors are f32; so is their share, whatever the compute dtype.
+        let w = w.to_dtype(DType::F32)?.index_select(&self.column_adapter, 1)?; // (tokens, Σr)
+        let xa = x.to_dtype(DType::F32)?.matmul(&self.a_t)?; // (tokens, Σr)
+        let share = (xa * w)?.matmul(&self.b_t)?.to_dtype(y.dtype())?;
+        y + share
     }
 
     /// The same sum in one pass over host memory. Decoding runs a handful of
@@ -143,7 +145,7 @@ impl LoraStack {
         let mut xa = vec![0f32; r];
         let args = FewRows { x: &x, w: &w, inp, out, n_adapters };
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if crate::kernels::select::avx2() {
             // SAFETY: AVX2 and FMA were detected at run time.
             unsafe { self.few_rows_avx2(&args, &mut xa, &mut ys) };
             return Tensor::from_vec(ys, (tokens, out), y.device())?.to_dtype(y.dtype());
