@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::adapters::{AdapterInfo, AdapterSet, AdapterSpec};
 use crate::architecture::Architecture;
@@ -50,6 +50,34 @@ pub struct LoadOptions {
     pub device: Device,
     /// `Runner(in_situ_quant=...)`: quantize the weights to this type at load.
     pub in_situ_quant: Option<GgmlDType>,
+    /// `Runner(dtype=...)`: the compute dtype of dense weights, activations
+    /// and the KV cache; None picks it (`compute_dtype`).
+    pub dtype: Option<DType>,
+}
+
+/// The compute dtype: the one asked for, else f32 on the CPU (where the
+/// engine's own kernels run and bf16 has no fast path) and the checkpoint's
+/// dtype on an accelerator. llama.cpp files name no dtype: their dense
+/// tensors and activations are f32 there too, as llama.cpp computes them.
+pub fn compute_dtype(asked: Option<DType>, device: &Device, checkpoint: Option<DType>) -> DType {
+    match asked {
+        Some(d) => d,
+        None if device.is_cpu() => DType::F32,
+        None => checkpoint.unwrap_or(DType::F32),
+    }
+}
+
+/// `torch_dtype` (transformers 4) or `dtype` (transformers 5) of a
+/// config.json, or of its `text_config`. float64 checkpoints run as f32.
+fn checkpoint_dtype(config: &serde_json::Value) -> Option<DType> {
+    let named = |v: &serde_json::Value| v.get("torch_dtype").or_else(|| v.get("dtype")).and_then(|d| d.as_str()).map(str::to_string);
+    let name = named(config).or_else(|| config.get("text_config").and_then(named))?;
+    match name.trim_start_matches("torch.") {
+        "bfloat16" => Some(DType::BF16),
+        "float16" | "half" => Some(DType::F16),
+        "float32" | "float" | "float64" | "double" => Some(DType::F32),
+        _ => None,
+    }
 }
 
 pub struct LoadedModel {
@@ -59,6 +87,10 @@ pub struct LoadedModel {
     pub eos_ids: Vec<u32>,
     pub context_len: usize,
     pub adapters: Option<AdapterInfo>,
+    /// The compute dtype the model was built in.
+    pub dtype: DType,
+    /// What the checkpoint's config.json names (None for llama.cpp files).
+    pub checkpoint_dtype: Option<DType>,
 }
 
 /// What a tokenizer folder (`tokenizer_config.json`, `generation_config.json`) says.
@@ -124,10 +156,15 @@ fn build(
 
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     let device = &opts.device;
+    // A reload (`send_re_isq`) runs on whichever thread asks for it.
+    crate::device::bind_thread(device)?;
     let adapter_spec = match spec {
         ModelSpec::Plain { adapters, .. } | ModelSpec::File { adapters, .. } => adapters.as_ref(),
     };
     let adapters = adapter_spec.map(|a| AdapterSet::read(a, &opts.token_source, device)).transpose()?;
+    // llama.cpp files name no dtype; a plain checkpoint's config.json does.
+    let mut dtype = compute_dtype(opts.dtype, device, None);
+    let mut checkpoint = None;
     let (cfg, (model, adapter_info), folder, gguf_vocab) = match spec {
         ModelSpec::Plain { model_id, arch, .. } => {
             let model_id = match (model_id, adapters.as_ref().and_then(|a| a.base_model_id())) {
@@ -140,8 +177,10 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let repo = ModelRepo::open(&model_id, &opts.token_source)?;
             let config_path = repo.get("config.json")?;
             let cfg = ModelConfig::from_hf_json(&config_path, *arch)?;
+            checkpoint = checkpoint_dtype(&read_json(&config_path)?);
+            dtype = compute_dtype(opts.dtype, device, checkpoint);
             let files = safetensors_files(&repo)?;
-            let weights = SafetensorsSource::open(&files, device)?;
+            let weights = SafetensorsSource::open(&files, device, dtype)?;
             check_config(&cfg, weights.tensor_count(), &weights, &config_path, &|f| f.hf_key().to_string())?;
             (cfg.clone(), build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?, read_tokenizer_folder(&repo)?, None)
         }
@@ -150,7 +189,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             let file = Arc::new(GgufFile::open(&repo.get(quantized_filename)?)?);
             let cfg = model_config(&file)?;
             let arch = file.architecture()?.to_string();
-            let weights = GgufSource::new(file.clone(), &cfg, device)?;
+            let weights = GgufSource::new(file.clone(), &cfg, device, dtype)?;
             check_config(&cfg, file.tensor_count(), &weights, &file.path, &|f| match f {
                 Field::Vocab => "token_embd.weight".to_string(),
                 _ => format!("{arch}.{}", f.gguf_key()),
@@ -186,7 +225,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
                 None => None,
             };
             let cfg = file.model_config(config.as_ref())?;
-            let weights = GgufSource::with_layout(file.clone(), true, false, &cfg, device);
+            let weights = GgufSource::with_layout(file.clone(), true, false, &cfg, device, dtype);
             check_config(&cfg, file.tensor_count(), &weights, file.path(), &|f| GgmlFile::field_name(f).to_string())?;
             let model = build(&cfg, &weights, adapters.as_ref(), opts.in_situ_quant, device)?;
             let folder = match &tok_repo {
@@ -256,7 +295,16 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
             cfg.vocab_size
         )));
     }
-    Ok(LoadedModel { context_len: cfg.max_position_embeddings, model, tokenizer, chat_template, eos_ids, adapters: adapter_info })
+    Ok(LoadedModel {
+        context_len: cfg.max_position_embeddings,
+        model,
+        tokenizer,
+        chat_template,
+        eos_ids,
+        adapters: adapter_info,
+        dtype,
+        checkpoint_dtype: checkpoint,
+    })
 }
 
 /// The config's sizes checked before anything is built from them: in

@@ -46,6 +46,9 @@ pub struct Runner {
     /// Tokens the KV cache holds in all: no sequence can be longer.
     kv_tokens: usize,
     fingerprint: String,
+    /// The compute dtype of the loaded model.
+    dtype: candle_core::DType,
+    checkpoint_dtype: Option<candle_core::DType>,
     next_id: AtomicU64,
     adapters: Option<AdapterInfo>,
     /// X-LoRA's pass counter of the model now in the engine (replaced by `send_re_isq`).
@@ -105,6 +108,7 @@ impl Runner {
             return Err(Error::invalid("max_seqs must be at least 1"));
         }
         pin_thread_count();
+        crate::kernels::select::check_env().map_err(Error::invalid)?;
         // A malformed file must surface as an error, never as a panic in the caller.
         let loaded = guard(|| loader::load(spec, opts))?;
         let draft = match &cfg.draft {
@@ -118,9 +122,9 @@ impl Runner {
         let tokenizer = Arc::new(loaded.tokenizer);
         let stats = Arc::new(EngineStats::default());
         let mc = loaded.model.config();
-        let block_bytes = KvPool::block_bytes(loaded.model.cache_layers(), mc.num_kv_heads, mc.head_dim);
+        let block_bytes = KvPool::block_bytes(loaded.model.cache_layers(), mc.num_kv_heads, mc.head_dim, loaded.dtype);
         let kv_blocks = kv_budget(cfg.kv_cache_mb, block_bytes, cfg.max_seqs, loaded.context_len)?;
-        let device_name = if opts.device.is_cpu() { "cpu" } else if opts.device.is_cuda() { "cuda" } else { "metal" };
+        let device_name = device_kind(&opts.device);
         let engine = Engine::new(
             loaded.model,
             tokenizer.clone(),
@@ -151,6 +155,8 @@ impl Runner {
             context_len: loaded.context_len,
             kv_tokens: kv_blocks * BLOCK_SIZE,
             fingerprint: format!("mistralrs-{}-{device_name}", env!("CARGO_PKG_VERSION")),
+            dtype: loaded.dtype,
+            checkpoint_dtype: loaded.checkpoint_dtype,
             next_id: AtomicU64::new(0),
             scaling_passes: Mutex::new(loaded.adapters.as_ref().and_then(|a| a.scaling_passes.clone())),
             spec: spec.clone(),
@@ -274,6 +280,25 @@ impl Runner {
 
     pub fn context_len(&self) -> usize {
         self.context_len
+    }
+
+    /// The compute dtype: dense weights, activations and the KV cache.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.dtype
+    }
+
+    /// The dtype the checkpoint's config.json names, if any.
+    pub fn checkpoint_dtype(&self) -> Option<candle_core::DType> {
+        self.checkpoint_dtype
+    }
+
+    /// The device the model runs on: "cpu", "cuda:N" or "metal".
+    pub fn device_name(&self) -> String {
+        match self.opts.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { .. } => "metal".to_string(),
+            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        }
     }
 
     /// Validates and tokenizes `req`, then hands it to the engine.
@@ -431,6 +456,16 @@ impl Drop for Runner {
 }
 
 /// Runs `f`, turning a panic into an error so it never unwinds into the caller.
+fn device_kind(device: &candle_core::Device) -> &'static str {
+    if device.is_cpu() {
+        "cpu"
+    } else if device.is_cuda() {
+        "cuda"
+    } else {
+        "metal"
+    }
+}
+
 fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|p| Err(Error::runtime(format!("internal error: {}", panic_message(p.as_ref())))))

@@ -19,8 +19,18 @@ pub fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     .collect();
     d.set_item("features", features)?;
     d.set_item("simd", simd())?;
-    let device = if cfg!(feature = "cuda") { "cuda:0" } else if cfg!(feature = "metal") { "metal" } else { "cpu" };
-    d.set_item("default_device", device)?;
+    d.set_item("devices", mistralrs_core::device::compiled_devices())?;
+    d.set_item("default_device", mistralrs_core::device::default_device_name())?;
+    d.set_item("cuda_device_count", mistralrs_core::device::cuda_device_count())?;
+    // The dtype a Runner computes in unless `dtype=` says otherwise; each
+    // Runner's own choice is its `.device` / `.dtype` (and its repr).
+    d.set_item("default_dtype", "f32 on cpu; the checkpoint's torch_dtype (plain models) or f32 (GGUF/GGML) on cuda and metal")?;
+    let kernels_choice = match mistralrs_core::kernels::select::choice() {
+        mistralrs_core::kernels::select::KernelChoice::Auto => "auto",
+        mistralrs_core::kernels::select::KernelChoice::Scalar => "scalar",
+        mistralrs_core::kernels::select::KernelChoice::Candle => "candle",
+    };
+    d.set_item("cpu_kernels", kernels_choice)?;
     d.set_item("cpu_threads", candle_core::utils::get_num_threads())?;
     // Per weight type, the kernel its products run on with this CPU.
     let kernels = PyDict::new(py);

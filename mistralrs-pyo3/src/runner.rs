@@ -5,7 +5,7 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use mistralrs_core::adapters::AdapterSpec;
 use mistralrs_core::hub::TokenSource;
 use mistralrs_core::weights::isq::parse_isq;
@@ -90,22 +90,44 @@ fn spec_of(which: &Which) -> PyResult<ModelSpec> {
 }
 
 fn device_of(device: Option<&str>) -> PyResult<Device> {
-    let default = if cfg!(feature = "cuda") { "cuda:0" } else if cfg!(feature = "metal") { "metal" } else { "cpu" };
-    let name = device.unwrap_or(default);
-    let bad = |e: candle_core::Error| {
-        PyValueError::new_err(format!("device `{name}` is not available: {}", mistralrs_core::error::candle_message(&e)))
-    };
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "metal" => Device::new_metal(0).map_err(bad),
-        _ => match name.strip_prefix("cuda:").or((name == "cuda").then_some("0")) {
-            Some(n) => {
-                let n: usize = n.parse().map_err(|_| PyValueError::new_err(format!("bad device `{name}`")))?;
-                Device::new_cuda(n).map_err(bad)
-            }
-            None => Err(PyValueError::new_err(format!("device must be \"cpu\", \"cuda:N\" or \"metal\", got `{name}`"))),
-        },
+    mistralrs_core::device::open(device.unwrap_or(mistralrs_core::device::default_device_name())).map_err(to_py)
+}
+
+/// `Runner(dtype=...)`: None or "auto" lets the loader choose.
+fn dtype_of(dtype: Option<&str>) -> PyResult<Option<DType>> {
+    Ok(match dtype.map(|d| d.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("auto") => None,
+        Some("f32" | "float32") => Some(DType::F32),
+        Some("f16" | "float16" | "half") => Some(DType::F16),
+        Some("bf16" | "bfloat16") => Some(DType::BF16),
+        Some(_) => {
+            return Err(PyValueError::new_err(format!(
+                "dtype must be \"f32\", \"f16\", \"bf16\" or \"auto\", got {:?}",
+                dtype.unwrap_or_default()
+            )))
+        }
+    })
+}
+
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "other",
     }
+}
+
+/// `num_device_layers` (`["0:20", "1:12"]`: CUDA ordinal and layer count).
+fn device_layers(spec: &[String]) -> PyResult<Vec<(usize, usize)>> {
+    spec.iter()
+        .map(|s| {
+            let parse = |(o, n): (&str, &str)| Some((o.trim().parse().ok()?, n.trim().parse().ok()?));
+            s.split_once(':').and_then(parse).ok_or_else(|| {
+                PyValueError::new_err(format!("num_device_layers entries are \"ORDINAL:LAYERS\" (e.g. \"0:20\"), got {s:?}"))
+            })
+        })
+        .collect()
 }
 
 impl Runner {
@@ -151,7 +173,7 @@ impl Runner {
     #[new]
     #[pyo3(signature = (which, max_seqs=16, no_kv_cache=false, prefix_cache_n=16, token_source="cache",
         speculative_gamma=32, which_draft=None, chat_template=None, num_device_layers=None, in_situ_quant=None,
-        seed=None, device=None, kv_cache_mb=None))]
+        seed=None, device=None, kv_cache_mb=None, dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -168,6 +190,7 @@ impl Runner {
         seed: Option<i128>,
         device: Option<String>,
         kv_cache_mb: Option<i64>,
+        dtype: Option<String>,
     ) -> PyResult<Self> {
         let kv_cache_mb = match kv_cache_mb {
             Some(mb) if mb < 1 => return Err(PyValueError::new_err(format!("kv_cache_mb must be at least 1, got {mb}"))),
@@ -183,8 +206,20 @@ impl Runner {
         if speculative_gamma < 1 {
             return Err(PyValueError::new_err(format!("speculative_gamma must be at least 1, got {speculative_gamma}")));
         }
-        if num_device_layers.is_some() {
-            return Err(not_implemented("splitting layers across devices (num_device_layers)"));
+        if let Some(spec) = &num_device_layers {
+            let layers = device_layers(spec)?;
+            if !cfg!(feature = "cuda") {
+                return Err(PyValueError::new_err(format!(
+                    "num_device_layers {spec:?} splits layers across CUDA devices, which needs the CUDA build \
+                     (pip install mistralrs-cuda); this build has {}",
+                    mistralrs_core::device::compiled_devices().join(", ")
+                )));
+            }
+            let count = mistralrs_core::device::cuda_device_count();
+            if let Some((o, _)) = layers.iter().find(|(o, _)| *o >= count) {
+                return Err(PyValueError::new_err(format!("num_device_layers names cuda:{o}, but the driver reports {count} CUDA devices")));
+            }
+            return Err(not_implemented("splitting layers across devices (num_device_layers); use device=\"cuda:N\""));
         }
         let spec = spec_of(&which)?;
         let opts = LoadOptions {
@@ -192,6 +227,7 @@ impl Runner {
             chat_template,
             device: device_of(device.as_deref())?,
             in_situ_quant: in_situ_quant.as_deref().map(parse_isq).transpose().map_err(to_py)?,
+            dtype: dtype_of(dtype.as_deref())?,
         };
         let cfg = RunnerConfig {
             max_seqs: max_seqs as usize,
@@ -293,6 +329,36 @@ impl Runner {
     #[getter]
     fn adapters(&self) -> Vec<String> {
         self.inner.adapter_names()
+    }
+
+    /// The device the model runs on: "cpu", "cuda:N" or "metal".
+    #[getter]
+    fn device(&self) -> String {
+        self.inner.device_name()
+    }
+
+    /// The compute dtype of dense weights, activations and the KV cache:
+    /// "f32", "f16" or "bf16" (quantized weights keep their own types).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        dtype_name(self.inner.dtype())
+    }
+
+    /// The dtype the checkpoint's config.json names (`torch_dtype`), or None
+    /// (llama.cpp files name none); the default `dtype` on accelerators.
+    #[getter]
+    fn checkpoint_dtype(&self) -> Option<&'static str> {
+        self.inner.checkpoint_dtype().map(dtype_name)
+    }
+
+    fn __repr__(&self) -> String {
+        let checkpoint = self.inner.checkpoint_dtype().map_or("none", dtype_name);
+        format!(
+            "Runner(device='{}', dtype='{}', checkpoint_dtype='{checkpoint}', context_len={})",
+            self.inner.device_name(),
+            dtype_name(self.inner.dtype()),
+            self.inner.context_len()
+        )
     }
 
     /// The engine's counters as a dict: steps, sequence_steps, max_batch,

@@ -550,8 +550,19 @@ class Runner:
         seed: int | None = None,
         device: str | None = None,
         kv_cache_mb: int | None = None,
+        dtype: Literal["f32", "f16", "bf16", "auto"] | None = None,
     ) -> None:
-        """``kv_cache_mb``: megabytes of paged KV cache (blocks of 16 tokens) shared by all sequences; by
+        """``device``: ``"cpu"``, ``"cuda:N"`` or ``"metal"`` (default: the accelerator this build was compiled
+        for, else the CPU); ValueError when the build lacks it or the device does not exist.
+
+        ``dtype``: the compute dtype of dense weights, activations and the KV cache. Default: f32 on the CPU;
+        on CUDA/Metal the checkpoint's ``torch_dtype`` (plain models) or f32 (GGUF/GGML, whose quantized
+        weights run on candle's GPU kernels). See ``Runner.device`` / ``Runner.dtype`` for the choice made.
+
+        ``num_device_layers``: ``["ORDINAL:LAYERS", ...]``; ValueError on a build without CUDA or for a device
+        that does not exist; splitting layers is not implemented yet (NotImplementedError).
+
+        ``kv_cache_mb``: megabytes of paged KV cache (blocks of 16 tokens) shared by all sequences; by
         default a quarter of the memory available at load (printed). When it runs out, the newest sequences
         are preempted and recomputed later; a request that cannot fit even alone raises ValueError.
 
@@ -587,6 +598,15 @@ class Runner:
     @property
     def adapters(self) -> list[str]:
         """Names of the loaded adapters (`order`, then `preload_adapters`)."""
+    @property
+    def device(self) -> str:
+        """The device the model runs on: ``"cpu"``, ``"cuda:N"`` or ``"metal"``."""
+    @property
+    def dtype(self) -> Literal["f32", "f16", "bf16"]:
+        """The compute dtype (dense weights, activations, KV cache); quantized weights keep their types."""
+    @property
+    def checkpoint_dtype(self) -> Literal["f32", "f16", "bf16"] | None:
+        """The dtype the checkpoint's config.json names (``torch_dtype``); None for GGUF/GGML files."""
     def stats(self) -> dict[str, int]:
         """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
         different adapter sets), preemptions (sequences whose KV blocks were taken back, to be recomputed),
@@ -623,5 +643,7 @@ class AsyncResponseIterator(Generic[_T]):
 
 def build_info() -> dict[str, object]:
     """How this build was compiled and what it runs on: ``version``, ``features``
-    (cuda, metal, mkl, ...), ``simd`` (CPU extensions in use), ``default_device``, ``cpu_threads``, and
-    ``kernels``: for each weight type (``"Q4_K"``, ...) the kernel its products run on with this CPU."""
+    (cuda, metal, mkl, ...), ``devices`` (those compiled in), ``default_device``, ``cuda_device_count``,
+    ``default_dtype``, ``simd`` (CPU extensions the kernels may use), ``cpu_kernels`` (``auto``, or what
+    ``MISTRALRS_CPU_KERNELS`` forces: ``scalar`` or ``candle``), ``cpu_threads``, and ``kernels``: for each
+    weight type (``"Q4_K"``, ...) the kernel its products run on with this CPU."""

@@ -143,4 +143,8 @@ impl WeightSource for AdaptedSource<'_> {
     fn has_tensor(&self, name: &str) -> bool {
         self.inner.has_tensor(name)
     }
+
+    fn dtype(&self) -> candle_core::DType {
+        self.inner.dtype()
+    }
 }

@@ -312,6 +312,10 @@ impl CausalLm for XLoraModel {
         self.model.config()
     }
 
+    fn dtype(&self) -> candle_core::DType {
+        self.model.dtype()
+    }
+
     /// The real pass's layers, then the scaling pass's.
     fn cache_layers(&self) -> usize {
         2 * self.model.cache_layers()

@@ -143,7 +143,7 @@ impl Engine {
             cfg.prefix_cache_n = 0;
             cfg.max_step_tokens = usize::MAX;
         }
-        let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device)
+        let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device, model.dtype())
             .map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
         stats.kv_blocks_total.store(cfg.kv_blocks as u64, Ordering::Relaxed);
         let draft = match draft {
@@ -151,7 +151,7 @@ impl Engine {
                 // As many tokens as the target's pool, and room for every sequence's proposals.
                 let blocks = cfg.kv_blocks + cfg.max_seqs * (gamma.div_ceil(crate::kv_cache::BLOCK_SIZE) + 1);
                 let dc = model.config();
-                let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, &device)
+                let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, &device, model.dtype())
                     .map_err(|e| Error::runtime(format!("cannot allocate the draft model's KV cache: {e}")))?;
                 Some(Draft { model, kv, alloc: BlockAllocator::new(blocks, 0), gamma })
             }
@@ -176,6 +176,9 @@ impl Engine {
     }
 
     pub fn run(mut self, rx: Receiver<Message>) {
+        // The model, the cache and every step's tensors live and die on this
+        // thread (see `device::bind_thread`); a failure shows in the first step.
+        let _ = crate::device::bind_thread(&self.device);
         loop {
             // Block only when there is nothing to compute.
             if self.running.is_empty() && self.waiting.is_empty() {

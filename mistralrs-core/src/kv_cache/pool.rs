@@ -1,5 +1,6 @@
 //! The memory of the KV cache: per cache layer, one key and one value
-//! tensor of (blocks × BLOCK_SIZE slots, kv_heads, head_dim), allocated once
+//! tensor of (blocks × BLOCK_SIZE slots, kv_heads, head_dim) in the compute
+//! dtype, allocated once
 //! at load for the whole budget. On the CPU the zeroed buffers are only
 //! backed by memory as blocks are first written, lowest ids first.
 
@@ -34,21 +35,21 @@ fn zeroed(n: usize) -> Result<Vec<f32>> {
 }
 
 impl KvPool {
-    /// Bytes one block takes over all `layers`, keys and values (f32).
-    pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize) -> usize {
-        2 * layers * BLOCK_SIZE * kv_heads * head_dim * DType::F32.size_in_bytes()
+    /// Bytes one block takes over all `layers`, keys and values.
+    pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize, dtype: DType) -> usize {
+        2 * layers * BLOCK_SIZE * kv_heads * head_dim * dtype.size_in_bytes()
     }
 
-    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, device: &Device) -> Result<Self> {
+    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, device: &Device, dtype: DType) -> Result<Self> {
         let shape = (blocks * BLOCK_SIZE, kv_heads, head_dim);
         let elems = blocks
             .checked_mul(BLOCK_SIZE * kv_heads * head_dim)
             .ok_or_else(|| candle_core::Error::Msg(format!("a KV cache of {blocks} blocks overflows")))?;
         let alloc = || {
             (0..layers)
-                .map(|_| match device {
-                    Device::Cpu => Tensor::from_vec(zeroed(elems)?, shape, device),
-                    _ => Tensor::zeros(shape, DType::F32, device),
+                .map(|_| match (device, dtype) {
+                    (Device::Cpu, DType::F32) => Tensor::from_vec(zeroed(elems)?, shape, device),
+                    _ => Tensor::zeros(shape, dtype, device),
                 })
                 .collect::<Result<Vec<_>>>()
         };
@@ -64,10 +65,8 @@ impl KvPool {
     /// `past..past + t` of `table`, whose blocks must already be allocated.
     pub fn write(&self, layer: usize, table: &BlockTable, past: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let t = k.dims3()?.0;
-        let (k, v) = (
-            k.to_dtype(DType::F32)?.contiguous()?,
-            v.to_dtype(DType::F32)?.contiguous()?,
-        );
+        let dtype = self.k[layer].dtype();
+        let (k, v) = (k.to_dtype(dtype)?.contiguous()?, v.to_dtype(dtype)?.contiguous()?);
         // One copy per run of the new tokens that falls in one block.
         let mut i = 0;
         while i < t {

@@ -107,7 +107,7 @@ impl SelfAttention {
             kv.write(layer, i, slot.past, &k.narrow(0, slot.start, slot.len)?, &v.narrow(0, slot.start, slot.len)?)?;
         }
 
-        let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
+        let y = if super::cpu_kernels(q.device(), q.dtype()) {
             self.attend_cpu(&q, ctx, view, kv, layer)?
         } else {
             let mut outs = Vec::with_capacity(ctx.batch.slots.len());
@@ -188,7 +188,10 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
     let q = q.contiguous()?.reshape((kv_heads, group * q_len, head_dim))?;
     // K and V are views into the cache's buffers (a row stride of the buffer's
     // capacity); the matmul reads them in place instead of copying the history.
-    let scores = (q.matmul(&k.t()?)? * scale)?;
+    // Scores, mask and softmax in f32 whatever the compute dtype (as
+    // transformers' eager attention takes its softmax in f32).
+    let dtype = q.dtype();
+    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
     let scores = match softcap {
         Some(c) => ((scores / c)?.tanh()? * c)?,
         None => scores,
@@ -200,7 +203,7 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
             .reshape((kv_heads, group * q_len, kv_len))?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
     let out = probs.matmul(v)?; // (kv_heads, group * q_len, head_dim)
     out.reshape((heads, q_len, head_dim))?.transpose(0, 1)?.reshape((q_len, heads * head_dim))
 }
@@ -292,7 +295,7 @@ mod tests {
             let want = grouped_attention(&q, &k, &v, mask.as_ref(), scale, softcap).unwrap();
 
             let n = (past + t).div_ceil(BLOCK_SIZE);
-            let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev).unwrap();
+            let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev, DType::F32).unwrap();
             let table = BlockTable { blocks: (0..n as u32).map(|b| 2 * n as u32 - 2 * b).collect() };
             let (kt, vt) = (k.transpose(0, 1).unwrap(), v.transpose(0, 1).unwrap());
             // The history in two writes, as a cached past and a step's new tokens.

@@ -1,6 +1,6 @@
 //! The input of one batched step, and what all layers of that step share.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::causal_mask;
 use super::lora::AdapterRows;
@@ -80,25 +80,27 @@ pub struct AttnView {
     pub sin: Tensor,
     /// Keys older than this many positions are hidden (sliding window).
     pub window: Option<usize>,
-    /// Per sequence: additive (len, past + len) mask, None when nothing is
-    /// masked. Empty on the CPU, whose attention kernel masks by index.
+    /// Per sequence: additive f32 (len, past + len) mask, None when nothing
+    /// is masked. Empty where the CPU attention kernel runs (it masks by index).
     pub masks: Vec<Option<Tensor>>,
 }
 
 impl AttnView {
-    pub fn new(batch: &ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
+    /// `dtype`: the compute dtype, which the rotary tables are in.
+    pub fn new(batch: &ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device, dtype: DType) -> Result<Self> {
         let (cos, sin) = rotary.tables(&batch.slots, device)?;
-        Ok(Self { cos, sin, window, masks: masks(batch, window, device)? })
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        Ok(Self { cos, sin, window, masks: masks(batch, window, device, dtype)? })
     }
 
     /// A view with `other`'s rotary rows and a window of its own.
-    pub fn with_rows(batch: &ForwardBatch, other: &AttnView, window: Option<usize>, device: &Device) -> Result<Self> {
-        Ok(Self { cos: other.cos.clone(), sin: other.sin.clone(), window, masks: masks(batch, window, device)? })
+    pub fn with_rows(batch: &ForwardBatch, other: &AttnView, window: Option<usize>, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(Self { cos: other.cos.clone(), sin: other.sin.clone(), window, masks: masks(batch, window, device, dtype)? })
     }
 }
 
-fn masks(batch: &ForwardBatch, window: Option<usize>, device: &Device) -> Result<Vec<Option<Tensor>>> {
-    if device.is_cpu() {
+fn masks(batch: &ForwardBatch, window: Option<usize>, device: &Device, dtype: DType) -> Result<Vec<Option<Tensor>>> {
+    if super::cpu_kernels(device, dtype) {
         return Ok(Vec::new());
     }
     batch.slots.iter().map(|s| causal_mask(s.len, s.past, window, device)).collect()
@@ -115,8 +117,8 @@ pub struct StepContext<'a> {
 
 impl<'a> StepContext<'a> {
     /// A step whose layers all see it one way.
-    pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device) -> Result<Self> {
-        Ok(Self { batch, global: AttnView::new(batch, rotary, window, device)?, local: None })
+    pub fn new(batch: &'a ForwardBatch, rotary: &Rotary, window: Option<usize>, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(Self { batch, global: AttnView::new(batch, rotary, window, device, dtype)?, local: None })
     }
 
     /// The view of a local layer (`local`) or a global one.

@@ -1,4 +1,4 @@
-//! A linear layer, whatever its storage: dense f32 (`QMatMul::Tensor`), a
+//! A linear layer, whatever its storage: dense in the compute dtype (`QMatMul::Tensor`), a
 //! ggml block-quantized matrix on candle's kernels (whose CPU code quantizes
 //! the activations to the weight's dot-product type as llama.cpp does), or
 //! the legacy block types, Q4_K and Q6_K on our own SIMD kernels; optionally with
@@ -28,10 +28,11 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Picks the kernel for the weight's type on the running CPU.
+    /// Picks the kernel for the weight's type on the running CPU; on other
+    /// devices candle's (its CUDA/Metal quantized kernels).
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
         let ours = match &weight {
-            QMatMul::QTensor(t) => match LegacyQuantMatrix::from_qtensor(t).ok().flatten() {
+            QMatMul::QTensor(t) if t.device().is_cpu() && crate::kernels::own_kernels() => match LegacyQuantMatrix::from_qtensor(t).ok().flatten() {
                 Some(m) => Some(Weight::Legacy(Arc::new(m))),
                 None => KQuantMatrix::from_qtensor(t).ok().flatten().map(|m| Weight::KQuant(Arc::new(m))),
             },
@@ -52,7 +53,7 @@ impl Linear {
         bias: Option<Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        if device.is_cpu() {
+        if device.is_cpu() && crate::kernels::own_kernels() {
             let ours = match LegacyQuantMatrix::from_stored(dtype, src, rows, cols) {
                 Some(m) => Some(Weight::Legacy(Arc::new(m))),
                 None => KQuantMatrix::from_stored(dtype, src, rows, cols).map(|m| Weight::KQuant(Arc::new(m))),
@@ -97,6 +98,17 @@ impl Linear {
         })
     }
 
+    /// The layer with a dense weight (and its bias) converted to `dtype`;
+    /// quantized weights keep their type.
+    pub fn with_dense_dtype(self, dtype: DType) -> Result<Self> {
+        let weight = match self.weight {
+            Weight::Candle(QMatMul::Tensor(w)) if w.dtype() != dtype => Weight::Candle(QMatMul::Tensor(w.to_dtype(dtype)?)),
+            other => other,
+        };
+        let bias = self.bias.map(|b| b.to_dtype(dtype)).transpose()?;
+        Ok(Self { weight, bias, lora: self.lora })
+    }
+
     /// The layer with unmerged adapters, applied by `forward_rows`.
     pub fn with_lora(self, stack: Arc<LoraStack>) -> Self {
         Self { lora: Some(stack), ..self }
@@ -114,14 +126,25 @@ impl Linear {
 
     /// `x`: (tokens, in_features) -> (tokens, out_features), without adapters.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            Weight::Candle(w) => w.forward(x)?,
-            Weight::Legacy(w) => w.matmul(x)?,
-            Weight::KQuant(w) => w.matmul(x)?,
+        // Quantized kernels take f32 activations: in another compute dtype
+        // (bf16/f16 on an accelerator) the rows pass through f32 for them.
+        let dense = matches!(self.weight, Weight::Candle(QMatMul::Tensor(_) | QMatMul::TensorF16(_)));
+        let y = if dense || x.dtype() == DType::F32 {
+            self.product(x)?
+        } else {
+            self.product(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Candle(w) => w.forward(x),
+            Weight::Legacy(w) => w.matmul(x),
+            Weight::KQuant(w) => w.matmul(x),
         }
     }
 

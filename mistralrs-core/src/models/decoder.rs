@@ -4,7 +4,7 @@
 //! Gemma 2 and 3 add a norm on each block's output (`x + norm(attn(norm(x)))`).
 //! An architecture file says how its layers are built from the weights.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::{CausalLm, ModelConfig};
 use crate::error::Result as LoadResult;
@@ -40,6 +40,8 @@ pub struct Trunk {
     /// Logits become `cap · tanh(logit / cap)` (Gemma 2).
     final_softcap: Option<f64>,
     device: Device,
+    /// The compute dtype (activations, rotary tables).
+    dtype: DType,
 }
 
 impl Trunk {
@@ -64,24 +66,31 @@ impl Trunk {
             local,
             final_softcap: cfg.extras.final_logit_softcap,
             device: device.clone(),
+            dtype: w.dtype(),
         })
     }
 
     /// The embeddings of the batch's tokens, (tokens, hidden), and what its layers share.
     pub fn embed<'a>(&self, batch: &'a ForwardBatch) -> Result<(Tensor, StepContext<'a>)> {
-        let mut ctx = StepContext::new(batch, &self.rotary, self.window, &self.device)?;
+        let (device, dtype) = (&self.device, self.dtype);
+        let mut ctx = StepContext::new(batch, &self.rotary, self.window, device, dtype)?;
         if let Some((window, rotary)) = &self.local {
             ctx.local = Some(match rotary {
-                Some(r) => AttnView::new(batch, r, Some(*window), &self.device)?,
-                None => AttnView::with_rows(batch, &ctx.global, Some(*window), &self.device)?,
+                Some(r) => AttnView::new(batch, r, Some(*window), device, dtype)?,
+                None => AttnView::with_rows(batch, &ctx.global, Some(*window), device, dtype)?,
             });
         }
-        let x = self.embed_tokens.forward(&batch.input_ids)?;
+        // A quantized table's rows come out in f32.
+        let x = self.embed_tokens.forward(&batch.input_ids)?.to_dtype(dtype)?;
         let x = match self.embed_scale {
             Some(s) => (x * s)?,
             None => x,
         };
         Ok((x, ctx))
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Logits of each sequence's last token; only those rows are normalized and projected.
@@ -165,5 +174,9 @@ impl<F: FeedForward> CausalLm for PreNormDecoder<F> {
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn dtype(&self) -> DType {
+        self.trunk.dtype()
     }
 }

@@ -30,6 +30,8 @@ pub trait CausalLm: Send + Sync {
     /// norm (the output head's input): (tokens, hidden).
     fn hidden_states(&self, batch: &ForwardBatch, kv: &mut StepKv) -> candle_core::Result<Tensor>;
     fn config(&self) -> &ModelConfig;
+    /// The compute dtype: activations and the KV cache.
+    fn dtype(&self) -> candle_core::DType;
     /// Layers of KV cache each sequence needs (X-LoRA keeps two sets).
     fn cache_layers(&self) -> usize {
         self.config().num_layers

@@ -83,4 +83,8 @@ impl CausalLm for Phi2 {
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }
+
+    fn dtype(&self) -> candle_core::DType {
+        self.trunk.dtype()
+    }
 }

@@ -381,22 +381,31 @@ pub struct GgufSource {
     /// Rows of Q, K and V within a fused `attn_qkv` (for files that fuse what the model keeps apart).
     qkv_rows: (usize, usize),
     device: Device,
+    dtype: DType,
 }
 
 impl GgufSource {
-    pub fn new(file: Arc<GgufFile>, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+    /// `dtype`: the compute dtype, which dense tensors are converted to.
+    pub fn new(file: Arc<GgufFile>, cfg: &ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
         let kind = arch_of_gguf(&file)?;
-        Ok(Self::with_layout(file, kind.interleaved_rope, kind.norm_plus_one, cfg, device))
+        Ok(Self::with_layout(file, kind.interleaved_rope, kind.norm_plus_one, cfg, device, dtype))
     }
 
     /// Tensors of `file` laid out as llama.cpp stores them: Q/K rows
     /// interleaved for rotary pairs (the `llama` family) and norms stored as
     /// `1 + w` (gemma) where the flags say so.
-    pub fn with_layout(file: Arc<dyn TensorFile>, interleaved_rope: bool, norm_plus_one: bool, cfg: &ModelConfig, device: &Device) -> Self {
+    pub fn with_layout(
+        file: Arc<dyn TensorFile>,
+        interleaved_rope: bool,
+        norm_plus_one: bool,
+        cfg: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
         let unpermute = interleaved_rope.then_some((cfg.num_heads, cfg.num_kv_heads));
         let qkv_rows = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
         let post_norms = matches!(cfg.arch, Architecture::Gemma2 | Architecture::Gemma3);
-        Self { file, unpermute, norm_plus_one, post_norms, qkv_rows, device: device.clone() }
+        Self { file, unpermute, norm_plus_one, post_norms, qkv_rows, device: device.clone(), dtype }
     }
 
     /// The (weight or bias) tensor `name`, resolving stacked experts (`name#E`)
@@ -454,7 +463,7 @@ impl GgufSource {
     fn dense(&self, t: &StoredTensor, name: &str) -> Result<Tensor> {
         let q = qtensor_from_ggml(t.dtype, &t.bytes, t.dims.clone(), &self.device)
             .map_err(|e| Error::bad_file(self.file.path(), format!("tensor `{name}`: {}", candle_message(&e))))?;
-        Ok(q.dequantize(&self.device)?.to_dtype(DType::F32)?)
+        Ok(q.dequantize(&self.device)?.to_dtype(self.dtype)?)
     }
 
     /// A linear layer (or embedding table) over a stored (rows, cols) matrix.
@@ -464,7 +473,7 @@ impl GgufSource {
         };
         let src = StoredRows::new(&t.bytes, t.row_bytes(), order)
             .ok_or_else(|| Error::bad_file(self.file.path(), format!("a {:?} tensor of {} bytes is not whole rows", t.dims, t.bytes.len())))?;
-        Ok(Linear::from_stored(t.dtype, &src, rows, cols, bias, &self.device)?)
+        Ok(Linear::from_stored(t.dtype, &src, rows, cols, bias, &self.device)?.with_dense_dtype(self.dtype)?)
     }
 
     /// Rows per head that llama.cpp's converter interleaved, if `module` is Q or K.
@@ -539,6 +548,10 @@ impl WeightSource for GgufSource {
     fn has_tensor(&self, name: &str) -> bool {
         let (module, suffix) = name.rsplit_once('.').unwrap_or((name, "weight"));
         gguf_name(module, self.post_norms).is_some_and(|n| self.file.has_tensor(&format!("{n}.{suffix}")))
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 

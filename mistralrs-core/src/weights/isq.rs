@@ -103,6 +103,10 @@ impl WeightSource for QuantizingSource<'_> {
     fn has_tensor(&self, name: &str) -> bool {
         self.inner.has_tensor(name)
     }
+
+    fn dtype(&self) -> candle_core::DType {
+        self.inner.dtype()
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ pub mod isq;
 pub mod safetensors;
 pub mod stored;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 use crate::layers::{Embedding, Linear};
@@ -20,7 +20,7 @@ pub trait WeightSource {
     /// A linear layer `module` mapping `in_dim` to `out_dim`, with its bias
     /// when `bias` is true.
     fn linear(&self, module: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear>;
-    /// A dense 1-D f32 tensor (norm scales), `name` including `.weight`.
+    /// A dense 1-D tensor of the compute dtype (norm scales), `name` including `.weight`.
     fn vector(&self, name: &str, len: usize) -> Result<Tensor>;
     /// The token embedding table `module` (vocab, hidden).
     fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding>;
@@ -28,4 +28,7 @@ pub trait WeightSource {
     fn has_module(&self, module: &str) -> bool;
     /// Whether tensor `name` (e.g. `lm_head.bias`) is present.
     fn has_tensor(&self, name: &str) -> bool;
+    /// The compute dtype: what dense weights, activations and the KV cache
+    /// are in (quantized weights keep their block type).
+    fn dtype(&self) -> DType;
 }

@@ -1,5 +1,5 @@
 //! Dense weights from `model.safetensors` or a sharded index, converted to
-//! f32 (the CPU compute type). Tensors are read with plain reads, one at a
+//! the compute dtype (f32 on the CPU, the checkpoint's on accelerators). Tensors are read with plain reads, one at a
 //! time, rather than through a memory map: mapped pages that were read stay
 //! in the process's resident set, so an in-situ quantized load of an f32
 //! model would peak at the file's size instead of the quantized size.
@@ -33,6 +33,7 @@ pub struct SafetensorsSource {
     /// Where the weights came from, for error messages.
     origin: PathBuf,
     device: Device,
+    dtype: DType,
 }
 
 /// A multimodal checkpoint's text decoder under the names of a text-only
@@ -50,7 +51,8 @@ fn text_model_name(name: &str) -> String {
 }
 
 impl SafetensorsSource {
-    pub fn open(files: &[PathBuf], device: &Device) -> Result<Self> {
+    /// `dtype`: what every weight is converted to (the compute dtype).
+    pub fn open(files: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
         let origin = files.first().cloned().unwrap_or_default();
         let mut tensors = HashMap::new();
         let mut opened = Vec::with_capacity(files.len());
@@ -71,7 +73,7 @@ impl SafetensorsSource {
             let file = std::fs::File::open(f).map_err(|e| Error::not_found(f, e.to_string()))?;
             opened.push((f.clone(), Mutex::new(file)));
         }
-        Ok(Self { files: opened, tensors, origin, device: device.clone() })
+        Ok(Self { files: opened, tensors, origin, device: device.clone(), dtype })
     }
 
     pub fn tensor_count(&self) -> usize {
@@ -94,14 +96,14 @@ impl SafetensorsSource {
                 .and_then(|_| f.read_exact(&mut bytes))
                 .map_err(|err| Error::bad_file(path, format!("cannot read tensor `{name}`: {err}")))?;
         }
-        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &self.device)?.to_dtype(DType::F32)?;
-        // F64 is checked after its conversion (a value beyond f32's range becomes infinite there).
+        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &self.device)?.to_dtype(self.dtype)?;
+        // F64 is checked after its conversion (a value beyond the compute dtype's range becomes infinite there).
         let finite = match e.dtype {
             DType::F16 => check_finite(GgmlDType::F16, &bytes),
             DType::BF16 => check_finite(GgmlDType::BF16, &bytes),
             DType::F32 => check_finite(GgmlDType::F32, &bytes),
-            _ => match t.flatten_all()?.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
-                Some(at) => Err(format!("element {at} is not finite (NaN, infinite or beyond f32's range)")),
+            _ => match t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
+                Some(at) => Err(format!("element {at} is not finite (NaN, infinite or beyond {:?}'s range)", self.dtype)),
                 None => Ok(()),
             },
         };
@@ -207,5 +209,9 @@ impl WeightSource for SafetensorsSource {
 
     fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
     }
 }
