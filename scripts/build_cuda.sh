@@ -18,13 +18,15 @@
 #   names); the PyPI packages put everything under site-packages/nvidia/cu13/{bin,include,lib,nvvm},
 #   so a root of links is made beside the venv.
 # - libcuda.so belongs to the driver, not to PyPI. The link needs a stub with the driver's soname
-#   (libcuda.so.1) that exports the driver API; it is generated from the toolkit's own cuda.h. At run
-#   time the real driver's libcuda.so.1 is found by the loader as usual.
+#   (libcuda.so.1) that exports the driver API; it is generated from the toolkit's own cuda.h, and
+#   every entry point returns CUDA_ERROR_STUB_LIBRARY (34), as NVIDIA's own stub does, so a process
+#   that loads it by mistake gets a clear error instead of garbage. At run time the real driver's
+#   libcuda.so.1 is found by the loader as usual; the stub folder is never on the RPATH.
 # - Kernels: candle's JIT-loaded kernels are PTX for compute_80, which the driver compiles for Ampere
 #   and anything newer (Hopper included). Its statically linked GGUF/MoE kernels are SASS, built for
 #   sm_80 by candle and, through an nvcc wrapper, also for each architecture in CUDA_SASS (sm_90 by
 #   default), so one wheel runs on A100 and H100/H200.
-# - The extension finds cuBLAS, cuRAND, NVRTC and cudart through an RPATH to the `nvidia/cu13/lib`
+# - The extension finds cuBLAS, cuRAND and cudart (all it links: NVRTC is not) through a RUNPATH to the `nvidia/cu13/lib`
 #   folder of the same site-packages; the wheel depends on the PyPI packages that put them there.
 #   `LD_LIBRARY_PATH` works as well where those libraries live elsewhere.
 set -euo pipefail
@@ -70,7 +72,7 @@ if [ ! -f "$STUB" ] || [ "$CU13/include/cuda.h" -nt "$STUB" ]; then
     echo "==> generating the libcuda.so.1 link stub from cuda.h"
     { gcc -E -P "$CU13/include/cuda.h"; gcc -E -P -D__CUDA_API_VERSION_INTERNAL "$CU13/include/cuda.h"; } \
         | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d '( \t' | sort -u \
-        | awk '{ print "void " $0 "(void) {}" }' > "$CUDA_ROOT/lib64/stubs/libcuda_stub.c"
+        | awk '{ print "int " $0 "(void) { return 34; }" }' > "$CUDA_ROOT/lib64/stubs/libcuda_stub.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUB" "$CUDA_ROOT/lib64/stubs/libcuda_stub.c"
     echo "    $(wc -l < "$CUDA_ROOT/lib64/stubs/libcuda_stub.c") entry points"
 fi
@@ -123,7 +125,6 @@ deps = ('dependencies = [\n'
         '    "nvidia-cuda-runtime>=13.0,<13.1",\n'
         '    "nvidia-cublas>=13.0,<13.1",\n'
         '    "nvidia-curand>=10.4.0,<10.4.1",\n'
-        '    "nvidia-cuda-nvrtc>=13.0,<13.1",\n'
         ']\n')
 text = text.replace('dynamic = ["version"]\n', 'dynamic = ["version"]\n' + deps, 1)
 p.write_text(text)

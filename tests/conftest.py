@@ -8,6 +8,10 @@
 Runners are session-scoped: loading is the slow part, and a Runner must keep
 serving after a bad request anyway (tests/test_errors.py checks exactly that).
 
+``MISTRALRS_TEST_DEVICE`` (``cuda:0``, ``metal``) runs every Runner the tests make on that device,
+unless a test names a device itself: the GPU run of the suite. Tests that compare with
+references take their tolerance from ``reference_support.tolerance`` for the Runner's dtype.
+
 Tests marked ``slow`` (minutes each, full-scale versions of faster tests) run
 only with ``--run-slow``; CI skips them, and they are run before an issue
 that they cover is called done.
@@ -15,11 +19,25 @@ that they cover is called done.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
+import mistralrs
 import pytest
-from mistralrs import ChatCompletionRequest, Runner, Which
+
+TEST_DEVICE = os.environ.get("MISTRALRS_TEST_DEVICE") or None
+if TEST_DEVICE:
+    _Runner = mistralrs.Runner
+
+    def _runner_on_test_device(*args, **kwargs):
+        kwargs.setdefault("device", TEST_DEVICE)
+        return _Runner(*args, **kwargs)
+
+    # Test modules import Runner after this file has run, so they get this one.
+    mistralrs.Runner = _runner_on_test_device
+
+from mistralrs import ChatCompletionRequest, Runner, Which  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"

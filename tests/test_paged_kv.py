@@ -20,6 +20,7 @@ import time
 
 import pytest
 from conftest import assert_serves, chat
+from reference_support import OTHER_KERNELS, greedy_agrees
 from mistralrs import ChatCompletionRequest, CompletionRequest, Runner
 
 # Prompts of 8 to about 420 tokens, each different from its first token on.
@@ -259,6 +260,8 @@ def _two_turns(runner):
         ],
         max_tokens=24,
         temperature=0.0,
+        logprobs=True,
+        top_logprobs=3,
     )
     return first, runner.send_chat_completion_request(req)
 
@@ -276,7 +279,11 @@ def test_the_second_turn_of_a_chat_reuses_the_first_turns_blocks(smollm2_which):
         assert cached >= first.usage.prompt_tokens // 16 * 16 > 0
         assert cached % 16 == 0 and cached < second.usage.prompt_tokens
         assert plain.usage.prompt_tokens_details.cached_tokens == 0
-        assert second.choices[0].message.content == plain.choices[0].message.content
+        # The engine's CPU kernels compute each row alone, so the cached run is the plain one
+        # exactly. candle's (the GPU path) vary with a batch's row count: a near tie may go either way.
+        want = [list(t.bytes) for t in plain.choices[0].logprobs.content]
+        if greedy_agrees(second, want, "cached vs plain second turn") or not OTHER_KERNELS:
+            assert second.choices[0].message.content == plain.choices[0].message.content
         assert cached_runner.stats()["prefix_cache_hit_tokens"] == cached
         print(
             f"\nsecond turn: {cached} of {second.usage.prompt_tokens} prompt tokens cached; time to first token "
