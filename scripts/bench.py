@@ -127,7 +127,8 @@ class MistralrsBench:
         gguf = pathlib.Path(args.gguf)
         which = Which.GGUF(tok_model_id=None, quantized_model_id=str(gguf.parent), quantized_filename=gguf.name)
         # max_seqs stays at its default (16) unless more concurrent requests must fit in one batch.
-        self.runner, self.load_s = timed(lambda: Runner(which=which, max_seqs=max([16, *args.concurrent])))
+        device = {"device": args.device} if args.device else {}
+        self.runner, self.load_s = timed(lambda: Runner(which=which, max_seqs=max([16, *args.concurrent]), **device))
 
     def prompt(self, n: int, key: str) -> str:
         r = self.runner
@@ -313,6 +314,8 @@ def run_worker(engine: str, python: str, args, rep: int) -> dict:
         "--concurrent",
         ",".join(map(str, args.concurrent)) or "0",
     ]
+    if args.device:
+        cmd += ["--device", args.device]
     env = dict(os.environ)
     # Same thread count for every thread pool an engine might use.
     for var in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -435,6 +438,7 @@ def main(argv=None) -> int:
         default="8",
         help="comma-separated numbers of concurrent requests, one row each; 0 to skip (default 8)",
     )
+    p.add_argument("--device", help="mistralrs's device (cpu, cuda:N, metal; default: the build's default)")
     p.add_argument("--python", default=sys.executable, help="interpreter with mistralrs installed")
     p.add_argument(
         "--llamacpp-python", default=None, help="interpreter with llama-cpp-python installed (default: --python)"
