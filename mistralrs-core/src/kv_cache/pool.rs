@@ -1,7 +1,6 @@
 //! The memory of the KV cache: per cache layer, one key and one value
 //! tensor of (blocks × BLOCK_SIZE slots, kv_heads, head_dim) in the compute
-//! dtype, allocated once
-//! at load for the whole budget. On the CPU the zeroed buffers are only
+//! dtype, allocated once at load for the whole budget. On the CPU the zeroed buffers are only
 //! backed by memory as blocks are first written, lowest ids first.
 
 use candle_core::{DType, Device, Result, Tensor};
