@@ -29,6 +29,15 @@ pub fn default_device_name() -> &'static str {
     }
 }
 
+/// `device` as `open` takes it: "cpu", "cuda:N" or "metal".
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { .. } => "metal".to_string(),
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+    }
+}
+
 /// CUDA devices the driver reports (0 without the `cuda` feature or a driver).
 pub fn cuda_device_count() -> usize {
     cuda_devices().unwrap_or(0)

@@ -124,7 +124,8 @@ impl Runner {
         let mc = loaded.model.config();
         let block_bytes = KvPool::block_bytes(loaded.model.cache_layers(), mc.num_kv_heads, mc.head_dim, loaded.dtype);
         let kv_blocks = kv_budget(cfg.kv_cache_mb, block_bytes, cfg.max_seqs, loaded.context_len)?;
-        let device_name = device_kind(&opts.device);
+        let device_name = crate::device::name(&opts.device);
+        let device_kind = device_name.split(':').next().unwrap_or("cpu");
         let engine = Engine::new(
             loaded.model,
             tokenizer.clone(),
@@ -154,7 +155,7 @@ impl Runner {
             chat_template: loaded.chat_template,
             context_len: loaded.context_len,
             kv_tokens: kv_blocks * BLOCK_SIZE,
-            fingerprint: format!("mistralrs-{}-{device_name}", env!("CARGO_PKG_VERSION")),
+            fingerprint: format!("mistralrs-{}-{device_kind}", env!("CARGO_PKG_VERSION")),
             dtype: loaded.dtype,
             checkpoint_dtype: loaded.checkpoint_dtype,
             next_id: AtomicU64::new(0),
@@ -294,11 +295,7 @@ impl Runner {
 
     /// The device the model runs on: "cpu", "cuda:N" or "metal".
     pub fn device_name(&self) -> String {
-        match self.opts.device.location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-            candle_core::DeviceLocation::Metal { .. } => "metal".to_string(),
-            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-        }
+        crate::device::name(&self.opts.device)
     }
 
     /// Validates and tokenizes `req`, then hands it to the engine.
@@ -456,16 +453,6 @@ impl Drop for Runner {
 }
 
 /// Runs `f`, turning a panic into an error so it never unwinds into the caller.
-fn device_kind(device: &candle_core::Device) -> &'static str {
-    if device.is_cpu() {
-        "cpu"
-    } else if device.is_cuda() {
-        "cuda"
-    } else {
-        "metal"
-    }
-}
-
 fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|p| Err(Error::runtime(format!("internal error: {}", panic_message(p.as_ref())))))
