@@ -57,6 +57,9 @@ def main() -> None:
         }
     (DST / "references.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
 
+    for name, res in runs.items():
+        for c, r in zip(cases, res):
+            print(f"{name:5} {c['name']:10} {r['ids']}")
     print(f"{'run':5} {'case':10} first departure from f32   max |first-step top-5 - f32|   min margin")
     for name in ("bf16", "f16"):
         for c, r, f in zip(cases, runs[name], runs["f32"]):
