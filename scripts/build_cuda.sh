@@ -9,6 +9,7 @@
 #   CUDA_VENV      where the toolkit is pip-installed      (default: target/cuda-venv)
 #   CUDA_TARGET    cargo target dir for the CUDA build      (default: target/cuda)
 #   CUDA_SASS      extra SASS architectures for the statically compiled GGUF/MoE kernels (default: 90)
+#   MANYLINUX      the platform tag claimed for the wheel, checked with auditwheel (default: manylinux_2_34)
 #
 # What it takes and why:
 # - The toolkit is pinned to the CUDA 13.0 line: the GPU machines run driver 580 (CUDA 13.0), which
@@ -39,6 +40,8 @@ MODE=wheel
 CUDA_VENV="${CUDA_VENV:-$ROOT/target/cuda-venv}"
 CUDA_TARGET="${CUDA_TARGET:-$ROOT/target/cuda}"
 CUDA_SASS="${CUDA_SASS:-90}"
+# The wheel's platform tag: the glibc this build machine's symbols need (checked after the build).
+MANYLINUX="${MANYLINUX:-manylinux_2_34}"
 PYTHON="${PYTHON:-python3}"
 
 # The 13.0 line, matched to driver 580. cuda-toolkit's extras pull the components.
@@ -51,7 +54,7 @@ if [ ! -x "$CUDA_VENV/bin/python" ]; then
     "$PYTHON" -m venv "$CUDA_VENV"
 fi
 echo "==> installing the CUDA 13.0 toolkit from PyPI into $CUDA_VENV"
-"$CUDA_VENV/bin/python" -m pip install -q --disable-pip-version-check "$TOOLKIT" "${PINNED[@]}" "maturin>=1.7,<2"
+"$CUDA_VENV/bin/python" -m pip install -q --disable-pip-version-check "$TOOLKIT" "${PINNED[@]}" "maturin>=1.7,<2" auditwheel
 CU13="$("$CUDA_VENV/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
 [ -x "$CU13/bin/nvcc" ] || { echo "nvcc not found under $CU13" >&2; exit 1; }
 
@@ -132,6 +135,16 @@ PY
 
 echo "==> maturin build --release --features cuda"
 mkdir -p dist/cuda
-"$CUDA_VENV/bin/maturin" build --release --strip --features cuda --auditwheel skip -o dist/cuda
-wheel="$(ls -t dist/cuda/mistralrs_cuda-*.whl | head -1)"
+rm -f dist/cuda/mistralrs_cuda-*.whl
+"$CUDA_VENV/bin/maturin" build --release --strip --features cuda --auditwheel skip --compatibility "$MANYLINUX" -o dist/cuda
+wheel="$(ls dist/cuda/mistralrs_cuda-*.whl)"
+# The tag is claimed, not repaired (the CUDA libraries come from their PyPI packages, as torch's do),
+# so the glibc symbol versions the extension needs are checked against it here.
+"$CUDA_VENV/bin/python" -m auditwheel show "$wheel" > "$CUDA_TARGET/auditwheel.txt" 2>&1 || true
+if ! tr -s ' \n' ' ' < "$CUDA_TARGET/auditwheel.txt" | grep -q "constrains the platform tag to \"${MANYLINUX}_x86_64\""; then
+    echo "the extension needs newer glibc symbols than $MANYLINUX:" >&2
+    cat "$CUDA_TARGET/auditwheel.txt" >&2
+    rm -f "$wheel"
+    exit 1
+fi
 echo "==> built $wheel ($(du -h "$wheel" | cut -f1)) in $(( $(date +%s) - start )) s"
