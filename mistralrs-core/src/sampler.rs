@@ -66,16 +66,20 @@ impl Sampler {
         self.report(logits, token)
     }
 
-    /// The distribution `sample` draws from, as (token, probability) pairs,
-    /// most likely first (one pair, probability 1, when greedy); `logits`
-    /// get the bias and penalties, as `sample` gives them (for `report`).
-    pub fn distribution(&mut self, logits: &mut [f32], context: &[u32]) -> Vec<(u32, f32)> {
+    /// The distribution `sample` draws from, written into `out` as (token,
+    /// probability) pairs (one pair, probability 1, when greedy; in no
+    /// particular order otherwise); `logits` get the bias and penalties, as
+    /// `sample` gives them (for `report`). `out` is the caller's, so that a
+    /// distribution kept across a step (speculative decoding) reuses its buffer.
+    pub fn distribution(&mut self, logits: &mut [f32], context: &[u32], out: &mut Vec<(u32, f32)>) {
         self.apply_bias_and_penalties(logits, context);
+        out.clear();
         if self.params.is_greedy() {
-            return vec![(argmax(logits), 1.0)];
+            out.push((argmax(logits), 1.0));
+            return;
         }
         self.candidates(logits);
-        self.candidates.clone()
+        out.extend_from_slice(&self.candidates);
     }
 
     /// A uniform draw in [0, 1) from this sequence's generator.
@@ -142,48 +146,92 @@ impl Sampler {
     }
 
     /// Fills `candidates` with the tokens temperature, top-k, top-p and
-    /// min-p leave, and their probabilities (normalized), best first.
+    /// min-p leave, and their probabilities (normalized). The vocabulary is
+    /// never sorted whole: top-k selects its k in linear time, top-p and
+    /// min-p sort only the head they keep (grown until it holds the mass),
+    /// and with no filter the draw runs over the vocabulary as it is.
     fn candidates(&mut self, logits: &[f32]) {
         let temp = self.params.temperature.unwrap_or(1.0) as f32;
         let cands = &mut self.candidates;
         cands.clear();
         cands.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l / temp)));
-        cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = self.params.top_k.filter(|&k| k > 0) {
+        let top_k = self.params.top_k.filter(|&k| k > 0 && k < cands.len());
+        if let Some(k) = top_k {
+            cands.select_nth_unstable_by(k - 1, best_first);
             cands.truncate(k);
         }
-        // Probabilities of the remaining candidates, best first.
-        let max = cands[0].1;
-        let mut total = 0f32;
+        // Probabilities of the remaining candidates (summed in f64: the
+        // vocabulary is in no particular order, and the sum must not depend on it).
+        let max = cands.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0f64;
         for c in cands.iter_mut() {
             c.1 = (c.1 - max).exp();
-            total += c.1;
+            total += c.1 as f64;
         }
         for c in cands.iter_mut() {
-            c.1 /= total;
+            c.1 = (c.1 as f64 / total) as f32;
         }
-        if let Some(top_p) = self.params.top_p.filter(|&p| p < 1.0) {
-            // Keep the smallest prefix whose mass reaches top_p.
-            let mut mass = 0f32;
-            let keep = cands
-                .iter()
-                .position(|c| {
-                    mass += c.1;
-                    mass >= top_p as f32
-                })
-                .map_or(cands.len(), |i| i + 1);
+        let top_p = self.params.top_p.filter(|&p| p < 1.0);
+        let min_p = self.params.min_p.filter(|&p| p > 0.0);
+        if top_p.is_none() && min_p.is_none() {
+            return;
+        }
+        // Both filters keep a head of the candidates ordered best first.
+        let mut keep = cands.len();
+        if let Some(top_p) = top_p {
+            // The smallest head whose mass reaches top_p.
+            keep = sorted_head(cands, |head| {
+                let mut mass = 0f32;
+                head.iter()
+                    .position(|c| {
+                        mass += c.1;
+                        mass >= top_p as f32
+                    })
+                    .map(|i| i + 1)
+            });
             cands.truncate(keep);
         }
-        if let Some(min_p) = self.params.min_p.filter(|&p| p > 0.0) {
-            let floor = cands[0].1 * min_p as f32;
-            let keep = cands.iter().take_while(|c| c.1 >= floor).count().max(1);
+        if let Some(min_p) = min_p {
+            let floor = cands.iter().map(|c| c.1).fold(0f32, f32::max) * min_p as f32;
+            // Tokens at or above the floor come first; the head is cut at the first below it.
+            keep = sorted_head(cands, |head| head.iter().position(|c| c.1 < floor)).max(1);
             cands.truncate(keep);
         }
-        let total: f32 = cands.iter().map(|c| c.1).sum();
+        let total: f32 = cands[..keep].iter().map(|c| c.1).sum();
         for c in cands.iter_mut() {
             c.1 /= total;
         }
     }
+}
+
+/// Higher weight first, then the lower token id (a total order: the head it
+/// selects is the same whichever algorithm selects it).
+fn best_first(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Sorts a growing head of `cands` best first until `cut` finds where to
+/// cut it (Some(length)); returns that length, or all of `cands` when the
+/// whole list is sorted without a cut. Only the head is ever sorted: each
+/// round selects the next best `grow` candidates in linear time.
+fn sorted_head(cands: &mut [(u32, f32)], cut: impl Fn(&[(u32, f32)]) -> Option<usize>) -> usize {
+    let mut sorted = 0;
+    let mut grow = 64;
+    while sorted < cands.len() {
+        let (len, end) = (cands.len(), (sorted + grow).min(cands.len()));
+        let rest = &mut cands[sorted..];
+        if end < len {
+            rest.select_nth_unstable_by(end - sorted - 1, best_first);
+        }
+        rest[..end - sorted].sort_unstable_by(best_first);
+        // A cut inside the earlier rounds' head would have been found there.
+        if let Some(n) = cut(&cands[..end]) {
+            return n;
+        }
+        sorted = end;
+        grow *= 4;
+    }
+    cands.len()
 }
 
 /// First index of the largest value (torch's argmax tie rule).
@@ -283,6 +331,67 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    /// The old way: the whole vocabulary sorted best first, then cut.
+    fn reference_candidates(p: &SamplingParams, logits: &[f32]) -> Vec<(u32, f32)> {
+        let temp = p.temperature.unwrap_or(1.0) as f32;
+        let mut c: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / temp)).collect();
+        c.sort_unstable_by(best_first);
+        if let Some(k) = p.top_k.filter(|&k| k > 0) {
+            c.truncate(k);
+        }
+        let max = c[0].1;
+        let total: f64 = c.iter().map(|x| (x.1 - max).exp() as f64).sum();
+        for x in c.iter_mut() {
+            x.1 = ((x.1 - max).exp() as f64 / total) as f32;
+        }
+        if let Some(top_p) = p.top_p.filter(|&q| q < 1.0) {
+            let mut mass = 0f32;
+            let keep = c.iter().position(|x| { mass += x.1; mass >= top_p as f32 }).map_or(c.len(), |i| i + 1);
+            c.truncate(keep);
+        }
+        if let Some(min_p) = p.min_p.filter(|&q| q > 0.0) {
+            let floor = c[0].1 * min_p as f32;
+            let keep = c.iter().take_while(|x| x.1 >= floor).count().max(1);
+            c.truncate(keep);
+        }
+        let total: f32 = c.iter().map(|x| x.1).sum();
+        c.iter_mut().for_each(|x| x.1 /= total);
+        c
+    }
+
+    /// Partial selection keeps the same tokens, in the same order where the
+    /// filters order them, with the same probabilities up to summation order.
+    #[test]
+    fn partial_selection_keeps_what_a_full_sort_keeps() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for case in 0..200 {
+            let v = [5, 70, 300, 5000][case % 4];
+            // Peaked and flat rows, with ties.
+            let scale = [0.5f32, 4.0, 12.0][case % 3];
+            let logits: Vec<f32> = (0..v).map(|_| (rng.random::<f32>() * scale * 8.0).round() / 8.0).collect();
+            let p = SamplingParams {
+                temperature: Some(0.7),
+                top_k: [None, Some(1), Some(40), Some(10_000)][case % 4],
+                top_p: [None, Some(0.9), Some(0.3)][(case / 4) % 3],
+                min_p: [None, Some(0.05)][(case / 12) % 2],
+                ..Default::default()
+            };
+            let want = reference_candidates(&p, &logits);
+            let mut s = sampler(p.clone());
+            s.candidates(&logits);
+            let mut got = s.candidates.clone();
+            if p.top_p.is_none() && p.min_p.is_none() {
+                // Unordered without those filters: compare as sets.
+                got.sort_unstable_by(best_first);
+            }
+            assert_eq!(got.len(), want.len(), "case {case}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0, "case {case}");
+                assert!((g.1 - w.1).abs() < 1e-5, "case {case}: {} vs {}", g.1, w.1);
+            }
+        }
     }
 
     #[test]
