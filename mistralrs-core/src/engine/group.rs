@@ -101,7 +101,7 @@ impl Group {
     pub fn record(&mut self, seq: &Sequence) {
         let g = seq.generated().max(1) as f64;
         self.finished[seq.choice] = Some(Finished {
-            text: seq.text.clone(),
+            text: seq.out.text().to_string(),
             reason: seq.finish.unwrap_or("stop"),
             logprobs: seq.logprobs.clone(),
             tokens: seq.generated(),

@@ -1,11 +1,12 @@
-//! One sequence being generated: its tokens, cache, sampler, and the text it
-//! has produced (with stop strings cut and held back while they may start).
+//! One sequence being generated: its tokens, its cache blocks and their
+//! prefix-cache keys, its sampler and grammar. What its tokens become for
+//! the caller (text, stop strings, logprobs) is `emission`'s.
 
-use crate::error::Result;
+use super::emission::TextOut;
+use super::speculative::Speculation;
 use crate::kv_cache::{block_hash, BlockAllocator, BlockTable, SideState, BLOCK_SIZE};
-use crate::response::{ResponseLogprob, TopLogprob};
-use crate::sampler::{Sampled, Sampler};
-use crate::tokenizer::TextTokenizer;
+use crate::response::ResponseLogprob;
+use crate::sampler::Sampler;
 
 pub struct Sequence {
     /// The request this sequence answers, and which of its choices it is.
@@ -25,10 +26,8 @@ pub struct Sequence {
     /// What the model keeps for this sequence between steps (X-LoRA).
     pub side: SideState,
     pub sampler: Sampler,
-    /// The decoding of all generated tokens (as transformers' `decode`), stop strings cut off.
-    pub text: String,
-    /// Bytes of `text` already streamed.
-    emitted: usize,
+    /// The generated tokens' text, as streamed and as answered.
+    pub out: TextOut,
     pub logprobs: Vec<ResponseLogprob>,
     pub logprob_sum: f64,
     pub finish: Option<&'static str>,
@@ -41,24 +40,8 @@ pub struct Sequence {
     pub adapters: Option<std::sync::Arc<[f32]>>,
     /// The request's grammar, in the state after this sequence's generated tokens.
     pub grammar: Option<Box<llguidance::Matcher>>,
-    /// Speculative decoding: the draft model's cache blocks and the tokens
-    /// they hold; the tokens the draft proposes this step (set by the
-    /// scheduler) and the draft's distribution for each proposal made.
-    pub draft_blocks: BlockTable,
-    pub draft_computed: usize,
-    pub proposals: usize,
-    pub drafted: Vec<Vec<(u32, f32)>>,
-    /// The grammar as the draft's proposals advance it (a copy: the
-    /// sequence's own matcher only ever takes accepted tokens).
-    pub draft_grammar: Option<Box<llguidance::Matcher>>,
-}
-
-/// What the engine needs to judge each new token.
-pub struct StopRules<'a> {
-    pub eos: &'a [u32],
-    pub ignore_eos: bool,
-    pub stop_seqs: &'a [String],
-    pub logprobs: bool,
+    /// Speculative decoding's state, when the engine has a draft model.
+    pub spec: Option<Box<Speculation>>,
 }
 
 impl Sequence {
@@ -74,8 +57,7 @@ impl Sequence {
             block_hashes: Vec::new(),
             side: SideState::default(),
             sampler,
-            text: String::new(),
-            emitted: 0,
+            out: TextOut::default(),
             logprobs: Vec::new(),
             logprob_sum: 0.0,
             finish: None,
@@ -83,11 +65,7 @@ impl Sequence {
             forks: 0,
             adapters: None,
             grammar: None,
-            draft_blocks: BlockTable::default(),
-            draft_computed: 0,
-            proposals: 0,
-            drafted: Vec::new(),
-            draft_grammar: None,
+            spec: None,
         }
     }
 
@@ -101,6 +79,7 @@ impl Sequence {
         s.side = self.side.clone();
         s.adapters = self.adapters.clone();
         s.grammar = self.grammar.as_ref().map(|m| Box::new(m.deep_clone()));
+        s.spec = self.spec.as_ref().map(|_| Box::default());
         s
     }
 
@@ -116,10 +95,14 @@ impl Sequence {
     /// Gives back the cache blocks of the target model and of the draft.
     pub fn release(&mut self, alloc: &mut BlockAllocator, draft: Option<&mut BlockAllocator>) {
         self.blocks.release_all(alloc);
-        if let Some(d) = draft {
-            self.draft_blocks.release_all(d);
+        if let (Some(spec), Some(d)) = (&mut self.spec, draft) {
+            spec.release(d);
         }
-        self.draft_computed = 0;
+    }
+
+    /// Draft tokens the target verifies this step (0 without speculation).
+    pub fn proposals(&self) -> usize {
+        self.spec.as_ref().map_or(0, |s| s.proposals)
     }
 
     pub fn generated(&self) -> usize {
@@ -181,56 +164,6 @@ impl Sequence {
         (&self.tokens[self.computed..self.computed + self.chunk], self.computed)
     }
 
-    /// Takes a sampled token; returns the text that may be streamed now.
-    pub fn accept(&mut self, s: Sampled, tok: &TextTokenizer, rules: &StopRules) -> Result<String> {
-        if !rules.ignore_eos && rules.eos.contains(&s.token) {
-            self.finish = Some("stop");
-            return Ok(self.take_emittable(rules.stop_seqs));
-        }
-        if let Some(m) = &mut self.grammar {
-            // The mask let only tokens the grammar takes through.
-            m.consume_token(s.token).map_err(|e| crate::error::Error::runtime(format!("grammar: {e}")))?;
-        }
-        self.tokens.push(s.token);
-        if let Some(lp) = s.logprob {
-            self.logprob_sum += lp as f64;
-        }
-        if rules.logprobs {
-            self.logprobs.push(ResponseLogprob {
-                token: token_text(tok, s.token),
-                logprob: s.logprob.unwrap_or(0.0),
-                bytes: byte_list(tok, s.token),
-                top_logprobs: s
-                    .top
-                    .iter()
-                    .map(|&(t, l)| TopLogprob { token: token_text(tok, t), logprob: l, bytes: byte_list(tok, t) })
-                    .collect(),
-            });
-        }
-        // Decoding the whole completion each step is what makes byte-fallback
-        // and multi-byte tokens come out exactly as a one-shot decode does;
-        // it costs microseconds against a forward pass of milliseconds.
-        let searched_from = self.text.len();
-        self.text = tok.decode(&self.tokens[self.prompt_len..], true)?;
-        if let Some(cut) = find_stop(&self.text, searched_from, rules.stop_seqs) {
-            self.text.truncate(cut);
-            self.finish = Some("stop");
-        } else if self.generated() >= self.max_new {
-            self.finish = Some("length");
-        } else if self.grammar.as_ref().is_some_and(|m| m.is_stopped()) {
-            // The grammar admits nothing more (not even a longer match).
-            self.finish = Some("stop");
-        }
-        Ok(self.take_emittable(rules.stop_seqs))
-    }
-
-    /// Ends the sequence where it stands (`reason` as its finish reason);
-    /// returns the text not yet streamed.
-    pub fn finish_now(&mut self, reason: &'static str, rules: &StopRules) -> String {
-        self.finish = Some(reason);
-        self.take_emittable(rules.stop_seqs)
-    }
-
     /// Tokens the grammar allows as the only continuation, to be appended
     /// without sampling (computed with the next step's tokens).
     pub fn forced_tokens(&mut self) -> Vec<u32> {
@@ -239,73 +172,5 @@ impl Sequence {
             _ => Vec::new(),
         }
     }
-
-    /// Text not yet streamed, minus (while running) a tail that could be the
-    /// start of a stop string.
-    /// Text not yet streamed. While running, a tail that could start a stop
-    /// string, or that ends in an incomplete character (U+FFFD), waits.
-    fn take_emittable(&mut self, stops: &[String]) -> String {
-        let text = &self.text;
-        let mut end = text.len();
-        if self.finish.is_none() {
-            end -= partial_stop_len(text, stops);
-            while text[..end].ends_with('\u{FFFD}') {
-                end -= '\u{FFFD}'.len_utf8();
-            }
-        }
-        // Text already streamed is never taken back.
-        if end <= self.emitted || !text.is_char_boundary(self.emitted) {
-            return String::new();
-        }
-        let out = text[self.emitted..end].to_string();
-        self.emitted = end;
-        out
-    }
-
 }
 
-/// Byte offset of the earliest stop string in `text`, looking only where a
-/// match could involve text added after `from`.
-fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter_map(|s| {
-            let mut start = from.saturating_sub(s.len() - 1);
-            while !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            text[start..].find(s.as_str()).map(|i| start + i)
-        })
-        .min()
-}
-
-/// Length of the longest tail of `text` that is a proper prefix of a stop string.
-fn partial_stop_len(text: &str, stops: &[String]) -> usize {
-    stops
-        .iter()
-        .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k)).find(|&k| text.ends_with(&s[..k])))
-        .max()
-        .unwrap_or(0)
-}
-
-fn byte_list(tok: &TextTokenizer, id: u32) -> Vec<u16> {
-    tok.token_bytes(id).iter().map(|&b| b as u16).collect()
-}
-
-fn token_text(tok: &TextTokenizer, id: u32) -> String {
-    String::from_utf8_lossy(tok.token_bytes(id)).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stops_found_across_pieces() {
-        let stops = vec!["END".to_string()];
-        assert_eq!(find_stop("abcEN", 3, &stops), None);
-        assert_eq!(find_stop("abcEND!", 5, &stops), Some(3));
-        assert_eq!(partial_stop_len("abcEN", &stops), 2);
-        assert_eq!(partial_stop_len("abc", &stops), 0);
-    }
-}

@@ -10,8 +10,18 @@
 //! caches roll back by forgetting positions: a sequence's `computed` count
 //! drops to the accepted tokens, and later writes overwrite what lies past it.
 
-use crate::kv_cache::{BlockAllocator, KvPool};
-use crate::models::CausalLm;
+use std::collections::HashMap;
+
+use candle_core::Device;
+
+use super::emission::{dead_end, fail_group, flat_logits, force, grammar_err, stream, StopRules, GRAMMAR_DEAD_END};
+use super::group::Group;
+use super::sequence::Sequence;
+use crate::error::{Error, Result};
+use crate::kv_cache::{BlockAllocator, BlockTable, KvPool, SideState, StepKv};
+use crate::models::{CausalLm, ForwardBatch};
+use crate::request::GenerationRequest;
+use crate::tokenizer::TextTokenizer;
 
 /// The draft model and its cache.
 pub struct Draft {
@@ -20,6 +30,42 @@ pub struct Draft {
     pub alloc: BlockAllocator,
     /// Tokens proposed per sequence per step, at most.
     pub gamma: usize,
+}
+
+impl Draft {
+    /// A draft model with a pool of `blocks` cache blocks.
+    pub fn new(model: Box<dyn CausalLm>, gamma: usize, blocks: usize, device: &Device) -> Result<Self> {
+        let dc = model.config();
+        let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, device, model.dtype())
+            .map_err(|e| Error::runtime(format!("cannot allocate the draft model's KV cache: {e}")))?;
+        Ok(Self { model, kv, alloc: BlockAllocator::new(blocks, 0), gamma })
+    }
+}
+
+/// A sequence's speculative state.
+#[derive(Default)]
+pub struct Speculation {
+    /// The draft model's cache blocks for this sequence, and the tokens they hold.
+    pub blocks: BlockTable,
+    pub computed: usize,
+    /// Tokens the draft proposes this step (set by the scheduler).
+    pub proposals: usize,
+    /// The draft's distribution for each proposal made this step (the first
+    /// `drafted` entries; the buffers are kept for the next step).
+    dists: Vec<Vec<(u32, f32)>>,
+    drafted: usize,
+    /// The target's distribution at the proposal being verified (a buffer kept between steps).
+    target: Vec<(u32, f32)>,
+    /// The grammar as the draft's proposals advance it (a copy: the
+    /// sequence's own matcher only ever takes accepted tokens).
+    grammar: Option<Box<llguidance::Matcher>>,
+}
+
+impl Speculation {
+    pub fn release(&mut self, alloc: &mut BlockAllocator) {
+        self.blocks.release_all(alloc);
+        self.computed = 0;
+    }
 }
 
 /// What the acceptance rule makes of one proposed token.
@@ -41,10 +87,190 @@ pub fn verify(p: &[(u32, f32)], q: &[(u32, f32)], d: u32, u: f32) -> Verdict {
     if qd > 0.0 && u < pd / qd {
         return Verdict::Accept;
     }
+    // Both laws may span the vocabulary: look q up by token, not by a search per entry.
+    let q: HashMap<u32, f32> = q.iter().copied().collect();
     let residual: Vec<(u32, f32)> =
-        p.iter().map(|&(t, pt)| (t, (pt - prob(q, t)).max(0.0))).filter(|c| c.1 > 0.0).collect();
+        p.iter().map(|&(t, pt)| (t, (pt - q.get(&t).copied().unwrap_or(0.0)).max(0.0))).filter(|c| c.1 > 0.0).collect();
     // p == q up to rounding leaves nothing: then p itself is the right law.
     Verdict::Resample(if residual.is_empty() { p.to_vec() } else { residual })
+}
+
+/// The draft model's proposals for this step's speculating sequences (those
+/// of `running` the scheduler gave proposals). The draft first reads what it
+/// has not seen of each (the prompt, the target's last tokens), then proposes
+/// one token per pass, all the sequences in each pass; proposals are appended
+/// to the sequences' tokens, to be verified by the target in this step's
+/// forward pass.
+pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer, device: &Device) -> Result<()> {
+    let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].proposals() > 0).collect();
+    for &i in &spec {
+        let s = &mut running[i];
+        let need = BlockTable::blocks_for(s.tokens.len() + s.proposals() - 1);
+        let Some(sp) = s.spec.as_mut() else { continue };
+        sp.drafted = 0;
+        while sp.blocks.blocks.len() < need {
+            let Some(b) = draft.alloc.allocate() else { break };
+            sp.blocks.blocks.push(b);
+        }
+        if sp.blocks.blocks.len() < need {
+            // No room in the draft's pool: this sequence decodes plainly.
+            s.chunk -= sp.proposals;
+            sp.proposals = 0;
+        }
+    }
+    let most = spec.iter().map(|&i| running[i].proposals()).max().unwrap_or(0);
+    for round in 0..most {
+        let members: Vec<usize> = spec.iter().copied().filter(|&i| running[i].proposals() > round).collect();
+        if members.is_empty() {
+            break;
+        }
+        let (mut logits, vocab) = {
+            let inputs: Vec<(&[u32], usize)> = members
+                .iter()
+                .map(|&i| {
+                    let at = running[i].spec.as_ref().map_or(0, |sp| sp.computed);
+                    (&running[i].tokens[at..], at)
+                })
+                .collect();
+            let batch = ForwardBatch::new(&inputs, device)?;
+            drop(inputs);
+            let mut sides = vec![SideState::default(); members.len()];
+            // Members propose, so each has its speculative state.
+            let tables: Vec<&BlockTable> = members.iter().filter_map(|&i| running[i].spec.as_ref().map(|sp| &sp.blocks)).collect();
+            let mut kv = StepKv::new(&draft.kv, tables, sides.iter_mut().collect());
+            flat_logits(draft.model.forward(&batch, &mut kv)?)?
+        };
+        for (&i, row) in members.iter().zip(logits.chunks_exact_mut(vocab)) {
+            let s = &mut running[i];
+            let Some(sp) = s.spec.as_mut() else { continue };
+            sp.computed = s.tokens.len();
+            tok.mask_unsampleable(row);
+            if round == 0 {
+                sp.grammar = s.grammar.as_ref().map(|m| Box::new(m.deep_clone()));
+            }
+            // A grammar completed by the last proposal allows nothing more to propose.
+            let masked = match &mut sp.grammar {
+                Some(m) => !m.is_stopped() && crate::grammar::mask_logits(m, row).is_ok() && !dead_end(row),
+                None => true,
+            };
+            if sp.dists.len() <= sp.drafted {
+                sp.dists.push(Vec::new());
+            }
+            let q = &mut sp.dists[sp.drafted];
+            s.sampler.distribution(row, &s.tokens, q);
+            let d = s.sampler.draw_from(q);
+            let taken = masked && sp.grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
+            if !taken {
+                // The grammar failed on the draft's side: verify what was proposed so far.
+                s.chunk -= sp.proposals - sp.drafted;
+                sp.proposals = sp.drafted;
+                continue;
+            }
+            s.tokens.push(d);
+            sp.drafted += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Verifies a sequence's proposals against the target's rows (one per
+/// proposal, then one after them, `vocab` logits each) and streams what it
+/// emits. An error fails only this request.
+pub fn advance_speculative(
+    seq: &mut Sequence,
+    rows: &mut [f32],
+    vocab: usize,
+    group: &mut Group,
+    req: &GenerationRequest,
+    tok: &TextTokenizer,
+    eos: &[u32],
+) {
+    let before = seq.logprobs.len();
+    match verify_and_accept(seq, rows, vocab, group, req, tok, eos) {
+        Ok(piece) => stream(seq, group, piece, before),
+        Err(e) => fail_group(group, e),
+    }
+}
+
+/// The acceptance rule along the proposals: each kept one is emitted, and
+/// the first rejected one is replaced by a draw from the rule's residual
+/// (or, all kept, one more token is drawn from the last row). Both caches
+/// then hold only what was accepted.
+fn verify_and_accept(
+    seq: &mut Sequence,
+    rows: &mut [f32],
+    vocab: usize,
+    group: &mut Group,
+    req: &GenerationRequest,
+    tok: &TextTokenizer,
+    eos: &[u32],
+) -> Result<String> {
+    let Some(mut sp) = seq.spec.take() else {
+        return Err(Error::runtime("internal error: proposals to verify without a draft"));
+    };
+    let n = std::mem::take(&mut sp.proposals);
+    sp.grammar = None;
+    let base = seq.tokens.len() - n;
+    // The grammar walked along the proposals (a copy: `accept` advances the sequence's own).
+    let mut grammar = seq.grammar.as_ref().map(|m| m.deep_clone());
+    let mut emitted = Vec::with_capacity(n + 1);
+    let mut accepted = 0;
+    let mut stuck = false;
+    for (i, row) in rows.chunks_exact_mut(vocab).enumerate().take(n + 1) {
+        tok.mask_unsampleable(row);
+        if let Some(m) = &mut grammar {
+            crate::grammar::mask_logits(m, row)?;
+            if dead_end(row) {
+                stuck = true;
+                break;
+            }
+        }
+        let mut p = std::mem::take(&mut sp.target);
+        seq.sampler.distribution(row, &seq.tokens[..base + i], &mut p);
+        let (token, kept) = if i < n {
+            let d = seq.tokens[base + i];
+            let u = seq.sampler.uniform();
+            match verify(&p, &sp.dists[i], d, u) {
+                Verdict::Accept => (d, true),
+                Verdict::Resample(r) => (seq.sampler.draw_from(&r), false),
+            }
+        } else {
+            (seq.sampler.draw_from(&p), false)
+        };
+        sp.target = p;
+        emitted.push(seq.sampler.report(row, token));
+        if !kept {
+            break;
+        }
+        accepted += 1;
+        if let Some(m) = &mut grammar {
+            m.consume_token(token).map_err(grammar_err)?;
+            if m.is_stopped() {
+                break; // the grammar is complete: the sequence ends with this token
+            }
+        }
+    }
+    sp.drafted = 0;
+    sp.computed = sp.computed.min(base + accepted);
+    seq.spec = Some(sp);
+    seq.tokens.truncate(base);
+    seq.computed = base + accepted;
+    group.spec_proposed += n;
+    group.spec_accepted += accepted;
+    let rules = StopRules::of(req, eos);
+    let mut piece = String::new();
+    for s in emitted {
+        if seq.finish.is_some() {
+            break;
+        }
+        piece += &seq.accept(s, tok, &rules)?;
+    }
+    // An end-of-sequence token is not appended: nothing past the tokens is computed.
+    seq.computed = seq.computed.min(seq.tokens.len());
+    if stuck && seq.finish.is_none() {
+        return Ok(piece + &seq.finish_now(GRAMMAR_DEAD_END, &rules));
+    }
+    Ok(piece + &force(seq, tok, &rules)?)
 }
 
 #[cfg(test)]

@@ -36,6 +36,13 @@ pub trait CausalLm: Send + Sync {
     fn cache_layers(&self) -> usize {
         self.config().num_layers
     }
+    /// Whether a position's keys depend on the sequence's whole length, not
+    /// just the tokens before it: LongRoPE picks its rotation by the length
+    /// when the keys are computed (as transformers does). The engine then
+    /// neither reuses cached prefixes nor splits a prompt into chunks.
+    fn keys_depend_on_length(&self) -> bool {
+        matches!(self.config().rope_scaling, config::RopeScaling::LongRope { .. })
+    }
 }
 
 /// Builds the model for `cfg.arch` from `weights`.

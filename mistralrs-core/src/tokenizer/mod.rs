@@ -33,6 +33,11 @@ pub struct TextTokenizer {
     unused: Vec<u32>,
     /// Control tokens (BOS, EOS, chat markers), sorted: never text a grammar may spell.
     special: Vec<u32>,
+    /// SentencePiece's byte-fallback pieces (`<0xE4>`), sorted: a decoder
+    /// turns a run of them into text together, all or nothing.
+    byte_pieces: Vec<u32>,
+    /// Added tokens that decoding skips (those `tokenizers` marks special), sorted.
+    skipped: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -84,8 +89,11 @@ impl TextTokenizer {
             .get_decoder()
             .and_then(|d| serde_json::to_string(d).ok())
             .is_some_and(|s| s.contains("\"ByteLevel\""));
-        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
-        for (piece, added) in pieces {
+        let (mut bytes, mut ends, mut byte_pieces) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, (piece, added)) in pieces.enumerate() {
+            if !added && !byte_level && parse_byte_piece(piece).is_some() {
+                byte_pieces.push(id as u32);
+            }
             match (added, byte_level) {
                 (true, _) => bytes.extend_from_slice(piece.as_bytes()),
                 (false, true) => bytes.extend(piece.chars().map(|c| unicode_to_byte(c).unwrap_or(b'?'))),
@@ -93,7 +101,10 @@ impl TextTokenizer {
             }
             ends.push(bytes.len());
         }
-        Self { inner, bytes, ends, unused: Vec::new(), special: Vec::new() }
+        let mut skipped: Vec<u32> =
+            inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        skipped.sort_unstable();
+        Self { inner, bytes, ends, unused: Vec::new(), special: Vec::new(), byte_pieces, skipped }
     }
 
     /// Tokens of a raw prompt with the tokenizer's own special-token rules
@@ -136,6 +147,18 @@ impl TextTokenizer {
 
     pub fn is_special(&self, id: u32) -> bool {
         self.special.binary_search(&id).is_ok()
+    }
+
+    /// Whether `id` is a byte-fallback piece (`<0xE4>`), whose text depends
+    /// on the byte pieces next to it.
+    pub fn is_byte_piece(&self, id: u32) -> bool {
+        self.byte_pieces.binary_search(&id).is_ok()
+    }
+
+    /// Whether `decode(.., skip_special = true)` drops `id`: the tokens on
+    /// either side of it are then decoded as neighbours.
+    pub fn is_skipped_in_text(&self, id: u32) -> bool {
+        self.skipped.binary_search(&id).is_ok()
     }
 
     /// Hides what can never be a real next token from the sampler: ids past
@@ -192,12 +215,18 @@ fn unicode_to_byte(c: char) -> Option<u8> {
 }
 
 /// SentencePiece pieces: `▁` is a space and `<0xNN>` a raw byte.
-fn push_sentencepiece_bytes(piece: &str, out: &mut Vec<u8>) {
+/// The byte of a byte-fallback piece (`<0xE4>`).
+fn parse_byte_piece(piece: &str) -> Option<u8> {
     if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
-        if let Ok(b) = u8::from_str_radix(&piece[3..5], 16) {
-            out.push(b);
-            return;
-        }
+        return u8::from_str_radix(&piece[3..5], 16).ok();
+    }
+    None
+}
+
+fn push_sentencepiece_bytes(piece: &str, out: &mut Vec<u8>) {
+    if let Some(b) = parse_byte_piece(piece) {
+        out.push(b);
+        return;
     }
     for (i, part) in piece.split('\u{2581}').enumerate() {
         if i > 0 {
