@@ -16,7 +16,7 @@ pub enum Error {
 
     /// A request or option with a bad value.
     #[error("{0}")]
-    InvalidInput(String),
+    InvalidInput(Invalid),
 
     /// A feature named in the API whose implementation is a later milestone.
     #[error("{0}")]
@@ -33,6 +33,23 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What is wrong with a request or option: the message, and as data what a
+/// server answering in OpenAI's error shape needs, so it never parses the message.
+#[derive(Debug)]
+pub struct Invalid {
+    pub message: String,
+    /// The request field at fault, by the Python API's name (`top_p`, `n_choices`).
+    pub param: Option<&'static str>,
+    /// OpenAI's error code where it has one (`context_length_exceeded`).
+    pub code: Option<&'static str>,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Error {
     pub fn not_found(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
         Error::NotFound { path: path.as_ref().to_path_buf(), reason: reason.into() }
@@ -41,7 +58,24 @@ impl Error {
         Error::BadFile { path: path.as_ref().to_path_buf(), reason: reason.to_string() }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
-        Error::InvalidInput(msg.into())
+        Error::InvalidInput(Invalid { message: msg.into(), param: None, code: None })
+    }
+    /// A bad value of the request field `param` (its Python API name).
+    pub fn invalid_field(param: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidInput(Invalid { message: msg.into(), param: Some(param), code: None })
+    }
+    /// A prompt that, with what it asks to generate, does not fit the model's context.
+    pub fn context_length_exceeded(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(Invalid { message: msg.into(), param: None, code: Some("context_length_exceeded") })
+    }
+    /// Names `param` as the field at fault of an `InvalidInput` that names none; other errors are unchanged.
+    pub fn with_param(self, param: &'static str) -> Self {
+        match self {
+            Error::InvalidInput(Invalid { message, param: None, code }) => {
+                Error::InvalidInput(Invalid { message, param: Some(param), code })
+            }
+            other => other,
+        }
     }
     pub fn runtime(msg: impl std::fmt::Display) -> Self {
         Error::Runtime(msg.to_string())

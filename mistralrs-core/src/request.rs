@@ -61,66 +61,75 @@ impl GenerationRequest {
     pub fn validate(&self) -> Result<()> {
         if let Some(m) = self.max_tokens {
             if m < 0 {
-                return Err(Error::invalid(format!("max_tokens must be >= 0, got {m}")));
+                return Err(Error::invalid_field("max_tokens", format!("max_tokens must be >= 0, got {m}")));
             }
         }
         let s = &self.sampling;
         if let Some(t) = s.temperature {
             if !(t >= 0.0 && t.is_finite()) {
-                return Err(Error::invalid(format!("temperature must be >= 0, got {t}")));
+                return Err(Error::invalid_field("temperature", format!("temperature must be >= 0, got {t}")));
             }
         }
         if let Some(p) = s.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::invalid(format!("top_p must be in (0, 1], got {p}")));
+                return Err(Error::invalid_field("top_p", format!("top_p must be in (0, 1], got {p}")));
             }
         }
         if let Some(p) = s.min_p {
             if !(0.0..=1.0).contains(&p) {
-                return Err(Error::invalid(format!("min_p must be in [0, 1], got {p}")));
+                return Err(Error::invalid_field("min_p", format!("min_p must be in [0, 1], got {p}")));
             }
         }
         if let Some(r) = s.repetition_penalty {
             if !(r > 0.0 && r.is_finite()) {
-                return Err(Error::invalid(format!("repetition_penalty must be > 0, got {r}")));
+                return Err(Error::invalid_field(
+                    "repetition_penalty",
+                    format!("repetition_penalty must be > 0, got {r}"),
+                ));
             }
         }
         for (name, v) in [("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)] {
             if let Some(v) = v {
                 if !(-2.0..=2.0).contains(&v) {
-                    return Err(Error::invalid(format!("{name} must be in [-2, 2], got {v}")));
+                    return Err(Error::invalid_field(name, format!("{name} must be in [-2, 2], got {v}")));
                 }
             }
         }
         if let Some((t, b)) = s.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(*b)) {
-            return Err(Error::invalid(format!("logit_bias for token {t} must be in [-100, 100], got {b}")));
+            return Err(Error::invalid_field(
+                "logit_bias",
+                format!("logit_bias for token {t} must be in [-100, 100], got {b}"),
+            ));
         }
         if let Some(n) = s.top_logprobs {
             if n > 20 {
-                return Err(Error::invalid(format!("top_logprobs must be at most 20, got {n}")));
+                return Err(Error::invalid_field("top_logprobs", format!("top_logprobs must be at most 20, got {n}")));
             }
         }
         if self.n_choices == 0 {
-            return Err(Error::invalid("n_choices must be at least 1"));
+            return Err(Error::invalid_field("n_choices", "n_choices must be at least 1"));
         }
         if self.best_of > MAX_CHOICES {
-            return Err(Error::invalid(format!(
-                "best_of / n_choices must be at most {MAX_CHOICES} (each choice is a sequence), got {}",
-                self.best_of
-            )));
+            return Err(Error::invalid_field(
+                "best_of",
+                format!(
+                    "best_of / n_choices must be at most {MAX_CHOICES} (each choice is a sequence), got {}",
+                    self.best_of
+                ),
+            ));
         }
         if self.best_of < self.n_choices {
-            return Err(Error::invalid(format!(
-                "best_of ({}) must be at least n_choices ({})",
-                self.best_of, self.n_choices
-            )));
+            return Err(Error::invalid_field(
+                "best_of",
+                format!("best_of ({}) must be at least n_choices ({})", self.best_of, self.n_choices),
+            ));
         }
         if self.stop_seqs.iter().any(String::is_empty) {
-            return Err(Error::invalid("stop_seqs must not contain an empty string"));
+            return Err(Error::invalid_field("stop_seqs", "stop_seqs must not contain an empty string"));
         }
         if let PromptInput::Messages(msgs) = &self.prompt {
             if msgs.is_empty() {
-                return Err(Error::invalid("messages must not be empty"));
+                return Err(Error::invalid_field("messages", "messages must not be empty"));
             }
             if let Some(m) = msgs.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
                 return Err(Error::invalid(format!(

@@ -211,7 +211,7 @@ impl Runner {
     /// The weight per loaded adapter a request runs with; None for the base alone.
     fn request_adapters(&self, req: &GenerationRequest) -> Result<Option<Arc<[f32]>>> {
         let idx = match &req.adapters {
-            Some(names) => self.adapter_indices(names, "adapters")?,
+            Some(names) => self.adapter_indices(names, "adapters").map_err(|e| e.with_param("adapters"))?,
             None => match &self.adapters {
                 Some(a) if a.mode == AdapterMode::Unmerged => {
                     self.active_adapters.read().map_err(|_| Error::runtime("adapter state poisoned"))?.clone()
@@ -308,11 +308,14 @@ impl Runner {
     pub fn send_notifying(&self, req: GenerationRequest, notify: Option<Notify>) -> Result<ResponseStream> {
         req.validate()?;
         if req.stream && req.best_of > req.n_choices {
-            return Err(Error::invalid("best_of cannot be combined with stream=True"));
+            return Err(Error::invalid_field("best_of", "best_of cannot be combined with stream=True"));
         }
         let vocab = self.tokenizer.vocab_size();
         if let Some(bad) = req.sampling.logit_bias.keys().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid(format!("logit_bias names token {bad}, outside the vocabulary (size {vocab})")));
+            return Err(Error::invalid_field(
+                "logit_bias",
+                format!("logit_bias names token {bad}, outside the vocabulary (size {vocab})"),
+            ));
         }
         let adapters = self.request_adapters(&req)?;
         let grammar = match &req.grammar {
@@ -327,9 +330,9 @@ impl Runner {
         // could not fit even alone is refused now rather than never finishing.
         let room = self.context_len.min(self.kv_tokens).saturating_sub(prompt.len());
         let max_new = match req.max_tokens {
-            Some(0) => return Err(Error::invalid("max_tokens must be at least 1")),
+            Some(0) => return Err(Error::invalid_field("max_tokens", "max_tokens must be at least 1")),
             Some(m) if prompt.len() + m as usize > self.context_len => {
-                return Err(Error::invalid(format!(
+                return Err(Error::context_length_exceeded(format!(
                     "the prompt ({} tokens) plus max_tokens ({m}) exceeds the model's context length ({})",
                     prompt.len(),
                     self.context_len
@@ -345,7 +348,7 @@ impl Runner {
             }
             Some(m) => m as usize,
             None if room == 0 => {
-                return Err(Error::invalid(format!(
+                return Err(Error::context_length_exceeded(format!(
                     "the prompt ({} tokens) fills the model's context length ({}) or the KV cache ({} tokens)",
                     prompt.len(),
                     self.context_len,
@@ -408,7 +411,10 @@ impl Runner {
             PromptInput::Tokens(ids) => {
                 let vocab = self.tokenizer.vocab_size();
                 if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    return Err(Error::invalid(format!("prompt token id {bad} is outside the vocabulary (size {vocab})")));
+                    return Err(Error::invalid_field(
+                        "prompt",
+                        format!("prompt token id {bad} is outside the vocabulary (size {vocab})"),
+                    ));
                 }
                 ids.clone()
             }

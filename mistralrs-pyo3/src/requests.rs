@@ -7,15 +7,14 @@ use mistralrs_core::chat_template::ChatMessage;
 use mistralrs_core::grammar::Grammar;
 use mistralrs_core::request::{GenerationRequest, PromptInput};
 use mistralrs_core::sampler::SamplingParams;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use crate::errors::not_implemented;
+use crate::errors::{invalid, invalid_field, not_implemented};
 
-fn non_negative(name: &str, v: Option<i64>) -> PyResult<Option<usize>> {
+fn non_negative(name: &'static str, v: Option<i64>) -> PyResult<Option<usize>> {
     match v {
-        Some(x) if x < 0 => Err(PyValueError::new_err(format!("{name} must be >= 0, got {x}"))),
+        Some(x) if x < 0 => Err(invalid_field(name, format!("{name} must be >= 0, got {x}"))),
         other => Ok(other.map(|x| x as usize)),
     }
 }
@@ -26,13 +25,13 @@ fn messages_of(obj: &Bound<'_, PyAny>) -> PyResult<PromptInput> {
     }
     let list = obj
         .cast::<PyList>()
-        .map_err(|_| PyValueError::new_err("messages must be a list of {\"role\", \"content\"} dicts or a str"))?;
+        .map_err(|_| invalid_field("messages", "messages must be a list of {\"role\", \"content\"} dicts or a str"))?;
     let mut out = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let d = item.cast::<PyDict>().map_err(|_| PyValueError::new_err(format!("messages[{i}] is not a dict")))?;
+        let d = item.cast::<PyDict>().map_err(|_| invalid_field("messages", format!("messages[{i}] is not a dict")))?;
         let field = |k: &str| -> PyResult<String> {
-            let v = d.get_item(k)?.ok_or_else(|| PyValueError::new_err(format!("messages[{i}] has no `{k}`")))?;
-            v.extract::<String>().map_err(|_| PyValueError::new_err(format!("messages[{i}][`{k}`] must be a str")))
+            let v = d.get_item(k)?.ok_or_else(|| invalid_field("messages", format!("messages[{i}] has no `{k}`")))?;
+            v.extract::<String>().map_err(|_| invalid_field("messages", format!("messages[{i}][`{k}`] must be a str")))
         };
         out.push(ChatMessage { role: field("role")?, content: field("content")? });
     }
@@ -56,7 +55,7 @@ fn sampling(
     let top_logprobs = non_negative("top_logprobs", top_logprobs)?;
     // Checked here too: the engine sees top_logprobs only when logprobs is on.
     if let Some(n) = top_logprobs.filter(|&n| n > 20) {
-        return Err(PyValueError::new_err(format!("top_logprobs must be at most 20, got {n}")));
+        return Err(invalid_field("top_logprobs", format!("top_logprobs must be at most 20, got {n}")));
     }
     let logit_bias = logit_bias
         .iter()
@@ -64,7 +63,7 @@ fn sampling(
         .map(|(&t, &b)| {
             u32::try_from(t)
                 .map(|t| (t, b))
-                .map_err(|_| PyValueError::new_err(format!("logit_bias names token {t}, which is not a vocabulary id")))
+                .map_err(|_| invalid_field("logit_bias", format!("logit_bias names token {t}, which is not a vocabulary id")))
         })
         .collect::<PyResult<HashMap<u32, f32>>>()?;
     Ok(SamplingParams {
@@ -86,38 +85,38 @@ fn json_value(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value>
         Ok(s) => s.extract::<String>()?,
         Err(_) => obj.py().import("json")?.call_method1("dumps", (obj,))?.extract::<String>()?,
     };
-    serde_json::from_str(&text).map_err(|e| PyValueError::new_err(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| invalid(format!("{what} is not valid JSON: {e}")))
 }
 
 /// `grammar` + `grammar_type` to the engine's grammar.
 fn grammar_of(grammar: &Option<Py<PyAny>>, grammar_type: &Option<String>, py: Python<'_>) -> PyResult<Option<Grammar>> {
     let Some(g) = grammar else {
         return match grammar_type {
-            Some(_) => Err(PyValueError::new_err("grammar_type was given without a grammar")),
+            Some(_) => Err(invalid("grammar_type was given without a grammar")),
             None => Ok(None),
         };
     };
     let g = g.bind(py);
     let text = |kind: &str| {
-        g.extract::<String>().map_err(|_| PyValueError::new_err(format!("a {kind} grammar must be a str")))
+        g.extract::<String>().map_err(|_| invalid(format!("a {kind} grammar must be a str")))
     };
     Ok(Some(match grammar_type.as_deref() {
         Some("regex") => Grammar::Regex(text("regex")?),
         Some("lark") => Grammar::Lark(text("lark")?),
         Some("json_schema") => Grammar::JsonSchema(json_value("the JSON Schema", g)?),
         Some(other) => {
-            return Err(PyValueError::new_err(format!(
+            return Err(invalid(format!(
                 "unknown grammar_type `{other}` (expected \"regex\", \"json_schema\" or \"lark\")"
             )))
         }
-        None => return Err(PyValueError::new_err("grammar needs grammar_type: \"regex\", \"json_schema\" or \"lark\"")),
+        None => return Err(invalid("grammar needs grammar_type: \"regex\", \"json_schema\" or \"lark\"")),
     }))
 }
 
 /// OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}`
 /// (any JSON object) or `{"type": "json_schema", "json_schema": {"schema": ...}}`.
 fn response_format_of(format: &Bound<'_, PyAny>) -> PyResult<Option<Grammar>> {
-    let bad = |msg: &str| PyValueError::new_err(format!("response_format {msg}"));
+    let bad = |msg: &str| invalid(format!("response_format {msg}"));
     let d = format.cast::<PyDict>().map_err(|_| bad("must be a dict with a `type`"))?;
     let kind: String = d
         .get_item("type")?
@@ -139,13 +138,13 @@ fn response_format_of(format: &Bound<'_, PyAny>) -> PyResult<Option<Grammar>> {
 
 /// A seed as the engine takes it (a u64); any other int is a ValueError, not an OverflowError.
 pub(crate) fn seed_of(seed: Option<i128>) -> PyResult<Option<u64>> {
-    seed.map(|s| u64::try_from(s).map_err(|_| PyValueError::new_err(format!("seed must be in [0, 2**64), got {s}"))))
+    seed.map(|s| u64::try_from(s).map_err(|_| invalid_field("seed", format!("seed must be in [0, 2**64), got {s}"))))
         .transpose()
 }
 
-fn count(name: &str, v: i64) -> PyResult<usize> {
+fn count(name: &'static str, v: i64) -> PyResult<usize> {
     if v < 1 {
-        return Err(PyValueError::new_err(format!("{name} must be at least 1, got {v}")));
+        return Err(invalid_field(name, format!("{name} must be at least 1, got {v}")));
     }
     Ok(v as usize)
 }
@@ -228,7 +227,7 @@ impl ChatCompletionRequest {
     pub fn to_core(&self, py: Python<'_>) -> PyResult<GenerationRequest> {
         let n = count("n_choices", self.n_choices)?;
         let grammar = match (&self.response_format, grammar_of(&self.grammar, &self.grammar_type, py)?) {
-            (Some(_), Some(_)) => return Err(PyValueError::new_err("give either grammar or response_format, not both")),
+            (Some(_), Some(_)) => return Err(invalid("give either grammar or response_format, not both")),
             (Some(f), None) => response_format_of(f.bind(py))?,
             (None, g) => g,
         };
@@ -357,7 +356,7 @@ impl CompletionRequest {
                 CompletionPrompt::Text(t) => PromptInput::Completion(t.clone()),
                 CompletionPrompt::Ids(ids) => PromptInput::Tokens(
                     ids.iter()
-                        .map(|&t| u32::try_from(t).map_err(|_| PyValueError::new_err(format!("prompt token id {t} is not a vocabulary id"))))
+                        .map(|&t| u32::try_from(t).map_err(|_| invalid_field("prompt", format!("prompt token id {t} is not a vocabulary id"))))
                         .collect::<PyResult<_>>()?,
                 ),
             },

@@ -274,6 +274,9 @@ Grammar: TypeAlias = str | Mapping[str, Any]
 # OpenAI's response_format: {"type": "text"}, {"type": "json_object"} or
 # {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}.
 ResponseFormat: TypeAlias = Mapping[str, Any]
+# A request with a bad value raises ValueError (when sent) carrying two attributes besides its message:
+# ``param: str | None``, the field at fault under the names below ("top_p", "n_choices"), and
+# ``code: str | None``, OpenAI's error code where it has one ("context_length_exceeded").
 
 class ChatCompletionRequest:
     def __init__(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Optional, TypeVar
 
@@ -22,7 +21,7 @@ from starlette.types import Receive
 
 import mistralrs
 from mistralrs.server import schemas, sse, translate
-from mistralrs.server.errors import APIError, bad_request, from_engine, install_handlers
+from mistralrs.server.errors import APIError, bad_request, install_handlers
 from mistralrs.server.metrics import Metrics
 from mistralrs.server.middleware import BearerAuth, BodyLimit, ObserveRequests
 
@@ -88,10 +87,6 @@ async def _all(works: Sequence[Awaitable[T]]) -> list[T]:
             t.cancel()
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
 def create_app(
     runner: mistralrs.Runner,
     *,
@@ -116,70 +111,44 @@ def create_app(
     router = APIRouter()
 
     def fail(e: BaseException) -> APIError:
-        return from_engine(e, closing=state.closing)
+        return translate.error(e, closing=state.closing)
 
-    def build(make: Any, *args: Any) -> Any:
+    async def generate(request: Request, reply: translate.Reply, send: Callable[[Any], Awaitable[Any]]) -> Response:
+        """The one path of chat and text completions: the body's requests sent to the runner, and
+        their responses (or streams) answered in OpenAI's shape."""
+        start = time.perf_counter()
+        body = reply.body
         try:
-            return make(*args)
+            reqs = reply.requests()
         except (ValueError, OverflowError, NotImplementedError) as e:  # the Python API checks fields as it builds
             raise fail(e) from e
-
-    def stream(streams: Sequence[Any], body: schemas._Sampling, endpoint: str, start: float,
-               render: Callable[[int, Any], BaseModel], has_text: Callable[[Any], bool],
-               usage_chunk: Callable[[schemas.Usage, Optional[str]], BaseModel]) -> StreamingResponse:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = sse.events(streams, render=render, has_text=has_text, render_usage=usage_chunk if include_usage else None,
-                            metrics=metrics, endpoint=endpoint, start=start, closing=lambda: state.closing)
-        return StreamingResponse(events, media_type="text/event-stream")
-
-    @router.post("/v1/chat/completions", response_model=None,
-                 responses={200: {"model": schemas.ChatCompletion}, 400: {"model": schemas.ErrorResponse}})
-    async def chat_completions(body: schemas.ChatCompletionRequestBody, request: Request) -> Response:
-        start = time.perf_counter()
-        req = build(translate.chat_request, body, model_name)
-        rid, created = _new_id("chatcmpl"), int(time.time())
-        send = runner.send_chat_completion_request_async(req)
+        sends = _all([send(r) for r in reqs])
         try:
             # A stream comes back at once; Starlette's StreamingResponse then watches for the disconnect.
-            res: Any = await (send if body.stream else _unless_disconnected(request, send))
-        except Exception as e:
-            raise fail(e) from e
-        if res is None:
-            return Response(status_code=499)
-        if body.stream:
-            return stream(
-                [res], body, "/v1/chat/completions", start,
-                render=lambda _i, c: translate.chat_chunk(c, rid, created, model_name),
-                has_text=lambda c: any(ch.delta.content for ch in c.choices),
-                usage_chunk=lambda u, fp: translate.usage_chunk_chat(u, rid, created, model_name, fp),
-            )
-        metrics.record_usage(res.usage.prompt_tokens, res.usage.completion_tokens, res.usage.avg_compl_tok_per_sec)
-        return _json(translate.chat_completion(res, rid, created, model_name))
-
-    @router.post("/v1/completions", response_model=None,
-                 responses={200: {"model": schemas.Completion}, 400: {"model": schemas.ErrorResponse}})
-    async def completions(body: schemas.CompletionRequestBody, request: Request) -> Response:
-        start = time.perf_counter()
-        reqs = build(translate.completion_requests, body, model_name)
-        rid, created = _new_id("cmpl"), int(time.time())
-        sends = _all([runner.send_completion_request_async(r) for r in reqs])
-        try:
             results: Any = await (sends if body.stream else _unless_disconnected(request, sends))
         except Exception as e:
             raise fail(e) from e
         if results is None:
             return Response(status_code=499)
         if body.stream:
-            builder = translate.CompletionLogprobsBuilder()
-            return stream(
-                results, body, "/v1/completions", start,
-                render=lambda i, c: translate.completion_chunk(c, i, body.n, rid, created, model_name, builder),
-                has_text=lambda c: any(ch.text for ch in c.choices),
-                usage_chunk=lambda u, fp: translate.usage_chunk_completion(u, rid, created, model_name, fp),
+            events = sse.events(
+                results, reply, include_usage=body.stream_options is not None and body.stream_options.include_usage,
+                metrics=metrics, endpoint=request.scope["route"].path, start=start, closing=lambda: state.closing,
             )
+            return StreamingResponse(events, media_type="text/event-stream")
         for r in results:
             metrics.record_usage(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.avg_compl_tok_per_sec)
-        return _json(translate.completion(results, body.n, rid, created, model_name))
+        return _json(reply.response(results))
+
+    @router.post("/v1/chat/completions", response_model=None,
+                 responses={200: {"model": schemas.ChatCompletion}, 400: {"model": schemas.ErrorResponse}})
+    async def chat_completions(body: schemas.ChatCompletionRequestBody, request: Request) -> Response:
+        return await generate(request, translate.ChatReply(body, model_name), runner.send_chat_completion_request_async)
+
+    @router.post("/v1/completions", response_model=None,
+                 responses={200: {"model": schemas.Completion}, 400: {"model": schemas.ErrorResponse}})
+    async def completions(body: schemas.CompletionRequestBody, request: Request) -> Response:
+        return await generate(request, translate.CompletionReply(body, model_name), runner.send_completion_request_async)
 
     @router.get("/v1/models", response_model=schemas.ModelList)
     async def list_models() -> schemas.ModelList:

@@ -1,19 +1,13 @@
 """Every error the server sends has OpenAI's shape,
 ``{"error": {"message", "type", "param", "code"}}``, so the official ``openai``
 client raises its matching exception (``BadRequestError`` for 400,
-``AuthenticationError`` for 401, ...) with our message.
-
-The engine's exceptions map here, once: ``ValueError`` (a bad request),
-``OverflowError`` (a number too large for its field) and ``NotImplementedError``
-(a feature this build lacks) are the client's fault;
-``RuntimeError`` (the runner closed, an engine failure) is the server's.
+``AuthenticationError`` for 401, ...) with our message. The Python API's
+exceptions become these in ``translate.error``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,18 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from mistralrs.server.schemas import ErrorDetail, ErrorResponse
+from mistralrs.server.schemas import REQUEST_FIELDS, ErrorDetail, ErrorResponse
 
 log = logging.getLogger("mistralrs.server")
-
-# The engine names its request fields in its messages ("top_p must be in (0, 1], got 0");
-# these are the OpenAI names of those that differ, so `param` says what the client sent.
-_OPENAI_NAMES = {"n_choices": "n", "stop_seqs": "stop", "echo_prompt": "echo"}
-_FIELDS = {
-    "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "n", "n_choices",
-    "best_of", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "stop", "stop_seqs", "logit_bias", "seed", "messages", "prompt", "suffix", "adapters", "tokens",
-}
 
 
 class APIError(HTTPException):
@@ -52,46 +37,9 @@ class APIError(HTTPException):
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
 
-    def sse(self) -> bytes:
-        """The error as a server-sent event; the openai client raises ``APIError`` on it."""
-        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
-
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
-
-
-def from_engine(e: BaseException, *, closing: bool = False) -> APIError:
-    """The answer for an exception raised by the Python API."""
-    message = str(e) or type(e).__name__
-    if isinstance(e, ValueError):
-        first = re.match(r"[A-Za-z_]+", message)
-        param = first.group(0) if first and first.group(0) in _FIELDS else None
-        param = _OPENAI_NAMES.get(param or "", param)
-        code = "context_length_exceeded" if "context length" in message else None
-        return APIError(400, message, param=param, code=code)
-    if isinstance(e, OverflowError):
-        # A JSON integer beyond what the engine's field holds (a seed over 2**64, say).
-        return APIError(400, f"a number in the request is out of range ({message})")
-    if isinstance(e, NotImplementedError):
-        return APIError(400, message, code="unsupported")
-    if isinstance(e, RuntimeError) and closing:
-        return APIError(503, message, type="server_error", code="shutting_down")
-    log.error("request failed: %r", e)
-    return APIError(500, message, type="server_error")
-
-
-def _field_names() -> frozenset[str]:
-    from mistralrs.server import schemas
-
-    names: set[str] = set()
-    for obj in vars(schemas).values():
-        if isinstance(obj, type) and issubclass(obj, schemas._Request):
-            names.update(obj.model_fields)
-    return frozenset(names)
-
-
-_REQUEST_FIELDS = _field_names()
 
 
 def _param(loc: tuple[object, ...]) -> str | None:
@@ -99,7 +47,7 @@ def _param(loc: tuple[object, ...]) -> str | None:
     ``messages.0.content``. What follows the fields names the union member that was tried."""
     path = []
     for part in loc[1:] if loc and loc[0] == "body" else loc:
-        if isinstance(part, int) or part in _REQUEST_FIELDS:
+        if isinstance(part, int) or part in REQUEST_FIELDS:
             path.append(str(part))
         else:
             break

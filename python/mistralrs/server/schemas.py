@@ -9,7 +9,7 @@ Annotations use ``typing`` forms (``Optional``, ``List``) because pydantic
 evaluates them at run time and the package supports Python 3.9.
 """
 
-from typing import Dict, List, Literal, Optional, Union
+from typing import Dict, Generic, List, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +49,7 @@ class ResponseFormat(_Request):
     json_schema: Optional[Dict[str, object]] = None
 
 
-class _Sampling(_Request):
+class GenerationRequestBody(_Request):
     """Fields shared by chat and text completions."""
 
     model: Optional[str] = None
@@ -74,7 +74,7 @@ class _Sampling(_Request):
     adapters: Optional[List[str]] = None
 
 
-class ChatCompletionRequestBody(_Sampling):
+class ChatCompletionRequestBody(GenerationRequestBody):
     messages: List[ChatMessage]
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
@@ -82,7 +82,7 @@ class ChatCompletionRequestBody(_Sampling):
     response_format: Optional[ResponseFormat] = None
 
 
-class CompletionRequestBody(_Sampling):
+class CompletionRequestBody(GenerationRequestBody):
     # A text, token ids, or a batch of either (one request per prompt).
     prompt: Union[str, List[str], List[int], List[List[int]]]
     # OpenAI's default for the legacy completions endpoint.
@@ -149,62 +149,64 @@ class AssistantMessage(_Response):
     content: Optional[str]
 
 
-class ChatChoice(_Response):
-    index: int
-    message: AssistantMessage
-    finish_reason: Optional[str]
-    logprobs: Optional[ChoiceLogprobs] = None
-
-
-class ChatCompletion(_Response):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: Optional[str] = None
-    choices: List[ChatChoice]
-    usage: Usage
-
-
 class Delta(_Response):
     role: Optional[str] = None
     content: Optional[str] = None
 
 
-class ChatChunkChoice(_Response):
+class _Choice(_Response):
+    """One of an answer's choices, numbered from 0; each kind adds its content, finish_reason
+    and logprobs after the index."""
+
     index: int
+
+
+class ChatChoice(_Choice):
+    message: AssistantMessage
+    finish_reason: Optional[str]
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class ChatChunkChoice(_Choice):
     delta: Delta
     finish_reason: Optional[str] = None
     logprobs: Optional[ChoiceLogprobs] = None
 
 
-class ChatCompletionChunk(_Response):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: Optional[str] = None
-    choices: List[ChatChunkChoice]
-    usage: Optional[Usage] = None
-
-
-class CompletionChoice(_Response):
-    index: int
+class CompletionChoice(_Choice):
     text: str
     finish_reason: Optional[str] = None
     logprobs: Optional[CompletionLogprobs] = None
 
 
-class Completion(_Response):
-    """A whole text completion, and also each streamed chunk of one (as OpenAI streams them)."""
+Choice = TypeVar("Choice", bound=_Choice)
+
+
+class Answer(_Response, Generic[Choice]):
+    """The fields of every generated answer, in OpenAI's order; each kind fixes ``object``."""
 
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
     system_fingerprint: Optional[str] = None
-    choices: List[CompletionChoice]
+    choices: List[Choice]
     usage: Optional[Usage] = None
+
+
+class ChatCompletion(Answer[ChatChoice]):
+    object: Literal["chat.completion"] = "chat.completion"
+    usage: Usage
+
+
+class ChatCompletionChunk(Answer[ChatChunkChoice]):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+
+
+class Completion(Answer[CompletionChoice]):
+    """A whole text completion, and also each streamed chunk of one (as OpenAI streams them)."""
+
+    object: Literal["text_completion"] = "text_completion"
 
 
 class ModelCard(_Response):
@@ -239,3 +241,10 @@ class ErrorDetail(_Response):
 
 class ErrorResponse(_Response):
     error: ErrorDetail = Field(description="OpenAI's error shape")
+
+
+# Every field name a request body may carry: what an error's ``param`` path is made of.
+REQUEST_FIELDS = frozenset(
+    name for body in list(globals().values()) if isinstance(body, type) and issubclass(body, _Request)
+    for name in body.model_fields
+)

@@ -10,21 +10,21 @@ closes every stream, which cancels their sequences in the engine.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Optional
 
-from pydantic import BaseModel
-
-from mistralrs.server import schemas, translate
-from mistralrs.server.errors import from_engine
+from mistralrs.server import translate
 from mistralrs.server.metrics import Metrics
 
-DONE = b"data: [DONE]\n\n"
+
+def frame(data: str) -> bytes:
+    """One server-sent event."""
+    return b"data: " + data.encode() + b"\n\n"
 
 
-def event(body: BaseModel) -> bytes:
-    return b"data: " + body.model_dump_json().encode() + b"\n\n"
+DONE = frame("[DONE]")
 
 
 async def merge(streams: Sequence[Any]) -> AsyncGenerator[tuple[int, Any], None]:
@@ -62,10 +62,9 @@ async def merge(streams: Sequence[Any]) -> AsyncGenerator[tuple[int, Any], None]
 
 async def events(
     streams: Sequence[Any],
+    reply: translate.Reply,
     *,
-    render: Callable[[int, Any], BaseModel],
-    has_text: Callable[[Any], bool],
-    render_usage: Callable[[schemas.Usage, Optional[str]], BaseModel] | None,
+    include_usage: bool,
     metrics: Metrics,
     endpoint: str,
     start: float,
@@ -74,27 +73,25 @@ async def events(
     """The SSE body of a streamed request. An engine error mid-stream (the runner closing, say)
     becomes an ``{"error": ...}`` event, which the openai client raises as ``APIError``, and the
     stream ends without ``[DONE]``."""
-    usages: list[schemas.Usage] = []
-    fingerprint: str | None = None
+    usages: list[Any] = []
     first_text = True
     chunks = merge(streams)
     try:
         async for i, chunk in chunks:
-            if first_text and has_text(chunk):
+            if first_text and reply.has_text(chunk):
                 metrics.time_to_first_token.labels(endpoint).observe(time.perf_counter() - start)
                 first_text = False
             if chunk.usage is not None:  # each request's last chunk carries its usage
-                usages.append(translate.usage(chunk.usage))
+                usages.append(chunk.usage)
                 metrics.record_usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, chunk.usage.avg_compl_tok_per_sec)
-            fingerprint = chunk.system_fingerprint
-            yield event(render(i, chunk))
+            yield frame(reply.chunk(i, chunk).model_dump_json())
     except Exception as e:
-        yield from_engine(e, closing=closing()).sse()
+        yield frame(json.dumps(translate.error(e, closing=closing()).body()))
         return
     finally:
         await chunks.aclose()
         for s in streams:
             await s.aclose()
-    if render_usage is not None and usages:
-        yield event(render_usage(translate.sum_usage(usages), fingerprint))
+    if include_usage and usages:
+        yield frame(reply.usage_chunk(usages).model_dump_json())
     yield DONE

@@ -1,23 +1,34 @@
-"""OpenAI request bodies to the Python API's requests, and its responses back.
+"""OpenAI request bodies to the Python API's requests, and its answers back:
+responses, streamed chunks and exceptions.
 
-The engine already answers with OpenAI's field names; what changes on the
-way out is the layout OpenAI's wire format has and the Python API does not:
-legacy completion logprobs (parallel lists), ``usage`` only where the client
-asked for it, one id for all the requests of a batched prompt, and choices
-re-indexed across that batch.
+The engine already answers with OpenAI's field names, so a response is read
+into its schema by those names (``_read``); what changes on the way out is the
+layout OpenAI's wire format has and the Python API does not: legacy completion
+logprobs (parallel lists), ``usage`` only where the client asked for it, one id
+for all the requests of a batched prompt, and choices re-indexed across that batch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any, List, Union
+from typing import Any, List, TypeVar, Union
+
+from pydantic import BaseModel
 
 from mistralrs import ChatCompletionRequest, CompletionRequest
 from mistralrs.server import schemas
-from mistralrs.server.errors import bad_request
+from mistralrs.server.errors import APIError, bad_request
+
+log = logging.getLogger("mistralrs.server")
 
 # A prompt of the legacy completions API after splitting a batch: text or token ids.
 Prompt = Union[str, List[int]]
+
+# The Python API's names of OpenAI's request fields where the two differ: requests go out
+# under the Python API's names, and the engine's errors name fields by them (``param``).
+_PYTHON_API_NAMES = {"n": "n_choices", "stop": "stop_seqs", "echo": "echo_prompt"}
+_OPENAI_NAMES = {api: openai for openai, api in _PYTHON_API_NAMES.items()}
 
 # OpenAI's "developer" role is its newer name for "system"; the chat templates know only the latter.
 _ROLE_ALIASES = {"developer": "system"}
@@ -55,29 +66,24 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
         raise bad_request("logit_bias keys must be token ids", param="logit_bias") from None
 
 
-def _check_stream_options(body: schemas._Sampling) -> None:
+def _check_stream_options(body: schemas.GenerationRequestBody) -> None:
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
 
 
-def _shared(body: schemas._Sampling, model: str) -> dict[str, Any]:
+def _as_is(body: schemas.GenerationRequestBody, *fields: str) -> dict[str, Any]:
+    """``fields`` of ``body`` that the Python API takes as they are, under its names."""
+    return {_PYTHON_API_NAMES.get(f, f): getattr(body, f) for f in fields}
+
+
+def _shared(body: schemas.GenerationRequestBody, model: str) -> dict[str, Any]:
     """The fields chat and text completions share, under the Python API's names."""
     return dict(
+        _as_is(body, "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
+               "top_k", "min_p", "stream", "adapters", "seed", "ignore_eos"),
         model=model,
         logit_bias=_logit_bias(body.logit_bias),
-        n_choices=body.n,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
         stop_seqs=_stops(body.stop),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        stream=body.stream,
-        adapters=body.adapters,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
     )
 
 
@@ -88,8 +94,7 @@ def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCom
     messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _text(m.content)} for m in body.messages]
     return ChatCompletionRequest(
         messages=messages,
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs,
+        **_as_is(body, "logprobs", "top_logprobs"),
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         **_shared(body, model),
@@ -129,12 +134,11 @@ def completion_requests(body: schemas.CompletionRequestBody, model: str) -> list
     return [
         CompletionRequest(
             prompt=prompt,
-            echo_prompt=body.echo,
             best_of=best_of,
-            max_tokens=body.max_tokens,
+            # The legacy API's `logprobs` is the number of top logprobs.
             logprobs=body.logprobs is not None,
             top_logprobs=body.logprobs,
-            suffix=body.suffix,
+            **_as_is(body, "echo", "max_tokens", "suffix"),
             **_shared(body, model),
         )
         for prompt in completion_prompts(body)
@@ -143,85 +147,99 @@ def completion_requests(body: schemas.CompletionRequestBody, model: str) -> list
 
 # ----------------------------------------------------------------------------- responses
 
+M = TypeVar("M", bound=BaseModel)
 
-def usage(u: Any) -> schemas.Usage:
-    details = u.prompt_tokens_details
+
+def _read(schema: type[M], obj: Any, **given: Any) -> M:
+    """``obj``, an object of the Python API, as ``schema``: each field (nested ones too) read from
+    the attribute of the same name, but for the fields ``given``."""
+    fields = {name: given[name] if name in given else getattr(obj, name) for name in schema.model_fields}
+    return schema.model_validate(fields, from_attributes=True)
+
+
+def _sum_usage(usages: Sequence[Any]) -> schemas.Usage:
+    """The usage of a batch: its requests' counts (the Python API's ``Usage``) added up."""
     return schemas.Usage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.total_tokens,
-        prompt_tokens_details=schemas.PromptTokensDetails(cached_tokens=details.cached_tokens) if details else None,
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        total_tokens=sum(u.total_tokens for u in usages),
+        prompt_tokens_details=schemas.PromptTokensDetails(
+            cached_tokens=sum(u.prompt_tokens_details.cached_tokens for u in usages)),
     )
 
 
-def sum_usage(us: Sequence[schemas.Usage]) -> schemas.Usage:
-    """The usage of a batch: its requests' counts added up."""
-    cached = sum(u.prompt_tokens_details.cached_tokens for u in us if u.prompt_tokens_details)
-    return schemas.Usage(
-        prompt_tokens=sum(u.prompt_tokens for u in us),
-        completion_tokens=sum(u.completion_tokens for u in us),
-        total_tokens=sum(u.total_tokens for u in us),
-        prompt_tokens_details=schemas.PromptTokensDetails(cached_tokens=cached),
-    )
+class Reply:
+    """One HTTP request of chat or text completions, from its body to the Python API's requests
+    (one, or one per prompt of a batched completion) and from their responses to the answer:
+    one id, choices numbered across the batch, usage added up; streamed chunks carry no usage
+    (a last chunk does, if the client asks for it)."""
+
+    answer: type[schemas.Answer]
+    chunk_schema: type[schemas.Answer]
+
+    def __init__(self, body: Any, model: str) -> None:
+        self.body, self.model = body, model
+        # The first response or chunk: its id, time and fingerprint are the whole answer's.
+        self._first: Any = None
+
+    def requests(self) -> list[Any]:
+        raise NotImplementedError
+
+    def choices(self, prompt: int, res: Any, whole: bool) -> Sequence[Any]:
+        """The choices of the response (or chunk) to prompt ``prompt``, for the schema to read."""
+        raise NotImplementedError
+
+    def has_text(self, chunk: Any) -> bool:
+        raise NotImplementedError
+
+    def response(self, results: Sequence[Any]) -> schemas.Answer:
+        choices = [c for i, res in enumerate(results) for c in self.choices(i, res, whole=True)]
+        return _read(self.answer, results[0], choices=choices, usage=_sum_usage([r.usage for r in results]))
+
+    def chunk(self, prompt: int, chunk: Any) -> schemas.Answer:
+        self._first = self._first or chunk
+        return _read(self.chunk_schema, chunk, id=self._first.id, created=self._first.created,
+                     choices=self.choices(prompt, chunk, whole=False), usage=None)
+
+    def usage_chunk(self, usages: Sequence[Any]) -> schemas.Answer:
+        """The last chunk, which ``stream_options.include_usage`` asks for: no choices, the usage."""
+        return _read(self.chunk_schema, self._first, choices=[], usage=_sum_usage(usages))
 
 
-def _chat_logprobs(lp: Any) -> schemas.ChoiceLogprobs | None:
-    if lp is None:
-        return None
-    return schemas.ChoiceLogprobs(
-        content=[
-            schemas.TokenLogprob(
-                token=t.token,
-                logprob=t.logprob,
-                bytes=t.bytes,
-                top_logprobs=[schemas.TopLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes) for a in t.top_logprobs],
-            )
-            for t in lp.content
-        ]
-    )
+class ChatReply(Reply):
+    answer, chunk_schema = schemas.ChatCompletion, schemas.ChatCompletionChunk
+
+    def requests(self) -> list[ChatCompletionRequest]:
+        return [chat_request(self.body, self.model)]
+
+    def choices(self, prompt: int, res: Any, whole: bool) -> Sequence[Any]:
+        return res.choices
+
+    def has_text(self, chunk: Any) -> bool:
+        return any(c.delta.content for c in chunk.choices)
 
 
-def chat_completion(res: Any, rid: str, created: int, model: str) -> schemas.ChatCompletion:
-    return schemas.ChatCompletion(
-        id=rid,
-        created=created,
-        model=model,
-        system_fingerprint=res.system_fingerprint,
-        choices=[
-            schemas.ChatChoice(
-                index=c.index,
-                message=schemas.AssistantMessage(content=c.message.content),
-                finish_reason=c.finish_reason,
-                logprobs=_chat_logprobs(c.logprobs),
-            )
-            for c in res.choices
-        ],
-        usage=usage(res.usage),
-    )
+class CompletionReply(Reply):
+    answer = chunk_schema = schemas.Completion
 
+    def __init__(self, body: schemas.CompletionRequestBody, model: str) -> None:
+        super().__init__(body, model)
+        self._logprobs = CompletionLogprobsBuilder()
 
-def chat_chunk(chunk: Any, rid: str, created: int, model: str) -> schemas.ChatCompletionChunk:
-    """A streamed chat chunk; its ``usage`` is left to the final chunk that include_usage asks for."""
-    return schemas.ChatCompletionChunk(
-        id=rid,
-        created=created,
-        model=model,
-        system_fingerprint=chunk.system_fingerprint,
-        choices=[
-            schemas.ChatChunkChoice(
-                index=c.index,
-                delta=schemas.Delta(role=c.delta.role, content=c.delta.content),
-                finish_reason=c.finish_reason,
-                logprobs=_chat_logprobs(c.logprobs),
-            )
-            for c in chunk.choices
-        ],
-    )
+    def requests(self) -> list[CompletionRequest]:
+        return completion_requests(self.body, self.model)
 
+    def choices(self, prompt: int, res: Any, whole: bool) -> Sequence[Any]:
+        """Prompt i's choices at indices i*n .. i*n+n-1, as OpenAI numbers them."""
+        out = []
+        for c in res.choices:
+            index = prompt * self.body.n + c.index
+            logprobs = self._logprobs.build(index, c.text, c.logprobs, whole)
+            out.append(_read(schemas.CompletionChoice, c, index=index, logprobs=logprobs))
+        return out
 
-def usage_chunk_chat(u: schemas.Usage, rid: str, created: int, model: str,
-                     fingerprint: str | None) -> schemas.ChatCompletionChunk:
-    return schemas.ChatCompletionChunk(id=rid, created=created, model=model, system_fingerprint=fingerprint, choices=[], usage=u)
+    def has_text(self, chunk: Any) -> bool:
+        return any(c.text for c in chunk.choices)
 
 
 class CompletionLogprobsBuilder:
@@ -250,40 +268,25 @@ class CompletionLogprobsBuilder:
         )
 
 
-def completion(results: Sequence[Any], n: int, rid: str, created: int, model: str) -> schemas.Completion:
-    """The whole responses of a batch's requests as one completion; prompt i's choices come
-    at indices i*n .. i*n+n-1, as OpenAI numbers them."""
-    builder = CompletionLogprobsBuilder()
-    choices = [
-        schemas.CompletionChoice(
-            index=i * n + c.index,
-            text=c.text,
-            finish_reason=c.finish_reason,
-            logprobs=builder.build(i * n + c.index, c.text, c.logprobs, whole=True),
-        )
-        for i, res in enumerate(results)
-        for c in res.choices
-    ]
-    return schemas.Completion(
-        id=rid,
-        created=created,
-        model=model,
-        system_fingerprint=results[0].system_fingerprint if results else None,
-        choices=choices,
-        usage=sum_usage([usage(r.usage) for r in results]),
-    )
+# ----------------------------------------------------------------------------- errors
 
 
-def completion_chunk(chunk: Any, prompt_index: int, n: int, rid: str, created: int, model: str,
-                     builder: CompletionLogprobsBuilder) -> schemas.Completion:
-    choices = []
-    for c in chunk.choices:
-        index = prompt_index * n + c.index
-        logprobs = builder.build(index, c.text, c.logprobs, whole=False)
-        choices.append(schemas.CompletionChoice(index=index, text=c.text, finish_reason=c.finish_reason, logprobs=logprobs))
-    return schemas.Completion(id=rid, created=created, model=model, system_fingerprint=chunk.system_fingerprint, choices=choices)
-
-
-def usage_chunk_completion(u: schemas.Usage, rid: str, created: int, model: str,
-                           fingerprint: str | None) -> schemas.Completion:
-    return schemas.Completion(id=rid, created=created, model=model, system_fingerprint=fingerprint, choices=[], usage=u)
+def error(e: BaseException, *, closing: bool = False) -> APIError:
+    """The answer for an exception raised by the Python API: ``ValueError`` (a bad request),
+    ``OverflowError`` (a number too large for its field) and ``NotImplementedError`` (a feature
+    this build lacks) are the client's fault; ``RuntimeError`` (the runner closed, an engine
+    failure) is the server's."""
+    message = str(e) or type(e).__name__
+    if isinstance(e, ValueError):
+        # The engine says which field is wrong, by the Python API's name, and OpenAI's code if any.
+        param = getattr(e, "param", None)
+        return APIError(400, message, param=_OPENAI_NAMES.get(param, param), code=getattr(e, "code", None))
+    if isinstance(e, OverflowError):
+        # A JSON integer beyond what the engine's field holds (a seed over 2**64, say).
+        return APIError(400, f"a number in the request is out of range ({message})")
+    if isinstance(e, NotImplementedError):
+        return APIError(400, message, code="unsupported")
+    if isinstance(e, RuntimeError) and closing:
+        return APIError(503, message, type="server_error", code="shutting_down")
+    log.error("request failed: %r", e)
+    return APIError(500, message, type="server_error")
