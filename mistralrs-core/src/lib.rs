@@ -6,6 +6,7 @@
 pub mod adapters;
 pub mod architecture;
 pub mod chat_template;
+pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;

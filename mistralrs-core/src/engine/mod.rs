@@ -139,7 +139,7 @@ impl Engine {
         // are computed (as transformers does), so a block's keys depend on more
         // than the tokens before it: such a model neither reuses cached
         // prefixes nor splits a prompt into chunks.
-        if matches!(mc.rope_scaling, crate::models::config::RopeScaling::LongRope { .. }) {
+        if matches!(mc.rope_scaling, crate::config::RopeScaling::LongRope { .. }) {
             cfg.prefix_cache_n = 0;
             cfg.max_step_tokens = usize::MAX;
         }

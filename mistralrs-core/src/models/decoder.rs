@@ -6,7 +6,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, ModelConfig};
+use super::CausalLm;
+use crate::config::ModelConfig;
 use crate::error::Result as LoadResult;
 use crate::kv_cache::StepKv;
 use crate::layers::batch::AttnView;

@@ -1,12 +1,10 @@
 //! Architectures. Each file is one architecture, written once for every way
 //! its weights can be stored; `load` is the registry.
 
-pub mod config;
 pub mod decoder;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3;
-mod gemma_config;
 pub mod llama;
 pub mod mixtral;
 pub mod phi2;
@@ -15,11 +13,11 @@ pub mod phi3;
 use candle_core::{Device, Tensor};
 
 use crate::architecture::Architecture;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::StepKv;
 use crate::weights::WeightSource;
 pub use crate::layers::{ForwardBatch, SeqSlot};
-pub use config::ModelConfig;
 
 pub trait CausalLm: Send + Sync {
     /// Runs every sequence's new tokens, appending to its cache

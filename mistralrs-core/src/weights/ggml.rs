@@ -34,7 +34,7 @@ use super::gguf_types::{dtype_of, ggml_type_name};
 use crate::architecture::Architecture;
 use crate::error::{Error, Result};
 use crate::layers::Activation;
-use crate::models::config::{Field, ModelConfig, RopeScaling};
+use crate::config::{Field, ModelConfig, RopeScaling};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {

@@ -18,7 +18,7 @@ use crate::architecture::Architecture;
 use crate::error::{candle_message, Error, Result};
 use crate::kernels::StoredRows;
 use crate::layers::{Activation, Embedding, Linear};
-use crate::models::config::{Extras, ModelConfig, RopeScaling};
+use crate::config::{Extras, ModelConfig, RopeScaling};
 
 /// A file of ggml tensors under llama.cpp's GGUF tensor names (a GGUF file,
 /// or a legacy GGML file whose names are mapped).
