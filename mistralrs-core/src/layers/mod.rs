@@ -9,6 +9,7 @@ pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod rotary;
+mod type_tests;
 
 pub use attention::{QkvProj, SelfAttention};
 pub use batch::{ForwardBatch, SeqSlot, StepContext};
