@@ -10,8 +10,8 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::batch::StepContext;
 use super::lora::LoraStack;
+use super::step::StepContext;
 use crate::kernels::{dispatch, BlockMatrix, StoredRows};
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use super::CausalLm;
 use crate::config::ModelConfig;
 use crate::error::Result as LoadResult;
 use crate::kv_cache::StepKv;
-use crate::layers::batch::AttnView;
+use crate::layers::step::AttnView;
 use crate::layers::{Embedding, ForwardBatch, GatedMlp, Linear, RmsNorm, Rotary, SelfAttention, StepContext};
 use crate::weights::WeightSource;
 
