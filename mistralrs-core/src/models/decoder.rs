@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::CausalLm;
+use super::causal_lm::CausalLm;
 use crate::config::ModelConfig;
 use crate::error::Result as LoadResult;
 use crate::kv_cache::StepKv;
