@@ -1,11 +1,12 @@
 //! CPU kernels of our own, chosen at run time for the running CPU, for the
 //! weight types candle's CPU backend only has scalar code for.
 //!
-//! Bottom to top: `select.rs` (which kernels may run), the shared pieces
-//! (`stored_rows.rs`, `out_ptr.rs`, `panel_product.rs`, `legacy_blocks.rs`),
+//! Bottom to top: `select.rs` (which kernels may run) and the shared pieces
+//! (`stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `block_matrix.rs`:
+//! the one trait `Linear` sees the matrix kernels through, `panel_product.rs`);
 //! the kernels (`legacy_panels.rs`, `legacy_quant.rs`, `kquant_panels.rs`,
-//! `attention.rs`), what `Linear` sees of them (`block_matrix.rs`, the
-//! trait; `dispatch.rs`, which kernel takes a weight type), and `report.rs`.
+//! `attention.rs`); `dispatch.rs` (which kernel takes a weight type) and
+//! `report.rs`. No file imports one above it (`scripts/module_graph.py`).
 
 pub mod attention;
 pub mod block_matrix;
