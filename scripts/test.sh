@@ -18,6 +18,9 @@ echo "==> installing build and test tools into $VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.7,<2" pytest numpy \
     jsonschema fastapi uvicorn prometheus-client openai httpx
 
+echo "==> import graph of mistralrs-core: no cycle, no import pointing up (scripts/module_graph.py)"
+"$PYTHON" scripts/module_graph.py > /dev/null || "$PYTHON" scripts/module_graph.py
+
 echo "==> cargo test --release -p mistralrs-core"
 cargo test --release -p mistralrs-core
 

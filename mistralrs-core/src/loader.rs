@@ -12,13 +12,14 @@ use crate::architecture::Architecture;
 use crate::chat_template::{template_from_config, token_text, ChatTemplate, TemplateOverride};
 use crate::error::{Error, Result};
 use crate::hub::{ModelRepo, TokenSource};
-use crate::models::config::Field;
-use crate::models::{self, CausalLm, ModelConfig};
+use crate::config::{Field, ModelConfig};
+use crate::models::{self, CausalLm};
 use crate::tokenizer::{gguf::from_gguf, TextTokenizer};
 use crate::weights::ggml::GgmlFile;
-use crate::weights::gguf::{model_config, GgufFile, GgufSource, TensorFile};
+use crate::weights::gguf::{model_config, GgufFile, GgufSource};
 use crate::weights::isq::QuantizingSource;
 use crate::weights::safetensors::SafetensorsSource;
+use crate::weights::tensor_file::TensorFile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {

@@ -16,7 +16,8 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::hub::{ModelRepo, TokenSource};
-use crate::models::{self, CausalLm, ModelConfig};
+use crate::config::ModelConfig;
+use crate::models::{self, CausalLm};
 use crate::weights::isq::QuantizingSource;
 use crate::weights::WeightSource;
 use files::{Adapter, Ordering};

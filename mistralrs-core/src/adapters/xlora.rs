@@ -24,7 +24,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result as LoadResult};
 use crate::kv_cache::StepKv;
 use crate::layers::{AdapterRows, ForwardBatch};
-use crate::models::{CausalLm, ModelConfig};
+use crate::config::ModelConfig;
+use crate::models::CausalLm;
 
 /// `xlora_config.json`; fields not listed are ignored.
 #[derive(Debug, Clone, Deserialize)]

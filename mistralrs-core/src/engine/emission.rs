@@ -3,6 +3,7 @@
 //! incremental detokenization, searched for stop strings, and streamed as a
 //! chunk once no stop string or incomplete character can still hold it back.
 
+use super::detokenize::find_stop;
 use super::group::Group;
 use super::sequence::Sequence;
 use crate::error::{Error, Result};
@@ -22,100 +23,6 @@ pub struct StopRules<'a> {
 impl<'a> StopRules<'a> {
     pub fn of(req: &'a GenerationRequest, eos: &'a [u32]) -> Self {
         Self { eos, ignore_eos: req.ignore_eos, stop_seqs: &req.stop_seqs, logprobs: req.logprobs }
-    }
-}
-
-/// The text of a sequence's generated tokens, built incrementally as vLLM
-/// and text-generation-inference do: each new token decodes a short window
-/// that starts a few tokens back (`prefix..`), and the new text is what that
-/// window adds to the decoding of its already-read part (`prefix..read`).
-/// The window's context keeps decoders that look at neighbouring tokens
-/// (SentencePiece's leading space, byte-level merges) exact. A window that
-/// ends inside a character (multi-byte tokens decode to U+FFFD until
-/// complete) or in a byte-fallback piece (a run of them decodes together, to
-/// text or to one U+FFFD per byte) stays provisional: its text is there to be
-/// searched for stop strings, but the window is decoded again with the next
-/// token. So
-/// the text always equals a one-shot decode of the whole completion (as
-/// transformers' `decode`), without decoding the completion on every token.
-#[derive(Default)]
-pub struct TextOut {
-    /// The decoded text, stop strings cut off.
-    text: String,
-    /// Bytes of `text` already streamed.
-    emitted: usize,
-    /// Bytes of `text` that no later token can change: what precedes the
-    /// window's provisional tail.
-    committed: usize,
-    /// The window: generated tokens from `prefix` on are decoded for each
-    /// new token; those before `read` are in the committed text.
-    prefix: usize,
-    read: usize,
-    /// The window ends in a run of byte-fallback pieces, which a later piece
-    /// may turn from text into U+FFFDs: its text is not streamed yet.
-    in_byte_run: bool,
-}
-
-impl TextOut {
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// Brings the text up to date with the generated tokens.
-    fn extend(&mut self, generated: &[u32], tok: &TextTokenizer) -> Result<()> {
-        let window = &generated[self.prefix..];
-        let read = tok.decode(&window[..self.read - self.prefix], true)?;
-        let full = tok.decode(window, true)?;
-        // The window's text extends its read part's; where a decoder rewrote
-        // the boundary instead, the committed text stays and the rest follows.
-        let mut common = read.bytes().zip(full.bytes()).take_while(|(a, b)| a == b).count();
-        while !full.is_char_boundary(common) {
-            common -= 1;
-        }
-        self.text.truncate(self.committed);
-        self.text.push_str(&full[common..]);
-        // A window that ends inside a character, or in a byte-fallback piece
-        // (whose run the next piece may extend or invalidate; tokens that
-        // decoding skips do not end a run), stays open.
-        let last_text = window.iter().rev().find(|&&t| !tok.is_skipped_in_text(t));
-        self.in_byte_run = last_text.is_some_and(|&t| tok.is_byte_piece(t));
-        let open = full.ends_with('\u{FFFD}') || self.in_byte_run;
-        if full.len() > read.len() && !open {
-            self.committed = self.text.len();
-            self.prefix = self.read;
-            self.read = generated.len();
-        }
-        Ok(())
-    }
-
-    /// Cuts the text at a stop string.
-    fn cut(&mut self, at: usize) {
-        self.text.truncate(at);
-        self.committed = self.committed.min(at);
-    }
-
-    /// Text not yet streamed. While running, a tail that could start a stop
-    /// string, that ends in an undecodable character (U+FFFD) or that an open
-    /// byte-fallback run may still rewrite, waits.
-    fn take_emittable(&mut self, finished: bool, stops: &[String]) -> String {
-        let text = &self.text;
-        let mut end = text.len();
-        if !finished {
-            if self.in_byte_run {
-                end = end.min(self.committed);
-            }
-            end -= partial_stop_len(&text[..end], stops);
-            while text[..end].ends_with('\u{FFFD}') {
-                end -= '\u{FFFD}'.len_utf8();
-            }
-        }
-        // Text already streamed is never taken back.
-        if end <= self.emitted || !text.is_char_boundary(self.emitted) {
-            return String::new();
-        }
-        let out = text[self.emitted..end].to_string();
-        self.emitted = end;
-        out
     }
 }
 
@@ -146,9 +53,9 @@ impl Sequence {
             });
         }
         // Text before the provisional tail was searched when it was added.
-        let searched_from = self.out.committed;
+        let searched_from = self.out.committed();
         self.out.extend(&self.tokens[self.prompt_len..], tok)?;
-        if let Some(cut) = find_stop(&self.out.text, searched_from, rules.stop_seqs) {
+        if let Some(cut) = find_stop(self.out.text(), searched_from, rules.stop_seqs) {
             self.out.cut(cut);
             self.finish = Some("stop");
         } else if self.generated() >= self.max_new {
@@ -243,84 +150,10 @@ pub fn flat_logits(logits: candle_core::Tensor) -> Result<(Vec<f32>, usize)> {
     Ok((logits.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?, vocab))
 }
 
-/// Byte offset of the earliest stop string in `text`, looking only where a
-/// match could involve text added after `from`.
-fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter_map(|s| {
-            let mut start = from.saturating_sub(s.len() - 1);
-            while !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            text[start..].find(s.as_str()).map(|i| start + i)
-        })
-        .min()
-}
-
-/// Length of the longest tail of `text` that is a proper prefix of a stop string.
-fn partial_stop_len(text: &str, stops: &[String]) -> usize {
-    stops
-        .iter()
-        .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k)).find(|&k| text.ends_with(&s[..k])))
-        .max()
-        .unwrap_or(0)
-}
-
 fn byte_list(tok: &TextTokenizer, id: u32) -> Vec<u16> {
     tok.token_bytes(id).iter().map(|&b| b as u16).collect()
 }
 
 fn token_text(tok: &TextTokenizer, id: u32) -> String {
     String::from_utf8_lossy(tok.token_bytes(id)).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
-
-    /// Incremental detokenization equals `tokenizers`' one-shot decode of the
-    /// whole completion after every token, and what it streams adds up to it,
-    /// on random token sequences that crowd byte-fallback pieces, multi-byte
-    /// pieces and skipped special tokens together: SentencePiece with byte
-    /// fallback (phi3, gemma), byte-level BPE (qwen2).
-    #[test]
-    fn incremental_text_equals_one_shot_decode() {
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-        for name in ["phi3-tiny", "gemma-tiny", "qwen2-tiny", "llama-tiny"] {
-            let tok = TextTokenizer::from_file(&fixtures.join(name).join("tokenizer.json")).expect("fixture tokenizer");
-            let n = tok.vocab_size() as u32;
-            // Byte pieces, specials and multi-byte pieces are drawn often.
-            let odd: Vec<u32> = (0..n)
-                .filter(|&t| tok.is_byte_piece(t) || tok.is_skipped_in_text(t) || tok.token_bytes(t).iter().any(|&b| b >= 0x80))
-                .collect();
-            let mut rng = StdRng::seed_from_u64(7);
-            for case in 0..300 {
-                let len = 1 + case % 40;
-                let ids: Vec<u32> = (0..len)
-                    .map(|_| if !odd.is_empty() && rng.random::<f32>() < 0.6 { odd[rng.random_range(0..odd.len())] } else { rng.random_range(0..n) })
-                    .collect();
-                let mut out = TextOut::default();
-                let mut streamed = String::new();
-                for k in 1..=ids.len() {
-                    out.extend(&ids[..k], &tok).expect("decode");
-                    let want = tok.decode(&ids[..k], true).expect("decode");
-                    assert_eq!(out.text(), want, "{name} case {case} after {k} tokens: {:?}", &ids[..k]);
-                    streamed += &out.take_emittable(false, &[]);
-                }
-                streamed += &out.take_emittable(true, &[]);
-                assert_eq!(streamed, out.text(), "{name} case {case}: streamed pieces");
-            }
-        }
-    }
-
-    #[test]
-    fn stops_found_across_pieces() {
-        let stops = vec!["END".to_string()];
-        assert_eq!(find_stop("abcEN", 3, &stops), None);
-        assert_eq!(find_stop("abcEND!", 5, &stops), Some(3));
-        assert_eq!(partial_stop_len("abcEN", &stops), 2);
-        assert_eq!(partial_stop_len("abc", &stops), 0);
-    }
 }

@@ -4,10 +4,11 @@
 //! own channel. It knows nothing of any architecture.
 //!
 //! This file is the loop that ties the parts together: `scheduler` plans each
-//! step, `speculative` drafts and verifies, `emission` turns sampled tokens
-//! into text and stream chunks, `group` answers a request, `sequence` holds
-//! one sequence's state.
+//! step, `speculative` drafts and verifies, `emission` judges sampled tokens
+//! and streams what they add (`detokenize` keeps their text), `group`
+//! answers a request, `sequence` holds one sequence's state.
 
+mod detokenize;
 mod emission;
 mod group;
 mod scheduler;
@@ -35,8 +36,8 @@ use emission::{advance, fail_group, flat_logits};
 pub use group::{Notify, Responder};
 use group::Group;
 use scheduler::Scheduler;
-use sequence::Sequence;
-use speculative::{advance_speculative, propose, Draft, Speculation};
+use sequence::{Sequence, Speculation};
+use speculative::{advance_speculative, propose, Draft};
 
 /// Counters of the engine's work, read by the runner (`Runner.stats()`).
 #[derive(Debug, Default)]

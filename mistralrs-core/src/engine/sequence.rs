@@ -2,8 +2,7 @@
 //! prefix-cache keys, its sampler and grammar. What its tokens become for
 //! the caller (text, stop strings, logprobs) is `emission`'s.
 
-use super::emission::TextOut;
-use super::speculative::Speculation;
+use super::detokenize::TextOut;
 use crate::kv_cache::{block_hash, BlockAllocator, BlockTable, SideState, BLOCK_SIZE};
 use crate::response::ResponseLogprob;
 use crate::sampler::Sampler;
@@ -174,3 +173,28 @@ impl Sequence {
     }
 }
 
+/// A sequence's speculative state.
+#[derive(Default)]
+pub struct Speculation {
+    /// The draft model's cache blocks for this sequence, and the tokens they hold.
+    pub blocks: BlockTable,
+    pub computed: usize,
+    /// Tokens the draft proposes this step (set by the scheduler).
+    pub proposals: usize,
+    /// The draft's distribution for each proposal made this step (the first
+    /// `drafted` entries; the buffers are kept for the next step).
+    pub dists: Vec<Vec<(u32, f32)>>,
+    pub drafted: usize,
+    /// The target's distribution at the proposal being verified (a buffer kept between steps).
+    pub target: Vec<(u32, f32)>,
+    /// The grammar as the draft's proposals advance it (a copy: the
+    /// sequence's own matcher only ever takes accepted tokens).
+    pub grammar: Option<Box<llguidance::Matcher>>,
+}
+
+impl Speculation {
+    pub fn release(&mut self, alloc: &mut BlockAllocator) {
+        self.blocks.release_all(alloc);
+        self.computed = 0;
+    }
+}

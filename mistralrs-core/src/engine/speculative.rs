@@ -42,32 +42,6 @@ impl Draft {
     }
 }
 
-/// A sequence's speculative state.
-#[derive(Default)]
-pub struct Speculation {
-    /// The draft model's cache blocks for this sequence, and the tokens they hold.
-    pub blocks: BlockTable,
-    pub computed: usize,
-    /// Tokens the draft proposes this step (set by the scheduler).
-    pub proposals: usize,
-    /// The draft's distribution for each proposal made this step (the first
-    /// `drafted` entries; the buffers are kept for the next step).
-    dists: Vec<Vec<(u32, f32)>>,
-    drafted: usize,
-    /// The target's distribution at the proposal being verified (a buffer kept between steps).
-    target: Vec<(u32, f32)>,
-    /// The grammar as the draft's proposals advance it (a copy: the
-    /// sequence's own matcher only ever takes accepted tokens).
-    grammar: Option<Box<llguidance::Matcher>>,
-}
-
-impl Speculation {
-    pub fn release(&mut self, alloc: &mut BlockAllocator) {
-        self.blocks.release_all(alloc);
-        self.computed = 0;
-    }
-}
-
 /// What the acceptance rule makes of one proposed token.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::OutPtr;
+use super::out_ptr::OutPtr;
 use crate::kv_cache::BLOCK_SIZE;
 
 /// Query tokens per task in a prompt: rows that share each block of keys
@@ -225,7 +225,7 @@ fn online_update(scores: &mut [f32], values: &[f32], stride: usize, dim: usize, 
 }
 
 fn simd_ok(dim: usize) -> bool {
-    dim.is_multiple_of(8) && super::legacy_quant::has_avx2()
+    dim.is_multiple_of(8) && super::select::avx2()
 }
 
 /// `scores[j]` = scale · q · key j (`keys`: key j's `dim` floats at `j * stride`).

@@ -36,8 +36,11 @@ use candle_core::{Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::block_matrix::BlockMatrix;
+use super::out_ptr::OutPtr;
 use super::panel_product::{self, PANEL, TILE};
-use super::StoredRows;
+use super::select;
+use super::stored_rows::StoredRows;
 
 pub(crate) const QK_K: usize = 256;
 /// The K-quant types with panel kernels.
@@ -278,7 +281,7 @@ fn quantize_q8k(x: &[f32]) -> Q8KBlock {
     let max = *x.iter().find(|v| v.abs() == amax).expect("amax is one of the values");
     let iscale = -127.0 / max;
     #[cfg(target_arch = "x86_64")]
-    if super::legacy_quant::has_avx2() {
+    if select::avx2() {
         // SAFETY: AVX2 detected; both slices hold 256 values.
         unsafe { avx2_round(x, iscale, &mut b.qs) };
     } else {
@@ -357,7 +360,7 @@ impl KQuantMatrix {
     /// kernels run and the rows fill panels; None otherwise.
     pub fn from_stored(dtype: GgmlDType, src: &StoredRows, rows: usize, cols: usize) -> Option<Self> {
         let kind = kind_of(dtype)?;
-        let runs = super::legacy_panels::available() || super::select::choice() == super::select::KernelChoice::Scalar;
+        let runs = select::avx512_vnni() || select::choice() == select::KernelChoice::Scalar;
         if !runs || rows % PANEL != 0 || cols % QK_K != 0 || src.rows() != rows {
             return None;
         }
@@ -375,9 +378,11 @@ impl KQuantMatrix {
             KKind::Q6K => row_blocks_q6k(&self.data, r, self.cols / QK_K, out),
         }
     }
+}
 
+impl BlockMatrix for KQuantMatrix {
     /// The original blocks as a candle tensor (to dequantize or re-quantize).
-    pub fn to_qtensor(&self) -> Result<QTensor> {
+    fn to_qtensor(&self) -> Result<QTensor> {
         let row_bytes = self.cols / QK_K * self.kind.block_bytes();
         let mut raw = vec![0u8; self.rows * row_bytes];
         for (r, row) in raw.chunks_exact_mut(row_bytes).enumerate() {
@@ -392,7 +397,7 @@ impl KQuantMatrix {
     }
 
     /// Rows `ids` dequantized, (ids, cols): an embedding lookup.
-    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         let ids = ids.to_vec1::<u32>()?;
         let bb = self.kind.block_bytes();
         let mut raw = vec![0u8; self.cols / QK_K * bb];
@@ -413,7 +418,7 @@ impl KQuantMatrix {
     }
 
     /// `x`: (tokens, cols) -> (tokens, rows).
-    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (acts, m) = panel_product::with_f32_rows(x, self.cols, |xs, m| {
             let acts: Vec<Q8KBlock> = if m >= 16 {
                 xs.par_chunks_exact(QK_K).map(quantize_q8k).collect()
@@ -426,7 +431,9 @@ impl KQuantMatrix {
         self.product(&acts, m, &mut out);
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
+}
 
+impl KQuantMatrix {
     /// The same products without SIMD (`MISTRALRS_CPU_KERNELS=scalar`, or a
     /// CPU without the panel kernels' features): each row's blocks expanded to
     /// f32 against the Q8_K activations expanded to f32. That is llama.cpp's
@@ -436,7 +443,7 @@ impl KQuantMatrix {
         let (rows, cols, kind) = (self.rows, self.cols, self.kind);
         let bb = kind.block_bytes();
         let x: Vec<f32> = acts.iter().flat_map(|a| a.qs.iter().map(move |&q| a.d * f32::from(q))).collect();
-        let cells = super::OutPtr(out.as_mut_ptr());
+        let cells = OutPtr(out.as_mut_ptr());
         (0..rows).into_par_iter().for_each_init(
             || (vec![0u8; cols / QK_K * bb], vec![0f32; cols]),
             |(raw, w), r| {
@@ -458,7 +465,7 @@ impl KQuantMatrix {
 
     /// The panels against every token, tiles of 8 then a remainder as 4 + 2 + 1.
     fn product(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
-        if !super::legacy_panels::available() {
+        if !select::avx512_vnni() {
             return self.product_scalar(acts, m, out);
         }
         let blocks = self.cols / QK_K;
@@ -646,7 +653,7 @@ mod tests {
     /// The SIMD rounding gives the scalar one's quants, exact halves included.
     #[test]
     fn q8k_simd_rounding_matches_scalar() {
-        if !super::super::legacy_quant::has_avx2() {
+        if !select::avx2() {
             return;
         }
         let mut x: Vec<f32> = (0..QK_K).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
@@ -679,7 +686,7 @@ mod tests {
 
     #[test]
     fn kquant_panels_match_candle_and_f32() {
-        if !super::super::legacy_panels::available() {
+        if !select::avx512_vnni() {
             return;
         }
         let dev = Device::Cpu;

@@ -22,8 +22,8 @@
 //! types whose quants are offset (Q4_0 by 8, Q5_0 by 16, Q8_0 by the +128)
 //! start each block's sum at -offset·Σy, precomputed with the activations.
 
-use super::legacy_quant::{Kind, Q8Block};
-use super::StoredRows;
+use super::legacy_blocks::{Kind, Q8Block};
+use super::stored_rows::StoredRows;
 
 pub(crate) use super::panel_product::{PANEL, TILE};
 

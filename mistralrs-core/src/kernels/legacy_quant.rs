@@ -13,61 +13,15 @@ use candle_core::{Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::block_matrix::BlockMatrix;
+use super::legacy_blocks::{Kind, Q8Block, QK};
 use super::legacy_panels::{self, PANEL};
 use super::panel_product;
-use super::StoredRows;
-
-pub(crate) const QK: usize = 32;
+use super::stored_rows::StoredRows;
 
 /// Products smaller than this (multiply-adds) are not split across threads:
 /// waking the pool costs more than they do (decode steps are hundreds of them).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Kind {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-}
-
-impl Kind {
-    pub(crate) fn block_bytes(self) -> usize {
-        match self {
-            Kind::Q4_0 => 18,
-            Kind::Q4_1 => 20,
-            Kind::Q5_0 => 22,
-            Kind::Q5_1 => 24,
-            Kind::Q8_0 => 34,
-        }
-    }
-
-    /// Activations as Q8_1 (with the block sum) for the types with a minimum.
-    pub(crate) fn with_sum(self) -> bool {
-        matches!(self, Kind::Q4_1 | Kind::Q5_1)
-    }
-
-    /// What the unsigned quants are offset by (their zero point), if any.
-    fn offset(self) -> i32 {
-        match self {
-            Kind::Q4_0 => 8,
-            Kind::Q5_0 => 16,
-            _ => 0,
-        }
-    }
-}
-
-/// One activation block quantized to 8 bits: `x ≈ d * qs`, `s = d * Σ qs`
-/// (Q8_1 only), `bias = -offset * Σ qs` (the panel kernels' start value).
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-pub(crate) struct Q8Block {
-    pub d: f32,
-    pub s: f32,
-    pub bias: i32,
-    pub qs: [i8; QK],
-}
 
 /// How the weights are laid out and which code multiplies them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,9 +87,11 @@ impl LegacyQuantMatrix {
         };
         Self { kind, data, rows, cols, path }
     }
+}
 
+impl BlockMatrix for LegacyQuantMatrix {
     /// The same blocks as a candle tensor (to dequantize, e.g. to merge an adapter).
-    pub fn to_qtensor(&self) -> Result<QTensor> {
+    fn to_qtensor(&self) -> Result<QTensor> {
         let dtype = match self.kind {
             Kind::Q4_0 => GgmlDType::Q4_0,
             Kind::Q8_0 => GgmlDType::Q8_0,
@@ -162,7 +118,7 @@ impl LegacyQuantMatrix {
 
     /// Rows `ids` dequantized, (ids, cols): an embedding lookup in the table
     /// that a tied output head multiplies with.
-    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         let ids = ids.to_vec1::<u32>()?;
         let blocks = self.cols / QK;
         let bb = self.kind.block_bytes();
@@ -192,7 +148,7 @@ impl LegacyQuantMatrix {
     }
 
     /// `x`: (tokens, cols) f32 -> (tokens, rows).
-    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (acts, m) = panel_product::with_f32_rows(x, self.cols, |xs, m| (self.quantize_acts(xs), m))?;
         let mut out = vec![0f32; m * self.rows];
         if self.path == Path::Panels {
@@ -202,7 +158,9 @@ impl LegacyQuantMatrix {
         }
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
+}
 
+impl LegacyQuantMatrix {
     /// Every 32 activations as one Q8 block, token after token.
     fn quantize_acts(&self, xs: &[f32]) -> Vec<Q8Block> {
         let (with_sum, offset) = (self.kind.with_sum(), legacy_panels::panel_offset(self.kind));
@@ -292,7 +250,7 @@ pub(crate) fn path_name() -> &'static str {
     }
 }
 
-pub(crate) fn has_avx2() -> bool {
+fn has_avx2() -> bool {
     super::select::avx2()
 }
 

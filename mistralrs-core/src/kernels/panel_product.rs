@@ -7,7 +7,7 @@
 use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::OutPtr;
+use super::out_ptr::OutPtr;
 
 /// Rows in a panel.
 pub(crate) const PANEL: usize = 8;

@@ -29,7 +29,7 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
         };
         Some(format!("candle repacked {level} tiles{what}"))
     };
-    let legacy = if super::own_kernels() { super::legacy_quant::path_name() } else { candle_dot };
+    let legacy = if super::select::own_kernels() { super::legacy_quant::path_name() } else { candle_dot };
     let gemm = if cpu.avx2_fma { "f32 gemm (AVX2+FMA), expanded at load" } else { "f32 gemm, expanded at load" };
     let mut v: Vec<(&'static str, String)> = vec![("F32", gemm.into()), ("F16", gemm.into()), ("BF16", gemm.into())];
     for t in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] {
@@ -39,7 +39,7 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
         v.push((t, candle_dot.into()));
     }
     let scalar = super::select::choice() == super::select::KernelChoice::Scalar;
-    let q4k = if super::legacy_panels::available() {
+    let q4k = if super::select::avx512_vnni() {
         "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8_K activations)".to_string()
     } else if scalar {
         "mistralrs scalar (llama.cpp's Q8_K activations)".to_string()
@@ -47,7 +47,7 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
         tiles("").unwrap_or_else(|| candle_dot.into())
     };
     v.push(("Q4_K", q4k));
-    let q6k = if super::legacy_panels::available() {
+    let q6k = if super::select::avx512_vnni() {
         "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8_K activations)".to_string()
     } else if scalar {
         "mistralrs scalar (llama.cpp's Q8_K activations)".to_string()

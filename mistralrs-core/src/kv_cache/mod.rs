@@ -6,19 +6,10 @@
 
 mod blocks;
 mod pool;
+mod side_state;
 mod step;
-
-use candle_core::Tensor;
 
 pub use blocks::{block_hash, BlockAllocator, BlockTable, BLOCK_SIZE};
 pub use pool::KvPool;
+pub use side_state::SideState;
 pub use step::StepKv;
-
-/// Per-sequence model state beyond the KV cache: X-LoRA counts the scaling
-/// passes a sequence has had and, once its scalings freeze, keeps them.
-#[derive(Debug, Clone, Default)]
-pub struct SideState {
-    pub scaling_passes: usize,
-    /// (adapted layers, adapters) scalings applied to every later token.
-    pub frozen_scalings: Option<Tensor>,
-}

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 
 use super::blocks::BlockTable;
 use super::pool::KvPool;
-use super::SideState;
+use super::side_state::SideState;
 
 pub struct StepKv<'a> {
     pool: &'a KvPool,

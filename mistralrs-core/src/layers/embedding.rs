@@ -6,7 +6,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Result, Tensor};
 
-use super::Linear;
+use super::linear::Linear;
 
 #[derive(Debug, Clone)]
 pub struct Embedding {

@@ -1,23 +1,24 @@
 //! A linear layer, whatever its storage: dense in the compute dtype (`QMatMul::Tensor`), a
 //! ggml block-quantized matrix on candle's kernels (whose CPU code quantizes
 //! the activations to the weight's dot-product type as llama.cpp does), or
-//! the legacy block types, Q4_K and Q6_K on our own SIMD kernels; optionally with
-//! unmerged LoRA adapters applied per token row (see `lora.rs`).
+//! the legacy block types, Q4_K and Q6_K on our own SIMD kernels (behind one
+//! trait, `kernels::BlockMatrix`); optionally with unmerged LoRA adapters
+//! applied per token row (see `lora.rs`).
 
 use std::sync::Arc;
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::batch::StepContext;
 use super::lora::LoraStack;
-use crate::kernels::{KQuantMatrix, LegacyQuantMatrix, StoredRows};
+use super::step::StepContext;
+use crate::kernels::{dispatch, BlockMatrix, StoredRows};
 
 #[derive(Debug, Clone)]
 enum Weight {
     Candle(QMatMul),
-    Legacy(Arc<LegacyQuantMatrix>),
-    KQuant(Arc<KQuantMatrix>),
+    /// In one of our kernels' layouts (see `kernels/dispatch.rs`).
+    Ours(Arc<dyn BlockMatrix>),
 }
 
 #[derive(Debug, Clone)]
@@ -32,10 +33,7 @@ impl Linear {
     /// devices candle's (its CUDA/Metal quantized kernels).
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
         let ours = match &weight {
-            QMatMul::QTensor(t) if t.device().is_cpu() && crate::kernels::own_kernels() => match LegacyQuantMatrix::from_qtensor(t).ok().flatten() {
-                Some(m) => Some(Weight::Legacy(Arc::new(m))),
-                None => KQuantMatrix::from_qtensor(t).ok().flatten().map(|m| Weight::KQuant(Arc::new(m))),
-            },
+            QMatMul::QTensor(t) if t.device().is_cpu() && crate::kernels::own_kernels() => dispatch::from_qtensor(t).map(Weight::Ours),
             _ => None,
         };
         let weight = ours.unwrap_or(Weight::Candle(weight));
@@ -54,12 +52,8 @@ impl Linear {
         device: &Device,
     ) -> Result<Self> {
         if device.is_cpu() && crate::kernels::own_kernels() {
-            let ours = match LegacyQuantMatrix::from_stored(dtype, src, rows, cols) {
-                Some(m) => Some(Weight::Legacy(Arc::new(m))),
-                None => KQuantMatrix::from_stored(dtype, src, rows, cols).map(|m| Weight::KQuant(Arc::new(m))),
-            };
-            if let Some(weight) = ours {
-                return Ok(Self { weight, bias, lora: None });
+            if let Some(m) = dispatch::from_stored(dtype, src, rows, cols) {
+                return Ok(Self { weight: Weight::Ours(m), bias, lora: None });
             }
         }
         let q = qtensor_from_ggml(dtype, &src.in_order(), vec![rows, cols], device)?;
@@ -78,8 +72,7 @@ impl Linear {
             Weight::Candle(QMatMul::Tensor(w)) => QMatMul::Tensor((w + delta.to_dtype(w.dtype())?)?),
             Weight::Candle(QMatMul::TensorF16(w)) => QMatMul::TensorF16((w + delta.to_dtype(DType::F16)?)?),
             Weight::Candle(QMatMul::QTensor(q)) => quantized(q)?,
-            Weight::Legacy(m) => quantized(&m.to_qtensor()?)?,
-            Weight::KQuant(m) => quantized(&m.to_qtensor()?)?,
+            Weight::Ours(m) => quantized(&m.to_qtensor()?)?,
         };
         Ok(Self { lora: self.lora, ..Self::new(weight, self.bias) })
     }
@@ -89,8 +82,7 @@ impl Linear {
     pub fn quantized(self, dtype: GgmlDType) -> Result<Self> {
         let weight = match &self.weight {
             Weight::Candle(w) => quantize_matrix(w, dtype)?,
-            Weight::Legacy(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
-            Weight::KQuant(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
+            Weight::Ours(m) => quantize_matrix(&QMatMul::QTensor(Arc::new(m.to_qtensor()?)), dtype)?,
         };
         Ok(match weight {
             Some(w) => Self { lora: self.lora, ..Self::new(w, self.bias) },
@@ -119,8 +111,7 @@ impl Linear {
     pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         match &self.weight {
             Weight::Candle(w) => w.embedding(ids),
-            Weight::Legacy(w) => w.rows(ids),
-            Weight::KQuant(w) => w.rows(ids),
+            Weight::Ours(w) => w.rows(ids),
         }
     }
 
@@ -143,8 +134,7 @@ impl Linear {
     fn product(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
             Weight::Candle(w) => w.forward(x),
-            Weight::Legacy(w) => w.matmul(x),
-            Weight::KQuant(w) => w.matmul(x),
+            Weight::Ours(w) => w.matmul(x),
         }
     }
 

@@ -3,8 +3,8 @@
 
 use candle_core::{Result, Tensor};
 
-use super::batch::StepContext;
 use super::linear::Linear;
+use super::step::StepContext;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {

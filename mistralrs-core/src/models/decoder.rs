@@ -6,10 +6,11 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, ModelConfig};
+use super::causal_lm::CausalLm;
+use crate::config::ModelConfig;
 use crate::error::Result as LoadResult;
 use crate::kv_cache::StepKv;
-use crate::layers::batch::AttnView;
+use crate::layers::step::AttnView;
 use crate::layers::{Embedding, ForwardBatch, GatedMlp, Linear, RmsNorm, Rotary, SelfAttention, StepContext};
 use crate::weights::WeightSource;
 

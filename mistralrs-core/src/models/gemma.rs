@@ -6,7 +6,7 @@ use candle_core::Device;
 
 use super::decoder::{PreNormDecoder, PreNormLayer, Trunk};
 use super::llama::{load_attention, load_mlp};
-use super::ModelConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::layers::{GatedMlp, RmsNorm};
 use crate::weights::WeightSource;

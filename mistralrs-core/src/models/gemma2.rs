@@ -10,7 +10,7 @@ use candle_core::Device;
 use super::decoder::{PreNormDecoder, PreNormLayer, Trunk};
 use super::gemma::load_norm;
 use super::llama::{load_attention, load_mlp};
-use super::ModelConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::layers::{GatedMlp, RmsNorm};
 use crate::weights::WeightSource;

@@ -8,7 +8,7 @@
 use candle_core::Device;
 
 use super::decoder::PreNormDecoder;
-use super::ModelConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::layers::GatedMlp;
 use crate::weights::WeightSource;

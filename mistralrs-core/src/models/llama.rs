@@ -6,7 +6,7 @@
 use candle_core::Device;
 
 use super::decoder::{PreNormDecoder, PreNormLayer, Trunk};
-use super::ModelConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::layers::{GateUp, GatedMlp, QkvProj, RmsNorm, SelfAttention};
 use crate::weights::WeightSource;

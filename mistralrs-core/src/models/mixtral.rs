@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::decoder::{FeedForward, PreNormDecoder, PreNormLayer, Trunk};
 use super::llama::{load_attention, load_norm};
-use super::ModelConfig;
+use crate::config::ModelConfig;
 use crate::error::Result as LoadResult;
 use crate::layers::{GateUp, GatedMlp, Linear, StepContext};
 use crate::weights::WeightSource;

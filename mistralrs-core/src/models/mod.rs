@@ -1,49 +1,24 @@
 //! Architectures. Each file is one architecture, written once for every way
 //! its weights can be stored; `load` is the registry.
 
-pub mod config;
+pub mod causal_lm;
 pub mod decoder;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3;
-mod gemma_config;
 pub mod llama;
 pub mod mixtral;
 pub mod phi2;
 pub mod phi3;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use crate::architecture::Architecture;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kv_cache::StepKv;
 use crate::weights::WeightSource;
 pub use crate::layers::{ForwardBatch, SeqSlot};
-pub use config::ModelConfig;
-
-pub trait CausalLm: Send + Sync {
-    /// Runs every sequence's new tokens, appending to its cache
-    /// (the KV of `batch.slots[i]` is `kv`'s sequence i), and returns the logits of each
-    /// sequence's last token: (sequences, vocab) f32.
-    fn forward(&self, batch: &ForwardBatch, kv: &mut StepKv) -> candle_core::Result<Tensor>;
-    /// Like `forward`, but returns every row's hidden state after the final
-    /// norm (the output head's input): (tokens, hidden).
-    fn hidden_states(&self, batch: &ForwardBatch, kv: &mut StepKv) -> candle_core::Result<Tensor>;
-    fn config(&self) -> &ModelConfig;
-    /// The compute dtype: activations and the KV cache.
-    fn dtype(&self) -> candle_core::DType;
-    /// Layers of KV cache each sequence needs (X-LoRA keeps two sets).
-    fn cache_layers(&self) -> usize {
-        self.config().num_layers
-    }
-    /// Whether a position's keys depend on the sequence's whole length, not
-    /// just the tokens before it: LongRoPE picks its rotation by the length
-    /// when the keys are computed (as transformers does). The engine then
-    /// neither reuses cached prefixes nor splits a prompt into chunks.
-    fn keys_depend_on_length(&self) -> bool {
-        matches!(self.config().rope_scaling, config::RopeScaling::LongRope { .. })
-    }
-}
+pub use causal_lm::CausalLm;
 
 /// Builds the model for `cfg.arch` from `weights`.
 pub fn load(cfg: &ModelConfig, weights: &dyn WeightSource, device: &Device, progress: &dyn Fn(usize)) -> Result<Box<dyn CausalLm>> {

@@ -5,7 +5,8 @@
 use candle_core::{Device, Result, Tensor};
 
 use super::decoder::Trunk;
-use super::{CausalLm, ModelConfig};
+use super::causal_lm::CausalLm;
+use crate::config::ModelConfig;
 use crate::error::Result as LoadResult;
 use crate::kv_cache::StepKv;
 use crate::layers::{ForwardBatch, LayerNorm, Mlp, QkvProj, SelfAttention};

@@ -5,7 +5,7 @@ use candle_core::Device;
 
 use super::decoder::{PreNormDecoder, PreNormLayer, Trunk};
 use super::llama::load_norm;
-use super::ModelConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::layers::{GateUp, GatedMlp, QkvProj, SelfAttention};
 use crate::weights::WeightSource;

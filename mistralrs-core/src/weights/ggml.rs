@@ -28,13 +28,13 @@ use std::sync::Mutex;
 use candle_core::quantized::GgmlDType;
 
 use super::finite::check_finite;
-use super::gguf::TensorFile;
-use super::stored::StoredTensor;
 use super::gguf_types::{dtype_of, ggml_type_name};
+use super::stored::StoredTensor;
+use super::tensor_file::TensorFile;
 use crate::architecture::Architecture;
+use crate::config::{Field, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::layers::Activation;
-use crate::models::config::{Field, ModelConfig, RopeScaling};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {

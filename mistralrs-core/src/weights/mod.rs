@@ -5,11 +5,11 @@
 pub mod finite;
 pub mod ggml;
 pub mod gguf;
-pub mod gguf_header;
 pub mod gguf_types;
 pub mod isq;
 pub mod safetensors;
 pub mod stored;
+pub mod tensor_file;
 
 use candle_core::{DType, Tensor};
 

@@ -6,15 +6,15 @@
 //! (activations quantized as llama.cpp does), on 32 output rows so that the
 //! repacked tile kernels are taken where the CPU has them, for 1 and 4
 //! activation rows. (Measured maxima over all rows: Q4_1 0.011, Q2_K 0.012,
-//! Q3_K 0.041, the others below 0.006.)
+//! Q3_K 0.041, the others below 0.006.) It lives with `Linear` rather
+//! than in `kernels/` because it goes through the layer, which is above them.
 
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::{Device, Tensor};
 
-    use crate::layers::linear::quantize_matrix;
-    use crate::layers::Linear;
+    use crate::layers::linear::{quantize_matrix, Linear};
 
     const N: usize = 32 * 128;
     const ROWS: usize = 32;

@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
 use candle_core::quantized::GgmlDType;
 
-use super::gguf_types::{dtype_of, ggml_type_name};
+use crate::weights::gguf_types::{dtype_of, ggml_type_name};
 use crate::error::{Error, Result};
 
 /// ggml's `GGML_MAX_DIMS`.

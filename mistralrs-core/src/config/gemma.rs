@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 
-use super::config::{Extras, HfConfig};
+use super::hf_config::HfConfig;
+use super::model::Extras;
 use crate::architecture::Architecture;
 
 /// transformers' `Gemma2Config` defaults for the keys the engine reads.
