@@ -49,7 +49,6 @@ pub struct Runner {
     /// The compute dtype of the loaded model.
     dtype: candle_core::DType,
     checkpoint_dtype: Option<candle_core::DType>,
-    next_id: AtomicU64,
     adapters: Option<AdapterInfo>,
     /// X-LoRA's pass counter of the model now in the engine (replaced by `send_re_isq`).
     scaling_passes: Mutex<Option<Arc<AtomicU64>>>,
@@ -158,7 +157,6 @@ impl Runner {
             fingerprint: format!("mistralrs-{}-{device_kind}", env!("CARGO_PKG_VERSION")),
             dtype: loaded.dtype,
             checkpoint_dtype: loaded.checkpoint_dtype,
-            next_id: AtomicU64::new(0),
             scaling_passes: Mutex::new(loaded.adapters.as_ref().and_then(|a| a.scaling_passes.clone())),
             spec: spec.clone(),
             opts: opts.clone(),
@@ -357,7 +355,6 @@ impl Runner {
             }
             None => room,
         };
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let prefix = match req.kind() {
             crate::request::RequestKind::Chat => "chatcmpl",
             crate::request::RequestKind::Completion => "cmpl",
@@ -370,7 +367,9 @@ impl Runner {
         let cancel = Arc::new(AtomicBool::new(false));
         let admission = Admission {
             cancel: cancel.clone(),
-            id: format!("{prefix}-{n}"),
+            // Unique across runners and processes (a server behind a balancer
+            // answers from several), as OpenAI's ids are.
+            id: format!("{prefix}-{:032x}", rand::random::<u128>()),
             created,
             fingerprint: self.fingerprint.clone(),
             request: req,
