@@ -79,8 +79,14 @@ impl Sequence {
 /// grammar then forces, and streams what they add. An error fails only this
 /// request.
 pub fn advance(seq: &mut Sequence, row: &mut [f32], group: &mut Group, req: &GenerationRequest, tok: &TextTokenizer, eos: &[u32]) {
+    emit(seq, group, |seq, _| sample_and_force(seq, row, req, tok, eos));
+}
+
+/// Runs `accept` (which takes tokens into `seq` and returns the text they
+/// add) and streams that text; an error fails only this request.
+pub fn emit(seq: &mut Sequence, group: &mut Group, accept: impl FnOnce(&mut Sequence, &mut Group) -> Result<String>) {
     let before = seq.logprobs.len();
-    match sample_and_force(seq, row, req, tok, eos) {
+    match accept(seq, group) {
         Ok(piece) => stream(seq, group, piece, before),
         Err(e) => fail_group(group, e),
     }

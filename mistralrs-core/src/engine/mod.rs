@@ -32,12 +32,12 @@ use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
 use crate::sampler::Sampler;
 use crate::tokenizer::TextTokenizer;
-use emission::{advance, fail_group, flat_logits};
+use emission::{advance, emit, fail_group, flat_logits};
 pub use group::{Notify, Responder};
 use group::Group;
 use scheduler::Scheduler;
 use sequence::{Sequence, Speculation};
-use speculative::{advance_speculative, propose, Draft};
+use speculative::{propose, verify_and_accept, Draft};
 
 /// Counters of the engine's work, read by the runner (`Runner.stats()`).
 #[derive(Debug, Default)]
@@ -382,7 +382,8 @@ impl Engine {
             let seq = &mut running[i];
             let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
             if !group.cancelled {
-                advance_speculative(seq, seq_rows, vocab, group, req, &self.tokenizer, &self.eos);
+                let tok = &self.tokenizer;
+                emit(seq, group, |seq, group| verify_and_accept(seq, seq_rows, vocab, group, req, tok, &self.eos));
             }
             seq.register_full_blocks(alloc);
         }

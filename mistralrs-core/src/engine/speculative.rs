@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use candle_core::Device;
 
-use super::emission::{dead_end, fail_group, flat_logits, force, grammar_err, stream, StopRules, GRAMMAR_DEAD_END};
+use super::emission::{dead_end, flat_logits, force, grammar_err, StopRules, GRAMMAR_DEAD_END};
 use super::group::Group;
 use super::sequence::Sequence;
 use crate::error::{Error, Result};
@@ -148,29 +148,12 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
 }
 
 /// Verifies a sequence's proposals against the target's rows (one per
-/// proposal, then one after them, `vocab` logits each) and streams what it
-/// emits. An error fails only this request.
-pub fn advance_speculative(
-    seq: &mut Sequence,
-    rows: &mut [f32],
-    vocab: usize,
-    group: &mut Group,
-    req: &GenerationRequest,
-    tok: &TextTokenizer,
-    eos: &[u32],
-) {
-    let before = seq.logprobs.len();
-    match verify_and_accept(seq, rows, vocab, group, req, tok, eos) {
-        Ok(piece) => stream(seq, group, piece, before),
-        Err(e) => fail_group(group, e),
-    }
-}
-
-/// The acceptance rule along the proposals: each kept one is emitted, and
-/// the first rejected one is replaced by a draw from the rule's residual
-/// (or, all kept, one more token is drawn from the last row). Both caches
-/// then hold only what was accepted.
-fn verify_and_accept(
+/// proposal, then one after them, `vocab` logits each) by the acceptance
+/// rule: each kept one is emitted, and the first rejected one is replaced by
+/// a draw from the rule's residual (or, all kept, one more token is drawn
+/// from the last row). Both caches then hold only what was accepted.
+/// Returns the text the emitted tokens add.
+pub fn verify_and_accept(
     seq: &mut Sequence,
     rows: &mut [f32],
     vocab: usize,
