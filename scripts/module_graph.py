@@ -91,6 +91,30 @@ def module_of(path, src):
     return tuple(parts)
 
 
+class InlineMods:
+    """The inline `mod x { ... }` blocks open at each token of a file, by brace depth."""
+
+    def __init__(self):
+        self.depth, self.stack = 0, []
+
+    def see(self, toks, k):
+        """Takes token k; True when it opens an inline module."""
+        t, opened = toks[k], False
+        if t == "mod" and k + 2 < len(toks) and toks[k + 2] == "{":
+            self.stack.append((toks[k + 1], self.depth + 1))
+            opened = True
+        if t == "{":
+            self.depth += 1
+        elif t == "}":
+            self.depth -= 1
+            while self.stack and self.stack[-1][1] > self.depth:
+                self.stack.pop()
+        return opened
+
+    def path(self):
+        return tuple(s for s, _ in self.stack)
+
+
 class Crate:
     def __init__(self, src):
         self.src = src
@@ -102,17 +126,10 @@ class Crate:
         for mod, f in self.files.items():
             toks = TOKEN.findall(strip((src / f).read_text()))
             self.tokens[mod] = toks
-            depth, stack = 0, []
-            for k, t in enumerate(toks):
-                if t == "mod" and k + 2 < len(toks) and toks[k + 2] == "{":
-                    stack.append((toks[k + 1], depth + 1))
-                    self.inline[mod + tuple(s for s, _ in stack)] = f
-                if t == "{":
-                    depth += 1
-                elif t == "}":
-                    depth -= 1
-                    while stack and stack[-1][1] > depth:
-                        stack.pop()
+            mods = InlineMods()
+            for k in range(len(toks)):
+                if mods.see(toks, k):
+                    self.inline[mod + mods.path()] = f
 
     def is_module(self, path):
         return path in self.files or path in self.inline
@@ -130,11 +147,11 @@ class Crate:
     def references(self, mod):
         """(file, resolved path) for every path in module `mod`'s file."""
         toks = self.tokens[mod]
-        depth, stack = 0, []
+        mods = InlineMods()
         refs = []
 
         def here():
-            return mod + tuple(s for s, _ in stack)
+            return mod + mods.path()
 
         def parse_tree(k, base):
             """A path (or use tree) from toks[k]; returns (paths, next k)."""
@@ -170,14 +187,7 @@ class Crate:
         k = 0
         while k < len(toks):
             t = toks[k]
-            if t == "mod" and k + 2 < len(toks) and toks[k + 2] == "{":
-                stack.append((toks[k + 1], depth + 1))
-            if t == "{":
-                depth += 1
-            elif t == "}":
-                depth -= 1
-                while stack and stack[-1][1] > depth:
-                    stack.pop()
+            mods.see(toks, k)
             prev = toks[k - 1] if k else ""
             starts = t in ("crate", "super", "self") and k + 1 < len(toks) and toks[k + 1] == "::" and prev != "::"
             # `child::…` (in a `use` or in code): a path relative to the current module.
