@@ -259,16 +259,12 @@ impl Engine {
         let _ = ack.send(result);
     }
 
-    fn sampler_for(&self, req: &GenerationRequest, seed: u64) -> Sampler {
-        Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices)
-    }
-
     fn admit(&mut self, a: Admission) {
         let id = self.next_group;
         self.next_group += 1;
         let req = a.request;
         let seed = req.seed.or(self.cfg.default_seed).unwrap_or_else(rand::random);
-        let mut seq = Sequence::new(id, 0, a.prompt.clone(), self.sampler_for(&req, seed), a.max_new);
+        let mut seq = Sequence::new(id, 0, a.prompt.clone(), sampler_for(&req, seed, self.cfg.repeat_last_n), a.max_new);
         seq.forks = req.best_of - 1;
         seq.adapters = a.adapters;
         seq.grammar = a.grammar.map(Box::new);
@@ -400,8 +396,7 @@ impl Engine {
                 // Sibling choices share the prompt's cache blocks and sample from the same logits.
                 for c in 1..=seq.forks {
                     let seed = req.seed.or(self.cfg.default_seed).map_or_else(rand::random, |s| s.wrapping_add(c as u64));
-                    let sampler = Sampler::new(req.sampling.clone(), seed, self.cfg.repeat_last_n, req.best_of > req.n_choices);
-                    forked.push((seq.fork(c, sampler, alloc), row.to_vec()));
+                    forked.push((seq.fork(c, sampler_for(req, seed, self.cfg.repeat_last_n), alloc), row.to_vec()));
                     self.stats.shared_prompts.fetch_add(1, Ordering::Relaxed);
                 }
                 seq.forks = 0;
@@ -494,6 +489,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// A sampler for one of `req`'s choices; best_of ranks the choices by their logprobs.
+fn sampler_for(req: &GenerationRequest, seed: u64, repeat_last_n: usize) -> Sampler {
+    Sampler::new(req.sampling.clone(), seed, repeat_last_n, req.best_of > req.n_choices)
 }
 
 /// Applies each constrained sequence's grammar to its row of logits, the
