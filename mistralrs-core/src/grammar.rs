@@ -111,12 +111,27 @@ impl GrammarCompiler {
             .factory
             .create_parser(grammar.top_level())
             .map_err(|e| Error::invalid(format!("invalid grammar: {e}")))?;
-        let matcher = Matcher::new(Ok(parser));
-        match matcher.get_error() {
-            Some(e) => Err(Error::invalid(format!("invalid grammar: {e}"))),
-            None => Ok(matcher),
+        let mut matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(Error::invalid(format!("invalid grammar: {e}")));
         }
+        // A grammar can compile and still admit no output at all (a JSON
+        // schema whose `$ref` only refers to itself): its first mask fails or
+        // allows nothing. That is the request's fault, found before any work,
+        // not an engine failure at its first step.
+        if !matcher.compute_mask().is_ok_and(|m| !m.is_zero()) {
+            return Err(Error::invalid(
+                "invalid grammar: no output can match it (for a JSON schema: a `$ref` that only refers to itself, or constraints no value meets)",
+            ));
+        }
+        Ok(matcher)
     }
+}
+
+/// An llguidance message without the parser state it may append (for a
+/// caller, the reason is the first line; the rest is a dump of internals).
+fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().trim_end().to_string()
 }
 
 /// Sets every logit the matcher does not allow next to -inf; all of them
@@ -128,7 +143,7 @@ pub fn mask_logits(matcher: &mut Matcher, logits: &mut [f32]) -> Result<()> {
             logits.fill(f32::NEG_INFINITY);
             return Ok(());
         }
-        Err(e) => return Err(Error::runtime(format!("grammar: {e}"))),
+        Err(e) => return Err(Error::runtime(format!("grammar: {}", first_line(&e)))),
     };
     let allowed = mask.len().min(logits.len());
     for (i, x) in logits[..allowed].iter_mut().enumerate() {
@@ -159,7 +174,14 @@ mod tests {
     #[test]
     fn invalid_grammars_are_request_errors() {
         let c = GrammarCompiler::new(words(), 3).unwrap();
-        for g in [Grammar::Regex("(".into()), Grammar::Lark("start: nothing_defined".into()), Grammar::JsonSchema(serde_json::json!({"type": 5}))] {
+        for g in [
+            Grammar::Regex("(".into()),
+            Grammar::Lark("start: nothing_defined".into()),
+            Grammar::JsonSchema(serde_json::json!({"type": 5})),
+            // Compiles, but no value can match: a reference to itself alone.
+            Grammar::JsonSchema(serde_json::json!({"$ref": "#"})),
+            Grammar::JsonSchema(serde_json::json!({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})),
+        ] {
             let e = c.compile(&g).err().expect("invalid");
             assert!(matches!(e, Error::InvalidInput(_)), "{e}");
         }
