@@ -136,6 +136,20 @@ fn response_format_of(format: &Bound<'_, PyAny>) -> PyResult<Option<Grammar>> {
     }
 }
 
+/// What a request constrains its output to: its grammar or its response_format (one of them).
+fn constraint_of(
+    grammar: &Option<Py<PyAny>>,
+    grammar_type: &Option<String>,
+    response_format: &Option<Py<PyAny>>,
+    py: Python<'_>,
+) -> PyResult<Option<Grammar>> {
+    match (response_format, grammar_of(grammar, grammar_type, py)?) {
+        (Some(_), Some(_)) => Err(invalid("give either grammar or response_format, not both")),
+        (Some(f), None) => response_format_of(f.bind(py)),
+        (None, g) => Ok(g),
+    }
+}
+
 /// A seed as the engine takes it (a u64); any other int is a ValueError, not an OverflowError.
 pub(crate) fn seed_of(seed: Option<i128>) -> PyResult<Option<u64>> {
     seed.map(|s| u64::try_from(s).map_err(|_| invalid_field("seed", format!("seed must be in [0, 2**64), got {s}"))))
@@ -226,11 +240,7 @@ impl ChatCompletionRequest {
 impl ChatCompletionRequest {
     pub fn to_core(&self, py: Python<'_>) -> PyResult<GenerationRequest> {
         let n = count("n_choices", self.n_choices)?;
-        let grammar = match (&self.response_format, grammar_of(&self.grammar, &self.grammar_type, py)?) {
-            (Some(_), Some(_)) => return Err(invalid("give either grammar or response_format, not both")),
-            (Some(f), None) => response_format_of(f.bind(py))?,
-            (None, g) => g,
-        };
+        let grammar = constraint_of(&self.grammar, &self.grammar_type, &self.response_format, py)?;
         Ok(GenerationRequest {
             model: self.model.clone(),
             prompt: messages_of(self.messages.bind(py))?,
@@ -287,6 +297,7 @@ pub struct CompletionRequest {
     adapters: Option<Vec<String>>,
     seed: Option<i128>,
     ignore_eos: bool,
+    response_format: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -295,7 +306,7 @@ impl CompletionRequest {
     #[pyo3(signature = (prompt, model, echo_prompt=false, best_of=1, max_tokens=None, n_choices=1, logit_bias=None,
         logprobs=false, top_logprobs=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None,
         stop_seqs=None, temperature=None, top_p=None, top_k=None, min_p=None, suffix=None, stream=false,
-        grammar=None, grammar_type=None, adapters=None, seed=None, ignore_eos=false))]
+        grammar=None, grammar_type=None, adapters=None, seed=None, ignore_eos=false, response_format=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         prompt: CompletionPrompt,
@@ -322,11 +333,12 @@ impl CompletionRequest {
         adapters: Option<Vec<String>>,
         seed: Option<i128>,
         ignore_eos: bool,
+        response_format: Option<Py<PyAny>>,
     ) -> Self {
         Self {
             prompt, model, echo_prompt, best_of, max_tokens, n_choices, logit_bias, logprobs, top_logprobs,
             presence_penalty, frequency_penalty, repetition_penalty, stop_seqs, temperature, top_p, top_k, min_p,
-            suffix, stream, grammar, grammar_type, adapters, seed, ignore_eos,
+            suffix, stream, grammar, grammar_type, adapters, seed, ignore_eos, response_format,
         }
     }
 
@@ -374,7 +386,7 @@ impl CompletionRequest {
             seed: seed_of(self.seed)?,
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
-            grammar: grammar_of(&self.grammar, &self.grammar_type, py)?,
+            grammar: constraint_of(&self.grammar, &self.grammar_type, &self.response_format, py)?,
         })
     }
 }

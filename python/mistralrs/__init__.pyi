@@ -354,6 +354,7 @@ class CompletionRequest:
         adapters: Sequence[str] | None = None,
         seed: int | None = None,
         ignore_eos: bool = False,
+        response_format: ResponseFormat | None = None,
     ) -> None: ...
     prompt: str | list[int]
     model: str
@@ -379,6 +380,7 @@ class CompletionRequest:
     adapters: Sequence[str] | None
     seed: int | None
     ignore_eos: bool
+    response_format: ResponseFormat | None
 
 # ----------------------------------------------------------------------------- responses
 

@@ -49,6 +49,16 @@ class ResponseFormat(_Request):
     json_schema: Optional[Dict[str, object]] = None
 
 
+class StructuredOutputs(_Request):
+    """vLLM's ``structured_outputs``: one of these constrains the output."""
+
+    json_: Union[str, Dict[str, object], None] = Field(None, alias="json")
+    regex: Optional[str] = None
+    grammar: Optional[str] = None
+    choice: Optional[List[str]] = None
+    json_object: Optional[bool] = None
+
+
 class GenerationRequestBody(_Request):
     """Fields shared by chat and text completions."""
 
@@ -72,6 +82,17 @@ class GenerationRequestBody(_Request):
     repetition_penalty: Optional[float] = None
     ignore_eos: bool = False
     adapters: Optional[List[str]] = None
+    # Structured output, at most one of: OpenAI's response_format, the Python API's grammar and
+    # grammar_type, vLLM's guided_* fields and structured_outputs, llama.cpp's json_schema.
+    response_format: Optional[ResponseFormat] = None
+    grammar: Union[str, Dict[str, object], None] = None
+    grammar_type: Optional[str] = None
+    guided_json: Union[str, Dict[str, object], None] = None
+    guided_regex: Optional[str] = None
+    guided_grammar: Optional[str] = None
+    guided_choice: Optional[List[str]] = None
+    structured_outputs: Optional[StructuredOutputs] = None
+    json_schema: Optional[Dict[str, object]] = None
 
 
 class ChatCompletionRequestBody(GenerationRequestBody):
@@ -79,7 +100,6 @@ class ChatCompletionRequestBody(GenerationRequestBody):
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = None
-    response_format: Optional[ResponseFormat] = None
 
 
 class CompletionRequestBody(GenerationRequestBody):

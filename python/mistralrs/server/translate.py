@@ -10,6 +10,7 @@ for all the requests of a batched prompt, and choices re-indexed across that bat
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, List, TypeVar, Union
@@ -76,6 +77,48 @@ def _as_is(body: schemas.GenerationRequestBody, *fields: str) -> dict[str, Any]:
     return {_PYTHON_API_NAMES.get(f, f): getattr(body, f) for f in fields}
 
 
+def _choice_grammar(choices: list[str], param: str) -> dict[str, Any]:
+    """Output that is exactly one of ``choices`` (vLLM's guided_choice), as a Lark grammar of
+    string literals (JSON's string syntax, which Lark's literals share)."""
+    if not choices:
+        raise bad_request("the list of choices is empty", param=param)
+    return {"grammar": "start: " + " | ".join(json.dumps(c) for c in choices), "grammar_type": "lark"}
+
+
+def _constraint(body: schemas.GenerationRequestBody) -> dict[str, Any]:
+    """The body's structured-output field, whichever spelling it uses, as the Python API's
+    ``grammar`` + ``grammar_type`` (or ``response_format``), which check and compile it."""
+    given: dict[str, dict[str, Any]] = {}
+    if body.response_format is not None:
+        given["response_format"] = {"response_format": body.response_format.model_dump(exclude_none=True)}
+    if body.grammar is not None or body.grammar_type is not None:
+        given["grammar"] = {"grammar": body.grammar, "grammar_type": body.grammar_type}
+    for field, kind in (("guided_json", "json_schema"), ("json_schema", "json_schema"),
+                        ("guided_regex", "regex"), ("guided_grammar", "lark")):
+        if getattr(body, field) is not None:
+            given[field] = {"grammar": getattr(body, field), "grammar_type": kind}
+    if body.guided_choice is not None:
+        given["guided_choice"] = _choice_grammar(body.guided_choice, "guided_choice")
+    so = body.structured_outputs
+    if so is not None:
+        inner = {
+            "json": so.json_ is not None and {"grammar": so.json_, "grammar_type": "json_schema"},
+            "regex": so.regex is not None and {"grammar": so.regex, "grammar_type": "regex"},
+            "grammar": so.grammar is not None and {"grammar": so.grammar, "grammar_type": "lark"},
+            "choice": so.choice is not None and _choice_grammar(so.choice, "structured_outputs"),
+            "json_object": bool(so.json_object) and {"grammar": {"type": "object"}, "grammar_type": "json_schema"},
+        }
+        set_ = {k: v for k, v in inner.items() if v}
+        if len(set_) != 1:
+            raise bad_request("structured_outputs needs exactly one of json, regex, grammar, choice, json_object"
+                              f" (got {', '.join(sorted(set_)) or 'none'})", param="structured_outputs")
+        given["structured_outputs"] = next(iter(set_.values()))
+    if len(given) > 1:
+        raise bad_request(f"give one way to constrain the output, not several ({', '.join(sorted(given))})",
+                          param=sorted(given)[1])
+    return next(iter(given.values()), {})
+
+
 def _shared(body: schemas.GenerationRequestBody, model: str) -> dict[str, Any]:
     """The fields chat and text completions share, under the Python API's names."""
     return dict(
@@ -84,6 +127,8 @@ def _shared(body: schemas.GenerationRequestBody, model: str) -> dict[str, Any]:
         model=model,
         logit_bias=_logit_bias(body.logit_bias),
         stop_seqs=_stops(body.stop),
+        # The engine compiles it and says what is wrong with it.
+        **_constraint(body),
     )
 
 
@@ -98,8 +143,6 @@ def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCom
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         **_shared(body, model),
-        # The engine maps it onto its JSON-schema grammar (SPEC §1), and says what is wrong with it.
-        response_format=None if body.response_format is None else body.response_format.model_dump(exclude_none=True),
     )
 
 
