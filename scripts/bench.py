@@ -453,7 +453,7 @@ def bench_model(gguf: str, engines: list[str], pythons: dict, args) -> dict:
     warn_token_mismatch(runs)
     print_table(f"{pathlib.Path(gguf).name}, {args.threads} threads", engines, stats, rows, args.reps)
     # "tg{N}" (decode after the first --decode-after length) keeps scripts/bench_types.py's key working.
-    for e in engines:
+    for e in engines if args.decode_after else []:
         stats["median"][e][f"tg{args.decode}"] = stats["median"][e][tg_key(args.decode, args.decode_after[0])]
     return {"gguf": gguf, "runs": runs, **stats}
 
