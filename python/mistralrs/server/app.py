@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Optional, TypeVar
@@ -31,6 +32,8 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 # Reachable without the API key: probes, scrapers and the API's own docs.
 OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/redoc", "/openapi.json"})
+
+log = logging.getLogger("mistralrs.server")
 
 T = TypeVar("T")
 
@@ -113,11 +116,21 @@ def create_app(
     def fail(e: BaseException) -> APIError:
         return translate.error(e, closing=state.closing)
 
+    ignored: set[str] = set()
+
+    def note_unknown(body: BaseModel) -> None:
+        """Logs each request field name the server ignores, the first time it comes."""
+        for name in schemas.unknown_fields(body):
+            if name not in ignored:
+                ignored.add(name)
+                log.warning("ignoring the request field `%s`, which this server does not know (logged once)", name)
+
     async def generate(request: Request, reply: translate.Reply, send: Callable[[Any], Awaitable[Any]]) -> Response:
         """The one path of chat and text completions: the body's requests sent to the runner, and
         their responses (or streams) answered in OpenAI's shape."""
         start = time.perf_counter()
         body = reply.body
+        note_unknown(body)
         try:
             reqs = reply.requests()
         except (ValueError, OverflowError, NotImplementedError) as e:  # the Python API checks fields as it builds
@@ -162,6 +175,7 @@ def create_app(
 
     @router.post("/tokenize", response_model=schemas.TokenizeResponse)
     async def tokenize(body: schemas.TokenizeRequestBody) -> schemas.TokenizeResponse:
+        note_unknown(body)
         if body.messages is not None:
             # The chat template is rendered inside the engine and the Python API does not expose it.
             raise APIError(400, "tokenizing `messages` is not supported yet; send `prompt`", param="messages",
@@ -177,6 +191,7 @@ def create_app(
 
     @router.post("/detokenize", response_model=schemas.DetokenizeResponse)
     async def detokenize(body: schemas.DetokenizeRequestBody) -> schemas.DetokenizeResponse:
+        note_unknown(body)
         try:
             text = await run_in_threadpool(runner.detokenize, translate.token_ids(body.tokens, "tokens"))
         except APIError:

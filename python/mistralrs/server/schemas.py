@@ -1,8 +1,8 @@
 """Request and response bodies of the HTTP server, with OpenAI's field names.
 
 Requests ignore fields they do not know (as vLLM does), so clients that send
-newer or vendor-specific fields keep working; a known field of the wrong type
-is an error. The vLLM extras (``top_k``, ``min_p``, ``repetition_penalty``,
+newer or vendor-specific fields keep working, and the server logs each such
+name once; a known field of the wrong type is an error. The vLLM extras (``top_k``, ``min_p``, ``repetition_penalty``,
 ``ignore_eos``) and ``adapters`` (this engine's LoRA sets) are accepted too.
 
 Annotations use ``typing`` forms (``Optional``, ``List``) because pydantic
@@ -15,8 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Request(BaseModel):
-    # strict: "5" is not an int and 1 is not a bool, as OpenAI's API rejects them.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # strict: "5" is not an int and 1 is not a bool, as OpenAI's API rejects them. Unknown fields are
+    # kept aside (``model_extra``) only so that the server can say once that it ignores them.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+def unknown_fields(body: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted names of the fields ``body`` carried that its schema does not know, nested
+    bodies' too (``messages.tool_calls``: one name for every message)."""
+    names = [prefix + k for k in (body.model_extra or {})]
+    for name in type(body).model_fields:
+        value = getattr(body, name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, _Request):
+                names += [n for n in unknown_fields(item, f"{prefix}{name}.") if n not in names]
+    return names
 
 
 class _Response(BaseModel):
