@@ -32,24 +32,27 @@ impl Grammar {
     fn top_level(&self) -> TopLevelGrammar {
         match self {
             Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
-            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(with_bounded_whitespace(schema)),
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(with_json_options(schema)),
             Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
         }
     }
 }
 
-/// Whitespace between JSON tokens: one space, or a line break and up to 20
-/// spaces or tabs of indentation (llama.cpp's JSON grammars allow the same).
-/// Pretty-printed output passes; unbounded whitespace would let a weak or
-/// unlucky model fill `max_tokens` with newlines and never finish the value.
-const JSON_WHITESPACE: &str = r"\x20|\x0A[\x20\x09]{0,20}";
+/// JSON comes out on one line, as OpenAI's structured outputs give it: no
+/// whitespace but an optional space after `,` and `:` (the separators are
+/// regexes). Pretty-printing let a model spend its tokens on newlines and
+/// indentation and run out of `max_tokens` before closing the value.
+/// A schema that sets llguidance's own options (`x-guidance`, e.g.
+/// `{"whitespace_flexible": true}`) keeps them instead.
+fn compact_json_options() -> serde_json::Value {
+    serde_json::json!({ "whitespace_flexible": false, "item_separator": ", ?", "key_separator": ": ?" })
+}
 
-/// The schema with our whitespace rule, unless it sets llguidance's own
-/// options (`x-guidance`).
-fn with_bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
+/// The schema with our JSON options, unless it sets llguidance's own.
+fn with_json_options(schema: &serde_json::Value) -> serde_json::Value {
     let mut schema = schema.clone();
     if let Some(obj) = schema.as_object_mut() {
-        obj.entry("x-guidance").or_insert_with(|| serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }));
+        obj.entry("x-guidance").or_insert_with(compact_json_options);
     }
     schema
 }
