@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
 import mistralrs
-from mistralrs.server import schemas, sse, translate
+from mistralrs.server import responses, schemas, sse, translate
 from mistralrs.server.errors import APIError, bad_request, install_handlers
 from mistralrs.server.metrics import Metrics
 from mistralrs.server.middleware import BearerAuth, BodyLimit, ObserveRequests
@@ -96,13 +96,15 @@ def create_app(
     model_name: str = "mistralrs",
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_stored_responses: int = responses.DEFAULT_MAX_STORED,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``runner``: ``/v1/chat/completions``, ``/v1/completions``,
-    ``/v1/models``, ``/tokenize``, ``/detokenize``, ``/health`` and ``/metrics``.
+    ``/v1/responses``, ``/v1/models``, ``/tokenize``, ``/detokenize``, ``/health`` and ``/metrics``.
 
     ``model_name`` is the id ``/v1/models`` lists and responses carry (the ``model`` a request
     names is not checked). With ``api_key``, every path but ``/health``, ``/metrics`` and the docs
-    needs ``Authorization: Bearer <api_key>``. Mount it in another app with ``app.mount("/llm",
+    needs ``Authorization: Bearer <api_key>``. ``/v1/responses`` keeps the last ``max_stored_responses``
+    responses in memory for ``previous_response_id`` (0: none). Mount it in another app with ``app.mount("/llm",
     create_app(runner))``; the caller keeps owning the runner (close it after the app stops).
     """
     metrics = Metrics(runner)
@@ -125,9 +127,11 @@ def create_app(
                 ignored.add(name)
                 log.warning("ignoring the request field `%s`, which this server does not know (logged once)", name)
 
-    async def generate(request: Request, reply: translate.Reply, send: Callable[[Any], Awaitable[Any]]) -> Response:
-        """The one path of chat and text completions: the body's requests sent to the runner, and
-        their responses (or streams) answered in OpenAI's shape."""
+    async def generate(request: Request, reply: translate.Reply, send: Callable[[Any], Awaitable[Any]],
+                       framing: type[sse.Framing] = sse.Framing) -> Response:
+        """The one path of chat and text completions (and the Responses API, a chat completion): the
+        body's requests sent to the runner, and their responses (or streams, framed by ``framing``)
+        answered in OpenAI's shape."""
         start = time.perf_counter()
         body = reply.body
         note_unknown(body)
@@ -144,10 +148,8 @@ def create_app(
         if results is None:
             return Response(status_code=499)
         if body.stream:
-            events = sse.events(
-                results, reply, include_usage=body.stream_options is not None and body.stream_options.include_usage,
-                metrics=metrics, endpoint=request.scope["route"].path, start=start, closing=lambda: state.closing,
-            )
+            events = sse.events(results, framing(reply), metrics=metrics, endpoint=request.scope["route"].path,
+                                start=start, closing=lambda: state.closing)
             return StreamingResponse(events, media_type="text/event-stream")
         for r in results:
             metrics.record_usage(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.avg_compl_tok_per_sec)
@@ -162,6 +164,22 @@ def create_app(
                  responses={200: {"model": schemas.Completion}, 400: {"model": schemas.ErrorResponse}})
     async def completions(body: schemas.CompletionRequestBody, request: Request) -> Response:
         return await generate(request, translate.CompletionReply(body, model_name), runner.send_completion_request_async)
+
+    stored = responses.Store(max_stored_responses)
+
+    @router.post("/v1/responses", response_model=None,
+                 responses={200: {"model": responses.ResponseObject}, 400: {"model": schemas.ErrorResponse}})
+    async def create_response(body: schemas.ResponsesRequestBody, request: Request) -> Response:
+        return await generate(request, responses.ResponsesReply(body, model_name, stored),
+                              responses.sender(runner.send_chat_completion_request_async), responses.Framing)
+
+    @router.get("/v1/responses/{response_id}", response_model=responses.ResponseObject)
+    async def retrieve_response(response_id: str) -> responses.ResponseObject:
+        return stored.get(response_id).response
+
+    @router.delete("/v1/responses/{response_id}", response_model=responses.DeletedResponse)
+    async def delete_response(response_id: str) -> responses.DeletedResponse:
+        return stored.delete(response_id)
 
     @router.get("/v1/models", response_model=schemas.ModelList)
     async def list_models() -> schemas.ModelList:

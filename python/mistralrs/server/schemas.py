@@ -140,6 +140,86 @@ class DetokenizeRequestBody(_Request):
     model: Optional[str] = None
 
 
+# ----------------------------------------------------------------------------- requests: the Responses API
+
+
+class InputContentPart(_Request):
+    """A part of an input item's content: ``input_text``, or ``output_text`` (an earlier answer
+    sent back, with its ``annotations``/``logprobs``, which are ignored)."""
+
+    type: str
+    text: Optional[str] = None
+    annotations: Optional[List[object]] = None
+    logprobs: Optional[List[object]] = None
+
+
+class InputItem(_Request):
+    """One item of ``input``, a union flattened into one schema and checked by ``type`` when it is
+    translated: a message (``type`` "message" or absent, ``role``, ``content``), a ``function_call``
+    (``call_id``, ``name``, ``arguments``) or a ``function_call_output`` (``call_id``, ``output``).
+    ``id`` and ``status``, which output items passed back as input carry, are ignored."""
+
+    type: Optional[str] = None
+    role: Optional[str] = None
+    content: Union[str, List[InputContentPart], None] = None
+    id: Optional[str] = None
+    status: Optional[str] = None
+    call_id: Optional[str] = None
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+    output: Union[str, List[InputContentPart], None] = None
+
+
+class ResponsesTool(_Request):
+    """The Responses API's flat function tool; other tool types are refused when translated."""
+
+    type: str
+    name: Optional[str] = None
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, object]] = None
+    strict: Optional[bool] = None
+
+
+class ResponsesToolChoice(_Request):
+    """``{"type": "function", "name": ...}``; the strings "auto", "none" and "required" are also allowed."""
+
+    type: str
+    name: Optional[str] = None
+
+
+class TextFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    name: Optional[str] = None
+    schema_: Optional[Dict[str, object]] = Field(None, alias="schema")
+    description: Optional[str] = None
+    strict: Optional[bool] = None
+
+
+class TextConfig(_Request):
+    format: Optional[TextFormat] = None
+
+
+class ResponsesRequestBody(_Request):
+    """``POST /v1/responses``: translated to a chat completion (``responses.py``)."""
+
+    model: Optional[str] = None
+    input: Union[str, List[InputItem]]
+    instructions: Optional[str] = None
+    tools: Optional[List[ResponsesTool]] = None
+    tool_choice: Union[str, ResponsesToolChoice, None] = None
+    parallel_tool_calls: Optional[bool] = None
+    max_output_tokens: Optional[int] = None
+    # OpenAI's default; the Python API's default (None) would be greedy.
+    temperature: Optional[float] = 1.0
+    top_p: Optional[float] = None
+    stream: bool = False
+    text: Optional[TextConfig] = None
+    previous_response_id: Optional[str] = None
+    store: bool = True
+    metadata: Optional[Dict[str, str]] = None
+    user: Optional[str] = None
+
+
 # ----------------------------------------------------------------------------- responses
 
 
