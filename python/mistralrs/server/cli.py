@@ -19,6 +19,7 @@ import sys
 
 from mistralrs import Architecture, Runner, Which
 from mistralrs.server.app import DEFAULT_MAX_BODY_BYTES, create_app
+from mistralrs.server.responses import DEFAULT_MAX_STORED
 from mistralrs.server.graceful import serve
 
 # Every architecture the engine knows, in its own order (the enum is the one list).
@@ -74,6 +75,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", help="model id in /v1/models and responses (default: the model file's name)")
     s.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies get 413 ({DEFAULT_MAX_BODY_BYTES})")
+    s.add_argument("--max-stored-responses", type=int, default=DEFAULT_MAX_STORED,
+                   help=f"/v1/responses kept in memory for previous_response_id, least recently used dropped"
+                        f" ({DEFAULT_MAX_STORED}; 0: none)")
     s.add_argument("--shutdown-grace", type=float, default=3.0,
                    help="seconds in-flight requests may finish after SIGTERM before the runner is closed (3)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{p.prog}: cannot load the model: {e}", file=sys.stderr)
         return 1
     name = model_name_of(args)
-    app = create_app(runner, model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+    app = create_app(runner, model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                     max_stored_responses=args.max_stored_responses)
     logging.getLogger("mistralrs.server").info(
         "serving `%s` on http://%s:%d/v1%s", name, args.host, args.port, " (API key required)" if args.api_key else ""
     )
