@@ -183,6 +183,32 @@ def test_async_client_streams_and_whole_responses(server):
     assert got[:3] == got[3:] and all(got)
 
 
+def test_an_engine_error_mid_stream_is_an_error_event_then_response_failed(smollm2_path):
+    """SIGTERM closes the runner after the grace period, which fails a stream in flight."""
+    server = ServerProcess(["--gguf", str(smollm2_path), "--shutdown-grace", "0.5"])
+    events = []
+    try:
+        body = {"input": "Write a very long story about a dragon.", "max_output_tokens": 4000, "temperature": 0,
+                "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/responses", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: "):]))
+                    if len(events) == 6:
+                        server.terminate()
+        assert server.proc.wait(timeout=15) == 0
+    finally:
+        server.stop()
+    for e in events:
+        EVENT.validate_python(e)
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"], events[-3:]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert "closed" in events[-2]["message"]
+    failed = Response.model_validate(events[-1]["response"])
+    assert failed.status == "failed" and failed.error.code == "server_error" and failed.id == events[0]["response"]["id"]
+    assert failed.output_text == "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+
+
 # ----------------------------------------------------------------------------- structured output
 
 
