@@ -103,9 +103,10 @@ def create_app(
 
     ``model_name`` is the id ``/v1/models`` lists and responses carry (the ``model`` a request
     names is not checked). With ``api_key``, every path but ``/health``, ``/metrics`` and the docs
-    needs ``Authorization: Bearer <api_key>``. ``/v1/responses`` keeps the last ``max_stored_responses``
-    responses in memory for ``previous_response_id`` (0: none). Mount it in another app with ``app.mount("/llm",
-    create_app(runner))``; the caller keeps owning the runner (close it after the app stops).
+    needs ``Authorization: Bearer <api_key>``. ``/v1/responses`` keeps the last
+    ``max_stored_responses`` responses in memory for ``previous_response_id`` (0: none). Mount it in
+    another app with ``app.mount("/llm", create_app(runner))``; the caller keeps owning the runner
+    (close it after the app stops).
     """
     metrics = Metrics(runner)
     state = ServerState(runner, model_name, metrics)
