@@ -4,6 +4,7 @@ use crate::chat_template::{ChatMessage, ROLES};
 use crate::error::{Error, Result};
 use crate::grammar::Grammar;
 use crate::sampler::SamplingParams;
+use crate::tools::ToolRequest;
 
 #[derive(Debug, Clone)]
 pub enum PromptInput {
@@ -44,6 +45,8 @@ pub struct GenerationRequest {
     pub adapters: Option<Vec<String>>,
     /// What every choice's output must match.
     pub grammar: Option<Grammar>,
+    /// Chat: the functions the model may call, and how.
+    pub tools: Option<ToolRequest>,
 }
 
 /// Sequences one request may ask for (OpenAI's limit on `n`).
@@ -132,12 +135,29 @@ impl GenerationRequest {
                 return Err(Error::invalid_field("messages", "messages must not be empty"));
             }
             if let Some(m) = msgs.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
-                return Err(Error::invalid(format!(
-                    "unknown message role `{}` (expected one of {})",
-                    m.role,
-                    ROLES.join(", ")
-                )));
+                return Err(Error::invalid_field(
+                    "messages",
+                    format!("unknown message role `{}` (expected one of {})", m.role, ROLES.join(", ")),
+                ));
             }
+            if let Some((i, m)) = msgs.iter().enumerate().find(|(_, m)| m.content.is_none() && m.tool_calls.is_none()) {
+                return Err(Error::invalid_field(
+                    "messages",
+                    format!("messages[{i}] ({}) has no content (only an assistant turn with tool_calls may omit it)", m.role),
+                ));
+            }
+            if let Some((i, _)) = msgs.iter().enumerate().find(|(_, m)| m.tool_calls.is_some() && m.role != "assistant") {
+                return Err(Error::invalid_field("messages", format!("messages[{i}]: only assistant turns carry tool_calls")));
+            }
+        }
+        if self.tools.as_ref().is_some_and(|t| t.calls_allowed()) && self.grammar.is_some() {
+            return Err(Error::invalid_field(
+                "tools",
+                "tools cannot be combined with a grammar or response_format (unless tool_choice is \"none\")",
+            ));
+        }
+        if self.tools.is_some() && self.kind() == RequestKind::Completion {
+            return Err(Error::invalid_field("tools", "tools need a chat request"));
         }
         Ok(())
     }

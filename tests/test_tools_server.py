@@ -1,0 +1,146 @@
+"""Tool calling through the server, as agent frameworks use it: the official ``openai`` client (sync,
+async, streaming) parses every answer into its own types, ``jsonschema`` validates the arguments, and
+the OpenAI Agents SDK (``openai-agents`` from PyPI, unchanged) runs a two-tool agent loop against the
+server. The model is SmolLM2-135M (greedy), whose template has no tool support (the generic format);
+Qwen2.5-Coder's native format is in tests/test_tools_qwen.py (slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+openai = pytest.importorskip("openai")
+jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("fastapi")
+
+from server_support import ServerProcess  # noqa: E402
+from tool_sets import TIME, TOOL_SETS, WEATHER  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path):
+    with ServerProcess(["--gguf", str(smollm2_path), "--served-model-name", "smol"]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def c(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+
+
+def validate(message, tools, names=None):
+    by_name = {t["function"]["name"]: t["function"] for t in tools}
+    assert message.tool_calls, message.content
+    for call in message.tool_calls:
+        assert call.function.name in (names or by_name)
+        jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name].get("parameters", {}))
+
+
+def create(c, question, tools, **kw):
+    kw.setdefault("max_tokens", 192)
+    return c.chat.completions.create(model="smol", messages=[{"role": "user", "content": question}], tools=tools,
+                                     temperature=0, **kw)
+
+
+def test_required_and_named_calls_validate_on_20_tool_sets(c):
+    for tools, question in TOOL_SETS:
+        res = create(c, question, tools, tool_choice="required")
+        assert res.choices[0].finish_reason == "tool_calls"
+        validate(res.choices[0].message, tools)
+        name = tools[0]["function"]["name"]
+        res = create(c, question, tools, tool_choice={"type": "function", "function": {"name": name}})
+        validate(res.choices[0].message, tools, names=[name])
+
+
+def test_none_gives_text(c):
+    res = create(c, "What's the weather like in Paris?", [WEATHER], tool_choice="none", max_tokens=24)
+    assert res.choices[0].message.tool_calls is None and res.choices[0].message.content
+
+
+def test_streamed_calls_reassemble_with_the_clients_own_accumulator(c):
+    tools, question = [WEATHER, TIME], "What's the weather in Paris and the time in Tokyo?"
+    whole = create(c, question, tools, tool_choice="required")
+    with c.chat.completions.stream(model="smol", messages=[{"role": "user", "content": question}], tools=tools,
+                                   tool_choice="required", temperature=0, max_tokens=192) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    got = [(t.function.name, t.function.arguments) for t in final.choices[0].message.tool_calls]
+    want = [(t.function.name, t.function.arguments) for t in whole.choices[0].message.tool_calls]
+    assert got == want
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_async_client_round_trip(server):
+    async def run():
+        ac = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "What's the weather like in Paris?"}]
+        first = await ac.chat.completions.create(model="smol", messages=messages, tools=[WEATHER],
+                                                 tool_choice="required", temperature=0, max_tokens=128)
+        msg = first.choices[0].message
+        validate(msg, [WEATHER])
+        messages.append(msg.model_dump(exclude_none=True))
+        for call in msg.tool_calls:
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'})
+        final = await ac.chat.completions.create(model="smol", messages=messages, tools=[WEATHER], temperature=0,
+                                                 tool_choice="none", max_tokens=32)
+        await ac.close()
+        return final
+    final = asyncio.run(run())
+    assert final.choices[0].message.content and final.choices[0].message.tool_calls is None
+
+
+def test_parallel_tool_calls_false_gives_one_call(c):
+    res = create(c, "Weather in Paris and in Rome?", [WEATHER], tool_choice="required", parallel_tool_calls=False)
+    assert len(res.choices[0].message.tool_calls) == 1
+
+
+@pytest.mark.parametrize("tools, reason", [
+    ([{"type": "function", "function": {"name": "bad name"}}], "not allowed"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                     "properties": {"x": {"$ref": "#/nope"}}}}}],
+     "grammar"),
+])
+def test_bad_tools_are_400s_naming_the_field(c, tools, reason):
+    with pytest.raises(openai.BadRequestError) as e:
+        create(c, "hi", tools, tool_choice="required")
+    assert reason in e.value.body["message"] and e.value.body["param"] == "tools"
+    assert create(c, "hi", [WEATHER], tool_choice="none", max_tokens=4).choices[0].message.content is not None
+
+
+def test_an_agent_framework_runs_a_two_tool_loop(server):
+    """The OpenAI Agents SDK, unchanged, on its chat-completions model: the agent must call a tool
+    first (tool_choice required; the SDK then resets it to auto), the tools run, and the loop ends in
+    a final answer."""
+    agents = pytest.importorskip("agents")
+    calls = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        calls.append(("get_weather", city))
+        return f"It is 21 degrees and sunny in {city}."
+
+    @agents.function_tool
+    def get_time(timezone: str) -> str:
+        """Get the local time in an IANA timezone."""
+        calls.append(("get_time", timezone))
+        return "It is 14:05."
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        agents.set_tracing_disabled(True)
+        model = agents.OpenAIChatCompletionsModel(model="smol", openai_client=client)
+        agent = agents.Agent(name="assistant", instructions="You answer questions using the tools.",
+                             tools=[get_weather, get_time], model=model,
+                             model_settings=agents.ModelSettings(tool_choice="required", temperature=0,
+                                                                 max_tokens=128))
+        result = await agents.Runner.run(agent, "What's the weather in Paris?", max_turns=6)
+        await client.close()
+        return result
+
+    result = asyncio.run(run())
+    assert calls and all(name in ("get_weather", "get_time") for name, _ in calls)
+    assert isinstance(result.final_output, str) and result.final_output
