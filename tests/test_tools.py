@@ -3,11 +3,14 @@
 The reference for a call is OpenAI's contract, checked with ``jsonschema`` (an independent validator):
 with ``tool_choice="required"`` or a named function every answer is calls of the listed tools whose
 arguments validate against that tool's ``parameters``; ``parallel_tool_calls=False`` gives exactly one
-call; ``"none"`` gives text. They run on SmolLM2-135M (CI) in each of the four call formats: its
-template has no tool support (the generic JSON format), and ``Runner(tool_call_format=...)`` puts the
-Hermes, Mistral and Llama 3 formats' grammars and parsers to work on the same model. A stream's tool-call
-deltas reassemble to the non-streamed calls. Qwen2.5-Coder, whose template teaches the Hermes format,
-is in tests/test_tools_qwen.py (slow).
+call; ``"none"`` gives text. Each of the four call formats is run (``Runner(tool_call_format=...)``):
+
+- on the tiny random llama, sampled: junk without a grammar, so every valid call is the grammar's
+  doing, on all 20 tool sets (a random model ends its strings, where a small real one can loop);
+- on SmolLM2-135M, greedy: its template has no tool support, so the tools are described in a system
+  message in the format's own words; it calls the right tool, streams, and finishes a round trip.
+
+Qwen2.5-Coder, whose template teaches the Hermes format, is in tests/test_tools_qwen.py (slow).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 
 import jsonschema
 import pytest
-from mistralrs import ChatCompletionRequest, Runner
+from mistralrs import ChatCompletionRequest, Runner, Which
 from tool_sets import TIME, TOOL_SETS, WEATHER
 
 FORMATS = ["generic", "hermes", "mistral", "llama3_json"]
@@ -28,6 +31,49 @@ def runners(smollm2_which):
     yield made
     for r in made.values():
         r.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(llama_tiny_dir):
+    which = Which.Plain(model_id=str(llama_tiny_dir), arch="llama")
+    made = {f: Runner(which=which, tool_call_format=f, max_seqs=8, kv_cache_mb=64) for f in FORMATS}
+    yield made
+    for r in made.values():
+        r.close()
+
+
+def bounded(schema):
+    """``schema`` with its free strings at most 12 characters, lists at most 3 items and numbers integers
+    within ±1000: a random model ends a string (or a number) once in hundreds of tokens, and the tiny model's
+    context is 256. Every output valid against the bounded schema is valid against the original."""
+    if isinstance(schema, list):
+        return [bounded(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v) for k, v in schema.items()}
+    if out.get("type") == "string" and not {"enum", "const", "pattern", "format"} & out.keys():
+        out["maxLength"] = 12
+    if out.get("type") == "array":
+        out.setdefault("maxItems", 3)
+    if out.get("type") == "number":  # fractions a random model never ends; an integer is a number
+        out["type"] = "integer"
+    if out.get("type") in ("integer", "number") and "enum" not in out:
+        out.setdefault("minimum", -1000)
+        out.setdefault("maximum", 1000)
+    return out
+
+
+def sampled(runner, question, tools, seed, **kwargs):
+    """Four sampled answers of the tiny model. Its context (256 tokens of a 384-piece vocabulary) has no
+    room for the tools' description, so the prompt is an already-templated string (no tools rendered):
+    what is tested is the grammar, which is the same whatever the prompt."""
+    # The end token is one of ~400 for a random model: raised, answers end where the grammar lets them
+    # (it is allowed only once the calls are complete) instead of listing calls until max_tokens.
+    eos = runner.tokenize("</s>", add_special_tokens=False)[0]
+    req = ChatCompletionRequest(model="t", messages=f"<|user|>{question}<|assistant|>", tools=bounded(tools),
+                                temperature=1.0, seed=seed, n_choices=4, max_tokens=180, logit_bias={eos: 4.0},
+                                **kwargs)
+    return runner.send_chat_completion_request(req)
 
 
 def ask(runner, question, tools, **kwargs):
@@ -60,20 +106,37 @@ def test_the_template_decides_the_format(smollm2_runner, runners):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_required_gives_valid_calls_of_listed_tools(runners, fmt):
-    for tools, question in TOOL_SETS[:10]:
-        res = ask(runners[fmt], question, tools, tool_choice="required")
-        check_calls(res.choices[0], tools)
+def test_required_gives_valid_calls_of_listed_tools(tiny, fmt):
+    for i, (tools, question) in enumerate(TOOL_SETS):
+        res = sampled(tiny[fmt], question, tools, seed=i, tool_choice="required", parallel_tool_calls=False)
+        for c in res.choices:
+            check_calls(c, bounded(tools))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_a_named_function_is_the_one_called(runners, fmt):
-    for tools, question in TOOL_SETS[10:]:
+def test_a_named_function_is_the_one_called_once(tiny, fmt):
+    for i, (tools, question) in enumerate(TOOL_SETS):
         name = tools[-1]["function"]["name"]
         choice = {"type": "function", "function": {"name": name}}
-        res = ask(runners[fmt], question, tools, tool_choice=choice, parallel_tool_calls=False)
-        calls = check_calls(res.choices[0], tools, names=[name], most=1)
-        assert len(calls) == 1
+        res = sampled(tiny[fmt], question, tools, seed=100 + i, tool_choice=choice, parallel_tool_calls=False)
+        for c in res.choices:
+            assert len(check_calls(c, bounded(tools), names=[name])) == 1
+
+
+def test_the_tiny_model_writes_no_calls_on_its_own(tiny):
+    """Without the grammar (tool_choice none) the random model's output is no call at all: the calls
+    above are the grammar's work, not luck."""
+    tools, question = TOOL_SETS[0]
+    res = sampled(tiny["hermes"], question, tools, seed=1, tool_choice="none")
+    assert all(c.message.tool_calls is None for c in res.choices)
+
+
+def test_smollm2_calls_the_right_tool(runners):
+    for fmt in FORMATS:
+        res = ask(runners[fmt], "What's the weather like in Paris?", [WEATHER, TIME], tool_choice="required",
+                  parallel_tool_calls=False)
+        call = check_calls(res.choices[0], [WEATHER, TIME])[0]
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris", fmt
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -88,7 +151,7 @@ def test_auto_answers_in_text_or_calls_and_never_malformed(runners):
     """With auto the model chooses; whatever it chooses is well-formed (the generic format's answer is
     JSON either way, so each answer is text or valid calls)."""
     for tools, question in TOOL_SETS[:6]:
-        res = ask(runners["generic"], question, tools)
+        res = ask(runners["generic"], question, tools, parallel_tool_calls=False)
         c = res.choices[0]
         if c.message.tool_calls:
             check_calls(c, tools)
@@ -98,35 +161,56 @@ def test_auto_answers_in_text_or_calls_and_never_malformed(runners):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_streamed_deltas_reassemble_to_the_calls(runners, fmt):
-    tools, question = TOOL_SETS[1]
-    whole = ask(runners[fmt], question, tools, tool_choice="required")
-    calls: dict[int, dict] = {}
-    text, finish = "", None
-    stream = ask(runners[fmt], question, tools, tool_choice="required", stream=True)
-    for chunk in stream:
-        ch = chunk.choices[0]
-        text += ch.delta.content or ""
-        for d in ch.delta.tool_calls or []:
-            slot = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
-            if d.id:
-                assert slot["id"] is None, "an id comes once, on the call's first delta"
-                slot["id"] = d.id
-                assert d.function.name and d.type == "function"
-                slot["name"] = d.function.name
-            slot["arguments"] += d.function.arguments
-        finish = ch.finish_reason or finish
-    assert finish == "tool_calls"
-    want = [(c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls]
-    assert [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)] == want
-    assert all(c["id"] for c in calls.values())
-    assert text == (whole.choices[0].message.content or "")
+    question = "What's the weather like in Paris?"
+    for kw in ({"tool_choice": "required", "parallel_tool_calls": False}, {"tool_choice": "auto"}):
+        whole = ask(runners[fmt], question, [WEATHER, TIME], **kw)
+        calls: dict[int, dict] = {}
+        text, finish = "", None
+        for chunk in ask(runners[fmt], question, [WEATHER, TIME], stream=True, **kw):
+            ch = chunk.choices[0]
+            text += ch.delta.content or ""
+            for d in ch.delta.tool_calls or []:
+                slot = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                if d.id:
+                    assert slot["id"] is None, "an id comes once, on the call's first delta"
+                    slot["id"] = d.id
+                    assert d.function.name and d.type == "function"
+                    slot["name"] = d.function.name
+                slot["arguments"] += d.function.arguments
+            finish = ch.finish_reason or finish
+        w = whole.choices[0]
+        assert finish == w.finish_reason
+        want = [(c.function.name, c.function.arguments) for c in w.message.tool_calls or []]
+        assert [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)] == want
+        assert all(c["id"] for c in calls.values())
+        assert text == (w.message.content or "")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_parallel_tool_calls_false_gives_one_call(runners, fmt):
-    res = ask(runners[fmt], "What's the weather in Paris and in Rome?", [WEATHER], tool_choice="required",
-              parallel_tool_calls=False)
-    assert len(check_calls(res.choices[0], [WEATHER])) == 1
+def test_parallel_tool_calls_false_gives_one_call(tiny, fmt):
+    res = sampled(tiny[fmt], "What's the weather in Paris and in Rome?", [WEATHER], seed=5, tool_choice="required",
+                  parallel_tool_calls=False)
+    for c in res.choices:
+        assert len(check_calls(c, [WEATHER])) == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_with_parallel_calls_allowed_answers_are_valid_calls_or_cut_off(tiny, fmt):
+    """Several calls allowed: a random model lists calls as long as it likes; each answer is complete
+    valid calls, or calls cut off by max_tokens, which stay text (a call is never malformed). That the
+    grammar takes two calls here and refuses them without parallel calls is the Rust test
+    `tools::grammar::tests::the_grammars_take_calls_and_text_and_refuse_malformed_calls`; Qwen writing
+    two calls for two cities is tests/test_tools_qwen.py."""
+    for seed in range(4):
+        res = sampled(tiny[fmt], "What's the weather in Paris and in Rome?", [WEATHER, TIME], seed=200 + seed,
+                      tool_choice="required")
+        for c in res.choices:
+            if c.message.tool_calls is not None:  # complete calls (max_tokens may have come right after)
+                tools = {t["function"]["name"]: t["function"]["parameters"] for t in bounded([WEATHER, TIME])}
+                for call in c.message.tool_calls:
+                    jsonschema.validate(json.loads(call.function.arguments), tools[call.function.name])
+            else:
+                assert c.finish_reason == "length" and c.message.content
 
 
 def test_a_round_trip_reaches_a_final_answer(runners):
@@ -134,7 +218,7 @@ def test_a_round_trip_reaches_a_final_answer(runners):
     it) and the tool turn render, and the model answers."""
     for fmt in FORMATS:
         r = runners[fmt]
-        first = ask(r, "What's the weather like in Paris?", [WEATHER], tool_choice="required")
+        first = ask(r, "What's the weather like in Paris?", [WEATHER], tool_choice="required", parallel_tool_calls=False)
         call = check_calls(first.choices[0], [WEATHER])[0]
         messages = [
             {"role": "user", "content": "What's the weather like in Paris?"},

@@ -17,6 +17,7 @@ pytest.importorskip("fastapi")
 
 from fetch_models import model_path  # noqa: E402
 from server_support import ServerProcess  # noqa: E402
+from test_tools_server import run_agent  # noqa: E402
 from tool_sets import TIME, TOOL_SETS, WEATHER  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -100,3 +101,13 @@ def test_round_trip_and_stream(c):
     final = create(c, messages, tools, max_tokens=64).choices[0]
     assert final.message.tool_calls is None, final.message.tool_calls
     assert "21" in final.message.content, final.message.content
+
+
+def test_an_agent_framework_runs_a_two_tool_loop_to_an_answer(server):
+    """The OpenAI Agents SDK, unchanged: the model calls the tools it needs, the SDK runs them and
+    sends the results back, and the loop ends in a text answer that uses them."""
+    agents = pytest.importorskip("agents")
+    result, calls = run_agent(server.url, "qwen", "What's the weather in Paris, and what time is it in Tokyo?",
+                              model_settings=agents.ModelSettings(temperature=0, max_tokens=256))
+    assert {name for name, _ in calls} == {"get_weather", "get_time"}, calls
+    assert isinstance(result.final_output, str) and "21" in result.final_output, result.final_output

@@ -65,6 +65,8 @@ pub struct Runner {
     eos_ids: Vec<u32>,
     grammars: std::sync::OnceLock<Arc<GrammarCompiler>>,
     tool_format: ToolCallFormat,
+    /// The chat template renders tools itself (else they are described in a system message).
+    template_knows_tools: bool,
 }
 
 /// The events of one request, in order; the last is the full response (or
@@ -151,10 +153,8 @@ impl Runner {
             .name("mistralrs-engine".into())
             .spawn(move || engine.run(rx))
             .map_err(|e| Error::runtime(format!("cannot start the engine thread: {e}")))?;
-        let tool_format = cfg
-            .tool_call_format
-            .or_else(|| loaded.chat_template.as_ref().map(|t| ToolCallFormat::detect(&t.source)))
-            .unwrap_or(ToolCallFormat::Generic);
+        let template_format = loaded.chat_template.as_ref().map_or(ToolCallFormat::Generic, |t| ToolCallFormat::detect(&t.source));
+        let tool_format = cfg.tool_call_format.unwrap_or(template_format);
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -174,6 +174,7 @@ impl Runner {
             eos_ids: loaded.eos_ids,
             grammars: std::sync::OnceLock::new(),
             tool_format,
+            template_knows_tools: template_format != ToolCallFormat::Generic,
         })
     }
 
@@ -428,7 +429,7 @@ impl Runner {
         let tmpl = self.chat_template.as_ref().ok_or_else(|| {
             Error::invalid("this model has no chat template; pass Runner(chat_template=...) or send a string prompt")
         })?;
-        let (msgs, tools) = crate::tools::prompt::prepare(self.tool_format, tools, messages);
+        let (msgs, tools) = crate::tools::prompt::prepare(self.tool_format, self.template_knows_tools, tools, messages);
         tmpl.render(&msgs, add_generation_prompt, tools.as_ref())
     }
 

@@ -21,6 +21,9 @@ use crate::grammar::{compact_json_options, Grammar};
 /// tools. `special(text)` is the id of the special token spelled `text`, if
 /// the vocabulary has one: a grammar names such a token by id, since its
 /// text is not text the model can write.
+/// Text that opens with `{` (after any whitespace): the start of a bare JSON call.
+const LEADING_BRACE: &str = r"[ \t\r\n]*\{(?s:.*)";
+
 pub fn tool_grammar(req: &ToolRequest, format: ToolCallFormat, special: &dyn Fn(&str) -> Option<u32>) -> Option<Grammar> {
     if !req.calls_allowed() {
         return None;
@@ -39,7 +42,18 @@ pub fn tool_grammar(req: &ToolRequest, format: ToolCallFormat, special: &dyn Fn(
             let more = if many { format!("\nmore: \"\\n\" {} call_rest", lit(HERMES_OPEN)) } else { String::new() };
             let calls = if many { "call_rest more*" } else { "call_rest" };
             let start = opening(HERMES_OPEN, only_calls, calls, &lit, special);
-            format!("{start}\n{rest}{more}\nbody: {body}\n")
+            if only_calls {
+                return Some(Grammar::Lark(format!("{start}\n{rest}{more}\nbody: {body}\n")));
+            }
+            // Under `auto`, a call may also be bare JSON opening the answer (Qwen2.5-Coder writes
+            // `{"name": ...}` without the tags; llama.cpp's Hermes parser takes it too). Text then
+            // must not open with `{`, nor the lexeme that ends in the tag.
+            let start = start
+                .replacen("start: TEXT", "start: bare_calls | TEXT", 1)
+                .replace("TEXT: /(?s:.*)/", &format!("TEXT: /(?s:.*)/ & ~/{LEADING_BRACE}/"))
+                .replace("lead[lazy]: /(?s:.*)", &format!("lead[lazy]: ~/{LEADING_BRACE}/ & /(?s:.*)"));
+            let bare = if many { r#"bare_calls: body ("\n" body)*"# } else { "bare_calls: body" };
+            format!("{start}\n{bare}\n{rest}{more}\nbody: {body}\n")
         }
         ToolCallFormat::Mistral => {
             let body = format!("%json {}", calls_schema(req, format, ""));
@@ -61,7 +75,7 @@ pub fn tool_grammar(req: &ToolRequest, format: ToolCallFormat, special: &dyn Fn(
                 // Text is anything that does not open with `{` (a call): the
                 // first character decides, as Llama's own parsers read it.
                 format!(
-                    "start: TEXT | calls\nTEXT: /(?s:.*)/ & ~/[ \\t\\r\\n]*\\{{(?s:.*)/\ncalls: {calls}\nbody: {body}\n"
+                    "start: TEXT | calls\nTEXT: /(?s:.*)/ & ~/{LEADING_BRACE}/\ncalls: {calls}\nbody: {body}\n"
                 )
             }
         }
@@ -275,6 +289,9 @@ mod tests {
             let required = tool_grammar(&req("required", false), ToolCallFormat::Hermes, &special).unwrap();
             let text_then_call = ["Sure: ", HERMES_OPEN, "\n", call, "\n", HERMES_CLOSE];
             assert!(takes(&auto, &["Just text, no call."], &vocab));
+            assert!(takes(&auto, &[call], &vocab), "a bare JSON call");
+            assert!(!takes(&auto, &[bad_name], &vocab), "a bare JSON call of no tool");
+            assert!(!takes(&auto, &["{ some braces }"], &vocab), "text opening with a brace is a call");
             assert!(takes(&auto, &text_then_call, &vocab), "{specials:?}");
             let two = [HERMES_OPEN, "\n", call, "\n", HERMES_CLOSE, "\n", HERMES_OPEN, "\n", call, "\n", HERMES_CLOSE];
             assert!(takes(&auto, &two, &vocab), "parallel calls");

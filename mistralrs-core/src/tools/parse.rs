@@ -41,8 +41,12 @@ pub fn parse(format: ToolCallFormat, out: &str) -> Parsed {
     }
 }
 
-/// `<tool_call>{...}</tool_call>` blocks, separated by whitespace only.
+/// `<tool_call>{...}</tool_call>` blocks, separated by whitespace only; or
+/// bare JSON calls making up the whole answer (as Qwen2.5-Coder writes them).
 fn hermes(out: &str) -> Option<(&str, Vec<ParsedCall>)> {
+    if out.trim_start().starts_with('{') {
+        return json_calls(out, "arguments", "").map(|calls| ("", calls));
+    }
     let start = out.find(HERMES_OPEN)?;
     let mut rest = &out[start..];
     let mut calls = Vec::new();
@@ -74,19 +78,25 @@ fn mistral(out: &str) -> Option<(&str, Vec<ParsedCall>)> {
 /// whitespace), optionally after `<|python_tag|>`.
 fn llama3(out: &str) -> Option<(&str, Vec<ParsedCall>)> {
     let body = out.trim_start();
-    let mut rest = body.strip_prefix(LLAMA_PYTHON_TAG).unwrap_or(body).trim_start();
+    json_calls(body.strip_prefix(LLAMA_PYTHON_TAG).unwrap_or(body), "parameters", ";").map(|calls| ("", calls))
+}
+
+/// JSON call objects making up the whole of `text`, separated by
+/// whitespace and `sep` (if not empty).
+fn json_calls(text: &str, key: &str, sep: &str) -> Option<Vec<ParsedCall>> {
+    let mut rest = text.trim_start();
     if !rest.starts_with('{') {
         return None;
     }
     let mut calls = Vec::new();
     loop {
         let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        calls.push(call_of(&values.next()?.ok()?, "parameters")?);
+        calls.push(call_of(&values.next()?.ok()?, key)?);
         let after = rest[values.byte_offset()..].trim_start();
         if after.is_empty() {
-            return Some(("", calls));
+            return Some(calls);
         }
-        rest = after.strip_prefix(';')?.trim_start();
+        rest = if sep.is_empty() { after } else { after.strip_prefix(sep)?.trim_start() };
     }
 }
 
@@ -136,6 +146,9 @@ mod tests {
         // No text: no content.
         let p = parse(ToolCallFormat::Hermes, "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>");
         assert_eq!((p.content, p.calls.len()), (None, 1));
+        // Bare JSON calls, the whole answer (Qwen2.5-Coder's habit).
+        let p = parse(ToolCallFormat::Hermes, "{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n{\"name\": \"g\", \"arguments\": {}}");
+        assert_eq!((p.content, p.calls), (None, vec![call("f", r#"{"x":1}"#), call("g", "{}")]));
     }
 
     #[test]
@@ -144,6 +157,7 @@ mod tests {
             (ToolCallFormat::Hermes, "Use <tool_call> tags like <tool_call>this</tool_call>."),
             (ToolCallFormat::Hermes, "<tool_call>\n{\"name\": \"f\", \"argu"),
             (ToolCallFormat::Hermes, "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call> and then text"),
+            (ToolCallFormat::Hermes, "{\"name\": \"f\", \"arguments\": {}}. Then some text."),
             (ToolCallFormat::Mistral, "[TOOL_CALLS] [{\"name\": \"f\""),
             (ToolCallFormat::Llama3Json, "{\"not\": \"a call\"}"),
             (ToolCallFormat::Llama3Json, "The answer is {\"name\": \"f\"}"),

@@ -61,6 +61,8 @@ impl ToolStream {
                     t.len()
                 }
             }
+            // A Hermes answer opening with `{` may be a bare JSON call.
+            ToolCallFormat::Hermes if t.trim_start().starts_with('{') || t.trim().is_empty() => 0,
             ToolCallFormat::Hermes | ToolCallFormat::Mistral => {
                 let trigger = self.format.trigger().unwrap_or_default();
                 if let Some(at) = t.find(trigger) {
@@ -114,6 +116,8 @@ mod tests {
             (ToolCallFormat::Hermes, "\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"),
             (ToolCallFormat::Hermes, "Just text, with a < and <tool but no call."),
             (ToolCallFormat::Hermes, "Broken <tool_call>{\"na"),
+            (ToolCallFormat::Hermes, "{\"name\": \"f\", \"arguments\": {}}"),
+            (ToolCallFormat::Hermes, " {not a call} then text"),
             (ToolCallFormat::Mistral, "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}]"),
             (ToolCallFormat::Mistral, "Text [TOOL"),
             (ToolCallFormat::Llama3Json, "{\"name\": \"f\", \"parameters\": {}}"),

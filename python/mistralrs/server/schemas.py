@@ -11,7 +11,7 @@ evaluates them at run time and the package supports Python 3.9.
 
 from typing import Dict, Generic, List, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class _Request(BaseModel):
@@ -209,12 +209,22 @@ class ToolCall(_Response):
     function: FunctionCall
 
 
-class FunctionCallDelta(_Response):
+class _Sparse(_Response):
+    """Written without its unset (None) fields, as OpenAI streams tool-call deltas: clients merge
+    deltas key by key, and a ``"type": null`` would overwrite the call's ``type`` (the ``openai``
+    client's stream accumulator then fails)."""
+
+    @model_serializer(mode="wrap")
+    def _without_nones(self, handler):  # type: ignore[no-untyped-def]
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionCallDelta(_Sparse):
     name: Optional[str] = None
     arguments: Optional[str] = None
 
 
-class ToolCallDelta(_Response):
+class ToolCallDelta(_Sparse):
     index: int
     id: Optional[str] = None
     type: Optional[Literal["function"]] = None
