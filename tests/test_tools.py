@@ -263,6 +263,10 @@ def test_history_messages_are_checked(tiny_runner):
         [{"role": "assistant"}],
         [{"role": "user", "content": "hi", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}],
         [{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}],
+        [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "a", "content": "x"}],
+        [{"role": "user", "content": "hi"},
+         {"role": "assistant", "content": None, "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "b", "content": "x"}],
     ]
     for messages in bad:
         with pytest.raises(ValueError) as e:

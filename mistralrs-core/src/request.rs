@@ -149,6 +149,7 @@ impl GenerationRequest {
             if let Some((i, _)) = msgs.iter().enumerate().find(|(_, m)| m.tool_calls.is_some() && m.role != "assistant") {
                 return Err(Error::invalid_field("messages", format!("messages[{i}]: only assistant turns carry tool_calls")));
             }
+            check_tool_results(msgs)?;
         }
         if self.tools.as_ref().is_some_and(|t| t.calls_allowed()) && self.grammar.is_some() {
             return Err(Error::invalid_field(
@@ -161,4 +162,35 @@ impl GenerationRequest {
         }
         Ok(())
     }
+}
+
+/// As OpenAI's API: a `tool` message answers a call of the assistant turn
+/// before it (other results may come between), and names one of its calls.
+fn check_tool_results(msgs: &[crate::chat_template::ChatMessage]) -> Result<()> {
+    let mut open: Option<Vec<&str>> = None;
+    for (i, m) in msgs.iter().enumerate() {
+        match m.role.as_str() {
+            "tool" => {
+                let Some(ids) = &open else {
+                    return Err(Error::invalid_field(
+                        "messages",
+                        format!("messages[{i}]: a `tool` message must answer a call of the assistant turn before it (its tool_calls)"),
+                    ));
+                };
+                if let Some(id) = m.tool_call_id.as_deref() {
+                    if !ids.is_empty() && !ids.contains(&id) {
+                        return Err(Error::invalid_field(
+                            "messages",
+                            format!("messages[{i}]: tool_call_id `{id}` is not a call of the assistant turn before it"),
+                        ));
+                    }
+                }
+            }
+            "assistant" => {
+                open = m.tool_calls.as_ref().map(|c| c.iter().map(|c| c.id.as_str()).filter(|id| !id.is_empty()).collect());
+            }
+            _ => open = None,
+        }
+    }
+    Ok(())
 }

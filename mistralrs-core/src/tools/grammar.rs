@@ -24,6 +24,9 @@ use crate::grammar::{compact_json_options, Grammar};
 /// Text that opens with `{` (after any whitespace): the start of a bare JSON call.
 const LEADING_BRACE: &str = r"[ \t\r\n]*\{(?s:.*)";
 
+/// Text that opens with `{` or a ```` ```json ```` fence: a bare call, fenced or not.
+const LEADING_CALL: &str = r"[ \t\r\n]*(\{|```json)(?s:.*)";
+
 pub fn tool_grammar(req: &ToolRequest, format: ToolCallFormat, special: &dyn Fn(&str) -> Option<u32>) -> Option<Grammar> {
     if !req.calls_allowed() {
         return None;
@@ -45,15 +48,16 @@ pub fn tool_grammar(req: &ToolRequest, format: ToolCallFormat, special: &dyn Fn(
             if only_calls {
                 return Some(Grammar::Lark(format!("{start}\n{rest}{more}\nbody: {body}\n")));
             }
-            // Under `auto`, a call may also be bare JSON opening the answer (Qwen2.5-Coder writes
-            // `{"name": ...}` without the tags; llama.cpp's Hermes parser takes it too). Text then
-            // must not open with `{`, nor the lexeme that ends in the tag.
+            // Under `auto`, a call may also be bare JSON opening the answer, in a ```json fence or
+            // not (Qwen2.5-Coder writes both instead of the tags; llama.cpp's Hermes parser takes
+            // them too). Text then must not open with either, nor the lexeme that ends in the tag.
             let start = start
-                .replacen("start: TEXT", "start: bare_calls | TEXT", 1)
-                .replace("TEXT: /(?s:.*)/", &format!("TEXT: /(?s:.*)/ & ~/{LEADING_BRACE}/"))
-                .replace("lead[lazy]: /(?s:.*)", &format!("lead[lazy]: ~/{LEADING_BRACE}/ & /(?s:.*)"));
+                .replacen("start: TEXT", "start: bare_calls | fenced | TEXT", 1)
+                .replace("TEXT: /(?s:.*)/", &format!("TEXT: /(?s:.*)/ & ~/{LEADING_CALL}/"))
+                .replace("lead[lazy]: /(?s:.*)", &format!("lead[lazy]: ~/{LEADING_CALL}/ & /(?s:.*)"));
             let bare = if many { r#"bare_calls: body ("\n" body)*"# } else { "bare_calls: body" };
-            format!("{start}\n{bare}\n{rest}{more}\nbody: {body}\n")
+            let fenced = r#"fenced: "```json\n" bare_calls "\n```""#;
+            format!("{start}\n{bare}\n{fenced}\n{rest}{more}\nbody: {body}\n")
         }
         ToolCallFormat::Mistral => {
             let body = format!("%json {}", calls_schema(req, format, ""));
@@ -290,6 +294,8 @@ mod tests {
             let text_then_call = ["Sure: ", HERMES_OPEN, "\n", call, "\n", HERMES_CLOSE];
             assert!(takes(&auto, &["Just text, no call."], &vocab));
             assert!(takes(&auto, &[call], &vocab), "a bare JSON call");
+            assert!(takes(&auto, &["```json\n", call, "\n```"], &vocab), "a fenced JSON call");
+            assert!(takes(&auto, &["```python\nprint(1)\n```"], &vocab), "code is text");
             assert!(!takes(&auto, &[bad_name], &vocab), "a bare JSON call of no tool");
             assert!(!takes(&auto, &["{ some braces }"], &vocab), "text opening with a brace is a call");
             assert!(takes(&auto, &text_then_call, &vocab), "{specials:?}");

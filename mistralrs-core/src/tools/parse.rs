@@ -7,6 +7,9 @@ use serde_json::Value;
 use super::format::{ToolCallFormat, HERMES_CLOSE, HERMES_OPEN, LLAMA_PYTHON_TAG, MISTRAL_OPEN};
 use super::ParsedCall;
 
+/// The fence a bare JSON call may come in (Hermes).
+pub const JSON_FENCE: &str = "```json";
+
 /// An output split into its text and its calls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
@@ -44,8 +47,12 @@ pub fn parse(format: ToolCallFormat, out: &str) -> Parsed {
 /// `<tool_call>{...}</tool_call>` blocks, separated by whitespace only; or
 /// bare JSON calls making up the whole answer (as Qwen2.5-Coder writes them).
 fn hermes(out: &str) -> Option<(&str, Vec<ParsedCall>)> {
-    if out.trim_start().starts_with('{') {
+    let trimmed = out.trim();
+    if trimmed.starts_with('{') {
         return json_calls(out, "arguments", "").map(|calls| ("", calls));
+    }
+    if let Some(fenced) = trimmed.strip_prefix(JSON_FENCE).and_then(|t| t.strip_suffix("```")) {
+        return json_calls(fenced, "arguments", "").map(|calls| ("", calls));
     }
     let start = out.find(HERMES_OPEN)?;
     let mut rest = &out[start..];
@@ -149,6 +156,8 @@ mod tests {
         // Bare JSON calls, the whole answer (Qwen2.5-Coder's habit).
         let p = parse(ToolCallFormat::Hermes, "{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n{\"name\": \"g\", \"arguments\": {}}");
         assert_eq!((p.content, p.calls), (None, vec![call("f", r#"{"x":1}"#), call("g", "{}")]));
+        let p = parse(ToolCallFormat::Hermes, "```json\n{\"name\": \"f\", \"arguments\": {}}\n```");
+        assert_eq!((p.content, p.calls), (None, vec![call("f", "{}")]));
     }
 
     #[test]

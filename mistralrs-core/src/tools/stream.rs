@@ -5,6 +5,7 @@
 //! as text. Streamed text always adds up to the non-streamed `content`.
 
 use super::format::{ToolCallFormat, LLAMA_PYTHON_TAG};
+use super::parse::JSON_FENCE;
 
 /// One choice's streamed output, as far as it is known.
 #[derive(Debug)]
@@ -61,8 +62,8 @@ impl ToolStream {
                     t.len()
                 }
             }
-            // A Hermes answer opening with `{` may be a bare JSON call.
-            ToolCallFormat::Hermes if t.trim_start().starts_with('{') || t.trim().is_empty() => 0,
+            // A Hermes answer opening with `{` or a ```json fence may be a bare JSON call.
+            ToolCallFormat::Hermes if t.trim_start().starts_with('{') || is_prefix_either_way(t.trim_start(), JSON_FENCE) => 0,
             ToolCallFormat::Hermes | ToolCallFormat::Mistral => {
                 let trigger = self.format.trigger().unwrap_or_default();
                 if let Some(at) = t.find(trigger) {
@@ -118,6 +119,8 @@ mod tests {
             (ToolCallFormat::Hermes, "Broken <tool_call>{\"na"),
             (ToolCallFormat::Hermes, "{\"name\": \"f\", \"arguments\": {}}"),
             (ToolCallFormat::Hermes, " {not a call} then text"),
+            (ToolCallFormat::Hermes, "```json\n{\"name\": \"f\", \"arguments\": {}}\n```"),
+            (ToolCallFormat::Hermes, "``inline`` code"),
             (ToolCallFormat::Mistral, "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}]"),
             (ToolCallFormat::Mistral, "Text [TOOL"),
             (ToolCallFormat::Llama3Json, "{\"name\": \"f\", \"parameters\": {}}"),
