@@ -17,7 +17,7 @@ pytest.importorskip("fastapi")
 
 from fetch_models import model_path  # noqa: E402
 from server_support import ServerProcess  # noqa: E402
-from test_tools_server import run_agent  # noqa: E402
+from test_tools_server import run_agent, validate  # noqa: E402
 from tool_sets import TIME, TOOL_SETS, WEATHER  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -40,15 +40,6 @@ def create(c, messages, tools, **kw):
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     return c.chat.completions.create(model="qwen", messages=messages, tools=tools, temperature=0, **kw)
-
-
-def validate(message, tools, names=None):
-    by_name = {t["function"]["name"]: t["function"] for t in tools}
-    assert message.tool_calls, message.content
-    for call in message.tool_calls:
-        assert call.function.name in (names or by_name)
-        jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name].get("parameters", {}))
-    return message.tool_calls
 
 
 def test_the_server_uses_the_hermes_format(c):

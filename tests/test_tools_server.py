@@ -32,11 +32,13 @@ def c(server):
 
 
 def validate(message, tools, names=None):
+    """The message's calls are of the listed tools (or of ``names``), with valid arguments; returns them."""
     by_name = {t["function"]["name"]: t["function"] for t in tools}
     assert message.tool_calls, message.content
     for call in message.tool_calls:
         assert call.function.name in (names or by_name)
         jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name].get("parameters", {}))
+    return message.tool_calls
 
 
 def create(c, question, tools, **kw):
