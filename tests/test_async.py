@@ -73,7 +73,10 @@ def test_cancelling_the_task_cancels_the_request(smollm2_runner):
         task = asyncio.ensure_future(
             smollm2_runner.send_chat_completion_request_async(_req("Write a long story.", max_tokens=500, ignore_eos=True))
         )
-        await asyncio.sleep(0.3)
+        # Running: its blocks are held (polled: a loaded machine may take a while to start the step).
+        deadline = time.monotonic() + 30
+        while smollm2_runner.stats()["kv_blocks_used"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert smollm2_runner.stats()["kv_blocks_used"] > 0
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

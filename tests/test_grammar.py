@@ -194,12 +194,32 @@ def test_forced_tokens_are_appended_with_probability_one(tiny):
     ({"grammar": "a", "grammar_type": "xml"}, "unknown grammar_type"),
     ({"grammar": "a"}, "grammar needs grammar_type"),
     ({"grammar_type": "regex"}, "without a grammar"),
+    # A keyword llguidance cannot enforce is refused by name (no lenient mode: no output that only
+    # looks constrained).
+    ({"grammar": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "grammar_type": "json_schema"},
+     "uniqueItems"),
 ])
 def test_a_bad_grammar_is_a_value_error_and_the_runner_keeps_serving(tiny, kw, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         tiny.send_completion_request(CompletionRequest(model="tiny", prompt="x", max_tokens=4, **kw))
     res = tiny.send_completion_request(_completion("regex", "(yes|no)"))
     assert res.choices[0].text in ("yes", "no")
+
+
+def test_one_of_is_read_as_any_of(tiny):
+    """``oneOf`` compiles (as ``anyOf``, llguidance's coerce_one_of); with disjoint branches, as real
+    schemas' tagged unions have, every output is valid against exactly one branch (jsonschema checks
+    the ``oneOf`` itself)."""
+    schema = {"oneOf": [
+        {"type": "object", "properties": {"kind": {"const": "circle"}, "r": {"type": "integer"}},
+         "required": ["kind", "r"], "additionalProperties": False},
+        {"type": "object", "properties": {"kind": {"const": "square"}, "side": {"type": "integer"}},
+         "required": ["kind", "side"], "additionalProperties": False},
+    ]}
+    res = tiny.send_completion_request(_completion("json_schema", schema, n_choices=4, best_of=4))
+    for c in res.choices:
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(c.text), schema)
 
 
 def test_bad_response_formats_are_value_errors(tiny):

@@ -71,6 +71,7 @@ pub fn small_runner(spec: &ModelSpec) -> mistralrs_core::Result<Runner> {
         repeat_last_n: 64,
         seed: Some(0),
         draft: None,
+        tool_call_format: None,
     };
     Runner::new(spec, &options(), cfg)
 }
@@ -91,6 +92,7 @@ pub fn request(prompt: PromptInput, max_tokens: i64) -> GenerationRequest {
         logprobs: false,
         adapters: None,
         grammar: None,
+        tools: None,
     }
 }
 
@@ -111,7 +113,7 @@ pub fn run(runner: &Runner, req: GenerationRequest) {
 /// Loads `spec`; where that succeeds, a chat and a completion must run.
 pub fn load_and_generate(spec: &ModelSpec) {
     if let Ok(runner) = small_runner(spec) {
-        let msg = mistralrs_core::chat_template::ChatMessage { role: "user".into(), content: "Hi there".into() };
+        let msg = mistralrs_core::chat_template::ChatMessage::new("user", "Hi there");
         run(&runner, request(PromptInput::Messages(vec![msg]), 2));
         run(&runner, request(PromptInput::Completion("Hello world".into()), 2));
         runner.close();

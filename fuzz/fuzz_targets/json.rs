@@ -23,7 +23,7 @@ fn folder_with(name: &str, text: &[u8]) -> std::path::PathBuf {
 }
 
 fn messages() -> Vec<Vec<ChatMessage>> {
-    let m = |role: &str, content: &str| ChatMessage { role: role.into(), content: content.into() };
+    let m = |role: &str, content: &str| ChatMessage::new(role, content);
     vec![
         vec![m("user", "Hello")],
         vec![m("system", "Be brief."), m("user", "Hi"), m("assistant", "Hello!"), m("user", "Bye")],
@@ -68,8 +68,8 @@ fuzz_target!(|data: &[u8]| {
             let Ok(t) = std::str::from_utf8(text) else { return };
             if let Ok(tpl) = ChatTemplate::new(t.to_string(), "<s>".into(), "</s>".into()) {
                 for msgs in messages() {
-                    let _ = tpl.render(&msgs, true);
-                    let _ = tpl.render(&msgs, false);
+                    let _ = tpl.render(&msgs, true, None);
+                    let _ = tpl.render(&msgs, false, None);
                 }
             }
         }

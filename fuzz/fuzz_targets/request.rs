@@ -40,7 +40,7 @@ fn prompt(u: &mut Unstructured) -> Result<PromptInput> {
                     2 => "assistant".to_string(),
                     _ => u.arbitrary()?,
                 };
-                msgs.push(ChatMessage { role, content: text(u)? });
+                msgs.push(ChatMessage::new(&role, text(u)?));
             }
             PromptInput::Messages(msgs)
         }
@@ -104,6 +104,7 @@ fn request(u: &mut Unstructured) -> Result<GenerationRequest> {
         logprobs: u.arbitrary()?,
         adapters: if u.ratio(1, 8)? { Some(u.arbitrary()?) } else { None },
         grammar: grammar(u)?,
+        tools: None,
     })
 }
 

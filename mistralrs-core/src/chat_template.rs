@@ -11,16 +11,53 @@ use minijinja::{context, Environment, ErrorKind};
 
 use crate::error::{Error, Result};
 
+/// One turn of a conversation, as chat templates see it (transformers'
+/// message dicts): keys that are None are left out, as transformers drops them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    /// None: an assistant turn that only calls tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The calls an assistant turn made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A tool turn: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool turn: the function that answered (OpenAI's optional `name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
-pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+impl ChatMessage {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self { role: role.to_string(), content: Some(content.into()), tool_calls: None, tool_call_id: None, name: None }
+    }
+}
+
+/// A call in an assistant turn, as templates take it: the arguments as a
+/// JSON value (the templates write them with `tojson`), not as JSON text.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: MessageFunction,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageFunction {
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The template's text (what it teaches the model, e.g. its tool-call format).
+    pub source: String,
     pub bos_token: String,
     pub eos_token: String,
 }
@@ -93,17 +130,24 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        // transformers replaces jinja2's `tojson` (which escapes HTML) with
+        // json.dumps(ensure_ascii=False): templates print tools and arguments with it.
+        env.add_filter("tojson", python_tojson);
         crate::template_namespaces::check(&template).map_err(Error::invalid)?;
+        let source = template.clone();
         env.add_template_owned("chat", template)
             .map_err(|e| Error::invalid(format!("the chat template does not parse: {e}")))?;
-        Ok(Self { env, bos_token, eos_token })
+        Ok(Self { env, source, bos_token, eos_token })
     }
 
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    /// The prompt of `messages`; `tools` is the template's `tools` variable
+    /// (None when the request has none, as transformers passes it).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, tools: Option<&serde_json::Value>) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(Error::runtime)?;
         let mut out = Capped { buf: Vec::new(), overflowed: false };
         let ctx = context! {
             messages => Serde(messages),
+            tools => Serde(tools),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -151,6 +195,105 @@ impl std::io::Write for Capped {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent,
+/// separators=separators, sort_keys=sort_keys)`, as transformers' `tojson`:
+/// `", "` and `": "` between items (`","` before a newline when indenting),
+/// non-ASCII as it is, nothing escaped for HTML.
+fn python_tojson(value: &minijinja::Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let (item, key) = match separators.as_deref() {
+        Some([i, k]) => (i.clone(), k.clone()),
+        Some(_) => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: separators must be two strings")),
+        None if indent.is_some() => (",".into(), ": ".into()),
+        None => (", ".into(), ": ".into()),
+    };
+    let mut out = String::new();
+    let style = JsonStyle { indent, item: &item, key: &key, ensure_ascii: ensure_ascii.unwrap_or(false), sort_keys: sort_keys.unwrap_or(false) };
+    style.write(&json, 0, &mut out);
+    Ok(minijinja::Value::from_safe_string(out))
+}
+
+struct JsonStyle<'a> {
+    indent: Option<usize>,
+    item: &'a str,
+    key: &'a str,
+    ensure_ascii: bool,
+    sort_keys: bool,
+}
+
+impl JsonStyle<'_> {
+    fn newline(&self, depth: usize, out: &mut String) {
+        if let Some(n) = self.indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * depth));
+        }
+    }
+
+    fn string(&self, s: &str, out: &mut String) {
+        let quoted = serde_json::to_string(s).unwrap_or_default();
+        if !self.ensure_ascii {
+            out.push_str(&quoted);
+            return;
+        }
+        for c in quoted.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+
+    fn write(&self, v: &serde_json::Value, depth: usize, out: &mut String) {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => self.string(s, out),
+            Value::Array(items) if items.is_empty() => out.push_str("[]"),
+            Value::Object(map) if map.is_empty() => out.push_str("{}"),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, x) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(self.item);
+                    }
+                    self.newline(depth + 1, out);
+                    self.write(x, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                out.push('{');
+                for (i, (k, x)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(self.item);
+                    }
+                    self.newline(depth + 1, out);
+                    self.string(k, out);
+                    out.push_str(self.key);
+                    self.write(x, depth + 1, out);
+                }
+                self.newline(depth, out);
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
     }
 }
 
@@ -215,15 +358,15 @@ mod tests {
     fn chatml_renders_like_transformers() {
         let t = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
         let ct = ChatTemplate::new(t.into(), "<s>".into(), "</s>".into()).unwrap();
-        let msgs = [ChatMessage { role: "user".into(), content: "Hi".into() }];
-        assert_eq!(ct.render(&msgs, true).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        let msgs = [ChatMessage::new("user", "Hi")];
+        assert_eq!(ct.render(&msgs, true, None).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]
     fn raise_exception_is_an_error() {
         let t = "{{ raise_exception('only user and assistant roles') }}";
         let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
-        let err = ct.render(&[], true).unwrap_err().to_string();
+        let err = ct.render(&[], true, None).unwrap_err().to_string();
         assert!(err.contains("only user and assistant roles"), "{err}");
     }
 
@@ -231,8 +374,8 @@ mod tests {
     fn python_string_methods_work() {
         let t = "{{ messages[0]['content'].strip().upper() }}";
         let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
-        let msgs = [ChatMessage { role: "user".into(), content: "  hi ".into() }];
-        assert_eq!(ct.render(&msgs, false).unwrap(), "HI");
+        let msgs = [ChatMessage::new("user", "  hi ")];
+        assert_eq!(ct.render(&msgs, false, None).unwrap(), "HI");
     }
 
     #[test]
@@ -240,17 +383,25 @@ mod tests {
         // transformers renders with trim_blocks and lstrip_blocks, and templates use loop controls.
         let t = "{% for m in messages %}\n  {% if m['role'] == 'system' %}{% continue %}{% endif %}\n{{ m['content'] }}|{% if loop.index > 2 %}{% break %}{% endif %}\n{% endfor %}";
         let ct = ChatTemplate::new(t.into(), String::new(), String::new()).unwrap();
-        let m = |r: &str, c: &str| ChatMessage { role: r.into(), content: c.into() };
+        let m = |r: &str, c: &str| ChatMessage::new(r, c);
         let msgs = [m("system", "S"), m("user", "a"), m("assistant", "b"), m("user", "c")];
-        assert_eq!(ct.render(&msgs, false).unwrap(), "a|b|");
+        assert_eq!(ct.render(&msgs, false, None).unwrap(), "a|b|");
     }
 
     #[test]
     fn strftime_now_formats_a_date() {
         let ct = ChatTemplate::new("{{ strftime_now('%d %b %Y') }}".into(), String::new(), String::new()).unwrap();
-        let out = ct.render(&[], false).unwrap();
+        let out = ct.render(&[], false, None).unwrap();
         assert_eq!(out.len(), 11, "{out}");
         assert!(out[7..].parse::<u32>().unwrap() >= 2024, "{out}");
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps() {
+        let ct = ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}".into(), String::new(), String::new()).unwrap();
+        let tools = serde_json::json!([{"b": "é<&>'\n", "a": [1, 2.5, {}], "c": null}]);
+        let want = "[{\"b\": \"é<&>'\\n\", \"a\": [1, 2.5, {}], \"c\": null}]|{\n  \"b\": \"é<&>'\\n\",\n  \"a\": [\n    1,\n    2.5,\n    {}\n  ],\n  \"c\": null\n}";
+        assert_eq!(ct.render(&[], false, Some(&tools)).unwrap(), want);
     }
 
     #[test]

@@ -44,15 +44,27 @@ impl Grammar {
 /// indentation and run out of `max_tokens` before closing the value.
 /// A schema that sets llguidance's own options (`x-guidance`, e.g.
 /// `{"whitespace_flexible": true}`) keeps them instead.
-fn compact_json_options() -> serde_json::Value {
-    serde_json::json!({ "whitespace_flexible": false, "item_separator": ", ?", "key_separator": ": ?" })
+pub fn compact_json_options() -> serde_json::Value {
+    serde_json::json!({
+        "whitespace_flexible": false, "item_separator": ", ?", "key_separator": ": ?", "coerce_one_of": true,
+    })
 }
 
-/// The schema with our JSON options, unless it sets llguidance's own.
+/// The schema with our JSON options, unless it sets llguidance's own; and
+/// `oneOf` read as `anyOf` unless it says otherwise. llguidance cannot
+/// enforce "exactly one branch"; the branches of real schemas' `oneOf`s are
+/// almost always disjoint (tagged unions, `null` or a value), where a value
+/// valid for one branch is valid for exactly one, so this is what vLLM's and
+/// llama.cpp's grammars do too. Keywords it cannot enforce at all are still
+/// refused (no `lenient`): the request fails naming them rather than getting
+/// output the schema does not hold to.
 fn with_json_options(schema: &serde_json::Value) -> serde_json::Value {
     let mut schema = schema.clone();
     if let Some(obj) = schema.as_object_mut() {
-        obj.entry("x-guidance").or_insert_with(compact_json_options);
+        let opts = obj.entry("x-guidance").or_insert_with(compact_json_options);
+        if let Some(o) = opts.as_object_mut() {
+            o.entry("coerce_one_of").or_insert(serde_json::Value::Bool(true));
+        }
     }
     schema
 }

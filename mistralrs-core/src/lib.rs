@@ -16,11 +16,12 @@
 //! 6. `adapters`: architecture, config, error, hub, kv_cache, layers, models, weights;
 //!    `grammar`: error, tokenizer
 //! 7. `loader`: adapters, architecture, chat_template, config, device, error, hub, models,
-//!    tokenizer, weights; `request`: chat_template, error, grammar, sampler
-//! 8. `engine`: config, device, error, grammar, kv_cache, layers, models, request, response,
-//!    sampler, tokenizer
-//! 9. `runner` (the front the bindings use): adapters, chat_template, device, engine, error,
-//!    grammar, kernels, kv_cache, loader, request, response, tokenizer
+//!    tokenizer, weights; `tools`: chat_template, error, grammar
+//! 8. `request`: chat_template, error, grammar, sampler, tools
+//! 9. `engine`: config, device, error, grammar, kv_cache, layers, models, request, response,
+//!    sampler, tokenizer, tools
+//! 10. `runner` (the front the bindings use): adapters, chat_template, device, engine, error,
+//!    grammar, kernels, kv_cache, loader, request, response, tokenizer, tools
 
 pub mod adapters;
 pub mod architecture;
@@ -42,6 +43,7 @@ pub mod runner;
 pub mod sampler;
 pub mod template_namespaces;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;
 
 pub use architecture::Architecture;

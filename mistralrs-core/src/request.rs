@@ -4,6 +4,7 @@ use crate::chat_template::{ChatMessage, ROLES};
 use crate::error::{Error, Result};
 use crate::grammar::Grammar;
 use crate::sampler::SamplingParams;
+use crate::tools::ToolRequest;
 
 #[derive(Debug, Clone)]
 pub enum PromptInput {
@@ -44,6 +45,8 @@ pub struct GenerationRequest {
     pub adapters: Option<Vec<String>>,
     /// What every choice's output must match.
     pub grammar: Option<Grammar>,
+    /// Chat: the functions the model may call, and how.
+    pub tools: Option<ToolRequest>,
 }
 
 /// Sequences one request may ask for (OpenAI's limit on `n`).
@@ -132,13 +135,62 @@ impl GenerationRequest {
                 return Err(Error::invalid_field("messages", "messages must not be empty"));
             }
             if let Some(m) = msgs.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
-                return Err(Error::invalid(format!(
-                    "unknown message role `{}` (expected one of {})",
-                    m.role,
-                    ROLES.join(", ")
-                )));
+                return Err(Error::invalid_field(
+                    "messages",
+                    format!("unknown message role `{}` (expected one of {})", m.role, ROLES.join(", ")),
+                ));
             }
+            if let Some((i, m)) = msgs.iter().enumerate().find(|(_, m)| m.content.is_none() && m.tool_calls.is_none()) {
+                return Err(Error::invalid_field(
+                    "messages",
+                    format!("messages[{i}] ({}) has no content (only an assistant turn with tool_calls may omit it)", m.role),
+                ));
+            }
+            if let Some((i, _)) = msgs.iter().enumerate().find(|(_, m)| m.tool_calls.is_some() && m.role != "assistant") {
+                return Err(Error::invalid_field("messages", format!("messages[{i}]: only assistant turns carry tool_calls")));
+            }
+            check_tool_results(msgs)?;
+        }
+        if self.tools.as_ref().is_some_and(|t| t.calls_allowed()) && self.grammar.is_some() {
+            return Err(Error::invalid_field(
+                "tools",
+                "tools cannot be combined with a grammar or response_format (unless tool_choice is \"none\")",
+            ));
+        }
+        if self.tools.is_some() && self.kind() == RequestKind::Completion {
+            return Err(Error::invalid_field("tools", "tools need a chat request"));
         }
         Ok(())
     }
+}
+
+/// As OpenAI's API: a `tool` message answers a call of the assistant turn
+/// before it (other results may come between), and names one of its calls.
+fn check_tool_results(msgs: &[crate::chat_template::ChatMessage]) -> Result<()> {
+    let mut open: Option<Vec<&str>> = None;
+    for (i, m) in msgs.iter().enumerate() {
+        match m.role.as_str() {
+            "tool" => {
+                let Some(ids) = &open else {
+                    return Err(Error::invalid_field(
+                        "messages",
+                        format!("messages[{i}]: a `tool` message must answer a call of the assistant turn before it (its tool_calls)"),
+                    ));
+                };
+                if let Some(id) = m.tool_call_id.as_deref() {
+                    if !ids.is_empty() && !ids.contains(&id) {
+                        return Err(Error::invalid_field(
+                            "messages",
+                            format!("messages[{i}]: tool_call_id `{id}` is not a call of the assistant turn before it"),
+                        ));
+                    }
+                }
+            }
+            "assistant" => {
+                open = m.tool_calls.as_ref().map(|c| c.iter().map(|c| c.id.as_str()).filter(|id| !id.is_empty()).collect());
+            }
+            _ => open = None,
+        }
+    }
+    Ok(())
 }

@@ -65,11 +65,49 @@ pub struct Logprobs {
     pub content: Vec<ResponseLogprob>,
 }
 
+/// The function a tool call names, and its arguments as JSON text.
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A call the model made (OpenAI's `message.tool_calls[i]`).
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub r#type: String,
+    pub function: FunctionCall,
+}
+
+/// A piece of a streamed call: `name` on its first delta, `arguments` fragments after.
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallDelta {
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+/// A streamed piece of tool call `index` of a choice: `id` and `type` on its first delta.
+#[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    pub id: Option<String>,
+    pub r#type: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseMessage {
     pub role: String,
-    pub content: String,
+    /// None when the answer is only tool calls.
+    pub content: Option<String>,
+    /// The calls the model made; None when it made none.
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
@@ -97,7 +135,9 @@ pub struct ChatCompletionResponse {
 #[derive(Debug, Clone, Serialize)]
 pub struct Delta {
     pub role: String,
-    pub content: String,
+    /// None in a chunk that carries tool-call deltas or only the finish reason of a call.
+    pub content: Option<String>,
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
@@ -148,6 +188,10 @@ py_value!(
     TopLogprob,
     ResponseLogprob,
     Logprobs,
+    FunctionCall,
+    ToolCall,
+    FunctionCallDelta,
+    ToolCallDelta,
     ResponseMessage,
     Choice,
     ChatCompletionResponse,

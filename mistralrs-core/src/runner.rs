@@ -17,6 +17,7 @@ use crate::request::{GenerationRequest, PromptInput};
 use crate::response::Event;
 use crate::kv_cache::{KvPool, BLOCK_SIZE};
 use crate::tokenizer::TextTokenizer;
+use crate::tools::{ToolCallFormat, ToolOutput};
 
 /// Tokens one engine step runs at most (prompts beyond it run in chunks):
 /// big enough that prompt throughput is what one long product gives, small
@@ -35,6 +36,8 @@ pub struct RunnerConfig {
     /// Speculative decoding: a draft model with the target's vocabulary, and
     /// the tokens it proposes per step (speculative_gamma).
     pub draft: Option<(ModelSpec, usize)>,
+    /// How the model writes tool calls; None: as its chat template implies.
+    pub tool_call_format: Option<ToolCallFormat>,
 }
 
 pub struct Runner {
@@ -61,6 +64,9 @@ pub struct Runner {
     /// The first of the tokens that end a sequence (a complete grammar ends with it).
     eos_ids: Vec<u32>,
     grammars: std::sync::OnceLock<Arc<GrammarCompiler>>,
+    tool_format: ToolCallFormat,
+    /// The chat template renders tools itself (else they are described in a system message).
+    template_knows_tools: bool,
 }
 
 /// The events of one request, in order; the last is the full response (or
@@ -147,6 +153,8 @@ impl Runner {
             .name("mistralrs-engine".into())
             .spawn(move || engine.run(rx))
             .map_err(|e| Error::runtime(format!("cannot start the engine thread: {e}")))?;
+        let template_format = loaded.chat_template.as_ref().map_or(ToolCallFormat::Generic, |t| ToolCallFormat::detect(&t.source));
+        let tool_format = cfg.tool_call_format.unwrap_or(template_format);
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -165,6 +173,8 @@ impl Runner {
             stats,
             eos_ids: loaded.eos_ids,
             grammars: std::sync::OnceLock::new(),
+            tool_format,
+            template_knows_tools: template_format != ToolCallFormat::Generic,
         })
     }
 
@@ -318,8 +328,19 @@ impl Runner {
         let adapters = self.request_adapters(&req)?;
         let grammar = match &req.grammar {
             Some(g) => Some(guard(|| self.grammars()?.compile(g))?),
-            None => None,
+            None => match self.tool_grammar(&req) {
+                Some(g) => Some(guard(|| self.grammars()?.compile(&g)).map_err(|e| e.with_param("tools"))?),
+                None => None,
+            },
         };
+        let tools = req.tools.as_ref().filter(|t| t.calls_allowed()).map(|_| ToolOutput {
+            format: self.tool_format,
+            keep_special: self
+                .tool_format
+                .markers()
+                .iter()
+                .any(|m| self.tokenizer.token_id(m).is_some_and(|id| self.tokenizer.is_skipped_in_text(id))),
+        });
         let prompt = guard(|| self.prompt_ids(&req))?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
@@ -377,6 +398,7 @@ impl Runner {
             adapters,
             max_new,
             grammar,
+            tools,
             responder,
         };
         let tx = self.tx.lock().map_err(|_| Error::EngineClosed("the runner is unusable".into()))?;
@@ -396,14 +418,43 @@ impl Runner {
         Ok(self.grammars.get_or_init(|| g).clone())
     }
 
+    /// The prompt `messages` (with `tools`) render to, as transformers'
+    /// `apply_chat_template(messages, tools=..., tokenize=False)` gives it.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[crate::chat_template::ChatMessage],
+        tools: Option<&crate::tools::ToolRequest>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tmpl = self.chat_template.as_ref().ok_or_else(|| {
+            Error::invalid("this model has no chat template; pass Runner(chat_template=...) or send a string prompt")
+        })?;
+        let (msgs, tools) = crate::tools::prompt::prepare(self.tool_format, self.template_knows_tools, tools, messages);
+        tmpl.render(&msgs, add_generation_prompt, tools.as_ref())
+    }
+
+    /// The tool format of this runner's model (its template's, or the one it was given).
+    pub fn tool_call_format(&self) -> ToolCallFormat {
+        self.tool_format
+    }
+
+    /// The id of the special token spelled `text`, if the vocabulary has one
+    /// (no text a grammar allows can spell it).
+    fn special_token(&self, text: &str) -> Option<u32> {
+        self.tokenizer.token_id(text).filter(|&id| self.tokenizer.is_special(id))
+    }
+
+    /// The grammar of a request's tool calls, when it may make some.
+    fn tool_grammar(&self, req: &GenerationRequest) -> Option<crate::grammar::Grammar> {
+        let tools = req.tools.as_ref()?;
+        crate::tools::grammar::tool_grammar(tools, self.tool_format, &|s| self.special_token(s))
+    }
+
     /// The prompt's token ids, rendered with the chat template where it is a message list.
     fn prompt_ids(&self, req: &GenerationRequest) -> Result<Vec<u32>> {
         Ok(match &req.prompt {
             PromptInput::Messages(msgs) => {
-                let tmpl = self.chat_template.as_ref().ok_or_else(|| {
-                    Error::invalid("this model has no chat template; pass Runner(chat_template=...) or send a string prompt")
-                })?;
-                self.tokenizer.encode_plain(&tmpl.render(msgs, true)?)?
+                self.tokenizer.encode_plain(&self.apply_chat_template(msgs, req.tools.as_ref(), true)?)?
             }
             PromptInput::Templated(text) => self.tokenizer.encode_plain(text)?,
             PromptInput::Completion(text) => self.tokenizer.encode_with_specials(text)?,

@@ -29,6 +29,10 @@ fn _mistralrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChunkChoice>()?;
     m.add_class::<CompletionChoice>()?;
     m.add_class::<ResponseMessage>()?;
+    m.add_class::<ToolCall>()?;
+    m.add_class::<FunctionCall>()?;
+    m.add_class::<ToolCallDelta>()?;
+    m.add_class::<FunctionCallDelta>()?;
     m.add_class::<Delta>()?;
     m.add_class::<Logprobs>()?;
     m.add_class::<ResponseLogprob>()?;

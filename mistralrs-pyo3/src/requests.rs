@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use mistralrs_core::chat_template::ChatMessage;
+use mistralrs_core::chat_template::{ChatMessage, MessageFunction, MessageToolCall};
+use mistralrs_core::tools::ToolRequest;
 use mistralrs_core::grammar::Grammar;
 use mistralrs_core::request::{GenerationRequest, PromptInput};
 use mistralrs_core::sampler::SamplingParams;
@@ -19,7 +20,7 @@ fn non_negative(name: &'static str, v: Option<i64>) -> PyResult<Option<usize>> {
     }
 }
 
-fn messages_of(obj: &Bound<'_, PyAny>) -> PyResult<PromptInput> {
+pub(crate) fn messages_of(obj: &Bound<'_, PyAny>) -> PyResult<PromptInput> {
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok(PromptInput::Templated(s.extract::<String>()?));
     }
@@ -29,13 +30,74 @@ fn messages_of(obj: &Bound<'_, PyAny>) -> PyResult<PromptInput> {
     let mut out = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let d = item.cast::<PyDict>().map_err(|_| invalid_field("messages", format!("messages[{i}] is not a dict")))?;
-        let field = |k: &str| -> PyResult<String> {
-            let v = d.get_item(k)?.ok_or_else(|| invalid_field("messages", format!("messages[{i}] has no `{k}`")))?;
-            v.extract::<String>().map_err(|_| invalid_field("messages", format!("messages[{i}][`{k}`] must be a str")))
+        // A str field, None where the key is missing or None.
+        let field = |k: &str| -> PyResult<Option<String>> {
+            match d.get_item(k)? {
+                Some(v) if !v.is_none() => v
+                    .extract::<String>()
+                    .map(Some)
+                    .map_err(|_| invalid_field("messages", format!("messages[{i}][`{k}`] must be a str"))),
+                _ => Ok(None),
+            }
         };
-        out.push(ChatMessage { role: field("role")?, content: field("content")? });
+        let role = field("role")?.ok_or_else(|| invalid_field("messages", format!("messages[{i}] has no `role`")))?;
+        let tool_calls = match d.get_item("tool_calls")? {
+            Some(v) if !v.is_none() => Some(tool_calls_of(i, json_value(&format!("messages[{i}].tool_calls"), &v)?)?),
+            _ => None,
+        };
+        let content = field("content")?;
+        if content.is_none() && tool_calls.is_none() {
+            return Err(invalid_field("messages", format!("messages[{i}] has no `content`")));
+        }
+        out.push(ChatMessage { role, content, tool_calls, tool_call_id: field("tool_call_id")?, name: field("name")? });
     }
     Ok(PromptInput::Messages(out))
+}
+
+/// An assistant turn's `tool_calls` (OpenAI's shape, arguments as JSON text
+/// or as a dict), with the arguments as the JSON value templates print.
+fn tool_calls_of(i: usize, v: serde_json::Value) -> PyResult<Vec<MessageToolCall>> {
+    let bad = |msg: &str| invalid_field("messages", format!("messages[{i}].tool_calls: {msg}"));
+    let items = v.as_array().ok_or_else(|| bad("must be a list"))?;
+    items
+        .iter()
+        .map(|c| {
+            let f = c.get("function").ok_or_else(|| bad("each call needs a `function`"))?;
+            let name = f.get("name").and_then(|n| n.as_str()).ok_or_else(|| bad("each function needs a `name`"))?;
+            let arguments = match f.get("arguments") {
+                // JSON text, as OpenAI sends it; text that is not JSON is kept as it is.
+                Some(serde_json::Value::String(text)) => {
+                    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+                }
+                Some(other) => other.clone(),
+                None => serde_json::json!({}),
+            };
+            Ok(MessageToolCall {
+                id: c.get("id").and_then(|x| x.as_str()).unwrap_or_default().to_string(),
+                kind: "function".into(),
+                function: MessageFunction { name: name.to_string(), arguments },
+            })
+        })
+        .collect()
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls` to the engine's tool request.
+pub(crate) fn tools_of(
+    tools: &Option<Py<PyAny>>,
+    tool_choice: &Option<Py<PyAny>>,
+    parallel: Option<bool>,
+    py: Python<'_>,
+) -> PyResult<Option<ToolRequest>> {
+    let tools = tools.as_ref().map(|t| json_value("tools", t.bind(py))).transpose()?;
+    // A str is the choice itself ("auto", "required"), not JSON text.
+    let choice = match tool_choice.as_ref().map(|c| c.bind(py)) {
+        Some(c) => match c.cast::<PyString>() {
+            Ok(s) => Some(serde_json::Value::String(s.extract()?)),
+            Err(_) => Some(json_value("tool_choice", c)?),
+        },
+        None => None,
+    };
+    ToolRequest::new(tools, choice, parallel).map_err(crate::errors::to_py)
 }
 
 /// The fields both request kinds share, to the engine's sampling parameters.
@@ -187,6 +249,9 @@ pub struct ChatCompletionRequest {
     seed: Option<i128>,
     ignore_eos: bool,
     response_format: Option<Py<PyAny>>,
+    tools: Option<Py<PyAny>>,
+    tool_choice: Option<Py<PyAny>>,
+    parallel_tool_calls: Option<bool>,
 }
 
 #[pymethods]
@@ -195,7 +260,8 @@ impl ChatCompletionRequest {
     #[pyo3(signature = (messages, model, logit_bias=None, logprobs=false, top_logprobs=None, max_tokens=None,
         n_choices=1, presence_penalty=None, frequency_penalty=None, repetition_penalty=None, stop_seqs=None,
         temperature=None, top_p=None, top_k=None, min_p=None, stream=false, grammar=None, grammar_type=None,
-        adapters=None, seed=None, ignore_eos=false, response_format=None))]
+        adapters=None, seed=None, ignore_eos=false, response_format=None, tools=None, tool_choice=None,
+        parallel_tool_calls=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         messages: Py<PyAny>,
@@ -220,11 +286,14 @@ impl ChatCompletionRequest {
         seed: Option<i128>,
         ignore_eos: bool,
         response_format: Option<Py<PyAny>>,
+        tools: Option<Py<PyAny>>,
+        tool_choice: Option<Py<PyAny>>,
+        parallel_tool_calls: Option<bool>,
     ) -> Self {
         Self {
             messages, model, logit_bias, logprobs, top_logprobs, max_tokens, n_choices, presence_penalty,
             frequency_penalty, repetition_penalty, stop_seqs, temperature, top_p, top_k, min_p, stream, grammar,
-            grammar_type, adapters, seed, ignore_eos, response_format,
+            grammar_type, adapters, seed, ignore_eos, response_format, tools, tool_choice, parallel_tool_calls,
         }
     }
 
@@ -259,6 +328,7 @@ impl ChatCompletionRequest {
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
             grammar,
+            tools: tools_of(&self.tools, &self.tool_choice, self.parallel_tool_calls, py)?,
         })
     }
 }
@@ -387,6 +457,7 @@ impl CompletionRequest {
             logprobs: self.logprobs,
             adapters: self.adapters.clone(),
             grammar: constraint_of(&self.grammar, &self.grammar_type, &self.response_format, py)?,
+            tools: None,
         })
     }
 }

@@ -173,7 +173,7 @@ impl Runner {
     #[new]
     #[pyo3(signature = (which, max_seqs=16, no_kv_cache=false, prefix_cache_n=16, token_source="cache",
         speculative_gamma=32, which_draft=None, chat_template=None, num_device_layers=None, in_situ_quant=None,
-        seed=None, device=None, kv_cache_mb=None, dtype=None))]
+        seed=None, device=None, kv_cache_mb=None, dtype=None, tool_call_format=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -191,6 +191,7 @@ impl Runner {
         device: Option<String>,
         kv_cache_mb: Option<i64>,
         dtype: Option<String>,
+        tool_call_format: Option<String>,
     ) -> PyResult<Self> {
         let kv_cache_mb = match kv_cache_mb {
             Some(mb) if mb < 1 => return Err(PyValueError::new_err(format!("kv_cache_mb must be at least 1, got {mb}"))),
@@ -240,6 +241,11 @@ impl Runner {
                 Some(d) => Some((spec_of(d)?, speculative_gamma as usize)),
                 None => None,
             },
+            tool_call_format: tool_call_format
+                .as_deref()
+                .map(mistralrs_core::tools::ToolCallFormat::from_name)
+                .transpose()
+                .map_err(to_py)?,
         };
         let inner = py.detach(|| mistralrs_core::Runner::new(&spec, &opts, cfg)).map_err(to_py)?;
         Ok(Self { inner: Arc::new(inner) })
@@ -294,6 +300,26 @@ impl Runner {
         Ok(PendingResponse { rx: Mutex::new(Some(rx)) })
     }
 
+    /// The prompt text a chat request's `messages` (and `tools`) render to
+    /// with the model's chat template, as transformers'
+    /// `apply_chat_template(messages, tools=..., tokenize=False)` gives it.
+    #[pyo3(signature = (messages, tools=None, add_generation_prompt=true, tool_choice=None))]
+    fn apply_chat_template(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        tools: Option<Py<PyAny>>,
+        add_generation_prompt: bool,
+        tool_choice: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let mistralrs_core::request::PromptInput::Messages(msgs) = crate::requests::messages_of(messages)? else {
+            return Err(crate::errors::invalid_field("messages", "messages must be a list of message dicts"));
+        };
+        let tools = crate::requests::tools_of(&tools, &tool_choice, None, py)?;
+        let inner = self.inner.clone();
+        py.detach(|| inner.apply_chat_template(&msgs, tools.as_ref(), add_generation_prompt)).map_err(to_py)
+    }
+
     /// Token ids of `text` as a completion prompt is tokenized (BOS added where the tokenizer adds it).
     #[pyo3(signature = (text, add_special_tokens=true))]
     fn tokenize(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
@@ -335,6 +361,13 @@ impl Runner {
     #[getter]
     fn device(&self) -> String {
         self.inner.device_name()
+    }
+
+    /// The format the model writes tool calls in ("hermes", "llama3_json",
+    /// "mistral" or "generic"): its chat template's, or `Runner(tool_call_format=...)`.
+    #[getter]
+    fn tool_call_format(&self) -> &'static str {
+        self.inner.tool_call_format().name()
     }
 
     /// The compute dtype of dense weights, activations and the KV cache:

@@ -266,7 +266,13 @@ class Which:
 
 # ----------------------------------------------------------------------------- requests
 
-Message: TypeAlias = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+# {"role": "system" | "user" | "assistant" | "tool", "content": str}; an assistant turn may carry
+# "tool_calls" (OpenAI's shape, "content" then None) and a tool turn "tool_call_id" (and "name").
+Message: TypeAlias = Mapping[str, Any]
+# OpenAI's function tool: {"type": "function", "function": {"name", "description", "parameters", "strict"}}.
+Tool: TypeAlias = Mapping[str, Any]
+# "auto" (the default with tools), "none", "required", or {"type": "function", "function": {"name": ...}}.
+ToolChoice: TypeAlias = str | Mapping[str, Any]
 GrammarType: TypeAlias = Literal["regex", "json_schema", "lark"]
 # A regex or Lark grammar as text; a JSON Schema as a dict or its JSON text. Every choice's output
 # then matches it (an invalid grammar raises ValueError with llguidance's message).
@@ -303,7 +309,16 @@ class ChatCompletionRequest:
         seed: int | None = None,
         ignore_eos: bool = False,
         response_format: ResponseFormat | None = None,
-    ) -> None: ...
+        tools: Sequence[Tool] | None = None,
+        tool_choice: ToolChoice | None = None,
+        parallel_tool_calls: bool | None = None,
+    ) -> None:
+        """``tools``: functions the model may call. They reach the model through its chat template (its
+        ``tools`` variable); the calls it writes come back in ``message.tool_calls`` with
+        ``finish_reason="tool_calls"``. Once the model opens a call, decoding is constrained to calls of
+        these tools whose arguments validate against their ``parameters`` schemas; ``tool_choice="required"``
+        or a named function constrains the whole answer to calls; ``"none"`` hides the tools.
+        ``parallel_tool_calls`` (default True) allows several calls in one answer."""
     messages: Sequence[Message] | str
     model: str
     logit_bias: Mapping[int, float] | None
@@ -326,6 +341,9 @@ class ChatCompletionRequest:
     seed: int | None
     ignore_eos: bool
     response_format: ResponseFormat | None
+    tools: Sequence[Tool] | None
+    tool_choice: ToolChoice | None
+    parallel_tool_calls: bool | None
 
 class CompletionRequest:
     def __init__(
@@ -439,11 +457,48 @@ class Logprobs:
     @property
     def content(self) -> list[ResponseLogprob]: ...
 
+class FunctionCall:
+    @property
+    def name(self) -> str: ...
+    @property
+    def arguments(self) -> str:
+        """The arguments as JSON text (``json.loads`` them)."""
+
+class ToolCall:
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> Literal["function"]: ...
+    @property
+    def function(self) -> FunctionCall: ...
+
+class FunctionCallDelta:
+    @property
+    def name(self) -> str | None:
+        """On a call's first delta only."""
+    @property
+    def arguments(self) -> str:
+        """A fragment of the arguments' JSON text (empty on the first delta)."""
+
+class ToolCallDelta:
+    @property
+    def index(self) -> int:
+        """Which call of the choice this piece belongs to."""
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def type(self) -> Literal["function"] | None: ...
+    @property
+    def function(self) -> FunctionCallDelta: ...
+
 class ResponseMessage:
     @property
     def role(self) -> Literal["assistant"]: ...
     @property
-    def content(self) -> str: ...
+    def content(self) -> str | None:
+        """The text; None when the answer is only tool calls."""
+    @property
+    def tool_calls(self) -> list[ToolCall] | None: ...
 
 class Choice:
     @property
@@ -475,7 +530,10 @@ class Delta:
     @property
     def role(self) -> str: ...
     @property
-    def content(self) -> str: ...
+    def content(self) -> str | None:
+        """The new text; None in chunks that carry tool-call deltas."""
+    @property
+    def tool_calls(self) -> list[ToolCallDelta] | None: ...
 
 class ChunkChoice:
     @property
@@ -556,6 +614,7 @@ class Runner:
         device: str | None = None,
         kv_cache_mb: int | None = None,
         dtype: Literal["f32", "f16", "bf16", "auto"] | None = None,
+        tool_call_format: Literal["hermes", "llama3_json", "mistral", "generic"] | None = None,
     ) -> None:
         """``device``: ``"cpu"``, ``"cuda:N"`` or ``"metal"`` (default: the accelerator this build was compiled
         for, else the CPU); ValueError when the build lacks it or the device does not exist.
@@ -574,7 +633,11 @@ class Runner:
         ``which_draft``: a smaller model with the same vocabulary (ValueError otherwise) that proposes up to
         ``speculative_gamma`` tokens per decoding step; the target verifies them in one forward pass. Greedy
         output is the target's own; sampled output follows the target's distribution (the standard
-        acceptance rule). ``Usage.acceptance_rate`` says how many proposals were kept."""
+        acceptance rule). ``Usage.acceptance_rate`` says how many proposals were kept.
+
+        ``tool_call_format``: how the model writes tool calls; by default the one its chat template teaches
+        (``<tool_call>`` blocks: "hermes", as Qwen 2.5; ``[TOOL_CALLS]``: "mistral"; Llama 3.x's JSON:
+        "llama3_json"), or "generic" for a template without tools (see README: Tool calling)."""
     def send_chat_completion_request(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | ResponseIterator[ChatCompletionChunkResponse]:
@@ -607,6 +670,8 @@ class Runner:
     def device(self) -> str:
         """The device the model runs on: ``"cpu"``, ``"cuda:N"`` or ``"metal"``."""
     @property
+    def tool_call_format(self) -> Literal["hermes", "llama3_json", "mistral", "generic"]: ...
+    @property
     def dtype(self) -> Literal["f32", "f16", "bf16"]:
         """The compute dtype (dense weights, activations, KV cache); quantized weights keep their types."""
     @property
@@ -619,6 +684,16 @@ class Runner:
         that started from another choice's prompt blocks), prefix_cache_hit_tokens, requests_cancelled
         (dropped by their callers before finishing), the gauges seqs_running / seqs_waiting (after the last
         step) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""
+    def apply_chat_template(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Tool] | None = None,
+        add_generation_prompt: bool = True,
+        tool_choice: ToolChoice | None = None,
+    ) -> str:
+        """The prompt text ``messages`` (and ``tools``) render to with the model's chat template, as
+        transformers' ``apply_chat_template(messages, tools=..., tokenize=False)`` gives it (the prompt a
+        chat request runs on; tokenize it with ``add_special_tokens=False``)."""
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
     def close(self) -> None: ...

@@ -34,9 +34,22 @@ pub struct TextOut {
     /// The window ends in a run of byte-fallback pieces, which a later piece
     /// may turn from text into U+FFFDs: its text is not streamed yet.
     in_byte_run: bool,
+    /// Special tokens stay in the text (a tool-call format's markers, which
+    /// decoding would otherwise drop).
+    keep_special: bool,
 }
 
 impl TextOut {
+    /// The text of a sequence whose special tokens are part of it.
+    pub fn keeping_special_tokens() -> Self {
+        Self { keep_special: true, ..Self::default() }
+    }
+
+    /// An empty text with this one's settings (a sibling choice's).
+    pub fn empty_like(&self) -> Self {
+        Self { keep_special: self.keep_special, ..Self::default() }
+    }
+
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -49,8 +62,9 @@ impl TextOut {
     /// Brings the text up to date with the generated tokens.
     pub fn extend(&mut self, generated: &[u32], tok: &TextTokenizer) -> Result<()> {
         let window = &generated[self.prefix..];
-        let read = tok.decode(&window[..self.read - self.prefix], true)?;
-        let full = tok.decode(window, true)?;
+        let skip = !self.keep_special;
+        let read = tok.decode(&window[..self.read - self.prefix], skip)?;
+        let full = tok.decode(window, skip)?;
         // The window's text extends its read part's; where a decoder rewrote
         // the boundary instead, the committed text stays and the rest follows.
         let mut common = read.bytes().zip(full.bytes()).take_while(|(a, b)| a == b).count();
@@ -62,7 +76,7 @@ impl TextOut {
         // A window that ends inside a character, or in a byte-fallback piece
         // (whose run the next piece may extend or invalidate; tokens that
         // decoding skips do not end a run), stays open.
-        let last_text = window.iter().rev().find(|&&t| !tok.is_skipped_in_text(t));
+        let last_text = window.iter().rev().find(|&&t| !(skip && tok.is_skipped_in_text(t)));
         self.in_byte_run = last_text.is_some_and(|&t| tok.is_byte_piece(t));
         let open = full.ends_with('\u{FFFD}') || self.in_byte_run;
         if full.len() > read.len() && !open {

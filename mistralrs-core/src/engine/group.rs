@@ -8,6 +8,9 @@ use super::sequence::Sequence;
 use crate::error::{Error, Result};
 use crate::request::RequestKind;
 use crate::response::*;
+use crate::tools::parse::{parse, Parsed};
+use crate::tools::stream::ToolStream;
+use crate::tools::{call_id, ToolCallFormat};
 
 /// Called after each event a request's caller can now receive (and when its
 /// channel closes): how an asyncio caller is woken without a thread of its own.
@@ -72,6 +75,28 @@ pub struct Group {
     pub cancelled: bool,
     /// Set by the caller's side when it stops listening.
     pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The format the model writes tool calls in, when the request lets it call tools.
+    pub tools: Option<ToolCallFormat>,
+    /// Streaming with tools: each choice's output so far.
+    pub tool_streams: Vec<ToolStream>,
+}
+
+/// A finished output as the chat API answers it: its text, its tool calls
+/// (with fresh ids) and its finish reason (`tool_calls` when it made calls).
+fn with_calls(format: ToolCallFormat, parsed: Parsed, reason: &'static str) -> (Option<String>, Option<Vec<ToolCall>>, &'static str) {
+    if parsed.calls.is_empty() {
+        return (parsed.content, None, reason);
+    }
+    let calls = parsed
+        .calls
+        .into_iter()
+        .map(|c| ToolCall {
+            id: call_id(format),
+            r#type: "function".into(),
+            function: FunctionCall { name: c.name, arguments: c.arguments },
+        })
+        .collect();
+    (parsed.content, Some(calls), if reason == "stop" { "tool_calls" } else { reason })
 }
 
 pub struct Finished {
@@ -142,8 +167,60 @@ impl Group {
 
     /// A streamed piece of choice `choice` (`reason` on its last piece).
     pub fn chunk(&mut self, choice: usize, text: String, reason: Option<&'static str>, lp: Option<Vec<ResponseLogprob>>) {
+        match self.tools {
+            Some(format) if self.kind == RequestKind::Chat => self.tool_chunks(format, choice, text, reason, lp),
+            _ => self.send_chunk(choice, Some(text), None, reason, lp),
+        }
+    }
+
+    /// Streaming with tools: text until a call may be opening; at the end,
+    /// the rest of the text, then each call as two deltas (its id and name,
+    /// then its arguments), then the finish reason.
+    fn tool_chunks(&mut self, format: ToolCallFormat, choice: usize, text: String, reason: Option<&'static str>, lp: Option<Vec<ResponseLogprob>>) {
+        let Some(stream) = self.tool_streams.get_mut(choice) else { return };
+        let now = stream.push(&text);
+        let Some(reason) = reason else {
+            if !now.is_empty() || lp.as_ref().is_some_and(|l| !l.is_empty()) {
+                self.send_chunk(choice, Some(now), None, None, lp);
+            }
+            return;
+        };
+        let parsed = parse(format, stream.text());
+        let rest = now + &stream.rest_of(parsed.content.as_deref());
+        let (_, calls, reason) = with_calls(format, parsed, reason);
+        let mut lp = lp;
+        if !rest.is_empty() {
+            self.send_chunk(choice, Some(rest), None, None, lp.take());
+        }
+        for (index, c) in calls.into_iter().flatten().enumerate() {
+            let first = ToolCallDelta {
+                index,
+                id: Some(c.id),
+                r#type: Some(c.r#type),
+                function: FunctionCallDelta { name: Some(c.function.name), arguments: String::new() },
+            };
+            let args = ToolCallDelta {
+                index,
+                id: None,
+                r#type: None,
+                function: FunctionCallDelta { name: None, arguments: c.function.arguments },
+            };
+            self.send_chunk(choice, None, Some(vec![first]), None, lp.take());
+            self.send_chunk(choice, None, Some(vec![args]), None, None);
+        }
+        self.send_chunk(choice, None, None, Some(reason), lp);
+    }
+
+    fn send_chunk(
+        &mut self,
+        choice: usize,
+        text: Option<String>,
+        tool_calls: Option<Vec<ToolCallDelta>>,
+        reason: Option<&'static str>,
+        lp: Option<Vec<ResponseLogprob>>,
+    ) {
         let text = match (&self.echo, self.started.get_mut(choice)) {
-            (Some(echo), Some(started)) if !*started => format!("{echo}{text}"),
+            (Some(echo), Some(started)) if !*started => Some(format!("{echo}{}", text.unwrap_or_default())),
             _ => text,
         };
         if let Some(s) = self.started.get_mut(choice) {
@@ -160,7 +237,7 @@ impl Group {
                 system_fingerprint: self.fingerprint.clone(),
                 choices: vec![ChunkChoice {
                     index: choice,
-                    delta: Delta { role: "assistant".into(), content: text },
+                    delta: Delta { role: "assistant".into(), content: text, tool_calls },
                     finish_reason: reason.map(str::to_string),
                     logprobs,
                 }],
@@ -172,7 +249,12 @@ impl Group {
                 created: self.created,
                 model: self.model.clone(),
                 system_fingerprint: self.fingerprint.clone(),
-                choices: vec![CompletionChoice { index: choice, text, finish_reason: reason.map(str::to_string), logprobs }],
+                choices: vec![CompletionChoice {
+                    index: choice,
+                    text: text.unwrap_or_default(),
+                    finish_reason: reason.map(str::to_string),
+                    logprobs,
+                }],
                 usage,
             }),
         };
@@ -200,11 +282,17 @@ impl Group {
                 choices: done
                     .iter()
                     .enumerate()
-                    .map(|(index, f)| Choice {
-                        index,
-                        finish_reason: f.reason.into(),
-                        message: ResponseMessage { role: "assistant".into(), content: f.text.clone() },
-                        logprobs: self.logprobs_of(f),
+                    .map(|(index, f)| {
+                        let (content, tool_calls, reason) = match self.tools {
+                            Some(format) => with_calls(format, parse(format, &f.text), f.reason),
+                            None => (Some(f.text.clone()), None, f.reason),
+                        };
+                        Choice {
+                            index,
+                            finish_reason: reason.into(),
+                            message: ResponseMessage { role: "assistant".into(), content, tool_calls },
+                            logprobs: self.logprobs_of(f),
+                        }
                     })
                     .collect(),
                 usage,

@@ -93,6 +93,8 @@ pub struct Admission {
     pub max_new: usize,
     /// The request's grammar, compiled, at the start of the output.
     pub grammar: Option<llguidance::Matcher>,
+    /// How to find tool calls in the output, when the request allows them.
+    pub tools: Option<crate::tools::ToolOutput>,
     pub responder: Responder,
     /// Set when the caller stops listening (its stream is dropped).
     pub cancel: Arc<AtomicBool>,
@@ -268,6 +270,9 @@ impl Engine {
         seq.forks = req.best_of - 1;
         seq.adapters = a.adapters;
         seq.grammar = a.grammar.map(Box::new);
+        if a.tools.is_some_and(|t| t.keep_special) {
+            seq.out = detokenize::TextOut::keeping_special_tokens();
+        }
         seq.spec = self.draft.as_ref().map(|_| Box::<Speculation>::default());
         let echo = match (&req.prompt, req.echo_prompt) {
             (crate::request::PromptInput::Completion(p), true) => Some(p.clone()),
@@ -295,6 +300,11 @@ impl Engine {
             admitted: None,
             prompt_done: None,
             cancelled: false,
+            tools: a.tools.map(|t| t.format),
+            tool_streams: match a.tools {
+                Some(t) if req.stream => (0..req.best_of).map(|_| crate::tools::stream::ToolStream::new(t.format)).collect(),
+                _ => Vec::new(),
+            },
         };
         self.groups.insert(id, (group, req));
         self.sched.waiting.push_back(seq);

@@ -78,6 +78,7 @@ impl Sequence {
         s.side = self.side.clone();
         s.adapters = self.adapters.clone();
         s.grammar = self.grammar.as_ref().map(|m| Box::new(m.deep_clone()));
+        s.out = self.out.empty_like();
         s.spec = self.spec.as_ref().map(|_| Box::default());
         s
     }

@@ -58,6 +58,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--token-source", default="cache",
                    help='hub token: "cache" (default), "none", "literal:<tok>", "env:<VAR>", "path:<file>"')
     r.add_argument("--chat-template", metavar="TEMPLATE", help="a .json / .jinja file or a literal Jinja template")
+    r.add_argument("--tool-call-parser", choices=["hermes", "llama3_json", "mistral", "generic"],
+                   help="how the model writes tool calls (default: what its chat template teaches; generic for "
+                        "templates without tools)")
     r.add_argument("--num-device-layers", nargs="+", metavar="DEV:N", help='layers per device, e.g. "0:20" "1:12"')
     r.add_argument("--in-situ-quant", choices=QUANT_TYPES, help="quantize plain weights as they load")
     r.add_argument("--seed", type=int, help="RNG seed of requests that give none")
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             seed=args.seed,
             device=args.device,
             kv_cache_mb=args.kv_cache_mb,
+            tool_call_format=args.tool_call_parser,
         )
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
         print(f"{p.prog}: cannot load the model: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ evaluates them at run time and the package supports Python 3.9.
 
 from typing import Dict, Generic, List, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class _Request(BaseModel):
@@ -46,11 +46,28 @@ class ContentPart(_Request):
     text: Optional[str] = None
 
 
+class FunctionCallIn(_Request):
+    name: str
+    # JSON text, as OpenAI sends it (a dict is taken too).
+    arguments: Union[str, Dict[str, object]] = "{}"
+
+
+class ToolCallIn(_Request):
+    """A call an earlier assistant turn made."""
+
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Request):
     role: str
-    # None: an assistant turn that only carried tool calls, which the templates render as empty.
+    # None: an assistant turn that only carried tool calls.
     content: Union[str, List[ContentPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[List[ToolCallIn]] = None
+    # A tool turn: the call it answers.
+    tool_call_id: Optional[str] = None
 
 
 class StreamOptions(_Request):
@@ -113,6 +130,10 @@ class ChatCompletionRequestBody(GenerationRequestBody):
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = None
+    # OpenAI's function tools, checked by the engine (which names what is wrong with them).
+    tools: Optional[List[Dict[str, object]]] = None
+    tool_choice: Union[str, Dict[str, object], None] = None
+    parallel_tool_calls: Optional[bool] = None
 
 
 class CompletionRequestBody(GenerationRequestBody):
@@ -257,14 +278,49 @@ class Usage(_Response):
     prompt_tokens_details: Optional[PromptTokensDetails] = None
 
 
+class FunctionCall(_Response):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class _Sparse(_Response):
+    """Written without its unset (None) fields, as OpenAI streams tool-call deltas: clients merge
+    deltas key by key, and a ``"type": null`` would overwrite the call's ``type`` (the ``openai``
+    client's stream accumulator then fails)."""
+
+    @model_serializer(mode="wrap")
+    def _without_nones(self, handler):  # type: ignore[no-untyped-def]
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionCallDelta(_Sparse):
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+
+
+class ToolCallDelta(_Sparse):
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: FunctionCallDelta
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: Optional[str]
+    tool_calls: Optional[List[ToolCall]] = None
 
 
 class Delta(_Response):
     role: Optional[str] = None
     content: Optional[str] = None
+    tool_calls: Optional[List[ToolCallDelta]] = None
 
 
 class _Choice(_Response):

@@ -132,14 +132,33 @@ def _shared(body: schemas.GenerationRequestBody, model: str) -> dict[str, Any]:
     )
 
 
+def _message(m: schemas.ChatMessage) -> dict[str, Any]:
+    """A message of the body as the Python API takes it: its text, and its tool calls or the call
+    it answers."""
+    out: dict[str, Any] = {"role": _ROLE_ALIASES.get(m.role, m.role)}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id or "", "type": "function",
+             "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in m.tool_calls
+        ]
+        out["content"] = None if m.content is None else _text(m.content)
+    else:
+        out["content"] = _text(m.content)
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        out["name"] = m.name
+    return out
+
+
 def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCompletionRequest:
     _check_stream_options(body)
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
-    messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _text(m.content)} for m in body.messages]
     return ChatCompletionRequest(
-        messages=messages,
-        **_as_is(body, "logprobs", "top_logprobs"),
+        messages=[_message(m) for m in body.messages],
+        **_as_is(body, "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"),
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         **_shared(body, model),
@@ -259,7 +278,7 @@ class ChatReply(Reply):
         return res.choices
 
     def has_text(self, chunk: Any) -> bool:
-        return any(c.delta.content for c in chunk.choices)
+        return any(c.delta.content or c.delta.tool_calls for c in chunk.choices)
 
 
 class CompletionReply(Reply):
