@@ -28,6 +28,7 @@ pytest.importorskip("uvicorn")
 from mistralrs import ChatCompletionRequest  # noqa: E402
 from openai.types.responses import Response, ResponseStreamEvent  # noqa: E402
 from server_support import ServerProcess  # noqa: E402
+from tool_sets import TIME, WEATHER  # noqa: E402
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 
@@ -382,3 +383,155 @@ def test_items_tools_and_formats_translate_to_the_chat_shapes():
     assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "out", "schema": SCHEMA, "strict": True}}
     # The chat body accepts it as it is.
     schemas.ChatCompletionRequestBody.model_validate(chat)
+
+
+# ----------------------------------------------------------------------------- function tools
+
+
+def flat(tool: dict) -> dict:
+    """A chat function tool in the Responses API's flat shape."""
+    return {"type": "function", **tool["function"]}
+
+
+PARAMETERS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+# Questions SmolLM2 answers with calls that end (two parallel calls; one call).
+TOOL_QUESTION = "What's the weather in Paris and in Rome?"
+TIME_QUESTION = "What time is it in Tokyo?"
+
+
+def calls_of(r) -> list:
+    return [o for o in r.output if o.type == "function_call"]
+
+
+def test_function_calls_are_the_python_apis_tool_calls(c, smollm2_runner):
+    r = valid(c.responses.create(model="smollm2", input=TOOL_QUESTION, tools=[flat(WEATHER)], tool_choice="required",
+                                 temperature=0, max_output_tokens=192))
+    want = smollm2_runner.send_chat_completion_request(ChatCompletionRequest(
+        model="m", messages=[{"role": "user", "content": TOOL_QUESTION}], tools=[WEATHER], tool_choice="required",
+        temperature=0.0, max_tokens=192))
+    assert want.choices[0].finish_reason == "tool_calls" and len(want.choices[0].message.tool_calls) == 2
+    calls = calls_of(r)
+    assert [(o.name, o.arguments) for o in calls] == [(t.function.name, t.function.arguments)
+                                                     for t in want.choices[0].message.tool_calls]
+    assert r.status == "completed" and r.usage.output_tokens == want.usage.completion_tokens
+    assert len({o.call_id for o in calls}) == len(calls)
+    for o in calls:
+        assert o.id.startswith("fc_") and o.status == "completed"
+        jsonschema.validate(json.loads(o.arguments), PARAMETERS[o.name])
+    assert r.tools[0].name == "get_weather" and r.tool_choice == "required"
+    # A named function, and parallel_tool_calls=false (one call where the question asks for two).
+    r = valid(c.responses.create(model="smollm2", input=TIME_QUESTION, tools=[flat(WEATHER), flat(TIME)],
+                                 tool_choice={"type": "function", "name": "get_time"}, temperature=0,
+                                 max_output_tokens=192))
+    assert [o.name for o in calls_of(r)] == ["get_time"] and r.tool_choice.name == "get_time"
+    r = valid(c.responses.create(model="smollm2", input="What's the weather in Paris and the time in Tokyo?",
+                                 tools=[flat(WEATHER), flat(TIME)], tool_choice="required", parallel_tool_calls=False,
+                                 temperature=0, max_output_tokens=192))
+    assert len(calls_of(r)) == 1 and r.parallel_tool_calls is False
+
+
+def test_streamed_function_calls_come_as_items_with_argument_deltas(c, server):
+    body = {"input": TOOL_QUESTION, "tools": [flat(WEATHER)], "tool_choice": "required", "temperature": 0,
+            "max_output_tokens": 192}
+    whole = c.responses.create(model="smollm2", **body)
+    events = sse_events(server, body)
+    for e in events:
+        EVENT.validate_python(e)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    types = [e["type"] for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+    streamed = []
+    i = 2
+    while i < len(events) - 1:
+        added = events[i]
+        assert added["type"] == "response.output_item.added" and added["item"]["type"] == "function_call", types
+        item_id, index = added["item"]["id"], added["output_index"]
+        assert index == len(streamed) and added["item"]["arguments"] == ""
+        j = i + 1
+        while events[j]["type"] == "response.function_call_arguments.delta":
+            assert events[j]["item_id"] == item_id and events[j]["output_index"] == index
+            j += 1
+        arguments = "".join(e["delta"] for e in events[i + 1:j])
+        assert events[j]["type"] == "response.function_call_arguments.done" and events[j]["arguments"] == arguments
+        done = events[j + 1]
+        assert done["type"] == "response.output_item.done" and done["item"]["arguments"] == arguments
+        streamed.append((done["item"]["name"], arguments))
+        i = j + 2
+    assert streamed == [(o.name, o.arguments) for o in calls_of(whole)]
+    final = valid(Response.model_validate(events[-1]["response"]))
+    assert [(o.name, o.arguments) for o in calls_of(final)] == streamed
+    # The client's stream helper rebuilds the same calls.
+    with c.responses.stream(model="smollm2", **body) as stream:
+        for _ in stream:
+            pass
+        got = stream.get_final_response()
+    assert [(o.name, o.arguments) for o in calls_of(got)] == streamed
+
+
+def test_function_call_outputs_continue_by_previous_response_id_or_by_items(c, smollm2_runner):
+    tools = [flat(TIME)]
+    question = TIME_QUESTION
+    first = c.responses.create(model="smollm2", input=question, tools=tools, tool_choice="required", temperature=0,
+                               max_output_tokens=128)
+    calls = calls_of(first)
+    assert calls
+    outputs = [{"type": "function_call_output", "call_id": o.call_id, "output": "It is 14:05."} for o in calls]
+    second = valid(c.responses.create(model="smollm2", previous_response_id=first.id, input=outputs, tools=tools,
+                                      tool_choice="none", temperature=0, max_output_tokens=32))
+    assert second.output_text and not calls_of(second)
+    # Reference: the chat conversation it stands for, through the Python API.
+    messages = [{"role": "user", "content": question},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": o.call_id, "type": "function", "function": {"name": o.name, "arguments": o.arguments}}
+                    for o in calls]}]
+    messages += [{"role": "tool", "tool_call_id": o["call_id"], "content": o["output"]} for o in outputs]
+    want = smollm2_runner.send_chat_completion_request(ChatCompletionRequest(
+        model="m", messages=messages, tools=[TIME], tool_choice="none", temperature=0.0, max_tokens=32))
+    assert second.output_text == want.choices[0].message.content
+    assert second.usage.input_tokens == want.usage.prompt_tokens
+    # The same conversation sent whole, as items (the Agents SDK's way without previous_response_id).
+    items = [{"role": "user", "content": question}, *(o.to_dict() for o in calls), *outputs]
+    third = c.responses.create(model="smollm2", input=items, tools=tools, tool_choice="none", temperature=0,
+                               max_output_tokens=32)
+    assert third.output_text == second.output_text
+
+
+def test_the_agents_sdk_runs_tools_on_its_default_responses_model(server):
+    """The OpenAI Agents SDK, unchanged, on its default (Responses) model, streamed and not: an agent
+    that must call its tool gets the call, runs it and stops with its result; a second agent answers
+    from that conversation, sent as items (function_call, function_call_output) or as the tool output
+    after ``previous_response_id`` (the same answer both ways). Tool_choice stays required only for the
+    first agent: SmolLM2 calls tools again and again in auto mode."""
+    agents = pytest.importorskip("agents")
+    calls = []
+
+    @agents.function_tool
+    def get_time(timezone: str) -> str:
+        """Get the local time in an IANA timezone."""
+        calls.append(timezone)
+        return "It is 14:05."
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        agents.set_tracing_disabled(True)
+        model = agents.OpenAIResponsesModel(model="smollm2", openai_client=client)
+        caller = agents.Agent(name="caller", instructions="You answer questions using the tools.", tools=[get_time],
+                              model=model, tool_use_behavior="stop_on_first_tool",
+                              model_settings=agents.ModelSettings(tool_choice="required", temperature=0, max_tokens=128))
+        first = await agents.Runner.run(caller, TIME_QUESTION)
+        streamed = agents.Runner.run_streamed(caller, TIME_QUESTION)
+        async for _ in streamed.stream_events():
+            pass
+        answerer = agents.Agent(name="answerer", instructions="Answer the question from the tool results.", model=model,
+                                model_settings=agents.ModelSettings(temperature=0, max_tokens=160))
+        by_items = await agents.Runner.run(answerer, first.to_input_list())
+        outputs = [i.to_input_item() for i in first.new_items if isinstance(i, agents.ToolCallOutputItem)]
+        chained = await agents.Runner.run(answerer, outputs, previous_response_id=first.last_response_id)
+        await client.close()
+        return first, streamed, by_items, chained
+
+    first, streamed, by_items, chained = asyncio.run(run())
+    assert len(calls) == 2 and first.final_output == streamed.final_output == "It is 14:05."
+    assert [i["type"] for i in first.to_input_list()[1:]] == ["function_call", "function_call_output"]
+    assert isinstance(by_items.final_output, str) and by_items.final_output
+    assert chained.final_output == by_items.final_output
