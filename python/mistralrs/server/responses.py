@@ -36,7 +36,7 @@ DEFAULT_MAX_STORED = 1000
 
 # The Python API's names of request fields (which its errors carry as ``param``) as this API names them.
 _PARAMS = {"max_tokens": "max_output_tokens", "response_format": "text.format", "grammar": "text.format",
-           "messages": "input", "tools": "tools", "tool_choice": "tool_choice"}
+           "messages": "input"}
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -196,6 +196,14 @@ def _text(content: Union[str, List[schemas.InputContentPart], None], param: str)
     return "\n".join(texts)
 
 
+def _required(item: schemas.InputItem, index: int, field: str) -> Any:
+    value = getattr(item, field)
+    if value is None:
+        param = f"input.{index}.{field}"
+        raise bad_request(f"`{param}` is required in a {item.type or 'message'} item", param=param)
+    return value
+
+
 def chat_messages(items: Union[str, List[schemas.InputItem]]) -> List[Dict[str, Any]]:
     """``input`` as chat messages. Consecutive ``function_call`` items (and the assistant text
     before them) are one assistant message with ``tool_calls``, as chat has them."""
@@ -205,18 +213,11 @@ def chat_messages(items: Union[str, List[schemas.InputItem]]) -> List[Dict[str, 
     for i, item in enumerate(items):
         kind = item.type or "message"
         param = f"input.{i}"
-
-        def need(field: str) -> Any:
-            value = getattr(item, field)
-            if value is None:
-                raise bad_request(f"`{param}.{field}` is required in a {kind} item", param=f"{param}.{field}")
-            return value
-
         if kind == "message":
-            messages.append({"role": need("role"), "content": _text(item.content, f"{param}.content")})
+            messages.append({"role": _required(item, i, "role"), "content": _text(item.content, f"{param}.content")})
         elif kind == "function_call":
-            call = {"id": need("call_id"), "type": "function",
-                    "function": {"name": need("name"), "arguments": need("arguments")}}
+            call = {"id": _required(item, i, "call_id"), "type": "function",
+                    "function": {"name": _required(item, i, "name"), "arguments": _required(item, i, "arguments")}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
@@ -224,8 +225,8 @@ def chat_messages(items: Union[str, List[schemas.InputItem]]) -> List[Dict[str, 
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": need("call_id"),
-                             "content": _text(need("output"), f"{param}.output")})
+            messages.append({"role": "tool", "tool_call_id": _required(item, i, "call_id"),
+                             "content": _text(_required(item, i, "output"), f"{param}.output")})
         else:
             raise bad_request(f"input items of type `{kind}` are not supported (message, function_call and "
                               "function_call_output are)", param=f"{param}.type")
