@@ -455,12 +455,24 @@ def no_tokenizer_json(folder: pathlib.Path) -> None:
     (folder / "tokenizer.json").unlink()
 
 
+def empty_vocabulary(folder: pathlib.Path) -> None:
+    # A well-formed tokenizer.json with no tokens: before, it loaded and every answer was "" (issue 26).
+    path = folder / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    tok["model"]["vocab"] = {}
+    tok["model"]["merges"] = []
+    tok["added_tokens"] = []
+    tok["post_processor"] = None
+    path.write_text(json.dumps(tok))
+
+
 SAFETENSORS_CASES = [
     ("dtype-bool", safetensors_bool_dtype, "model.safetensors",
      Expect((r"BOOL", t("model.layers.0.mlp.up_proj.weight")))),
     ("nan-weight", safetensors_nan, "model.safetensors",
      Expect((t("model.layers.0.self_attn.q_proj.weight"),))),
     ("no-tokenizer-json", no_tokenizer_json, "tokenizer.json", Expect(exc="FileNotFoundError")),
+    ("empty-vocabulary", empty_vocabulary, "tokenizer.json", Expect(("vocabulary is empty",))),
 ]
 
 

@@ -64,6 +64,10 @@ impl TextTokenizer {
         // parses, then fails every prompt: found here, it is the file's error.
         guarded(|| inner.encode_fast("a", true))
             .map_err(|e| Error::bad_file(path, format!("cannot load tokenizer: encoding a probe failed: {e}")))?;
+        // Without tokens every prompt encodes to nothing and every answer is "": the file's error.
+        if inner.get_vocab_size(true) == 0 {
+            return Err(Error::bad_file(path, "cannot load tokenizer: its vocabulary is empty"));
+        }
         Ok(Self::new(inner))
     }
 
