@@ -377,6 +377,17 @@ def test_n_choices_completion(tiny_runner):
     assert sorted(c.index for c in res.choices) == [0, 1, 2]
 
 
+def test_best_of_defaults_to_n_choices(tiny_runner):
+    """As OpenAI and vLLM: asking for several choices needs no best_of (it raised ValueError: best_of (1)
+    must be at least n_choices (4); issue 26)."""
+    req = CompletionRequest(prompt="Hello", model="m", max_tokens=4, ignore_eos=True, n_choices=4, temperature=1.0)
+    assert req.best_of is None
+    res = tiny_runner.send_completion_request(req)
+    assert sorted(c.index for c in res.choices) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="best_of"):
+        tiny_runner.send_completion_request(CompletionRequest(prompt="Hello", model="m", n_choices=4, best_of=2))
+
+
 def test_max_tokens_gives_length(tiny_runner, smollm2_runner):
     res = chat(tiny_runner, "Hi", max_tokens=7, ignore_eos=True)
     assert res.usage.completion_tokens == 7 and res.choices[0].finish_reason == "length"

@@ -346,7 +346,7 @@ pub struct CompletionRequest {
     prompt: CompletionPrompt,
     model: String,
     echo_prompt: bool,
-    best_of: i64,
+    best_of: Option<i64>,
     max_tokens: Option<i64>,
     n_choices: i64,
     logit_bias: Option<HashMap<i128, f32>>,
@@ -373,7 +373,7 @@ pub struct CompletionRequest {
 #[pymethods]
 impl CompletionRequest {
     #[new]
-    #[pyo3(signature = (prompt, model, echo_prompt=false, best_of=1, max_tokens=None, n_choices=1, logit_bias=None,
+    #[pyo3(signature = (prompt, model, echo_prompt=false, best_of=None, max_tokens=None, n_choices=1, logit_bias=None,
         logprobs=false, top_logprobs=None, presence_penalty=None, frequency_penalty=None, repetition_penalty=None,
         stop_seqs=None, temperature=None, top_p=None, top_k=None, min_p=None, suffix=None, stream=false,
         grammar=None, grammar_type=None, adapters=None, seed=None, ignore_eos=false, response_format=None))]
@@ -382,7 +382,7 @@ impl CompletionRequest {
         prompt: CompletionPrompt,
         model: String,
         echo_prompt: bool,
-        best_of: i64,
+        best_of: Option<i64>,
         max_tokens: Option<i64>,
         n_choices: i64,
         logit_bias: Option<HashMap<i128, f32>>,
@@ -448,7 +448,8 @@ impl CompletionRequest {
             )?,
             max_tokens: self.max_tokens,
             n_choices: count("n_choices", self.n_choices)?,
-            best_of: count("best_of", self.best_of)?,
+            // As OpenAI and vLLM: best_of defaults to n.
+            best_of: count("best_of", self.best_of.unwrap_or(self.n_choices))?,
             stop_seqs: self.stop_seqs.clone().unwrap_or_default(),
             ignore_eos: self.ignore_eos,
             stream: self.stream,

@@ -351,7 +351,7 @@ class CompletionRequest:
         prompt: str | Sequence[int],
         model: str,
         echo_prompt: bool = False,
-        best_of: int = 1,
+        best_of: int | None = None,
         max_tokens: int | None = None,
         n_choices: int = 1,
         logit_bias: Mapping[int, float] | None = None,
@@ -377,7 +377,7 @@ class CompletionRequest:
     prompt: str | list[int]
     model: str
     echo_prompt: bool
-    best_of: int
+    best_of: int | None  # None: n_choices (as OpenAI and vLLM)
     max_tokens: int | None
     n_choices: int
     logit_bias: Mapping[int, float] | None
