@@ -176,6 +176,13 @@ def test_tokenize_and_detokenize_equal_the_python_api(tiny_server, tiny_runner):
         assert r.status_code == 200 and r.json() == {"prompt": tiny_runner.detokenize(ids)}
     r = httpx.post(f"{tiny_server.url}/detokenize", json={"tokens": [10**6]}, headers=h)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    # Chat messages: the prompt a chat request runs on (the template's text, tokenized as is).
+    messages = [{"role": "user", "content": "Hi there"}]
+    r = httpx.post(f"{tiny_server.url}/tokenize", json={"messages": messages}, headers=h)
+    want = tiny_runner.tokenize(tiny_runner.apply_chat_template(messages), add_special_tokens=False)
+    assert r.status_code == 200 and r.json()["tokens"] == want and want
+    r = httpx.post(f"{tiny_server.url}/tokenize", json={"messages": messages, "prompt": "x"}, headers=h)
+    assert r.status_code == 400
 
 
 def test_models_health_and_metrics(tiny_server):

@@ -195,15 +195,19 @@ def create_app(
     @router.post("/tokenize", response_model=schemas.TokenizeResponse)
     async def tokenize(body: schemas.TokenizeRequestBody) -> schemas.TokenizeResponse:
         note_unknown(body)
-        if body.messages is not None:
-            # The chat template is rendered inside the engine and the Python API does not expose it.
-            raise APIError(400, "tokenizing `messages` is not supported yet; send `prompt`", param="messages",
-                           code="unsupported")
-        if body.prompt is None:
-            raise bad_request("`prompt` is required", param="prompt")
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("give either `prompt` or `messages`", param="prompt")
+
+        def ids_of() -> list[int]:
+            if body.messages is None:
+                return runner.tokenize(body.prompt, body.add_special_tokens is not False)
+            text = runner.apply_chat_template([translate.message(m) for m in body.messages], tools=body.tools,
+                                              add_generation_prompt=body.add_generation_prompt)
+            return runner.tokenize(text, bool(body.add_special_tokens))
+
         try:
             # A thread: a long prompt takes a while to tokenize, and streams must keep flowing.
-            ids = await run_in_threadpool(runner.tokenize, body.prompt, body.add_special_tokens)
+            ids = await run_in_threadpool(ids_of)
         except Exception as e:
             raise fail(e) from e
         return schemas.TokenizeResponse(tokens=ids, count=len(ids))

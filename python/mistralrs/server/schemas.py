@@ -148,11 +148,15 @@ class CompletionRequestBody(GenerationRequestBody):
 
 
 class TokenizeRequestBody(_Request):
-    """vLLM's ``/tokenize``: a ``prompt`` (or ``messages``, which need the chat template)."""
+    """vLLM's ``/tokenize``: a ``prompt``, or chat ``messages`` (and ``tools``) rendered with the chat
+    template first, as a chat request's prompt is."""
 
     prompt: Optional[str] = None
     messages: Optional[List[ChatMessage]] = None
-    add_special_tokens: bool = True
+    tools: Optional[List[Dict[str, object]]] = None
+    add_generation_prompt: bool = True
+    # None: True for a prompt, False for messages (the template writes the special tokens itself).
+    add_special_tokens: Optional[bool] = None
     model: Optional[str] = None
 
 

@@ -132,7 +132,7 @@ def _shared(body: schemas.GenerationRequestBody, model: str) -> dict[str, Any]:
     )
 
 
-def _message(m: schemas.ChatMessage) -> dict[str, Any]:
+def message(m: schemas.ChatMessage) -> dict[str, Any]:
     """A message of the body as the Python API takes it: its text, and its tool calls or the call
     it answers."""
     out: dict[str, Any] = {"role": _ROLE_ALIASES.get(m.role, m.role)}
@@ -157,7 +157,7 @@ def chat_request(body: schemas.ChatCompletionRequestBody, model: str) -> ChatCom
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
     return ChatCompletionRequest(
-        messages=[_message(m) for m in body.messages],
+        messages=[message(m) for m in body.messages],
         **_as_is(body, "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"),
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
