@@ -177,14 +177,16 @@ COMMON_DEFAULTS = dict(
     seed=None,
     ignore_eos=False,
 )
-COMPLETION_ONLY_DEFAULTS = dict(echo_prompt=False, best_of=1, suffix=None)
+# best_of None: as many as n_choices (OpenAI's and vLLM's default).
+COMPLETION_ONLY_DEFAULTS = dict(echo_prompt=False, best_of=None, suffix=None)
+CHAT_ONLY_DEFAULTS = dict(tools=None, tool_choice=None, parallel_tool_calls=None, response_format=None)
 
 
 def test_chat_request_defaults():
     msgs = [{"role": "user", "content": "hi"}]
     req = ChatCompletionRequest(messages=msgs, model="m")
     assert req.model == "m"
-    for k, v in COMMON_DEFAULTS.items():
+    for k, v in {**COMMON_DEFAULTS, **CHAT_ONLY_DEFAULTS}.items():
         assert getattr(req, k) == v, k
 
 
