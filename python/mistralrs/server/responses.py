@@ -182,20 +182,6 @@ class Store:
 # ----------------------------------------------------------------------------- requests
 
 
-def _text(content: Union[str, List[schemas.InputContentPart], None], param: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        if part.type not in _TEXT_PARTS or part.text is None:
-            raise bad_request(f"content parts of type `{part.type}` are not supported (only input_text and output_text)",
-                              param=param)
-        texts.append(part.text)
-    return "\n".join(texts)
-
-
 def _required(item: schemas.InputItem, index: int, field: str) -> Any:
     value = getattr(item, field)
     if value is None:
@@ -214,7 +200,8 @@ def chat_messages(items: Union[str, List[schemas.InputItem]]) -> List[Dict[str, 
         kind = item.type or "message"
         param = f"input.{i}"
         if kind == "message":
-            messages.append({"role": _required(item, i, "role"), "content": _text(item.content, f"{param}.content")})
+            content = translate.text_of(item.content, f"{param}.content", _TEXT_PARTS)
+            messages.append({"role": _required(item, i, "role"), "content": content})
         elif kind == "function_call":
             call = {"id": _required(item, i, "call_id"), "type": "function",
                     "function": {"name": _required(item, i, "name"), "arguments": _required(item, i, "arguments")}}
@@ -226,7 +213,7 @@ def chat_messages(items: Union[str, List[schemas.InputItem]]) -> List[Dict[str, 
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": _required(item, i, "call_id"),
-                             "content": _text(_required(item, i, "output"), f"{param}.output")})
+                             "content": translate.text_of(_required(item, i, "output"), f"{param}.output", _TEXT_PARTS)})
         else:
             raise bad_request(f"input items of type `{kind}` are not supported (message, function_call and "
                               "function_call_output are)", param=f"{param}.type")

@@ -38,17 +38,19 @@ _ROLE_ALIASES = {"developer": "system"}
 # ----------------------------------------------------------------------------- requests
 
 
-def _text(content: str | list[schemas.ContentPart] | None) -> str:
+def text_of(content: Any, param: str = "messages", kinds: Sequence[str] = ("text",)) -> str:
+    """A message's content as text: the string, or its text parts (of ``kinds``) joined by newlines,
+    as vLLM joins them; any other part is a 400 naming ``param``."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     texts = []
     for part in content:
-        if part.type != "text" or part.text is None:
-            raise bad_request(f"content parts of type `{part.type}` are not supported (only `text`)", param="messages")
+        if part.type not in kinds or part.text is None:
+            raise bad_request(f"content parts of type `{part.type}` are not supported (only {', '.join(kinds)})",
+                              param=param)
         texts.append(part.text)
-    # vLLM joins text parts with a newline too.
     return "\n".join(texts)
 
 
@@ -142,9 +144,9 @@ def message(m: schemas.ChatMessage) -> dict[str, Any]:
              "function": {"name": c.function.name, "arguments": c.function.arguments}}
             for c in m.tool_calls
         ]
-        out["content"] = None if m.content is None else _text(m.content)
+        out["content"] = None if m.content is None else text_of(m.content)
     else:
-        out["content"] = _text(m.content)
+        out["content"] = text_of(m.content)
     if m.tool_call_id is not None:
         out["tool_call_id"] = m.tool_call_id
     if m.name is not None:
