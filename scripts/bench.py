@@ -146,6 +146,9 @@ class MistralrsBench:
         which = Which.GGUF(tok_model_id=None, quantized_model_id=str(gguf.parent), quantized_filename=gguf.name)
         # max_seqs stays at its default (16) unless more concurrent requests must fit in one batch.
         device = {"device": args.device} if args.device else {}
+        # The baseline build may predate kv_cache_dtype: it runs with its own default.
+        if args.kv_cache_dtype and args.worker == "mistralrs":
+            device["kv_cache_dtype"] = args.kv_cache_dtype
         self.runner, self.load_s = timed(lambda: Runner(which=which, max_seqs=max([16, *args.concurrent]), **device))
 
     def prompt(self, n: int, key: str) -> str:
@@ -354,6 +357,8 @@ def run_worker(engine: str, python: str, args, rep: int) -> dict:
     ]
     if args.device:
         cmd += ["--device", args.device]
+    if args.kv_cache_dtype:
+        cmd += ["--kv-cache-dtype", args.kv_cache_dtype]
     env = dict(os.environ)
     # Same thread count for every thread pool an engine might use.
     for var in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -483,6 +488,8 @@ def main(argv=None) -> int:
         help="N@T pairs: the decode rate of the last N tokens of a T-token completion, one row each (default none)",
     )
     p.add_argument("--device", help="mistralrs's device (cpu, cuda:N, metal; default: the build's default)")
+    p.add_argument("--kv-cache-dtype", help="mistralrs's Runner(kv_cache_dtype=...) (default: its own, auto); "
+                   "llama.cpp keeps its default F16 cache")
     p.add_argument("--python", default=sys.executable, help="interpreter with mistralrs installed")
     p.add_argument(
         "--llamacpp-python", default=None, help="interpreter with llama-cpp-python installed (default: --python)"

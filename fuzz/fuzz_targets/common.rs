@@ -67,6 +67,7 @@ pub fn small_runner(spec: &ModelSpec) -> mistralrs_core::Result<Runner> {
         max_seqs: 4,
         no_kv_cache: false,
         kv_cache_mb: Some(4),
+        kv_cache_dtype: None,
         prefix_cache_n: 4,
         repeat_last_n: 64,
         seed: Some(0),

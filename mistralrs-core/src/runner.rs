@@ -15,7 +15,7 @@ use crate::grammar::GrammarCompiler;
 use crate::loader::{self, LoadOptions, ModelSpec};
 use crate::request::{GenerationRequest, PromptInput};
 use crate::response::Event;
-use crate::kv_cache::{KvPool, BLOCK_SIZE};
+use crate::kv_cache::{KvDtype, KvPool, BLOCK_SIZE};
 use crate::tokenizer::TextTokenizer;
 use crate::tools::{ToolCallFormat, ToolOutput};
 
@@ -29,6 +29,8 @@ pub struct RunnerConfig {
     pub no_kv_cache: bool,
     /// Megabytes of KV cache; None: a quarter of the memory available at load.
     pub kv_cache_mb: Option<usize>,
+    /// How cached keys and values are stored; None ("auto"): see `kv_dtype_for`.
+    pub kv_cache_dtype: Option<KvDtype>,
     /// Released prefixes the prefix cache keeps (0 disables it).
     pub prefix_cache_n: usize,
     pub repeat_last_n: usize,
@@ -48,6 +50,9 @@ pub struct Runner {
     context_len: usize,
     /// Tokens the KV cache holds in all: no sequence can be longer.
     kv_tokens: usize,
+    /// How keys and values are stored, and the bytes of one block over all layers.
+    kv_dtype: KvDtype,
+    kv_block_bytes: usize,
     fingerprint: String,
     /// The compute dtype of the loaded model.
     dtype: candle_core::DType,
@@ -127,7 +132,12 @@ impl Runner {
         let tokenizer = Arc::new(loaded.tokenizer);
         let stats = Arc::new(EngineStats::default());
         let mc = loaded.model.config();
-        let block_bytes = KvPool::block_bytes(loaded.model.cache_layers(), mc.num_kv_heads, mc.head_dim, loaded.dtype);
+        let kv_dtype = kv_dtype_for(cfg.kv_cache_dtype, loaded.dtype);
+        check_kv_dtype(kv_dtype, &opts.device, mc.head_dim, "")?;
+        if let Some((d, _)) = &draft {
+            check_kv_dtype(kv_dtype, &opts.device, d.config().head_dim, "the draft model: ")?;
+        }
+        let block_bytes = KvPool::block_bytes(loaded.model.cache_layers(), mc.num_kv_heads, mc.head_dim, kv_dtype);
         let kv_blocks = kv_budget(cfg.kv_cache_mb, block_bytes, cfg.max_seqs, loaded.context_len)?;
         let device_name = crate::device::name(&opts.device);
         let device_kind = device_name.split(':').next().unwrap_or("cpu");
@@ -140,6 +150,7 @@ impl Runner {
                 max_seqs: cfg.max_seqs,
                 prefix_cache_n: cfg.prefix_cache_n,
                 kv_blocks,
+                kv_dtype,
                 max_step_tokens: MAX_STEP_TOKENS,
                 no_kv_cache: cfg.no_kv_cache,
                 repeat_last_n: cfg.repeat_last_n,
@@ -162,6 +173,8 @@ impl Runner {
             chat_template: loaded.chat_template,
             context_len: loaded.context_len,
             kv_tokens: kv_blocks * BLOCK_SIZE,
+            kv_dtype,
+            kv_block_bytes: block_bytes,
             fingerprint: format!("mistralrs-{}-{device_kind}", env!("CARGO_PKG_VERSION")),
             dtype: loaded.dtype,
             checkpoint_dtype: loaded.checkpoint_dtype,
@@ -251,6 +264,7 @@ impl Runner {
             ("kv_blocks_total", s.kv_blocks_total.load(Ordering::Relaxed)),
             ("kv_blocks_used", s.kv_blocks_used.load(Ordering::Relaxed)),
             ("kv_block_tokens", BLOCK_SIZE as u64),
+            ("kv_block_bytes", self.kv_block_bytes as u64),
             ("shared_prompts", s.shared_prompts.load(Ordering::Relaxed)),
             ("prefix_cache_hit_tokens", s.prefix_cache_hit_tokens.load(Ordering::Relaxed)),
             ("requests_cancelled", s.requests_cancelled.load(Ordering::Relaxed)),
@@ -292,6 +306,11 @@ impl Runner {
     }
 
     /// The compute dtype: dense weights, activations and the KV cache.
+    /// How the KV cache stores keys and values ("auto" resolved).
+    pub fn kv_cache_dtype(&self) -> &'static str {
+        self.kv_dtype.name()
+    }
+
     pub fn dtype(&self) -> candle_core::DType {
         self.dtype
     }
@@ -534,6 +553,27 @@ fn pin_thread_count() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
         }
     });
+}
+
+/// The KV cache's storage type when the caller leaves it to us ("auto"):
+/// the compute dtype. Rounding cached keys and values to f16 (llama.cpp's
+/// default) moves outputs off the f32 references (first-step logprobs of
+/// the tiny references by more than 1e-3, a knife-edge SmolLM2 answer to
+/// another word, as llama.cpp's own F16 cache does), so narrower caches are
+/// the caller's choice; README, "Long contexts", gives what each costs and buys.
+fn kv_dtype_for(choice: Option<KvDtype>, dtype: candle_core::DType) -> KvDtype {
+    choice.unwrap_or(KvDtype::of(dtype))
+}
+
+/// A KV cache type this model and device can have, or a ValueError saying why not.
+fn check_kv_dtype(kv: KvDtype, device: &candle_core::Device, head_dim: usize, whose: &str) -> Result<()> {
+    kv.check(head_dim).map_err(|e| Error::invalid(format!("{whose}{e}")))?;
+    if kv == KvDtype::Q8_0 && !device.is_cpu() {
+        return Err(Error::invalid(
+            "kv_cache_dtype=\"q8_0\" is read by the CPU attention kernel only; on an accelerator use \"f16\", \"bf16\" or \"f32\"",
+        ));
+    }
+    Ok(())
 }
 
 /// Blocks of the KV cache pool: `mb` megabytes, or by default a quarter of

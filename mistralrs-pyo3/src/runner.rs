@@ -173,7 +173,7 @@ impl Runner {
     #[new]
     #[pyo3(signature = (which, max_seqs=16, no_kv_cache=false, prefix_cache_n=16, token_source="cache",
         speculative_gamma=32, which_draft=None, chat_template=None, num_device_layers=None, in_situ_quant=None,
-        seed=None, device=None, kv_cache_mb=None, dtype=None, tool_call_format=None))]
+        seed=None, device=None, kv_cache_mb=None, dtype=None, tool_call_format=None, kv_cache_dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -192,6 +192,7 @@ impl Runner {
         kv_cache_mb: Option<i64>,
         dtype: Option<String>,
         tool_call_format: Option<String>,
+        kv_cache_dtype: Option<String>,
     ) -> PyResult<Self> {
         let kv_cache_mb = match kv_cache_mb {
             Some(mb) if mb < 1 => return Err(PyValueError::new_err(format!("kv_cache_mb must be at least 1, got {mb}"))),
@@ -230,10 +231,17 @@ impl Runner {
             in_situ_quant: in_situ_quant.as_deref().map(parse_isq).transpose().map_err(to_py)?,
             dtype: dtype_of(dtype.as_deref())?,
         };
+        let kv_cache_dtype = match kv_cache_dtype.as_deref() {
+            None | Some("auto") => None,
+            Some(s) => Some(mistralrs_core::kv_cache::KvDtype::parse(s).ok_or_else(|| {
+                PyValueError::new_err(format!("kv_cache_dtype={s:?}: expected \"auto\", \"f32\", \"f16\", \"bf16\" or \"q8_0\""))
+            })?),
+        };
         let cfg = RunnerConfig {
             max_seqs: max_seqs as usize,
             no_kv_cache,
             kv_cache_mb,
+            kv_cache_dtype,
             prefix_cache_n: prefix_cache_n as usize,
             repeat_last_n: which.repeat_last_n(),
             seed: crate::requests::seed_of(seed)?,
@@ -370,11 +378,18 @@ impl Runner {
         self.inner.tool_call_format().name()
     }
 
-    /// The compute dtype of dense weights, activations and the KV cache:
-    /// "f32", "f16" or "bf16" (quantized weights keep their own types).
+    /// The compute dtype of dense weights and activations: "f32", "f16" or
+    /// "bf16" (quantized weights keep their own types).
     #[getter]
     fn dtype(&self) -> &'static str {
         dtype_name(self.inner.dtype())
+    }
+
+    /// How the KV cache stores keys and values: "f32", "f16", "bf16" or
+    /// "q8_0" (`Runner(kv_cache_dtype=...)`, "auto" resolved).
+    #[getter]
+    fn kv_cache_dtype(&self) -> &'static str {
+        self.inner.kv_cache_dtype()
     }
 
     /// The dtype the checkpoint's config.json names (`torch_dtype`), or None
@@ -387,16 +402,17 @@ impl Runner {
     fn __repr__(&self) -> String {
         let checkpoint = self.inner.checkpoint_dtype().map_or("none", dtype_name);
         format!(
-            "Runner(device='{}', dtype='{}', checkpoint_dtype='{checkpoint}', context_len={})",
+            "Runner(device='{}', dtype='{}', checkpoint_dtype='{checkpoint}', context_len={}, kv_cache_dtype='{}')",
             self.inner.device_name(),
             dtype_name(self.inner.dtype()),
-            self.inner.context_len()
+            self.inner.context_len(),
+            self.inner.kv_cache_dtype()
         )
     }
 
     /// The engine's counters as a dict: steps, sequence_steps, max_batch,
     /// mixed_adapter_steps (steps whose sequences used different adapter
-    /// sets), preemptions, kv_blocks_total/used, kv_block_tokens,
+    /// sets), preemptions, kv_blocks_total/used, kv_block_tokens, kv_block_bytes,
     /// shared_prompts, prefix_cache_hit_tokens, requests_cancelled, the gauges
     /// seqs_running and seqs_waiting (after the last step), and for X-LoRA
     /// xlora_scaling_passes (one per sequence per step that ran the scaling pass).

@@ -615,16 +615,24 @@ class Runner:
         kv_cache_mb: int | None = None,
         dtype: Literal["f32", "f16", "bf16", "auto"] | None = None,
         tool_call_format: Literal["hermes", "llama3_json", "mistral", "generic"] | None = None,
+        kv_cache_dtype: Literal["auto", "f32", "f16", "bf16", "q8_0"] | None = None,
     ) -> None:
         """``device``: ``"cpu"``, ``"cuda:N"`` or ``"metal"`` (default: the accelerator this build was compiled
         for, else the CPU); ValueError when the build lacks it or the device does not exist.
 
-        ``dtype``: the compute dtype of dense weights, activations and the KV cache. Default: f32 on the CPU;
+        ``dtype``: the compute dtype of dense weights and activations. Default: f32 on the CPU;
         on CUDA/Metal the checkpoint's ``torch_dtype`` (plain models) or f32 (GGUF/GGML, whose quantized
         weights run on candle's GPU kernels). See ``Runner.device`` / ``Runner.dtype`` for the choice made.
 
         ``num_device_layers``: ``["ORDINAL:LAYERS", ...]``; ValueError on a build without CUDA or for a device
         that does not exist; splitting layers is not implemented yet (NotImplementedError).
+
+        ``kv_cache_dtype``: how cached keys and values are stored, as llama.cpp's ``--cache-type-k/-v``:
+        "f32", "f16", "bf16" or "q8_0" (blocks of 32 values: one f16 scale and 32 bytes; head sizes that are
+        multiples of 32, CPU only). "auto" or None: the compute dtype (``Runner.dtype``), which keeps outputs
+        equal to the f32 references; "f16" halves the cache and speeds up decoding at long contexts (see
+        README: Long contexts). The attention kernel reads the stored values in place and
+        accumulates in f32; ``kv_cache_mb`` counts the stored bytes. See ``Runner.kv_cache_dtype``.
 
         ``kv_cache_mb``: megabytes of paged KV cache (blocks of 16 tokens) shared by all sequences; by
         default a quarter of the memory available at load (printed). When it runs out, the newest sequences
@@ -673,14 +681,18 @@ class Runner:
     def tool_call_format(self) -> Literal["hermes", "llama3_json", "mistral", "generic"]: ...
     @property
     def dtype(self) -> Literal["f32", "f16", "bf16"]:
-        """The compute dtype (dense weights, activations, KV cache); quantized weights keep their types."""
+        """The compute dtype (dense weights, activations); quantized weights keep their types."""
+    @property
+    def kv_cache_dtype(self) -> Literal["f32", "f16", "bf16", "q8_0"]:
+        """How the KV cache stores keys and values (``Runner(kv_cache_dtype=...)`` with "auto" resolved)."""
     @property
     def checkpoint_dtype(self) -> Literal["f32", "f16", "bf16"] | None:
         """The dtype the checkpoint's config.json names (``torch_dtype``); None for GGUF/GGML files."""
     def stats(self) -> dict[str, int]:
         """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
         different adapter sets), preemptions (sequences whose KV blocks were taken back, to be recomputed),
-        kv_blocks_total / kv_blocks_used (after the last step) / kv_block_tokens, shared_prompts (choices
+        kv_blocks_total / kv_blocks_used (after the last step) / kv_block_tokens / kv_block_bytes (one block
+        over all layers, keys and values, in the cache's storage type), shared_prompts (choices
         that started from another choice's prompt blocks), prefix_cache_hit_tokens, requests_cancelled
         (dropped by their callers before finishing), the gauges seqs_running / seqs_waiting (after the last
         step) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""

@@ -26,7 +26,7 @@ use candle_core::Device;
 use rayon::prelude::*;
 
 use crate::error::{panic_message, Error, Result};
-use crate::kv_cache::{BlockAllocator, BlockTable, KvPool, SideState, StepKv};
+use crate::kv_cache::{BlockAllocator, BlockTable, KvDtype, KvPool, SideState, StepKv};
 use crate::layers::AdapterRows;
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
@@ -76,6 +76,8 @@ pub struct EngineConfig {
     pub max_step_tokens: usize,
     /// Cache blocks in the pool (see `kv_budget`).
     pub kv_blocks: usize,
+    /// How the pool stores keys and values.
+    pub kv_dtype: KvDtype,
     pub no_kv_cache: bool,
     pub repeat_last_n: usize,
     pub default_seed: Option<u64>,
@@ -150,7 +152,7 @@ impl Engine {
             cfg.max_step_tokens = usize::MAX;
         }
         let mc = model.config();
-        let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device, model.dtype())
+        let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device, cfg.kv_dtype)
             .map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
         stats.kv_blocks_total.store(cfg.kv_blocks as u64, Ordering::Relaxed);
         let draft = match draft {
@@ -160,6 +162,7 @@ impl Engine {
                 gamma,
                 cfg.kv_blocks + cfg.max_seqs * (gamma.div_ceil(crate::kv_cache::BLOCK_SIZE) + 1),
                 &device,
+                cfg.kv_dtype,
             )?),
             None => None,
         };

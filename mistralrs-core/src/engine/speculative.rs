@@ -18,7 +18,7 @@ use super::emission::{dead_end, flat_logits, force, grammar_err, StopRules, GRAM
 use super::group::Group;
 use super::sequence::Sequence;
 use crate::error::{Error, Result};
-use crate::kv_cache::{BlockAllocator, BlockTable, KvPool, SideState, StepKv};
+use crate::kv_cache::{BlockAllocator, BlockTable, KvDtype, KvPool, SideState, StepKv};
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
 use crate::tokenizer::TextTokenizer;
@@ -34,9 +34,9 @@ pub struct Draft {
 
 impl Draft {
     /// A draft model with a pool of `blocks` cache blocks.
-    pub fn new(model: Box<dyn CausalLm>, gamma: usize, blocks: usize, device: &Device) -> Result<Self> {
+    pub fn new(model: Box<dyn CausalLm>, gamma: usize, blocks: usize, device: &Device, kv_dtype: KvDtype) -> Result<Self> {
         let dc = model.config();
-        let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, device, model.dtype())
+        let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, device, kv_dtype)
             .map_err(|e| Error::runtime(format!("cannot allocate the draft model's KV cache: {e}")))?;
         Ok(Self { model, kv, alloc: BlockAllocator::new(blocks, 0), gamma })
     }

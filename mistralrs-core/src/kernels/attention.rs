@@ -14,12 +14,16 @@
 //! is (rows, head_dim) however long the prompt, and a long prompt reads its
 //! cache once per tile instead of once per query row. All sequences' tasks
 //! share one parallel loop, so a step of many short decodes fills the threads
-//! as one long prompt does.
+//! as one long prompt does. The cache's storage type (f32, f16, bf16, Q8_0)
+//! is one type parameter of the whole loop (`kv_formats.rs` reads each).
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use half::{bf16, f16};
+
+use super::kv_formats::{Bf16s, F16s, F32s, KvFormat, Q8s};
 use super::out_ptr::OutPtr;
 use crate::kv_cache::BLOCK_SIZE;
 
@@ -43,12 +47,67 @@ pub struct AttnShape {
     pub window: Option<usize>,
 }
 
-/// Keys or values of one layer of the pool, (slots, kv_heads, head_dim),
-/// as one sequence sees them through its block table: its token `j` is in
-/// slot `blocks[j / BLOCK_SIZE] * BLOCK_SIZE + j % BLOCK_SIZE`.
+/// One layer's keys or values as the pool stores them, (slots, kv_heads,
+/// units): floats, or the bytes of Q8_0 blocks.
+#[derive(Debug, Clone, Copy)]
+pub enum KvData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+    Q8_0(&'a [u8]),
+}
+
+impl KvData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(d) => d.len(),
+            Self::F16(d) => d.len(),
+            Self::Bf16(d) => d.len(),
+            Self::Q8_0(d) => d.len(),
+        }
+    }
+
+    /// Storage units per head vector of `dim` values.
+    fn units(&self, dim: usize) -> usize {
+        match self {
+            Self::Q8_0(_) => dim / crate::kv_cache::Q8_0_VALUES * crate::kv_cache::Q8_0_BYTES,
+            _ => dim,
+        }
+    }
+
+    fn same_kind(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// The typed slice of a `KvData` of format `F`, if it is of that format.
+trait Typed: KvFormat {
+    fn slice<'a>(d: &KvData<'a>) -> Option<&'a [Self::Unit]>;
+}
+
+macro_rules! typed {
+    ($f:ty, $variant:ident) => {
+        impl Typed for $f {
+            fn slice<'a>(d: &KvData<'a>) -> Option<&'a [Self::Unit]> {
+                match d {
+                    KvData::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+typed!(F32s, F32);
+typed!(F16s, F16);
+typed!(Bf16s, Bf16);
+typed!(Q8s, Q8_0);
+
+/// Keys or values of one layer of the pool, as one sequence sees them
+/// through its block table: its token `j` is in slot
+/// `blocks[j / BLOCK_SIZE] * BLOCK_SIZE + j % BLOCK_SIZE`.
 #[derive(Debug, Clone, Copy)]
 pub struct KvView<'a> {
-    pub data: &'a [f32],
+    pub data: KvData<'a>,
     pub blocks: &'a [u32],
 }
 
@@ -67,23 +126,42 @@ pub struct SeqAttn<'a> {
 /// `q`: (tokens, heads, head_dim) of the step; `out`: (tokens, heads *
 /// head_dim), each sequence's rows written.
 pub fn attend(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut [f32]) {
-    attend_on(shape, q, seqs, out, simd_ok(shape.head_dim))
+    attend_on(shape, q, seqs, out, super::select::avx2())
 }
 
-/// `attend`, on the SIMD path or the scalar one.
+/// `attend`, on the SIMD path (where the CPU and the head size allow) or the scalar one.
 fn attend_on(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut [f32], simd: bool) {
     let AttnShape { heads, kv_heads, head_dim: dim, .. } = *shape;
     assert!(kv_heads > 0 && heads % kv_heads == 0);
+    let Some(first) = seqs.first() else { return };
+    let kind = first.k.data;
     let row = heads * dim;
     for s in seqs {
         assert!(q.len() >= (s.start + s.len) * row && out.len() >= (s.start + s.len) * row);
         for view in [s.k, s.v] {
+            assert!(view.data.same_kind(&kind), "keys and values of one step in one storage type");
             let blocks = (s.past + s.len).div_ceil(BLOCK_SIZE);
             assert!(view.blocks.len() >= blocks, "block table shorter than the sequence");
             let top = view.blocks[..blocks].iter().max().map_or(0, |&b| b as usize + 1);
-            assert!(view.data.len() >= top * BLOCK_SIZE * kv_heads * dim, "block outside the pool");
+            assert!(view.data.len() >= top * BLOCK_SIZE * kv_heads * view.data.units(dim), "block outside the pool");
         }
     }
+    match kind {
+        KvData::F32(_) => attend_in::<F32s>(shape, q, seqs, out, simd),
+        KvData::F16(_) => attend_in::<F16s>(shape, q, seqs, out, simd),
+        KvData::Bf16(_) => attend_in::<Bf16s>(shape, q, seqs, out, simd),
+        KvData::Q8_0(_) => attend_in::<Q8s>(shape, q, seqs, out, simd),
+    }
+}
+
+fn attend_in<F: Typed>(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut [f32], simd: bool) {
+    let simd = simd && F::simd_dim(shape.head_dim);
+    // Every view is of format F (asserted in `attend_on`).
+    let Some(data) = seqs.iter().map(|s| Some((F::slice(&s.k.data)?, F::slice(&s.v.data)?))).collect::<Option<Vec<_>>>() else {
+        return;
+    };
+    let kv_heads = shape.kv_heads;
+    let heads = shape.heads;
     // Tasks: (sequence, KV head, query tile), flattened.
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
     let mut work = 0;
@@ -102,7 +180,7 @@ fn attend_on(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut [f32], si
         let tokens = QUERY_TILE.min(s.len - first);
         SCRATCH.with(|sc| {
             // SAFETY: tasks write disjoint (token, head) rows of `out`.
-            unsafe { head_tile(shape, q, s, first, tokens, g, out_ptr, &mut sc.borrow_mut(), simd) }
+            unsafe { head_tile::<F>(shape, q, s, data[i], first, tokens, g, out_ptr, &mut sc.borrow_mut(), simd) }
         });
     };
     if work < PARALLEL_MIN_SCORES || tasks.len() == 1 {
@@ -125,9 +203,9 @@ fn visible(pos: usize, window: Option<usize>) -> (usize, usize) {
     (lo, pos + 1)
 }
 
-/// Element offset of token `j`'s vector for KV head offset `g_off` (in elements).
-fn slot(view: &KvView, j: usize, row: usize, g_off: usize) -> usize {
-    (view.blocks[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE) * row + g_off
+/// Unit offset of token `j`'s vector for KV head offset `g_off` (in units).
+fn slot(blocks: &[u32], j: usize, row: usize, g_off: usize) -> usize {
+    (blocks[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE) * row + g_off
 }
 
 /// Tokens `first..first + tokens` of sequence `s`'s new ones, for the query
@@ -141,10 +219,11 @@ fn slot(view: &KvView, j: usize, row: usize, g_off: usize) -> usize {
 /// `out` points at a (tokens, heads * head_dim) buffer whose rows for these
 /// tokens and heads no other thread writes meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn head_tile(
+unsafe fn head_tile<F: Typed>(
     shape: &AttnShape,
     q: &[f32],
     s: &SeqAttn,
+    (k_data, v_data): (&[F::Unit], &[F::Unit]),
     first: usize,
     tokens: usize,
     g: usize,
@@ -154,8 +233,10 @@ unsafe fn head_tile(
 ) {
     let dim = shape.head_dim;
     let group = shape.heads / shape.kv_heads;
-    let row = shape.kv_heads * dim;
-    let g_off = g * dim;
+    // Strides in storage units (a Q8_0 head vector is dim / 32 blocks of 34 bytes).
+    let units = s.k.data.units(dim);
+    let row = shape.kv_heads * units;
+    let g_off = g * units;
     let rows = tokens * group;
     if scratch.len() < rows * (dim + 2) + BLOCK_SIZE {
         scratch.resize(rows * (dim + 2) + BLOCK_SIZE, 0.0);
@@ -171,7 +252,7 @@ unsafe fn head_tile(
     while j0 < hi_all {
         // One block's run of keys, contiguous in the pool for both K and V.
         let j1 = hi_all.min((j0 / BLOCK_SIZE + 1) * BLOCK_SIZE);
-        let (k_at, v_at) = (slot(&s.k, j0, row, g_off), slot(&s.v, j0, row, g_off));
+        let (k_at, v_at) = (slot(s.k.blocks, j0, row, g_off), slot(s.v.blocks, j0, row, g_off));
         for t in 0..tokens {
             let (lo, hi) = visible(s.past + first + t, shape.window);
             let (a, b) = (lo.max(j0), hi.min(j1));
@@ -183,12 +264,12 @@ unsafe fn head_tile(
                 let x = t * group + hh;
                 let qrow = &q[(r * shape.heads + g * group + hh) * dim..][..dim];
                 let sc = &mut p[..b - a];
-                scores_row(qrow, &s.k.data[k_at + (a - j0) * row..], row, dim, shape.scale, sc, simd);
+                F::scores_row(qrow, &k_data[k_at + (a - j0) * row..], row, dim, shape.scale, sc, simd);
                 if let Some(cap) = shape.softcap {
                     sc.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
                 }
                 let o = &mut acc[x * dim..(x + 1) * dim];
-                online_update(sc, &s.v.data[v_at + (a - j0) * row..], row, dim, o, &mut maxes[x], &mut sums[x], simd);
+                online_update::<F>(sc, &v_data[v_at + (a - j0) * row..], row, dim, o, &mut maxes[x], &mut sums[x], simd);
             }
         }
         j0 = j1;
@@ -210,7 +291,7 @@ unsafe fn head_tile(
 /// against `values` (value j's `dim` floats at `j * stride`). The output and
 /// sum so far were relative to the old maximum; a larger one rescales them.
 #[allow(clippy::too_many_arguments)]
-fn online_update(scores: &mut [f32], values: &[f32], stride: usize, dim: usize, o: &mut [f32], max: &mut f32, sum: &mut f32, simd: bool) {
+fn online_update<F: KvFormat>(scores: &mut [f32], values: &[F::Unit], stride: usize, dim: usize, o: &mut [f32], max: &mut f32, sum: &mut f32, simd: bool) {
     let fresh = *max == f32::NEG_INFINITY;
     let m = scores.iter().fold(*max, |m, &x| m.max(x));
     if !fresh && m > *max {
@@ -221,29 +302,7 @@ fn online_update(scores: &mut [f32], values: &[f32], stride: usize, dim: usize, 
     *max = m;
     let block_sum = exp_shifted(scores, m, simd);
     *sum = if fresh { block_sum } else { *sum + block_sum };
-    weighted_values(scores, values, stride, dim, o, !fresh, simd);
-}
-
-fn simd_ok(dim: usize) -> bool {
-    dim.is_multiple_of(8) && super::select::avx2()
-}
-
-/// `scores[j]` = scale · q · key j (`keys`: key j's `dim` floats at `j * stride`).
-fn scores_row(q: &[f32], keys: &[f32], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
-    if scores.is_empty() {
-        return;
-    }
-    assert!(stride >= dim && keys.len() >= (scores.len() - 1) * stride + dim);
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA detected, dim a multiple of 8 (`simd_ok`), keys long enough.
-        unsafe { avx2::scores_row(q, keys, stride, dim, scale, scores) };
-        return;
-    }
-    let _ = simd;
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = scale * q.iter().zip(&keys[j * stride..j * stride + dim]).map(|(a, b)| a * b).sum::<f32>();
-    }
+    F::weighted_values(scores, values, stride, dim, o, !fresh, simd);
 }
 
 /// In place s = exp(s - max); returns Σ s.
@@ -262,73 +321,9 @@ fn exp_shifted(s: &mut [f32], max: f32, simd: bool) -> f32 {
     sum
 }
 
-/// `out` (+)= Σ_j p[j] · value j (`values`: value j's `dim` floats at
-/// `j * stride`); `add` keeps what `out` holds, else it is overwritten.
-#[allow(clippy::too_many_arguments)]
-fn weighted_values(p: &[f32], values: &[f32], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool) {
-    assert!(!p.is_empty() && stride >= dim && values.len() >= (p.len() - 1) * stride + dim && out.len() == dim);
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA detected, dim a multiple of 8, values long enough.
-        unsafe { avx2::weighted_values(p, values, stride, dim, out, add) };
-        return;
-    }
-    let _ = simd;
-    if !add {
-        out.fill(0.0);
-    }
-    for (j, &pj) in p.iter().enumerate() {
-        for (o, x) in out.iter_mut().zip(&values[j * stride..j * stride + dim]) {
-            *o += pj * x;
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-
-    /// Sum of the 8 lanes of each of 8 vectors, as one vector.
-    #[inline(always)]
-    unsafe fn hsum8(a: [__m256; 8]) -> __m256 {
-        let t0 = _mm256_hadd_ps(a[0], a[1]);
-        let t1 = _mm256_hadd_ps(a[2], a[3]);
-        let t2 = _mm256_hadd_ps(a[4], a[5]);
-        let t3 = _mm256_hadd_ps(a[6], a[7]);
-        let u0 = _mm256_hadd_ps(t0, t1);
-        let u1 = _mm256_hadd_ps(t2, t3);
-        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores_row(q: &[f32], keys: &[f32], stride: usize, dim: usize, scale: f32, scores: &mut [f32]) {
-        let n = scores.len();
-        let base = keys.as_ptr();
-        let qp = q.as_ptr();
-        let sc = _mm256_set1_ps(scale);
-        let mut j = 0;
-        // Eight keys at a time: eight dot products reduced into one vector.
-        while j + 8 <= n {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..dim).step_by(8) {
-                let qc = _mm256_loadu_ps(qp.add(c));
-                for (kk, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(base.add((j + kk) * stride + c)), *a);
-                }
-            }
-            _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), sc));
-            j += 8;
-        }
-        for (jj, s) in scores.iter_mut().enumerate().skip(j) {
-            let mut a = _mm256_setzero_ps();
-            for c in (0..dim).step_by(8) {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(base.add(jj * stride + c)), a);
-            }
-            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            *s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
-        }
-    }
 
     /// e^x for 8 lanes: 2^n · e^r with r = x - n·ln2 in [-ln2/2, ln2/2] and a
     /// degree-6 polynomial (Cephes' expf coefficients, within 2 ulp of expf);
@@ -370,32 +365,6 @@ mod avx2 {
         total
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_values(p: &[f32], values: &[f32], stride: usize, dim: usize, out: &mut [f32], add: bool) {
-        let base = values.as_ptr();
-        // Up to 64 output dims in registers at a time.
-        let mut c0 = 0;
-        while c0 < dim {
-            let width = (dim - c0).min(64) / 8;
-            let mut acc = [_mm256_setzero_ps(); 8];
-            if add {
-                for (c, a) in acc.iter_mut().enumerate().take(width) {
-                    *a = _mm256_loadu_ps(out.as_ptr().add(c0 + 8 * c));
-                }
-            }
-            for (j, &pj) in p.iter().enumerate() {
-                let w = _mm256_set1_ps(pj);
-                let row = base.add(j * stride + c0);
-                for (c, a) in acc.iter_mut().enumerate().take(width) {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * c)), *a);
-                }
-            }
-            for (c, a) in acc.iter().enumerate().take(width) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * c), *a);
-            }
-            c0 += 8 * width;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -459,11 +428,41 @@ mod tests {
             let order: Vec<u32> = (0..total as u32).map(|i| (i * 7 + 3) % total as u32).collect();
             let (blocks_a, blocks_b) = (order[..n_a].to_vec(), order[n_a..n_a + n_b].to_vec());
             let row = kv_heads * dim;
-            let k = data(total * BLOCK_SIZE * row, 2);
-            let v = data(total * BLOCK_SIZE * row, 3);
+            let (k_raw, v_raw) = (data(total * BLOCK_SIZE * row, 2), data(total * BLOCK_SIZE * row, 3));
             let at = |blocks: &[u32], g: usize, j: usize| (blocks[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE) * row + g * dim;
-            // Sequence b decodes its 20th token; sequence a is the case, after it.
             let q = data((1 + t) * heads * dim, 1);
+            // Every storage type: the kernel against the definition over the values it stores.
+            let (k16, v16) = (k_raw.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>(), v_raw.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>());
+            let (kb, vb) = (k_raw.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>(), v_raw.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>());
+            let q8 = |x: &[f32]| {
+                let mut b = vec![0u8; x.len() / 32 * 34];
+                crate::kv_cache::quantize_q8_0(x, &mut b);
+                b
+            };
+            let (k8, v8) = if dim % 32 == 0 { (q8(&k_raw), q8(&v_raw)) } else { (Vec::new(), Vec::new()) };
+            let widened = |d: &KvData| -> Vec<f32> {
+                match d {
+                    KvData::F32(x) => x.to_vec(),
+                    KvData::F16(x) => x.iter().map(|v| v.to_f32()).collect(),
+                    KvData::Bf16(x) => x.iter().map(|v| v.to_f32()).collect(),
+                    KvData::Q8_0(x) => {
+                        let mut w = vec![0f32; x.len() / 34 * 32];
+                        crate::kv_cache::dequantize_q8_0(x, &mut w);
+                        w
+                    }
+                }
+            };
+            let mut formats = vec![
+                ("f32", KvData::F32(&k_raw), KvData::F32(&v_raw)),
+                ("f16", KvData::F16(&k16), KvData::F16(&v16)),
+                ("bf16", KvData::Bf16(&kb), KvData::Bf16(&vb)),
+            ];
+            if dim % 32 == 0 {
+                formats.push(("q8_0", KvData::Q8_0(&k8), KvData::Q8_0(&v8)));
+            }
+            for (name, kd, vd) in formats {
+            let (k, v) = (widened(&kd), widened(&vd));
+            // Sequence b decodes its 20th token; sequence a is the case, after it.
             let want_b = reference(&shape, &q[..heads * dim], 1, 19, |g, j| {
                 let o = at(&blocks_b, g, j);
                 (&k[o..o + dim], &v[o..o + dim])
@@ -476,13 +475,14 @@ mod tests {
                 let mut got = vec![0f32; (1 + t) * heads * dim];
                 let view = |d, b| KvView { data: d, blocks: b };
                 let seqs = [
-                    SeqAttn { start: 0, len: 1, past: 19, k: view(&k, &blocks_b), v: view(&v, &blocks_b) },
-                    SeqAttn { start: 1, len: t, past, k: view(&k, &blocks_a), v: view(&v, &blocks_a) },
+                    SeqAttn { start: 0, len: 1, past: 19, k: view(kd, &blocks_b), v: view(vd, &blocks_b) },
+                    SeqAttn { start: 1, len: t, past, k: view(kd, &blocks_a), v: view(vd, &blocks_a) },
                 ];
-                attend_on(&shape, &q, &seqs, &mut got, simd && simd_ok(dim));
+                attend_on(&shape, &q, &seqs, &mut got, simd && crate::kernels::select::avx2());
                 let want: Vec<f32> = want_b.iter().chain(&want_a).copied().collect();
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(err < 2e-5, "{heads}/{kv_heads} heads, dim {dim}, t {t}, past {past}, simd {simd}: {err}");
+                assert!(err < 2e-5, "{heads}/{kv_heads} heads, dim {dim}, t {t}, past {past}, simd {simd}, {name}: {err}");
+            }
             }
         }
     }

@@ -5,10 +5,11 @@
 //! (`stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `block_matrix.rs`:
 //! the one trait `Linear` sees the matrix kernels through, `panel_product.rs`);
 //! the kernels (`legacy_panels.rs`, `legacy_quant.rs`, `kquant_panels.rs`,
-//! `attention.rs`); `dispatch.rs` (which kernel takes a weight type) and
+//! `kv_formats.rs`, `attention.rs`); `dispatch.rs` (which kernel takes a weight type) and
 //! `report.rs`. No file imports one above it (`scripts/module_graph.py`).
 
 pub mod attention;
+pub mod kv_formats;
 pub mod block_matrix;
 pub mod dispatch;
 mod legacy_blocks;

@@ -5,11 +5,13 @@
 //! cached or evicted is the engine's business.
 
 mod blocks;
+mod dtype;
 mod pool;
 mod side_state;
 mod step;
 
 pub use blocks::{block_hash, BlockAllocator, BlockTable, BLOCK_SIZE};
+pub use dtype::{dequantize_q8_0, quantize_q8_0, KvDtype, Q8_0_BYTES, Q8_0_VALUES};
 pub use pool::KvPool;
 pub use side_state::SideState;
 pub use step::StepKv;

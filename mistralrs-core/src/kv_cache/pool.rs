@@ -1,31 +1,37 @@
 //! The memory of the KV cache: per cache layer, one key and one value
-//! tensor of (blocks × BLOCK_SIZE slots, kv_heads, head_dim) in the compute
-//! dtype, allocated once at load for the whole budget. On the CPU the zeroed buffers are only
+//! tensor of (blocks × BLOCK_SIZE slots, kv_heads, units) in the cache's
+//! storage type (`KvDtype`: floats, or the bytes of Q8_0 blocks), allocated
+//! once at load for the whole budget. On the CPU the zeroed buffers are only
 //! backed by memory as blocks are first written, lowest ids first.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, WithDType};
 
 use super::blocks::{BlockTable, BLOCK_SIZE};
+use super::dtype::{dequantize_q8_0, quantize_q8_0, KvDtype};
 
 pub struct KvPool {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
+    dtype: KvDtype,
+    kv_heads: usize,
+    head_dim: usize,
 }
 
-/// `n` zeroed f32s whose pages the kernel backs only when first written,
+/// `n` zeroed values whose pages the kernel backs only when first written,
 /// or an error where `Tensor::zeros` would abort the process: the address
 /// space can be smaller than the memory the budget was sized from (an
 /// `RLIMIT_AS`, a container's limit).
-fn zeroed(n: usize) -> Result<Vec<f32>> {
+fn zeroed<T: WithDType>(n: usize) -> Result<Vec<T>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(n).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     // SAFETY: the layout has a non-zero size; all-zero bytes are a valid
-    // f32 (0.0); the Vec takes the buffer with the layout the global
-    // allocator gave it (length = capacity = n), as `Vec` itself would.
+    // value of every storage type (0.0, or a zero byte); the Vec takes the
+    // buffer with the layout the global allocator gave it (length =
+    // capacity = n), as `Vec` itself would.
     unsafe {
-        let p = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
         if p.is_null() {
             return Err(candle_core::Error::Msg(format!("cannot allocate {} MB", layout.size() >> 20)));
         }
@@ -33,39 +39,62 @@ fn zeroed(n: usize) -> Result<Vec<f32>> {
     }
 }
 
+fn zeroed_tensor(dtype: DType, n: usize, shape: (usize, usize, usize), device: &Device) -> Result<Tensor> {
+    match (device, dtype) {
+        (Device::Cpu, DType::F32) => Tensor::from_vec(zeroed::<f32>(n)?, shape, device),
+        (Device::Cpu, DType::F16) => Tensor::from_vec(zeroed::<half::f16>(n)?, shape, device),
+        (Device::Cpu, DType::BF16) => Tensor::from_vec(zeroed::<half::bf16>(n)?, shape, device),
+        (Device::Cpu, DType::U8) => Tensor::from_vec(zeroed::<u8>(n)?, shape, device),
+        _ => Tensor::zeros(shape, dtype, device),
+    }
+}
+
 impl KvPool {
     /// Bytes one block takes over all `layers`, keys and values.
-    pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize, dtype: DType) -> usize {
-        2 * layers * BLOCK_SIZE * kv_heads * head_dim * dtype.size_in_bytes()
+    pub fn block_bytes(layers: usize, kv_heads: usize, head_dim: usize, dtype: KvDtype) -> usize {
+        2 * layers * BLOCK_SIZE * kv_heads * dtype.head_bytes(head_dim)
     }
 
-    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, device: &Device, dtype: DType) -> Result<Self> {
-        let shape = (blocks * BLOCK_SIZE, kv_heads, head_dim);
+    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, device: &Device, dtype: KvDtype) -> Result<Self> {
+        dtype.check(head_dim).map_err(candle_core::Error::Msg)?;
+        if dtype == KvDtype::Q8_0 && !device.is_cpu() {
+            candle_core::bail!("kv_cache_dtype=\"q8_0\" is stored and read by the CPU kernels only; on this device use \"f16\", \"bf16\" or \"f32\"");
+        }
+        let units = dtype.units(head_dim);
+        let shape = (blocks * BLOCK_SIZE, kv_heads, units);
         let elems = blocks
-            .checked_mul(BLOCK_SIZE * kv_heads * head_dim)
+            .checked_mul(BLOCK_SIZE * kv_heads * units)
             .ok_or_else(|| candle_core::Error::Msg(format!("a KV cache of {blocks} blocks overflows")))?;
-        let alloc = || {
-            (0..layers)
-                .map(|_| match (device, dtype) {
-                    (Device::Cpu, DType::F32) => Tensor::from_vec(zeroed(elems)?, shape, device),
-                    _ => Tensor::zeros(shape, dtype, device),
-                })
-                .collect::<Result<Vec<_>>>()
-        };
-        Ok(Self { k: alloc()?, v: alloc()? })
+        let alloc = || (0..layers).map(|_| zeroed_tensor(dtype.storage(), elems, shape, device)).collect::<Result<Vec<_>>>();
+        Ok(Self { k: alloc()?, v: alloc()?, dtype, kv_heads, head_dim })
     }
 
-    /// Layer `layer`'s keys and values, (slots, kv_heads, head_dim).
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
+    }
+
+    /// Layer `layer`'s keys and values, (slots, kv_heads, units).
     pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         (&self.k[layer], &self.v[layer])
+    }
+
+    /// `x` ((t, kv_heads, head_dim), any float dtype) in the storage type.
+    fn stored(&self, x: &Tensor) -> Result<Tensor> {
+        if self.dtype != KvDtype::Q8_0 {
+            return x.to_dtype(self.dtype.storage())?.contiguous();
+        }
+        let t = x.dims3()?.0;
+        let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut bytes = vec![0u8; t * self.kv_heads * self.dtype.units(self.head_dim)];
+        quantize_q8_0(&values, &mut bytes);
+        Tensor::from_vec(bytes, (t, self.kv_heads, self.dtype.units(self.head_dim)), x.device())
     }
 
     /// Stores `k`, `v` ((t, kv_heads, head_dim)) as the tokens at positions
     /// `past..past + t` of `table`, whose blocks must already be allocated.
     pub fn write(&self, layer: usize, table: &BlockTable, past: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let t = k.dims3()?.0;
-        let dtype = self.k[layer].dtype();
-        let (k, v) = (k.to_dtype(dtype)?.contiguous()?, v.to_dtype(dtype)?.contiguous()?);
+        let (k, v) = (self.stored(k)?, self.stored(v)?);
         // One copy per run of the new tokens that falls in one block.
         let mut i = 0;
         while i < t {
@@ -80,11 +109,23 @@ impl KvPool {
     }
 
     /// Layer `layer`'s first `n` tokens of `table`, (kv_heads, n, head_dim)
-    /// each, gathered into new tensors (for attention as tensor ops).
+    /// each, gathered into new tensors (for attention as tensor ops), in
+    /// the stored float type, or f32 for Q8_0.
     pub fn gather(&self, layer: usize, table: &BlockTable, n: usize) -> Result<(Tensor, Tensor)> {
         let slots: Vec<u32> = (0..n).map(|i| table.slot(i) as u32).collect();
         let ids = Tensor::from_vec(slots, n, self.k[layer].device())?;
-        let take = |t: &Tensor| t.index_select(&ids, 0)?.transpose(0, 1)?.contiguous();
+        let take = |t: &Tensor| {
+            let rows = t.index_select(&ids, 0)?;
+            let rows = if self.dtype == KvDtype::Q8_0 {
+                let bytes = rows.flatten_all()?.to_vec1::<u8>()?;
+                let mut values = vec![0f32; n * self.kv_heads * self.head_dim];
+                dequantize_q8_0(&bytes, &mut values);
+                Tensor::from_vec(values, (n, self.kv_heads, self.head_dim), t.device())?
+            } else {
+                rows
+            };
+            rows.transpose(0, 1)?.contiguous()
+        };
         Ok((take(&self.k[layer])?, take(&self.v[layer])?))
     }
 

@@ -11,7 +11,7 @@ use super::mask::causal_mask;
 use super::norm::RmsNorm;
 use super::rotary::Rotary;
 use super::step::{cpu_kernels, AttnView, StepContext};
-use crate::kernels::attention::{attend, AttnShape, KvView, SeqAttn};
+use crate::kernels::attention::{attend, AttnShape, KvData, KvView, SeqAttn};
 use crate::kv_cache::StepKv;
 
 /// Q, K and V projections: three matrices, or one (phi3, some phi2 files)
@@ -147,8 +147,8 @@ impl SelfAttention {
         let (k_pool, v_pool) = kv.layer(layer);
         let (k_store, k_layout) = k_pool.storage_and_layout();
         let (v_store, v_layout) = v_pool.storage_and_layout();
-        let k_data = &cpu_f32(&k_store)?[k_layout.start_offset()..];
-        let v_data = &cpu_f32(&v_store)?[v_layout.start_offset()..];
+        let k_data = kv_data(&k_store, k_layout.start_offset())?;
+        let v_data = kv_data(&v_store, v_layout.start_offset())?;
         let seqs: Vec<SeqAttn> = ctx
             .batch
             .slots
@@ -174,6 +174,20 @@ fn cpu_f32(s: &Storage) -> Result<&[f32]> {
         Storage::Cpu(c) => c.as_slice::<f32>(),
         _ => candle_core::bail!("attention kernel: tensor not on the CPU"),
     }
+}
+
+/// A pool layer's storage, from `offset`, as the kernel reads it (its
+/// dtype says which of the cache's storage types it is).
+fn kv_data(s: &Storage, offset: usize) -> Result<KvData<'_>> {
+    let Storage::Cpu(c) = s else { candle_core::bail!("attention kernel: KV cache not on the CPU") };
+    use candle_core::CpuStorage as C;
+    Ok(match c {
+        C::F32(d) => KvData::F32(&d[offset..]),
+        C::F16(d) => KvData::F16(&d[offset..]),
+        C::BF16(d) => KvData::Bf16(&d[offset..]),
+        C::U8(d) => KvData::Q8_0(&d[offset..]),
+        _ => candle_core::bail!("attention kernel: no kernel reads a KV cache of this storage type"),
+    })
 }
 
 /// `q`: (heads, q_len, head_dim); `k`, `v`: (kv_heads, kv_len, head_dim);
@@ -239,7 +253,7 @@ mod tests {
     /// both reading keys and values written through the pool into scattered blocks.
     #[test]
     fn kernel_matches_tensor_ops() {
-        use crate::kv_cache::{BlockTable, KvPool, BLOCK_SIZE};
+        use crate::kv_cache::{BlockTable, KvDtype, KvPool, BLOCK_SIZE};
         let dev = Device::Cpu;
         for (heads, kv_heads, dim, t, past, window, softcap) in [
             (9, 3, 64, 30, 0, None, None),
@@ -255,30 +269,39 @@ mod tests {
             let want = grouped_attention(&q, &k, &v, mask.as_ref(), scale, softcap).unwrap();
 
             let n = (past + t).div_ceil(BLOCK_SIZE);
-            let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev, DType::F32).unwrap();
-            let table = BlockTable { blocks: (0..n as u32).map(|b| 2 * n as u32 - 2 * b).collect() };
-            let (kt, vt) = (k.transpose(0, 1).unwrap(), v.transpose(0, 1).unwrap());
-            // The history in two writes, as a cached past and a step's new tokens.
-            for (from, len) in [(0, past), (past, t)] {
-                if len > 0 {
-                    pool.write(0, &table, from, &kt.narrow(0, from, len).unwrap(), &vt.narrow(0, from, len).unwrap()).unwrap();
-                }
-            }
-            let (kg, vg) = pool.gather(0, &table, past + t).unwrap();
-            let gathered = grouped_attention(&q, &kg, &vg, mask.as_ref(), scale, softcap).unwrap();
-
             let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: scale as f32, softcap: softcap.map(|c| c as f32), window };
             let qv = q.transpose(0, 1).unwrap().contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (kp, vp) = pool.layer(0);
-            let kd = kp.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let vd = vp.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let mut out = vec![0f32; t * heads * dim];
-            let view = |d| KvView { data: d, blocks: &table.blocks };
-            attend(&shape, &qv, &[SeqAttn { start: 0, len: t, past, k: view(&kd), v: view(&vd) }], &mut out);
-            let got = Tensor::from_vec(out, (t, heads * dim), &dev).unwrap();
-            for (what, x) in [("kernel", got), ("gathered", gathered)] {
-                let diff = (x - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-4, "{what}: {heads}/{kv_heads} t {t} past {past}: {diff}");
+            // Every storage type: the kernel reading the pool in place and the
+            // tensor ops over what `gather` widens agree on the stored values;
+            // against the f32 history, a narrower type costs its own rounding only.
+            for (dtype, bound) in [(KvDtype::F32, 1e-4f32), (KvDtype::F16, 0.05), (KvDtype::BF16, 0.5), (KvDtype::Q8_0, 0.5)] {
+                let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev, dtype).unwrap();
+                let table = BlockTable { blocks: (0..n as u32).map(|b| 2 * n as u32 - 2 * b).collect() };
+                let (kt, vt) = (k.transpose(0, 1).unwrap(), v.transpose(0, 1).unwrap());
+                // The history in two writes, as a cached past and a step's new tokens.
+                for (from, len) in [(0, past), (past, t)] {
+                    if len > 0 {
+                        pool.write(0, &table, from, &kt.narrow(0, from, len).unwrap(), &vt.narrow(0, from, len).unwrap()).unwrap();
+                    }
+                }
+                let (kg, vg) = pool.gather(0, &table, past + t).unwrap();
+                let (kg, vg) = (kg.to_dtype(DType::F32).unwrap(), vg.to_dtype(DType::F32).unwrap());
+                let gathered = grouped_attention(&q, &kg, &vg, mask.as_ref(), scale, softcap).unwrap();
+
+                let (kp, vp) = pool.layer(0);
+                let (ks, _) = kp.storage_and_layout();
+                let (vs, _) = vp.storage_and_layout();
+                let mut out = vec![0f32; t * heads * dim];
+                let view = |d| KvView { data: d, blocks: &table.blocks };
+                let seq = SeqAttn { start: 0, len: t, past, k: view(kv_data(&ks, 0).unwrap()), v: view(kv_data(&vs, 0).unwrap()) };
+                attend(&shape, &qv, &[seq], &mut out);
+                drop((ks, vs));
+                let got = Tensor::from_vec(out, (t, heads * dim), &dev).unwrap();
+                let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let same = max_diff(&got, &gathered);
+                assert!(same < 1e-4, "{dtype:?}: kernel vs gathered, {heads}/{kv_heads} t {t} past {past}: {same}");
+                let off = max_diff(&got, &want);
+                assert!(off < bound, "{dtype:?}: vs the f32 history, {heads}/{kv_heads} t {t} past {past}: {off}");
             }
         }
     }

@@ -66,6 +66,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="RNG seed of requests that give none")
     r.add_argument("--device", help='"cpu", "cuda:N" or "metal" (default: the build\'s accelerator, else cpu)')
     r.add_argument("--kv-cache-mb", type=int, help="paged KV cache budget in MB (default: a quarter of free memory)")
+    r.add_argument("--kv-cache-dtype", choices=["auto", "f32", "f16", "bf16", "q8_0"], default="auto",
+                   help="how cached keys and values are stored, as llama.cpp's --cache-type-k/-v (auto: the "
+                        "compute dtype; f16 or q8_0 for long contexts)")
     r.add_argument("--draft-gguf", metavar="FILE", help="speculative decoding: a draft GGUF model (same tokenizer)")
     r.add_argument("--draft-model-id", metavar="ID", help="speculative decoding: a draft safetensors model (--arch)")
     r.add_argument("--speculative-gamma", type=int, default=32, help="draft tokens proposed per step (32)")
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             seed=args.seed,
             device=args.device,
             kv_cache_mb=args.kv_cache_mb,
+            kv_cache_dtype=args.kv_cache_dtype,
             tool_call_format=args.tool_call_parser,
         )
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:

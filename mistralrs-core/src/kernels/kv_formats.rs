@@ -1,0 +1,429 @@
+//! The two products attention takes with the cached keys and values, for
+//! every way the cache stores them (`KvDtype`): query · key for a run of
+//! keys, and Σ p_j · value_j for a run of values. Stored values are widened
+//! to f32 in registers as they are read (F16C for f16, a shift for bf16, a
+//! sign extension times the block's scale for Q8_0) and everything is
+//! accumulated in f32, so a narrower cache costs no precision beyond its
+//! own rounding and reads fewer bytes per cached token.
+//!
+//! A run is `n` vectors of `dim` values, vector j at unit `j * stride` (a
+//! unit being one stored element: a float, or a byte of Q8_0 blocks).
+
+use half::{bf16, f16};
+
+use crate::kv_cache::{Q8_0_BYTES, Q8_0_VALUES};
+
+/// A storage type of the cache, as the attention kernel reads it.
+pub trait KvFormat {
+    type Unit: Copy + Sync;
+    /// Whether the SIMD bodies can take vectors of `dim` values.
+    fn simd_dim(dim: usize) -> bool;
+    /// `scores[j]` = scale · q · key j.
+    fn scores_row(q: &[f32], keys: &[Self::Unit], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool);
+    /// `out` (+)= Σ_j p[j] · value j; `add` keeps what `out` holds, else it is overwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn weighted_values(p: &[f32], values: &[Self::Unit], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool);
+}
+
+pub struct F32s;
+pub struct F16s;
+pub struct Bf16s;
+pub struct Q8s;
+
+/// The float formats: one stored element per value.
+pub(crate) trait Widen: Copy + Sync {
+    fn widen(self) -> f32;
+    #[cfg(target_arch = "x86_64")]
+    /// Eight stored values from `p`, as f32 lanes.
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Widen for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Widen for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl Widen for bf16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // A bf16 is the high half of an f32.
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
+    }
+}
+
+fn check_run(n: usize, len: usize, stride: usize, width: usize) {
+    assert!(stride >= width && (n == 0 || len >= (n - 1) * stride + width), "run outside its buffer");
+}
+
+fn float_scores<T: Widen>(q: &[f32], keys: &[T], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
+    if scores.is_empty() {
+        return;
+    }
+    check_run(scores.len(), keys.len(), stride, dim);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA+F16C detected, dim a multiple of 8 (`simd_dim`), keys long enough.
+        unsafe { avx2::scores_row(q, keys, stride, dim, scale, scores) };
+        return;
+    }
+    let _ = simd;
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = scale * q.iter().zip(&keys[j * stride..j * stride + dim]).map(|(a, b)| a * b.widen()).sum::<f32>();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn float_weighted<T: Widen>(p: &[f32], values: &[T], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool) {
+    assert!(!p.is_empty() && out.len() == dim);
+    check_run(p.len(), values.len(), stride, dim);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA+F16C detected, dim a multiple of 8, values long enough.
+        unsafe { avx2::weighted_values(p, values, stride, dim, out, add) };
+        return;
+    }
+    let _ = simd;
+    if !add {
+        out.fill(0.0);
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, x) in out.iter_mut().zip(&values[j * stride..j * stride + dim]) {
+            *o += pj * x.widen();
+        }
+    }
+}
+
+macro_rules! float_format {
+    ($name:ident, $t:ty) => {
+        impl KvFormat for $name {
+            type Unit = $t;
+            fn simd_dim(dim: usize) -> bool {
+                dim.is_multiple_of(8)
+            }
+            fn scores_row(q: &[f32], keys: &[$t], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
+                float_scores(q, keys, stride, dim, scale, scores, simd)
+            }
+            fn weighted_values(p: &[f32], values: &[$t], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool) {
+                float_weighted(p, values, stride, dim, out, add, simd)
+            }
+        }
+    };
+}
+
+float_format!(F32s, f32);
+float_format!(F16s, f16);
+float_format!(Bf16s, bf16);
+
+fn q8_scale(block: &[u8]) -> f32 {
+    f16::from_le_bytes([block[0], block[1]]).to_f32()
+}
+
+/// Q8_0: a vector of `dim` values is dim / 32 blocks of 34 bytes.
+impl KvFormat for Q8s {
+    type Unit = u8;
+    fn simd_dim(_dim: usize) -> bool {
+        true
+    }
+
+    fn scores_row(q: &[f32], keys: &[u8], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
+        if scores.is_empty() {
+            return;
+        }
+        let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+        assert!(dim.is_multiple_of(Q8_0_VALUES));
+        check_run(scores.len(), keys.len(), stride, width);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2+FMA+F16C detected; dim a multiple of 32, keys long enough.
+            unsafe { avx2::q8_scores_row(q, keys, stride, dim, scale, scores) };
+            return;
+        }
+        let _ = simd;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let key = &keys[j * stride..j * stride + width];
+            let mut dot = 0f32;
+            for (block, qs) in key.chunks_exact(Q8_0_BYTES).zip(q.chunks_exact(Q8_0_VALUES)) {
+                let part: f32 = qs.iter().zip(&block[2..]).map(|(a, &b)| a * (b as i8) as f32).sum();
+                dot += q8_scale(block) * part;
+            }
+            *s = scale * dot;
+        }
+    }
+
+    fn weighted_values(p: &[f32], values: &[u8], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool) {
+        let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+        assert!(!p.is_empty() && out.len() == dim && dim.is_multiple_of(Q8_0_VALUES));
+        check_run(p.len(), values.len(), stride, width);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2+FMA+F16C detected; dim a multiple of 32, values long enough.
+            unsafe { avx2::q8_weighted_values(p, values, stride, dim, out, add) };
+            return;
+        }
+        let _ = simd;
+        if !add {
+            out.fill(0.0);
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            let value = &values[j * stride..j * stride + width];
+            for (block, os) in value.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(Q8_0_VALUES)) {
+                let w = pj * q8_scale(block);
+                for (o, &b) in os.iter_mut().zip(&block[2..]) {
+                    *o += w * (b as i8) as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::Widen;
+    use crate::kv_cache::{Q8_0_BYTES, Q8_0_VALUES};
+
+    /// Sum of the 8 lanes of each of 8 vectors, as one vector.
+    #[inline(always)]
+    unsafe fn hsum8(a: [__m256; 8]) -> __m256 {
+        let t0 = _mm256_hadd_ps(a[0], a[1]);
+        let t1 = _mm256_hadd_ps(a[2], a[3]);
+        let t2 = _mm256_hadd_ps(a[4], a[5]);
+        let t3 = _mm256_hadd_ps(a[6], a[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(a: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_row<T: Widen>(q: &[f32], keys: &[T], stride: usize, dim: usize, scale: f32, scores: &mut [f32]) {
+        let n = scores.len();
+        let base = keys.as_ptr();
+        let qp = q.as_ptr();
+        let sc = _mm256_set1_ps(scale);
+        let mut j = 0;
+        // Eight keys at a time: eight dot products reduced into one vector.
+        while j + 8 <= n {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..dim).step_by(8) {
+                let qc = _mm256_loadu_ps(qp.add(c));
+                for (kk, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qc, T::load8(base.add((j + kk) * stride + c)), *a);
+                }
+            }
+            _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), sc));
+            j += 8;
+        }
+        for (jj, s) in scores.iter_mut().enumerate().skip(j) {
+            let mut a = _mm256_setzero_ps();
+            for c in (0..dim).step_by(8) {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), T::load8(base.add(jj * stride + c)), a);
+            }
+            *s = hsum(a) * scale;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_values<T: Widen>(p: &[f32], values: &[T], stride: usize, dim: usize, out: &mut [f32], add: bool) {
+        let base = values.as_ptr();
+        // Up to 64 output dims in registers at a time.
+        let mut c0 = 0;
+        while c0 < dim {
+            let width = (dim - c0).min(64) / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            if add {
+                for (c, a) in acc.iter_mut().enumerate().take(width) {
+                    *a = _mm256_loadu_ps(out.as_ptr().add(c0 + 8 * c));
+                }
+            }
+            for (j, &pj) in p.iter().enumerate() {
+                let w = _mm256_set1_ps(pj);
+                let row = base.add(j * stride + c0);
+                for (c, a) in acc.iter_mut().enumerate().take(width) {
+                    *a = _mm256_fmadd_ps(w, T::load8(row.add(8 * c)), *a);
+                }
+            }
+            for (c, a) in acc.iter().enumerate().take(width) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * c), *a);
+            }
+            c0 += 8 * width;
+        }
+    }
+
+    /// The f16 scale at the start of a Q8_0 block.
+    #[inline(always)]
+    unsafe fn scale_of(block: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*block, *block.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Eight quants from `p` as f32 lanes.
+    #[inline(always)]
+    unsafe fn quants8(p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    /// q · (the 32 quants of `block`), unscaled.
+    #[inline(always)]
+    unsafe fn block_dot(q: &[__m256; 4], block: *const u8) -> __m256 {
+        let qs = block.add(2);
+        let mut t = _mm256_mul_ps(q[0], quants8(qs));
+        t = _mm256_fmadd_ps(q[1], quants8(qs.add(8)), t);
+        t = _mm256_fmadd_ps(q[2], quants8(qs.add(16)), t);
+        _mm256_fmadd_ps(q[3], quants8(qs.add(24)), t)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_scores_row(q: &[f32], keys: &[u8], stride: usize, dim: usize, scale: f32, scores: &mut [f32]) {
+        let n = scores.len();
+        let base = keys.as_ptr();
+        let qp = q.as_ptr();
+        let blocks = dim / Q8_0_VALUES;
+        let load_q = |b: usize| [0, 8, 16, 24].map(|o| _mm256_loadu_ps(qp.add(b * Q8_0_VALUES + o)));
+        let mut j = 0;
+        while j + 8 <= n {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for b in 0..blocks {
+                let qv = load_q(b);
+                for (kk, a) in acc.iter_mut().enumerate() {
+                    let block = base.add((j + kk) * stride + b * Q8_0_BYTES);
+                    *a = _mm256_fmadd_ps(block_dot(&qv, block), _mm256_set1_ps(scale_of(block)), *a);
+                }
+            }
+            _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale)));
+            j += 8;
+        }
+        for (jj, s) in scores.iter_mut().enumerate().skip(j) {
+            let mut a = _mm256_setzero_ps();
+            for b in 0..blocks {
+                let block = base.add(jj * stride + b * Q8_0_BYTES);
+                a = _mm256_fmadd_ps(block_dot(&load_q(b), block), _mm256_set1_ps(scale_of(block)), a);
+            }
+            *s = hsum(a) * scale;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_weighted_values(p: &[f32], values: &[u8], stride: usize, dim: usize, out: &mut [f32], add: bool) {
+        let base = values.as_ptr();
+        // Two blocks (64 output dims) in registers at a time.
+        let mut b0 = 0;
+        let blocks = dim / Q8_0_VALUES;
+        while b0 < blocks {
+            let nb = (blocks - b0).min(2);
+            let o = out.as_mut_ptr().add(b0 * Q8_0_VALUES);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            if add {
+                for (c, a) in acc.iter_mut().enumerate().take(4 * nb) {
+                    *a = _mm256_loadu_ps(o.add(8 * c));
+                }
+            }
+            for (j, &pj) in p.iter().enumerate() {
+                for bb in 0..nb {
+                    let block = base.add(j * stride + (b0 + bb) * Q8_0_BYTES);
+                    let w = _mm256_set1_ps(pj * scale_of(block));
+                    let qs = block.add(2);
+                    for c in 0..4 {
+                        acc[4 * bb + c] = _mm256_fmadd_ps(w, quants8(qs.add(8 * c)), acc[4 * bb + c]);
+                    }
+                }
+            }
+            for (c, a) in acc.iter().enumerate().take(4 * nb) {
+                _mm256_storeu_ps(o.add(8 * c), *a);
+            }
+            b0 += nb;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::quantize_q8_0;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 500.0 - 2.0).collect()
+    }
+
+    /// Both products of every format against f64 sums over the stored values
+    /// widened one by one, on the scalar and the SIMD path, for runs of
+    /// 1..=19 vectors (the 8-at-a-time body and its remainder) at a stride
+    /// wider than a vector.
+    #[test]
+    fn products_match_the_widened_values() {
+        fn check<F: KvFormat>(dim: usize, stored: &[F::Unit], stride: usize, widened: &[f32]) {
+            let q = data(dim, 9);
+            for n in [1usize, 7, 8, 19] {
+                let want_s: Vec<f64> =
+                    (0..n).map(|j| 0.5 * q.iter().zip(&widened[j * dim..]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()).collect();
+                let p = data(n, 4);
+                let start = data(dim, 5);
+                let want_o: Vec<f64> = (0..dim)
+                    .map(|d| start[d] as f64 + (0..n).map(|j| p[j] as f64 * widened[j * dim + d] as f64).sum::<f64>())
+                    .collect();
+                for simd in [false, crate::kernels::select::avx2() && F::simd_dim(dim)] {
+                    let mut s = vec![0f32; n];
+                    F::scores_row(&q, stored, stride, dim, 0.5, &mut s, simd);
+                    let mut o = start.clone();
+                    F::weighted_values(&p, stored, stride, dim, &mut o, true, simd);
+                    for (a, b) in s.iter().zip(&want_s).chain(o.iter().zip(&want_o)) {
+                        assert!((*a as f64 - b).abs() < 1e-3, "dim {dim}, n {n}, simd {simd}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+        for dim in [32usize, 64, 96, 256] {
+            let n = 19;
+            let raw = data(n * dim, 7);
+            // Vectors at a stride of dim + 8 units (two heads' worth, say).
+            let spread = |w: usize| move |j: usize| j * (w + 8);
+            let f32s: Vec<f32> = (0..n).flat_map(|j| raw[j * dim..(j + 1) * dim].iter().copied().chain([0.0; 8])).collect();
+            check::<F32s>(dim, &f32s, dim + 8, &raw);
+            let f16s: Vec<f16> = f32s.iter().map(|&x| f16::from_f32(x)).collect();
+            let w16: Vec<f32> = raw.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+            check::<F16s>(dim, &f16s, dim + 8, &w16);
+            let bf16s: Vec<bf16> = f32s.iter().map(|&x| bf16::from_f32(x)).collect();
+            let wbf: Vec<f32> = raw.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+            check::<Bf16s>(dim, &bf16s, dim + 8, &wbf);
+            let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+            let at = spread(width);
+            let mut q8 = vec![0u8; at(n)];
+            let mut wq8 = vec![0f32; n * dim];
+            for j in 0..n {
+                quantize_q8_0(&raw[j * dim..(j + 1) * dim], &mut q8[at(j)..at(j) + width]);
+                crate::kv_cache::dequantize_q8_0(&q8[at(j)..at(j) + width], &mut wq8[j * dim..(j + 1) * dim]);
+            }
+            check::<Q8s>(dim, &q8, width + 8, &wq8);
+        }
+    }
+}
