@@ -31,6 +31,10 @@ use crate::kv_cache::BLOCK_SIZE;
 /// while it is in L1 (more rows, more reuse; fewer tasks to spread).
 const QUERY_TILE: usize = 16;
 
+/// Rows of a tile from which a narrow cache's run of keys and values is
+/// widened to f32 once and read from there (below, each row widens as it reads).
+const WIDEN_MIN_ROWS: usize = 4;
+
 /// Score-matrix elements below which a step's attention stays on the calling thread.
 const PARALLEL_MIN_SCORES: usize = 1 << 14;
 
@@ -238,12 +242,18 @@ unsafe fn head_tile<F: Typed>(
     let row = shape.kv_heads * units;
     let g_off = g * units;
     let rows = tokens * group;
-    if scratch.len() < rows * (dim + 2) + BLOCK_SIZE {
-        scratch.resize(rows * (dim + 2) + BLOCK_SIZE, 0.0);
+    // A narrow cache read by many rows (a prompt's tile) is widened to f32
+    // once per run of keys, instead of once per row.
+    let widen = F::NARROW && rows >= WIDEN_MIN_ROWS;
+    let wide = if widen { 2 * BLOCK_SIZE * dim } else { 0 };
+    if scratch.len() < rows * (dim + 2) + BLOCK_SIZE + wide {
+        scratch.resize(rows * (dim + 2) + BLOCK_SIZE + wide, 0.0);
     }
     let (acc, rest) = scratch.split_at_mut(rows * dim);
     let (maxes, rest) = rest.split_at_mut(rows);
-    let (sums, p) = rest.split_at_mut(rows);
+    let (sums, rest) = rest.split_at_mut(rows);
+    let (p, rest) = rest.split_at_mut(BLOCK_SIZE);
+    let (k_wide, v_wide) = rest[..wide].split_at_mut(wide / 2);
     maxes[..rows].fill(f32::NEG_INFINITY);
     // Keys any row of the tile sees: from the first token's window start to the last token.
     let (lo_all, _) = visible(s.past + first, shape.window);
@@ -253,6 +263,10 @@ unsafe fn head_tile<F: Typed>(
         // One block's run of keys, contiguous in the pool for both K and V.
         let j1 = hi_all.min((j0 / BLOCK_SIZE + 1) * BLOCK_SIZE);
         let (k_at, v_at) = (slot(s.k.blocks, j0, row, g_off), slot(s.v.blocks, j0, row, g_off));
+        if widen {
+            F::widen(&k_data[k_at..], row, dim, j1 - j0, k_wide, simd);
+            F::widen(&v_data[v_at..], row, dim, j1 - j0, v_wide, simd);
+        }
         for t in 0..tokens {
             let (lo, hi) = visible(s.past + first + t, shape.window);
             let (a, b) = (lo.max(j0), hi.min(j1));
@@ -264,12 +278,20 @@ unsafe fn head_tile<F: Typed>(
                 let x = t * group + hh;
                 let qrow = &q[(r * shape.heads + g * group + hh) * dim..][..dim];
                 let sc = &mut p[..b - a];
-                F::scores_row(qrow, &k_data[k_at + (a - j0) * row..], row, dim, shape.scale, sc, simd);
+                if widen {
+                    F32s::scores_row(qrow, &k_wide[(a - j0) * dim..], dim, dim, shape.scale, sc, simd);
+                } else {
+                    F::scores_row(qrow, &k_data[k_at + (a - j0) * row..], row, dim, shape.scale, sc, simd);
+                }
                 if let Some(cap) = shape.softcap {
                     sc.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
                 }
-                let o = &mut acc[x * dim..(x + 1) * dim];
-                online_update::<F>(sc, &v_data[v_at + (a - j0) * row..], row, dim, o, &mut maxes[x], &mut sums[x], simd);
+                let (o, m, z) = (&mut acc[x * dim..(x + 1) * dim], &mut maxes[x], &mut sums[x]);
+                if widen {
+                    online_update::<F32s>(sc, &v_wide[(a - j0) * dim..], dim, dim, o, m, z, simd);
+                } else {
+                    online_update::<F>(sc, &v_data[v_at + (a - j0) * row..], row, dim, o, m, z, simd);
+                }
             }
         }
         j0 = j1;

@@ -16,6 +16,10 @@ use crate::kv_cache::{Q8_0_BYTES, Q8_0_VALUES};
 /// A storage type of the cache, as the attention kernel reads it.
 pub trait KvFormat {
     type Unit: Copy + Sync;
+    /// Stored narrower than f32: worth widening once when many rows read the same run.
+    const NARROW: bool;
+    /// `out[j * dim..(j + 1) * dim]` = vector j as f32, for j < n.
+    fn widen(src: &[Self::Unit], stride: usize, dim: usize, n: usize, out: &mut [f32], simd: bool);
     /// Whether the SIMD bodies can take vectors of `dim` values.
     fn simd_dim(dim: usize) -> bool;
     /// `scores[j]` = scale · q · key j.
@@ -78,6 +82,23 @@ fn check_run(n: usize, len: usize, stride: usize, width: usize) {
     assert!(stride >= width && (n == 0 || len >= (n - 1) * stride + width), "run outside its buffer");
 }
 
+fn float_widen<T: Widen>(src: &[T], stride: usize, dim: usize, n: usize, out: &mut [f32], simd: bool) {
+    check_run(n, src.len(), stride, dim);
+    assert!(out.len() >= n * dim);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA+F16C detected, dim a multiple of 8, both buffers long enough.
+        unsafe { avx2::widen(src, stride, dim, n, out) };
+        return;
+    }
+    let _ = simd;
+    for j in 0..n {
+        for (o, x) in out[j * dim..(j + 1) * dim].iter_mut().zip(&src[j * stride..j * stride + dim]) {
+            *o = x.widen();
+        }
+    }
+}
+
 fn float_scores<T: Widen>(q: &[f32], keys: &[T], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
     if scores.is_empty() {
         return;
@@ -117,9 +138,13 @@ fn float_weighted<T: Widen>(p: &[f32], values: &[T], stride: usize, dim: usize, 
 }
 
 macro_rules! float_format {
-    ($name:ident, $t:ty) => {
+    ($name:ident, $t:ty, $narrow:expr) => {
         impl KvFormat for $name {
             type Unit = $t;
+            const NARROW: bool = $narrow;
+            fn widen(src: &[$t], stride: usize, dim: usize, n: usize, out: &mut [f32], simd: bool) {
+                float_widen(src, stride, dim, n, out, simd)
+            }
             fn simd_dim(dim: usize) -> bool {
                 dim.is_multiple_of(8)
             }
@@ -133,9 +158,9 @@ macro_rules! float_format {
     };
 }
 
-float_format!(F32s, f32);
-float_format!(F16s, f16);
-float_format!(Bf16s, bf16);
+float_format!(F32s, f32, false);
+float_format!(F16s, f16, true);
+float_format!(Bf16s, bf16, true);
 
 fn q8_scale(block: &[u8]) -> f32 {
     f16::from_le_bytes([block[0], block[1]]).to_f32()
@@ -144,6 +169,23 @@ fn q8_scale(block: &[u8]) -> f32 {
 /// Q8_0: a vector of `dim` values is dim / 32 blocks of 34 bytes.
 impl KvFormat for Q8s {
     type Unit = u8;
+    const NARROW: bool = true;
+
+    fn widen(src: &[u8], stride: usize, dim: usize, n: usize, out: &mut [f32], simd: bool) {
+        let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+        assert!(dim.is_multiple_of(Q8_0_VALUES) && out.len() >= n * dim);
+        check_run(n, src.len(), stride, width);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2+FMA+F16C detected; dim a multiple of 32, both buffers long enough.
+            unsafe { avx2::q8_widen(src, stride, dim, n, out) };
+            return;
+        }
+        let _ = simd;
+        for j in 0..n {
+            crate::kv_cache::dequantize_q8_0(&src[j * stride..j * stride + width], &mut out[j * dim..(j + 1) * dim]);
+        }
+    }
     fn simd_dim(_dim: usize) -> bool {
         true
     }
@@ -280,6 +322,30 @@ mod avx2 {
         }
     }
 
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen<T: Widen>(src: &[T], stride: usize, dim: usize, n: usize, out: &mut [f32]) {
+        for j in 0..n {
+            let (s, o) = (src.as_ptr().add(j * stride), out.as_mut_ptr().add(j * dim));
+            for c in (0..dim).step_by(8) {
+                _mm256_storeu_ps(o.add(c), T::load8(s.add(c)));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_widen(src: &[u8], stride: usize, dim: usize, n: usize, out: &mut [f32]) {
+        for j in 0..n {
+            for b in 0..dim / Q8_0_VALUES {
+                let block = src.as_ptr().add(j * stride + b * Q8_0_BYTES);
+                let d = _mm256_set1_ps(scale_of(block));
+                let o = out.as_mut_ptr().add(j * dim + b * Q8_0_VALUES);
+                for c in 0..4 {
+                    _mm256_storeu_ps(o.add(8 * c), _mm256_mul_ps(d, quants8(block.add(2 + 8 * c))));
+                }
+            }
+        }
+    }
+
     /// The f16 scale at the start of a Q8_0 block.
     #[inline(always)]
     unsafe fn scale_of(block: *const u8) -> f32 {
@@ -399,6 +465,9 @@ mod tests {
                     for (a, b) in s.iter().zip(&want_s).chain(o.iter().zip(&want_o)) {
                         assert!((*a as f64 - b).abs() < 1e-3, "dim {dim}, n {n}, simd {simd}: {a} vs {b}");
                     }
+                    let mut w = vec![0f32; n * dim];
+                    F::widen(stored, stride, dim, n, &mut w, simd);
+                    assert_eq!(w, widened[..n * dim], "dim {dim}, n {n}, simd {simd}: widened");
                 }
             }
         }
