@@ -263,6 +263,8 @@ impl Runner {
             ("preemptions", s.preemptions.load(Ordering::Relaxed)),
             ("kv_blocks_total", s.kv_blocks_total.load(Ordering::Relaxed)),
             ("kv_blocks_used", s.kv_blocks_used.load(Ordering::Relaxed)),
+            ("kv_blocks_cached", s.kv_blocks_cached.load(Ordering::Relaxed)),
+            ("kv_blocks_resident", s.kv_blocks_resident.load(Ordering::Relaxed)),
             ("kv_block_tokens", BLOCK_SIZE as u64),
             ("kv_block_bytes", self.kv_block_bytes as u64),
             ("shared_prompts", s.shared_prompts.load(Ordering::Relaxed)),

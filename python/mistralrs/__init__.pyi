@@ -691,8 +691,10 @@ class Runner:
     def stats(self) -> dict[str, int]:
         """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
         different adapter sets), preemptions (sequences whose KV blocks were taken back, to be recomputed),
-        kv_blocks_total / kv_blocks_used (after the last step) / kv_block_tokens / kv_block_bytes (one block
-        over all layers, keys and values, in the cache's storage type), shared_prompts (choices
+        kv_blocks_total / kv_blocks_used (held by sequences after the last step) / kv_blocks_cached (kept by
+        the prefix cache, held by none) / kv_blocks_resident (touched so far: the pool's memory in use) /
+        kv_block_tokens / kv_block_bytes (one block over all layers, keys and values, in the cache's storage
+        type; multiply for bytes), shared_prompts (choices
         that started from another choice's prompt blocks), prefix_cache_hit_tokens, requests_cancelled
         (dropped by their callers before finishing), the gauges seqs_running / seqs_waiting (after the last
         step) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""

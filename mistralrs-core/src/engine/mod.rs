@@ -55,6 +55,9 @@ pub struct EngineStats {
     /// Cache blocks in the pool, and those held by sequences after the last step.
     pub kv_blocks_total: AtomicU64,
     pub kv_blocks_used: AtomicU64,
+    /// Cached blocks nobody holds, and blocks whose memory the pool has touched.
+    pub kv_blocks_cached: AtomicU64,
+    pub kv_blocks_resident: AtomicU64,
     /// Sibling choices that started from another choice's prompt blocks instead of their own.
     pub shared_prompts: AtomicU64,
     /// Prompt tokens whose keys and values came from the prefix cache.
@@ -65,6 +68,11 @@ pub struct EngineStats {
     pub seqs_running: AtomicU64,
     pub seqs_waiting: AtomicU64,
 }
+
+/// Below this much touched KV memory the prefix cache grows into untouched
+/// blocks rather than evicting; beyond it, memory follows use
+/// (`BlockAllocator::growing_below`).
+const PREFIX_CACHE_FLOOR_BYTES: usize = 64 << 20;
 
 pub struct EngineConfig {
     pub max_seqs: usize,
@@ -166,7 +174,9 @@ impl Engine {
             )?),
             None => None,
         };
-        let alloc = BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n });
+        let block_bytes = KvPool::block_bytes(model.cache_layers(), mc.num_kv_heads, mc.head_dim, cfg.kv_dtype);
+        let alloc = BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n })
+            .growing_below((PREFIX_CACHE_FLOOR_BYTES / block_bytes.max(1)).max(1));
         Ok(Self {
             draft,
             sched: Scheduler::new(alloc, cfg.max_seqs, cfg.max_step_tokens, cfg.no_kv_cache),
@@ -473,6 +483,8 @@ impl Engine {
         };
         self.sched.retain(keep, self.draft.as_mut().map(|d| &mut d.alloc));
         self.stats.kv_blocks_used.store(self.sched.alloc.used() as u64, Ordering::Relaxed);
+        self.stats.kv_blocks_cached.store(self.sched.alloc.cached() as u64, Ordering::Relaxed);
+        self.stats.kv_blocks_resident.store(self.sched.alloc.resident() as u64, Ordering::Relaxed);
         self.stats.seqs_running.store(self.sched.running.len() as u64, Ordering::Relaxed);
         self.stats.seqs_waiting.store(self.sched.waiting.len() as u64, Ordering::Relaxed);
         let done: Vec<u64> =

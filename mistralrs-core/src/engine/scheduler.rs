@@ -81,7 +81,7 @@ impl Scheduler {
                 sp.proposals = 0;
                 if s.chunk == 1 && generated > 0 {
                     // Never more tokens than max_tokens allows (a step emits up to proposals + 1).
-                    sp.proposals = gamma.min(s.max_new.saturating_sub(generated + 1)).min(budget);
+                    sp.proposals = sp.pace.next(gamma).min(s.max_new.saturating_sub(generated + 1)).min(budget);
                     s.chunk += sp.proposals;
                     budget -= sp.proposals;
                 }

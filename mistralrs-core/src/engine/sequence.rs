@@ -191,6 +191,8 @@ pub struct Speculation {
     /// The grammar as the draft's proposals advance it (a copy: the
     /// sequence's own matcher only ever takes accepted tokens).
     pub grammar: Option<Box<llguidance::Matcher>>,
+    /// How many tokens to propose next, from how the last proposals fared.
+    pub pace: super::speculative::Pace,
 }
 
 impl Speculation {

@@ -42,6 +42,73 @@ impl Draft {
     }
 }
 
+/// The draft stops proposing at a token it gives less than this
+/// probability (llama.cpp's `--draft-p-min` default): the target would
+/// likely reject it, and every proposal costs a draft pass and a row of the
+/// target's step.
+const P_MIN: f32 = 0.75;
+
+/// The most steps a sequence goes without drafting after proposals failed
+/// (the draft then catches up on the skipped tokens in one pass).
+const MAX_BACKOFF: usize = 16;
+
+/// Per sequence, how many tokens the draft proposes next: up to `gamma`,
+/// grown by 2 after a step that kept every proposal and shrunk by 1 after
+/// one that did not (as transformers' assisted generation does); after a
+/// step that kept none (or where the draft was unsure of its first token)
+/// drafting pauses for 1, 2, 4, .. `MAX_BACKOFF` steps, so a draft that
+/// does not match the text (prose for a code model) costs next to nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    limit: usize,
+    skip: usize,
+    backoff: usize,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self { limit: 4, skip: 0, backoff: 0 }
+    }
+}
+
+impl Pace {
+    /// Tokens to propose this step (0 while paused), at most `gamma`.
+    pub fn next(&mut self, gamma: usize) -> usize {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return 0;
+        }
+        self.limit.clamp(1, gamma.max(1))
+    }
+
+    /// `accepted` of `proposed` proposals (proposed > 0) were kept, or the
+    /// draft proposed nothing though asked to (proposed == 0).
+    pub fn update(&mut self, proposed: usize, accepted: usize) {
+        if proposed > 0 && accepted == proposed {
+            self.limit += 2;
+        } else {
+            self.limit = self.limit.saturating_sub(1).max(1);
+        }
+        if accepted == 0 {
+            self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
+            self.skip = self.backoff;
+        } else {
+            self.backoff = 0;
+        }
+    }
+}
+
+/// The probability softmax(`logits`) gives token `t`.
+fn prob_of(logits: &[f32], t: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let Some(&lt) = logits.get(t as usize) else { return 0.0 };
+    if !lt.is_finite() {
+        return 0.0;
+    }
+    let z: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    (lt - max).exp() / z
+}
+
 /// What the acceptance rule makes of one proposed token.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
@@ -133,11 +200,15 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
             let q = &mut sp.dists[sp.drafted];
             s.sampler.distribution(row, &s.tokens, q);
             let d = s.sampler.draw_from(q);
-            let taken = masked && sp.grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
+            // An unsure draft (or a grammar that fails on the draft's side) stops here:
+            // what was proposed so far is verified.
+            let taken = masked && prob_of(row, d) >= P_MIN && sp.grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
             if !taken {
-                // The grammar failed on the draft's side: verify what was proposed so far.
                 s.chunk -= sp.proposals - sp.drafted;
                 sp.proposals = sp.drafted;
+                if sp.drafted == 0 {
+                    sp.pace.update(0, 0);
+                }
                 continue;
             }
             s.tokens.push(d);
@@ -214,6 +285,9 @@ pub fn verify_and_accept(
     seq.computed = base + accepted;
     group.spec_proposed += n;
     group.spec_accepted += accepted;
+    if let Some(sp) = seq.spec.as_mut() {
+        sp.pace.update(n, accepted);
+    }
     let rules = StopRules::of(req, eos);
     let mut piece = String::new();
     for s in emitted {

@@ -38,6 +38,11 @@ const WIDEN_MIN_ROWS: usize = 4;
 /// Score-matrix elements below which a step's attention stays on the calling thread.
 const PARALLEL_MIN_SCORES: usize = 1 << 14;
 
+/// A step with fewer tiles than this many per thread splits its tiles' keys
+/// into parts (flash-decoding), each at least `SPLIT_MIN_KEYS` long.
+const SPLIT_TASKS_PER_THREAD: usize = 8;
+const SPLIT_MIN_KEYS: usize = 256;
+
 /// Head layout and masking of one attention layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -166,32 +171,144 @@ fn attend_in<F: Typed>(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut
     };
     let kv_heads = shape.kv_heads;
     let heads = shape.heads;
+    let dim = shape.head_dim;
+    let group = heads / kv_heads;
     // Tasks: (sequence, KV head, query tile), flattened.
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    let mut tiles: Vec<(usize, usize, usize)> = Vec::new();
     let mut work = 0;
     for (i, s) in seqs.iter().enumerate() {
         for g in 0..kv_heads {
             for tile in 0..s.len.div_ceil(QUERY_TILE) {
-                tasks.push((i, g, tile));
+                tiles.push((i, g, tile));
             }
         }
         work += heads * s.len * (s.past + s.len);
     }
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    let task = |&(i, g, tile): &(usize, usize, usize)| {
+    let parallel = work >= PARALLEL_MIN_SCORES && tiles.len() > 1;
+    // Few tiles over long histories (decoding a long context: one tile per
+    // KV head) would leave threads idle: each such tile's keys are split into
+    // parts that run as tasks of their own, each keeping its own softmax
+    // state, merged afterwards (flash-decoding).
+    let threads = rayon::current_num_threads();
+    let want = if parallel && tiles.len() < SPLIT_TASKS_PER_THREAD * threads {
+        (SPLIT_TASKS_PER_THREAD * threads).div_ceil(tiles.len())
+    } else {
+        1
+    };
+    let mut tasks: Vec<Task> = Vec::with_capacity(tiles.len() * want);
+    let mut merges: Vec<Merge> = Vec::new();
+    let mut partial_len = 0;
+    for &(i, g, tile) in &tiles {
         let s = &seqs[i];
         let first = tile * QUERY_TILE;
         let tokens = QUERY_TILE.min(s.len - first);
+        let (lo, _) = visible(s.past + first, shape.window);
+        let hi = s.past + first + tokens;
+        let parts = want.min((hi - lo) / SPLIT_MIN_KEYS).max(1);
+        if parts == 1 {
+            tasks.push(Task { i, g, first, tokens, keys: (lo, hi), partial: None });
+            continue;
+        }
+        // Parts of whole cache blocks, the first one from the window's start.
+        let step = (hi - lo).div_ceil(parts).next_multiple_of(BLOCK_SIZE);
+        let stride = tokens * group * (dim + 2);
+        let at = partial_len;
+        let mut k0 = lo;
+        let mut n = 0;
+        while k0 < hi {
+            let k1 = hi.min((k0 / BLOCK_SIZE) * BLOCK_SIZE + step);
+            tasks.push(Task { i, g, first, tokens, keys: (k0, k1), partial: Some(at + n * stride) });
+            k0 = k1;
+            n += 1;
+        }
+        partial_len += n * stride;
+        merges.push(Merge { i, g, first, tokens, at, parts: n });
+    }
+    let mut partials = vec![0f32; partial_len];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let part_ptr = OutPtr(partials.as_mut_ptr());
+    let run = |t: &Task| {
+        let sink = match t.partial {
+            Some(at) => Sink::Partial(part_ptr, at),
+            None => Sink::Out(out_ptr),
+        };
         SCRATCH.with(|sc| {
-            // SAFETY: tasks write disjoint (token, head) rows of `out`.
-            unsafe { head_tile::<F>(shape, q, s, data[i], first, tokens, g, out_ptr, &mut sc.borrow_mut(), simd) }
+            // SAFETY: tasks write disjoint (token, head) rows of `out`, or
+            // disjoint stretches of `partials`.
+            unsafe { head_tile::<F>(shape, q, &seqs[t.i], data[t.i], t, sink, &mut sc.borrow_mut(), simd) }
         });
     };
-    if work < PARALLEL_MIN_SCORES || tasks.len() == 1 {
-        tasks.iter().for_each(task);
+    if parallel {
+        tasks.par_iter().for_each(run);
     } else {
-        tasks.par_iter().for_each(task);
+        tasks.iter().for_each(run);
     }
+    for m in &merges {
+        let s = &seqs[m.i];
+        let rows = m.tokens * group;
+        let stride = rows * (dim + 2);
+        for x in 0..rows {
+            let (t, hh) = (x / group, x % group);
+            let o = ((s.start + m.first + t) * heads + m.g * group + hh) * dim;
+            let parts = (0..m.parts).map(|p| {
+                let base = m.at + p * stride;
+                (&partials[base + x * dim..base + (x + 1) * dim], partials[base + rows * dim + x], partials[base + rows * (dim + 1) + x])
+            });
+            merge_rows(parts, &mut out[o..o + dim]);
+        }
+    }
+}
+
+/// Folds the softmax states (unnormalized output, maximum, sum) of the parts
+/// of one row's keys into its output.
+fn merge_rows<'a>(parts: impl Iterator<Item = (&'a [f32], f32, f32)> + Clone, out: &mut [f32]) {
+    let m = parts.clone().fold(f32::NEG_INFINITY, |m, (_, pm, _)| m.max(pm));
+    out.fill(0.0);
+    let mut sum = 0.0;
+    // A part none of whose keys the row sees has no state (max -inf): it adds nothing.
+    for (acc, pm, ps) in parts.filter(|p| p.1 > f32::NEG_INFINITY) {
+        let w = (pm - m).exp();
+        sum += ps * w;
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o += a * w;
+        }
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// A tile whose keys were split: its `parts` softmax states from `at` in the partials.
+#[derive(Debug, Clone, Copy)]
+struct Merge {
+    i: usize,
+    g: usize,
+    first: usize,
+    tokens: usize,
+    at: usize,
+    parts: usize,
+}
+
+/// Where a task's rows go: the step's output, or (a split tile's part) its
+/// softmax state at an offset of the partials: (rows, dim) unnormalized
+/// outputs, then the rows' maxima, then their sums.
+#[derive(Clone, Copy)]
+enum Sink {
+    Out(OutPtr),
+    Partial(OutPtr, usize),
+}
+
+/// One task of a step's attention: a tile of sequence `i`'s query tokens
+/// (`first..first + tokens` of its new ones) against KV head `g`'s keys in
+/// `keys`; with `partial`, its softmax state goes to that offset of the
+/// partials instead of to the output.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    i: usize,
+    g: usize,
+    first: usize,
+    tokens: usize,
+    keys: (usize, usize),
+    partial: Option<usize>,
 }
 
 thread_local! {
@@ -220,21 +337,21 @@ fn slot(blocks: &[u32], j: usize, row: usize, g_off: usize) -> usize {
 /// prompt's length, and the cache is read once per tile, not once per row.
 ///
 /// # Safety
-/// `out` points at a (tokens, heads * head_dim) buffer whose rows for these
-/// tokens and heads no other thread writes meanwhile.
+/// `sink` points at the step's (tokens, heads * head_dim) output, whose rows
+/// for these tokens and heads no other thread writes meanwhile, or at
+/// partials with room for this task's state that no other thread writes.
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_tile<F: Typed>(
     shape: &AttnShape,
     q: &[f32],
     s: &SeqAttn,
     (k_data, v_data): (&[F::Unit], &[F::Unit]),
-    first: usize,
-    tokens: usize,
-    g: usize,
-    out: OutPtr,
+    task: &Task,
+    sink: Sink,
     scratch: &mut Vec<f32>,
     simd: bool,
 ) {
+    let Task { first, tokens, g, keys, .. } = *task;
     let dim = shape.head_dim;
     let group = shape.heads / shape.kv_heads;
     // Strides in storage units (a Q8_0 head vector is dim / 32 blocks of 34 bytes).
@@ -255,10 +372,11 @@ unsafe fn head_tile<F: Typed>(
     let (p, rest) = rest.split_at_mut(BLOCK_SIZE);
     let (k_wide, v_wide) = rest[..wide].split_at_mut(wide / 2);
     maxes[..rows].fill(f32::NEG_INFINITY);
-    // Keys any row of the tile sees: from the first token's window start to the last token.
+    // Keys any row of the tile sees (from the first token's window start to
+    // the last token), of the task's part of them.
     let (lo_all, _) = visible(s.past + first, shape.window);
-    let hi_all = s.past + first + tokens;
-    let mut j0 = lo_all;
+    let hi_all = (s.past + first + tokens).min(keys.1);
+    let mut j0 = lo_all.max(keys.0);
     while j0 < hi_all {
         // One block's run of keys, contiguous in the pool for both K and V.
         let j1 = hi_all.min((j0 / BLOCK_SIZE + 1) * BLOCK_SIZE);
@@ -296,6 +414,14 @@ unsafe fn head_tile<F: Typed>(
         }
         j0 = j1;
     }
+    if let Sink::Partial(to, at) = sink {
+        let to = std::slice::from_raw_parts_mut(to.at(at), rows * (dim + 2));
+        to[..rows * dim].copy_from_slice(&acc[..rows * dim]);
+        to[rows * dim..rows * (dim + 1)].copy_from_slice(&maxes[..rows]);
+        to[rows * (dim + 1)..].copy_from_slice(&sums[..rows]);
+        return;
+    }
+    let Sink::Out(out) = sink else { return };
     for t in 0..tokens {
         let r = s.start + first + t;
         for hh in 0..group {
@@ -442,6 +568,8 @@ mod tests {
             (8, 2, 96, 1, 300, Some(64), None),
             (14, 2, 64, 40, 100, None, None), // split across threads
             (4, 2, 64, 70, 5, Some(20), None), // several query tiles, each window starting mid-block
+            (9, 3, 64, 1, 2000, None, None),    // a long decode: its keys split into parts, merged
+            (4, 2, 64, 3, 3000, Some(1000), Some(4.0)), // split parts of a window
         ] {
             let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), softcap, window };
             let (n_a, n_b) = ((past + t as usize).div_ceil(BLOCK_SIZE), 20usize.div_ceil(BLOCK_SIZE));

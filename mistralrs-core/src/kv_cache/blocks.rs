@@ -15,6 +15,13 @@ pub const BLOCK_SIZE: usize = 16;
 /// pool needs it or more than `prefix_cache_n` released prefixes are kept.
 /// Free blocks are reused lowest id first, so the pool's memory is touched
 /// from its start and a lightly used pool stays mostly unbacked.
+///
+/// Memory follows use: once the pool has touched `grow_below` blocks, a new
+/// block is a free block already touched, else the cached block released
+/// longest ago, and only then an untouched one. So the prefix cache lives in
+/// memory the sequences needed anyway, and the resident part of the pool is
+/// the most blocks held at once (or `grow_below`, whichever is more), not
+/// everything that was ever cached.
 #[derive(Debug)]
 pub struct BlockAllocator {
     refs: Vec<u32>,
@@ -32,6 +39,12 @@ pub struct BlockAllocator {
     prefix_cache_n: usize,
     /// Blocks with a holder.
     held: usize,
+    /// Blocks below this id have been handed out at least once (their memory is backed).
+    touched: u32,
+    /// Untouched blocks come before evicting cached ones only below this many touched.
+    grow_below: usize,
+    /// Cached blocks nobody holds.
+    idle_cached: usize,
 }
 
 impl BlockAllocator {
@@ -46,7 +59,26 @@ impl BlockAllocator {
             listed: vec![0; total],
             prefix_cache_n,
             held: 0,
+            touched: 0,
+            grow_below: total,
+            idle_cached: 0,
         }
+    }
+
+    /// The same pool, growing into untouched blocks before evicting cached
+    /// ones only until `blocks` have been touched (see the type's doc).
+    pub fn growing_below(self, blocks: usize) -> Self {
+        Self { grow_below: blocks, ..self }
+    }
+
+    /// Cached blocks nobody holds (kept for reuse, evictable).
+    pub fn cached(&self) -> usize {
+        self.idle_cached
+    }
+
+    /// Blocks whose memory the pool has touched (the lowest ids, up to the highest handed out).
+    pub fn resident(&self) -> usize {
+        self.touched as usize
     }
 
     pub fn total(&self) -> usize {
@@ -63,22 +95,40 @@ impl BlockAllocator {
         self.held
     }
 
-    /// A block with one reference, or None when the pool is exhausted. A
-    /// free block is taken first, else the cached block released longest ago.
+    /// A block with one reference, or None when the pool is exhausted: a
+    /// free block, else the cached block released longest ago; past
+    /// `grow_below` touched blocks, an untouched free block comes last.
     pub fn allocate(&mut self) -> Option<u32> {
-        let b = match self.free.pop() {
-            Some(b) => b,
-            None => loop {
-                let b = self.evictable.pop_front()?;
-                if self.refs[b as usize] == 0 && self.hash_of[b as usize].is_some() {
-                    self.forget(b);
-                    break b;
-                }
-            },
+        let warm_free = self.free.last().is_some_and(|&b| b < self.touched);
+        let evict_first = !warm_free && self.touched as usize >= self.grow_below;
+        let b = if evict_first {
+            match self.evict() {
+                Some(b) => b,
+                None => self.free.pop()?,
+            }
+        } else {
+            match self.free.pop() {
+                Some(b) => b,
+                None => self.evict()?,
+            }
         };
+        // An evicted block leaves the prefix cache (a free one is in none).
+        self.forget(b);
+        self.touched = self.touched.max(b + 1);
         self.refs[b as usize] = 1;
         self.held += 1;
         Some(b)
+    }
+
+    /// The cached block nobody holds that was released longest ago, taken
+    /// off the eviction queue (still registered), if any.
+    fn evict(&mut self) -> Option<u32> {
+        while let Some(b) = self.evictable.pop_front() {
+            if self.refs[b as usize] == 0 && self.hash_of[b as usize].is_some() {
+                return Some(b);
+            }
+        }
+        None
     }
 
     /// Another holder of `b`.
@@ -102,6 +152,7 @@ impl BlockAllocator {
         if *r == 0 {
             self.held -= 1;
             if self.hash_of[b as usize].is_some() {
+                self.idle_cached += 1;
                 self.evictable.push_back(b);
             } else {
                 self.push_free(b);
@@ -118,6 +169,9 @@ impl BlockAllocator {
     /// Drops `b` from the prefix cache.
     fn forget(&mut self, b: u32) {
         if let Some(h) = self.hash_of[b as usize].take() {
+            if self.refs[b as usize] == 0 {
+                self.idle_cached -= 1;
+            }
             if self.by_hash.get(&h) == Some(&b) {
                 self.by_hash.remove(&h);
             }
@@ -139,6 +193,7 @@ impl BlockAllocator {
         let b = *self.by_hash.get(&hash)?;
         if self.refs[b as usize] == 0 {
             self.held += 1;
+            self.idle_cached -= 1;
         }
         self.refs[b as usize] += 1;
         Some(b)
@@ -267,5 +322,24 @@ mod tests {
         assert_eq!(a.lookup(h1), None);
         assert!(a.lookup(h2).is_some());
         assert_ne!(block_hash(0, &[1; BLOCK_SIZE], 0), block_hash(0, &[1; BLOCK_SIZE], 1));
+    }
+
+    #[test]
+    fn past_the_growth_limit_cached_blocks_are_reused_before_untouched_memory() {
+        let mut a = BlockAllocator::new(8, 4).growing_below(2);
+        let (h0, h1) = (block_hash(0, &[1; BLOCK_SIZE], 0), block_hash(0, &[2; BLOCK_SIZE], 0));
+        let mut t = BlockTable { blocks: vec![a.allocate().unwrap(), a.allocate().unwrap(), a.allocate().unwrap()] };
+        a.register(t.blocks[0], h0);
+        a.register(t.blocks[1], h1);
+        t.release_all(&mut a);
+        assert_eq!((a.resident(), a.cached()), (3, 2));
+        // The touched free block first, then the oldest cached one: nothing new is touched.
+        assert_eq!(a.allocate(), Some(2));
+        assert_eq!(a.allocate(), Some(0));
+        assert_eq!((a.lookup(h0), a.cached(), a.resident()), (None, 1, 3));
+        assert_eq!(a.allocate(), Some(1));
+        // Nothing cached is left: untouched memory.
+        assert_eq!(a.allocate(), Some(3));
+        assert_eq!(a.resident(), 4);
     }
 }

@@ -25,6 +25,8 @@ _ENGINE_GAUGES = {
     "seqs_waiting": "Sequences waiting to start or resume (queue depth) after the engine's last step",
     "kv_blocks_used": "Paged KV cache blocks in use after the engine's last step",
     "kv_blocks_total": "Paged KV cache blocks in the pool",
+    "kv_blocks_cached": "Paged KV cache blocks kept by the prefix cache and held by no sequence",
+    "kv_blocks_resident": "Paged KV cache blocks whose memory the pool has touched",
 }
 # ... and as counters (monotonic since the runner started).
 _ENGINE_COUNTERS = {
