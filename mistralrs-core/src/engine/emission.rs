@@ -85,9 +85,8 @@ pub fn advance(seq: &mut Sequence, row: &mut [f32], group: &mut Group, req: &Gen
 /// Runs `accept` (which takes tokens into `seq` and returns the text they
 /// add) and streams that text; an error fails only this request.
 pub fn emit(seq: &mut Sequence, group: &mut Group, accept: impl FnOnce(&mut Sequence, &mut Group) -> Result<String>) {
-    let before = seq.logprobs.len();
     match accept(seq, group) {
-        Ok(piece) => stream(seq, group, piece, before),
+        Ok(piece) => stream(seq, group, piece),
         Err(e) => fail_group(group, e),
     }
 }
@@ -117,13 +116,15 @@ pub fn force(seq: &mut Sequence, tok: &TextTokenizer, rules: &StopRules) -> Resu
 }
 
 /// Sends what a step added to a streamed request: a chunk when there is
-/// text, and the last one (with its finish reason) when the sequence ended.
-pub fn stream(seq: &Sequence, group: &mut Group, piece: String, before: usize) {
+/// text, and the last one (with its finish reason) when the sequence ended;
+/// each carries the logprobs of the tokens since the last chunk.
+pub fn stream(seq: &mut Sequence, group: &mut Group, piece: String) {
     if group.stream && (!piece.is_empty() || seq.finish.is_some()) {
         if seq.finish.is_some() {
             group.record(seq);
         }
-        let lp = seq.logprobs[before..].to_vec();
+        let lp = seq.logprobs[seq.logprobs_streamed.min(seq.logprobs.len())..].to_vec();
+        seq.logprobs_streamed = seq.logprobs.len();
         group.chunk(seq.choice, piece, seq.finish, Some(lp));
     }
 }

@@ -28,6 +28,9 @@ pub struct Sequence {
     /// The generated tokens' text, as streamed and as answered.
     pub out: TextOut,
     pub logprobs: Vec<ResponseLogprob>,
+    /// Logprobs already sent in stream chunks (a token whose text is held
+    /// back, an incomplete UTF-8 character, goes with the next chunk).
+    pub logprobs_streamed: usize,
     pub logprob_sum: f64,
     pub finish: Option<&'static str>,
     /// Generated tokens allowed (max_tokens, or what the context leaves).
@@ -58,6 +61,7 @@ impl Sequence {
             sampler,
             out: TextOut::default(),
             logprobs: Vec::new(),
+            logprobs_streamed: 0,
             logprob_sum: 0.0,
             finish: None,
             max_new,
