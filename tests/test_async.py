@@ -6,6 +6,8 @@ or closing the iterator cancels the request."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import threading
 import time
 
@@ -106,3 +108,25 @@ def test_closing_an_async_stream_cancels_the_request(smollm2_runner):
 def test_bad_requests_raise_when_awaited(smollm2_runner):
     with pytest.raises(ValueError):
         asyncio.run(smollm2_runner.send_chat_completion_request_async(_req("Hi", max_tokens=0)))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open fds through /proc")
+def test_each_event_loop_gives_its_wake_pipe_back(smollm2_runner):
+    """Issue 26: every `asyncio.run` used to leave its loop's wake-up pipe open (two fds) for the life of
+    the process. The pipe is closed once its loop is closed and no request of it is in the engine."""
+
+    async def one():
+        res = await smollm2_runner.send_completion_request_async(
+            CompletionRequest(prompt="The sky is", model="m", max_tokens=2, temperature=0.0))
+        assert res.usage.completion_tokens == 2
+
+    def open_fds() -> int:
+        gc.collect()
+        return len(os.listdir("/proc/self/fd"))
+
+    asyncio.run(one())
+    before = open_fds()
+    for _ in range(20):
+        asyncio.run(one())
+    # At most the last loop's pipe waits for the next call (or for the loop to be collected).
+    assert open_fds() - before <= 2

@@ -265,6 +265,7 @@ impl Runner {
             ("kv_blocks_used", s.kv_blocks_used.load(Ordering::Relaxed)),
             ("kv_blocks_cached", s.kv_blocks_cached.load(Ordering::Relaxed)),
             ("kv_blocks_resident", s.kv_blocks_resident.load(Ordering::Relaxed)),
+            ("kv_blocks_thinned", s.kv_blocks_thinned.load(Ordering::Relaxed)),
             ("kv_block_tokens", BLOCK_SIZE as u64),
             ("kv_block_bytes", self.kv_block_bytes as u64),
             ("shared_prompts", s.shared_prompts.load(Ordering::Relaxed)),

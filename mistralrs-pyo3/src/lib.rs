@@ -7,6 +7,8 @@ mod build_info;
 mod errors;
 mod requests;
 mod runner;
+#[cfg(unix)]
+mod wake;
 mod which;
 
 #[pymodule]
@@ -18,6 +20,8 @@ fn _mistralrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runner::Runner>()?;
     m.add_class::<runner::ResponseIterator>()?;
     m.add_class::<runner::PendingResponse>()?;
+    #[cfg(unix)]
+    m.add_class::<wake::WakePipe>()?;
     m.add_class::<requests::ChatCompletionRequest>()?;
     m.add_class::<requests::CompletionRequest>()?;
     m.add_class::<ChatCompletionResponse>()?;

@@ -288,21 +288,17 @@ impl Runner {
     }
 
     /// Sends `request` (either kind) without waiting: each time its response
-    /// has news, one byte is written to `wake_fd` (a non-blocking pipe that
-    /// an event loop watches), and `PendingResponse.next_ready` takes it.
+    /// has news, one byte is written to `wake` (the pipe an event loop
+    /// watches), and `PendingResponse.next_ready` takes it.
     #[cfg(unix)]
-    fn _send_async(&self, py: Python<'_>, request: &Bound<'_, PyAny>, wake_fd: i32) -> PyResult<PendingResponse> {
+    fn _send_async(&self, py: Python<'_>, request: &Bound<'_, PyAny>, wake: PyRef<'_, crate::wake::WakePipe>) -> PyResult<PendingResponse> {
         let req = if let Ok(r) = request.cast::<ChatCompletionRequest>() {
             r.borrow().to_core(py)?
         } else {
             request.cast::<CompletionRequest>()?.borrow().to_core(py)?
         };
-        let notify: mistralrs_core::engine::Notify = Arc::new(move || {
-            // A full pipe already holds a wake-up; nothing is lost by skipping.
-            // SAFETY: writes one byte from a live buffer; the fd outlives the
-            // requests that use it (the event loop's waker closes it last).
-            unsafe { libc::write(wake_fd, [1u8].as_ptr().cast(), 1) };
-        });
+        let notify = wake.notifier();
+        drop(wake);
         let inner = self.inner.clone();
         let rx = py.detach(|| inner.send_notifying(req, Some(notify))).map_err(to_py)?;
         Ok(PendingResponse { rx: Mutex::new(Some(rx)) })

@@ -3,6 +3,9 @@
 Awaiting holds no thread. Each event loop gets one non-blocking pipe that the
 loop watches (``loop.add_reader``). The engine writes a byte to it whenever an
 async request of that loop has news: a response, a stream chunk, or its end.
+The pipe (``WakePipe``) is closed once neither the loop's waker nor a request
+still in the engine holds it; a closed loop's waker is dropped at the next
+async call, or when the loop is collected.
 The loop then takes whatever is ready from each of its pending requests.
 Cancelling the awaiting task, or closing the stream's async iterator, drops
 the request, and the engine stops its sequences before the next step.
@@ -16,6 +19,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from mistralrs._mistralrs import WakePipe
+
 _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
 
 
@@ -23,15 +28,19 @@ class _Waker:
     """The wake-up pipe of one event loop and the requests waiting on it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self.write_fd, False)
+        # Weakly: the waker is the value of a WeakKeyDictionary keyed by the loop.
+        self._loop = weakref.ref(loop)
+        self.pipe = WakePipe()
+        self.read_fd = self.pipe.read_fd
         self.pending: dict[int, tuple[Any, Callable[[str, Any], None]]] = {}
         loop.add_reader(self.read_fd, self.drain)
-        # The fds stay open as long as the loop: a request still in the engine
-        # after its caller left may write one more byte.
-        weakref.finalize(loop, _close_fds, self.read_fd, self.write_fd)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        if loop is None:
+            raise RuntimeError("the event loop of this request is gone")
+        return loop
 
     def add(self, pending: Any, on_event: Callable[[str, Any], None]) -> None:
         self.pending[id(pending)] = (pending, on_event)
@@ -64,16 +73,10 @@ class _Waker:
                     break
 
 
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
 def _waker() -> _Waker:
     loop = asyncio.get_running_loop()
+    for old in [other for other in list(_wakers) if other.is_closed()]:
+        _wakers.pop(old, None)
     w = _wakers.get(loop)
     if w is None:
         w = _wakers[loop] = _Waker(loop)
@@ -83,7 +86,7 @@ def _waker() -> _Waker:
 async def send(runner: Any, request: Any) -> Any:
     """The response, or for ``stream=True`` an async iterator of chunks."""
     waker = _waker()
-    pending = runner._send_async(request, waker.write_fd)
+    pending = runner._send_async(request, waker.pipe)
     if request.stream:
         return _Stream(waker, pending)
     fut: asyncio.Future[Any] = waker.loop.create_future()

@@ -26,7 +26,7 @@ use candle_core::Device;
 use rayon::prelude::*;
 
 use crate::error::{panic_message, Error, Result};
-use crate::kv_cache::{BlockAllocator, BlockTable, KvDtype, KvPool, SideState, StepKv};
+use crate::kv_cache::{BlockAllocator, BlockTable, KvDtype, KvPool, SideState, StepKv, BLOCK_SIZE};
 use crate::layers::AdapterRows;
 use crate::models::{CausalLm, ForwardBatch};
 use crate::request::GenerationRequest;
@@ -58,6 +58,8 @@ pub struct EngineStats {
     /// Cached blocks nobody holds, and blocks whose memory the pool has touched.
     pub kv_blocks_cached: AtomicU64,
     pub kv_blocks_resident: AtomicU64,
+    /// Blocks whose sliding-window layers' memory was given back (out of every window).
+    pub kv_blocks_thinned: AtomicU64,
     /// Sibling choices that started from another choice's prompt blocks instead of their own.
     pub shared_prompts: AtomicU64,
     /// Prompt tokens whose keys and values came from the prefix cache.
@@ -73,6 +75,9 @@ pub struct EngineStats {
 /// blocks rather than evicting; beyond it, memory follows use
 /// (`BlockAllocator::growing_below`).
 const PREFIX_CACHE_FLOOR_BYTES: usize = 64 << 20;
+
+/// Set to 1: sliding-window layers keep every block (for comparisons).
+pub const KEEP_WINDOWS_ENV: &str = "MISTRALRS_KV_KEEP_WINDOWS";
 
 pub struct EngineConfig {
     pub max_seqs: usize,
@@ -135,6 +140,9 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     /// Speculative decoding's draft model, when the runner has one.
     draft: Option<Draft>,
+    /// The sliding window and the cache layers that use it, whose blocks are
+    /// thinned once out of every future query's window (`thin_windows`).
+    windowed: Option<(usize, Vec<usize>)>,
 }
 
 impl Engine {
@@ -177,9 +185,17 @@ impl Engine {
         let block_bytes = KvPool::block_bytes(model.cache_layers(), mc.num_kv_heads, mc.head_dim, cfg.kv_dtype);
         let alloc = BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n })
             .growing_below((PREFIX_CACHE_FLOOR_BYTES / block_bytes.max(1)).max(1));
+        // Giving a block's pages back is a CPU pool's business (elsewhere the
+        // pool is device memory); `MISTRALRS_KV_KEEP_WINDOWS=1` keeps every
+        // block whole, to compare against.
+        let keep = std::env::var_os(KEEP_WINDOWS_ENV).is_some_and(|v| v == "1");
+        let windowed = if device.is_cpu() && !cfg.no_kv_cache && !keep { model.windowed_cache_layers() } else { None };
+        let mut sched = Scheduler::new(alloc, cfg.max_seqs, cfg.max_step_tokens, cfg.no_kv_cache);
+        sched.window = windowed.as_ref().map(|w| w.0);
         Ok(Self {
             draft,
-            sched: Scheduler::new(alloc, cfg.max_seqs, cfg.max_step_tokens, cfg.no_kv_cache),
+            sched,
+            windowed,
             kv,
             model,
             tokenizer,
@@ -228,7 +244,44 @@ impl Engine {
                 self.fail_running(e);
             }
             self.retire();
+            self.thin_windows();
         }
+    }
+
+    /// Gives back the memory of sliding-window layers' keys and values that
+    /// no future query of their sequence sees (every block wholly before
+    /// the window of the next position, less one block of slack), so a long
+    /// context costs those layers about one window. Two windows are kept
+    /// whole for the prefix cache: the one before the prompt's end (a later
+    /// request with the same prompt continues from there) and the current
+    /// one (a chat's next turn continues from its end). Blocks shared with
+    /// another holder wait until their sequence is the only one (a sibling
+    /// or a prefix-cache user may still be inside them).
+    fn thin_windows(&mut self) {
+        let Some((window, layers)) = &self.windowed else { return };
+        let (running, alloc) = (&mut self.sched.running, &mut self.sched.alloc);
+        for s in running.iter_mut() {
+            // Positions from `computed` on are still to run; the first sees keys from computed + 1 - window.
+            let dead = ((s.computed + 1).saturating_sub(*window) / BLOCK_SIZE).saturating_sub(1);
+            let upto = dead.min(s.blocks.blocks.len());
+            let prompt_window = ((s.prompt_len + 1).saturating_sub(*window) / BLOCK_SIZE).saturating_sub(1)..s.prompt_len.div_ceil(BLOCK_SIZE);
+            while s.thinned < upto {
+                if prompt_window.contains(&s.thinned) {
+                    s.thinned = prompt_window.end;
+                    continue;
+                }
+                let b = s.blocks.blocks[s.thinned];
+                if !alloc.is_thinned(b) {
+                    if !alloc.thin(b) {
+                        break;
+                    }
+                    // Failing to give memory back costs memory, not correctness.
+                    let _ = self.kv.release_pages(b, layers);
+                }
+                s.thinned += 1;
+            }
+        }
+        self.stats.kv_blocks_thinned.store(alloc.thinned() as u64, Ordering::Relaxed);
     }
 
     /// Fails every request not yet answered: a closed runner never lets a

@@ -23,6 +23,8 @@ pub struct Scheduler {
     max_seqs: usize,
     max_step_tokens: usize,
     no_kv_cache: bool,
+    /// The model's sliding window where its cache blocks get thinned (see `Sequence::reuse_cached_prefix`).
+    pub window: Option<usize>,
 }
 
 /// A sequence that joined the running ones this step.
@@ -43,7 +45,7 @@ pub struct Plan {
 
 impl Scheduler {
     pub fn new(alloc: BlockAllocator, max_seqs: usize, max_step_tokens: usize, no_kv_cache: bool) -> Self {
-        Self { waiting: VecDeque::new(), running: Vec::new(), alloc, max_seqs, max_step_tokens, no_kv_cache }
+        Self { waiting: VecDeque::new(), running: Vec::new(), alloc, max_seqs, max_step_tokens, no_kv_cache, window: None }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -131,7 +133,7 @@ impl Scheduler {
             }
             free -= need;
             let mut seq = self.waiting.pop_front().expect("peeked");
-            let cached = if self.no_kv_cache { 0 } else { seq.reuse_cached_prefix(&mut self.alloc) };
+            let cached = if self.no_kv_cache { 0 } else { seq.reuse_cached_prefix(&mut self.alloc, self.window) };
             plan.joined.push(Joined { group: seq.group, cached, first: seq.generated() == 0 && seq.choice == 0 });
             seq.chunk = seq.uncomputed().min(budget);
             budget -= seq.chunk;

@@ -22,6 +22,9 @@ pub struct Sequence {
     pub chunk: usize,
     /// Prefix-cache keys of the full blocks computed so far, in order.
     pub block_hashes: Vec<u64>,
+    /// Leading blocks of its table past which its sliding-window layers
+    /// never look again, already thinned (`Engine::thin_windows`).
+    pub thinned: usize,
     /// What the model keeps for this sequence between steps (X-LoRA).
     pub side: SideState,
     pub sampler: Sampler,
@@ -57,6 +60,7 @@ impl Sequence {
             computed: 0,
             chunk: 0,
             block_hashes: Vec::new(),
+            thinned: 0,
             side: SideState::default(),
             sampler,
             out: TextOut::default(),
@@ -99,6 +103,7 @@ impl Sequence {
     /// Gives back the cache blocks of the target model and of the draft.
     pub fn release(&mut self, alloc: &mut BlockAllocator, draft: Option<&mut BlockAllocator>) {
         self.blocks.release_all(alloc);
+        self.thinned = 0;
         if let (Some(spec), Some(d)) = (&mut self.spec, draft) {
             spec.release(d);
         }
@@ -142,8 +147,11 @@ impl Sequence {
 
     /// Takes the cached blocks of the longest prefix of this (not yet
     /// computed) sequence that the prefix cache holds, leaving at least one
-    /// token to compute; returns the tokens they cover.
-    pub fn reuse_cached_prefix(&mut self, alloc: &mut BlockAllocator) -> usize {
+    /// token to compute; returns the tokens they cover. With a sliding
+    /// `window`, the prefix ends where the window before its end is whole:
+    /// thinned blocks there (whose windowed layers were given back) would
+    /// be read by the first tokens computed after it.
+    pub fn reuse_cached_prefix(&mut self, alloc: &mut BlockAllocator, window: Option<usize>) -> usize {
         debug_assert!(self.computed == 0 && self.blocks.blocks.is_empty());
         let salt = self.cache_salt();
         for i in 0..(self.tokens.len() - 1) / BLOCK_SIZE {
@@ -152,6 +160,19 @@ impl Sequence {
             let Some(b) = alloc.lookup(h) else { break };
             self.blocks.blocks.push(b);
             self.block_hashes.push(h);
+        }
+        if let Some(w) = window {
+            loop {
+                let n = self.blocks.blocks.len();
+                let first_read = (n * BLOCK_SIZE + 1).saturating_sub(w) / BLOCK_SIZE;
+                if !self.blocks.blocks[first_read.min(n)..].iter().any(|&b| alloc.is_thinned(b)) {
+                    break;
+                }
+                if let Some(b) = self.blocks.blocks.pop() {
+                    alloc.release(b);
+                    self.block_hashes.pop();
+                }
+            }
         }
         self.computed = self.blocks.blocks.len() * BLOCK_SIZE;
         self.computed

@@ -58,6 +58,8 @@ const MAX_BACKOFF: usize = 16;
 /// step that kept none (or where the draft was unsure of its first token)
 /// drafting pauses for 1, 2, 4, .. `MAX_BACKOFF` steps, so a draft that
 /// does not match the text (prose for a code model) costs next to nothing.
+/// One kept token barely pays for the draft passes it took, so only two or
+/// more end a pause's doubling.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     limit: usize,
@@ -92,7 +94,7 @@ impl Pace {
         if accepted == 0 {
             self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
             self.skip = self.backoff;
-        } else {
+        } else if accepted >= 2 {
             self.backoff = 0;
         }
     }

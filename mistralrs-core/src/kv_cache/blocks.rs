@@ -45,6 +45,10 @@ pub struct BlockAllocator {
     grow_below: usize,
     /// Cached blocks nobody holds.
     idle_cached: usize,
+    /// Blocks whose sliding-window layers' memory was given back (`thin`):
+    /// those layers' slots read as zeros until the block is handed out again.
+    thinned: Vec<bool>,
+    thinned_count: usize,
 }
 
 impl BlockAllocator {
@@ -62,7 +66,31 @@ impl BlockAllocator {
             touched: 0,
             grow_below: total,
             idle_cached: 0,
+            thinned: vec![false; total],
+            thinned_count: 0,
         }
+    }
+
+    /// Marks block `b` as thinned (its sliding-window layers' keys and values
+    /// are no longer kept) if its one holder is the only reader; returns
+    /// whether it was newly marked, and the caller then gives that memory back.
+    pub fn thin(&mut self, b: u32) -> bool {
+        let i = b as usize;
+        if self.refs[i] != 1 || self.thinned[i] {
+            return false;
+        }
+        self.thinned[i] = true;
+        self.thinned_count += 1;
+        true
+    }
+
+    pub fn is_thinned(&self, b: u32) -> bool {
+        self.thinned[b as usize]
+    }
+
+    /// Blocks whose sliding-window layers' memory was given back.
+    pub fn thinned(&self) -> usize {
+        self.thinned_count
     }
 
     /// The same pool, growing into untouched blocks before evicting cached
@@ -112,8 +140,12 @@ impl BlockAllocator {
                 None => self.evict()?,
             }
         };
-        // An evicted block leaves the prefix cache (a free one is in none).
+        // An evicted block leaves the prefix cache (a free one is in none);
+        // its new holder writes every layer afresh.
         self.forget(b);
+        if std::mem::take(&mut self.thinned[b as usize]) {
+            self.thinned_count -= 1;
+        }
         self.touched = self.touched.max(b + 1);
         self.refs[b as usize] = 1;
         self.held += 1;

@@ -129,6 +129,42 @@ impl KvPool {
         Ok((take(&self.k[layer])?, take(&self.v[layer])?))
     }
 
+    /// Gives the memory of block `block` in layers `layers` back to the OS
+    /// (the pages wholly inside it; they read as zeros until written again).
+    /// For keys and values no step will read: a sliding-window layer's
+    /// blocks that fell out of its window. A no-op off the CPU or off Linux.
+    pub fn release_pages(&self, block: u32, layers: &[usize]) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        for &l in layers {
+            for t in [&self.k[l], &self.v[l]] {
+                let (storage, layout) = t.storage_and_layout();
+                let candle_core::Storage::Cpu(c) = &*storage else { return Ok(()) };
+                use candle_core::CpuStorage as C;
+                let (base, elem) = match c {
+                    C::F32(d) => (d.as_ptr() as usize, 4),
+                    C::F16(d) => (d.as_ptr() as usize, 2),
+                    C::BF16(d) => (d.as_ptr() as usize, 2),
+                    C::U8(d) => (d.as_ptr() as usize, 1),
+                    _ => return Ok(()),
+                };
+                let block_bytes = BLOCK_SIZE * self.kv_heads * self.dtype.units(self.head_dim) * elem;
+                let start = base + layout.start_offset() * elem + block as usize * block_bytes;
+                // SAFETY: sysconf has no preconditions.
+                let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize;
+                let (from, to) = (start.next_multiple_of(page), (start + block_bytes) / page * page);
+                if to > from {
+                    // SAFETY: [from, to) lies inside this layer's buffer (one block
+                    // of it, rounded inward to whole pages), which stays allocated;
+                    // MADV_DONTNEED on private anonymous memory only makes those
+                    // pages read as zeros, and no step reads them (the caller's contract).
+                    unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
+                }
+            }
+        }
+        let _ = (block, layers);
+        Ok(())
+    }
+
     /// Copies the first `tokens` slots of block `from` into block `to`, in
     /// every layer (a shared block about to be written: copy-on-write).
     pub fn copy_block(&self, from: u32, to: u32, tokens: usize) -> Result<()> {

@@ -22,6 +22,15 @@ pub trait CausalLm: Send + Sync {
     fn cache_layers(&self) -> usize {
         self.config().num_layers
     }
+    /// The sliding window and the cache layers that attend through it
+    /// (Mistral's: all; Gemma 2/3's local layers), or None. Keys older than
+    /// the window are never read again by those layers.
+    fn windowed_cache_layers(&self) -> Option<(usize, Vec<usize>)> {
+        let cfg = self.config();
+        let window = cfg.sliding_window?;
+        let layers: Vec<usize> = (0..self.cache_layers()).filter(|&i| cfg.is_local(i % cfg.num_layers.max(1))).collect();
+        (!layers.is_empty()).then_some((window, layers))
+    }
     /// Whether a position's keys depend on the sequence's whole length, not
     /// just the tokens before it: LongRoPE picks its rotation by the length
     /// when the keys are computed (as transformers does). The engine then

@@ -1,0 +1,93 @@
+"""Sliding-window layers keep only their window (issue 25): Gemma 3's local layers look at the last 512
+positions, so the keys and values they cached before that are given back to the OS once no future query
+of the sequence can see them (`Runner.stats()["kv_blocks_thinned"]`), as llama.cpp keeps a window-sized
+cache for such layers.
+
+Reference: the same requests with every block kept whole (`MISTRALRS_KV_KEEP_WINDOWS=1`, the engine as it
+was): a long prompt's greedy continuation and logprobs are identical; the same prompt again reuses its
+cached blocks and continues identically; a request sharing only the start of that prompt, where the window
+before the shared part's end was thinned, gets no cached prefix and equals a fresh runner's answer."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import model_path
+from mistralrs import CompletionRequest, Runner, Which
+
+WINDOW = 512  # Gemma 3 270M's sliding_window
+BLOCK = 16
+WORDS = ("river mountain city engine market history science garden window music winter summer ocean forest "
+         "language number system people government company problem question student teacher morning evening "
+         "bridge castle village island valley desert library museum hospital station kitchen painting").split()
+
+
+def text(n_words: int, seed: int) -> str:
+    return " ".join(WORDS[(i * 7 + seed * 13 + i // 5) % len(WORDS)] for i in range(n_words))
+
+
+def runner(keep: bool) -> Runner:
+    p = model_path("gemma3-270m")
+    old = os.environ.get("MISTRALRS_KV_KEEP_WINDOWS")
+    os.environ["MISTRALRS_KV_KEEP_WINDOWS"] = "1" if keep else "0"
+    try:
+        return Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=str(p.parent), quantized_filename=p.name),
+                      kv_cache_mb=512, max_seqs=2)
+    finally:
+        if old is None:
+            del os.environ["MISTRALRS_KV_KEEP_WINDOWS"]
+        else:
+            os.environ["MISTRALRS_KV_KEEP_WINDOWS"] = old
+
+
+def stream(r: Runner, prompt: str, watch: bool = False):
+    """Text, per-token logprobs, and (watch) the most blocks held outside the thinned ones while decoding
+    (from the 8th chunk to the 20th: the prompt's last 512-token chunk, written while the window before it
+    was still being read, has been thinned by then)."""
+    req = CompletionRequest(prompt=prompt, model="m", max_tokens=24, temperature=0.0, ignore_eos=True,
+                            logprobs=True, stream=True)
+    out, lps, whole = [], [], 0
+    for i, chunk in enumerate(r.send_completion_request(req)):
+        out.append(chunk.choices[0].text)
+        if chunk.choices[0].logprobs:
+            lps += [round(lp.logprob, 4) for lp in chunk.choices[0].logprobs.content]
+        if watch and 8 <= i <= 20:
+            s = r.stats()
+            whole = max(whole, s["kv_blocks_used"] - s["kv_blocks_thinned"])
+    return "".join(out), lps, whole
+
+
+def test_local_layers_keep_their_window_and_outputs_do_not_change():
+    thin, keep = runner(keep=False), runner(keep=True)
+    try:
+        long_prompt = text(6100, 1)
+        n = len(thin.tokenize(long_prompt))
+        assert n >= 6000, n
+        got, got_lp, whole = stream(thin, long_prompt, watch=True)
+        want, want_lp, _ = stream(keep, long_prompt)
+        assert (got, got_lp) == (want, want_lp)
+        # Mid-generation the sequence held its blocks, all but about a window's worth thinned: the window
+        # before the prompt's end (kept for the prefix cache) and the current one overlap in this short
+        # generation; a block of slack, and the blocks of the 24 new tokens.
+        assert whole <= WINDOW // BLOCK + 6, whole
+        assert thin.stats()["kv_blocks_thinned"] >= (n - 2 * WINDOW) // BLOCK, thin.stats()
+        assert keep.stats()["kv_blocks_thinned"] == 0
+        # The whole prompt again: the window before its end was kept, so its cached blocks serve it.
+        hits = thin.stats()["prefix_cache_hit_tokens"]
+        assert stream(thin, long_prompt)[:2] == (want, want_lp)
+        assert thin.stats()["prefix_cache_hit_tokens"] - hits >= n - 2 * BLOCK
+        # A request sharing the first half of that prompt: the window before the end of that shared part
+        # was thinned, so no cached prefix may serve it (its first new tokens would read zeros there); it
+        # is computed afresh, exactly as by a runner that never saw the long prompt.
+        half = long_prompt[: len(long_prompt) // 2] + " " + text(40, 2)
+        hits = thin.stats()["prefix_cache_hit_tokens"]
+        got_half = stream(thin, half)[:2]
+        assert thin.stats()["prefix_cache_hit_tokens"] == hits
+        fresh = runner(keep=True)
+        try:
+            assert got_half == stream(fresh, half)[:2]
+        finally:
+            fresh.close()
+    finally:
+        thin.close()
+        keep.close()
