@@ -408,7 +408,7 @@ impl Runner {
 
     /// The engine's counters as a dict: steps, sequence_steps, max_batch,
     /// mixed_adapter_steps (steps whose sequences used different adapter
-    /// sets), preemptions, kv_blocks_total/used/cached/resident, kv_block_tokens, kv_block_bytes,
+    /// sets), preemptions, kv_blocks_total/used/cached/resident/thinned, kv_block_tokens, kv_block_bytes,
     /// shared_prompts, prefix_cache_hit_tokens, requests_cancelled, the gauges
     /// seqs_running and seqs_waiting (after the last step), and for X-LoRA
     /// xlora_scaling_passes (one per sequence per step that ran the scaling pass).

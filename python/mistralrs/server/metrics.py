@@ -27,6 +27,7 @@ _ENGINE_GAUGES = {
     "kv_blocks_total": "Paged KV cache blocks in the pool",
     "kv_blocks_cached": "Paged KV cache blocks kept by the prefix cache and held by no sequence",
     "kv_blocks_resident": "Paged KV cache blocks whose memory the pool has touched",
+    "kv_blocks_thinned": "Paged KV cache blocks whose sliding-window layers' memory was given back",
 }
 # ... and as counters (monotonic since the runner started).
 _ENGINE_COUNTERS = {
