@@ -6,11 +6,13 @@
 //! This file is the loop that ties the parts together: `scheduler` plans each
 //! step, `speculative` drafts and verifies, `emission` judges sampled tokens
 //! and streams what they add (`detokenize` keeps their text), `group`
-//! answers a request, `sequence` holds one sequence's state.
+//! answers a request, `sequence` holds one sequence's state and `pace` how
+//! many tokens its draft proposes next.
 
 mod detokenize;
 mod emission;
 mod group;
+mod pace;
 mod scheduler;
 mod sequence;
 mod speculative;

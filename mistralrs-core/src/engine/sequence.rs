@@ -217,7 +217,7 @@ pub struct Speculation {
     /// sequence's own matcher only ever takes accepted tokens).
     pub grammar: Option<Box<llguidance::Matcher>>,
     /// How many tokens to propose next, from how the last proposals fared.
-    pub pace: super::speculative::Pace,
+    pub pace: super::pace::Pace,
 }
 
 impl Speculation {
