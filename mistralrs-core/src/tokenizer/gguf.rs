@@ -2,7 +2,7 @@
 //! for both vocabularies llama.cpp writes: `gpt2` (byte-level BPE with
 //! merges) and `llama` (SentencePiece pieces with scores).
 
-use std::collections::HashMap;
+use rayon::prelude::*;
 
 use candle_core::quantized::gguf_file::Value;
 use serde_json::{json, Value as Json};
@@ -265,26 +265,32 @@ fn llama_json(file: &GgufFile, tokens: &[&str], types: &[u64]) -> Result<(Json, 
             format!("`tokenizer.ggml.scores` has {} entries for {} tokens", scores.len(), tokens.len()),
         ));
     }
-    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
-    let mut merges: Vec<(usize, usize, f32)> = Vec::new();
-    for (i, piece) in tokens.iter().enumerate() {
-        if types[i] != TYPE_NORMAL && types[i] != TYPE_USER_DEFINED {
-            continue;
-        }
-        let mut local: Vec<(usize, usize, f32)> = piece
-            .char_indices()
-            .skip(1)
-            .filter_map(|(at, _)| {
-                let (l, r) = piece.split_at(at);
-                Some((*ids.get(l)?, *ids.get(r)?, scores[i]))
-            })
-            .collect();
-        local.sort_by_key(|&(l, r, _)| (l, r));
-        merges.extend(local);
-    }
+    // 262k pieces (Gemma) give half a million merges: the derivation runs on
+    // the thread pool with a fast hash, in piece order, and is sorted stably.
+    let ids: ahash::AHashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let per_piece: Vec<Vec<(usize, usize, f32)>> = tokens
+        .par_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            if types[i] != TYPE_NORMAL && types[i] != TYPE_USER_DEFINED {
+                return Vec::new();
+            }
+            let mut local: Vec<(usize, usize, f32)> = piece
+                .char_indices()
+                .skip(1)
+                .filter_map(|(at, _)| {
+                    let (l, r) = piece.split_at(at);
+                    Some((*ids.get(l)?, *ids.get(r)?, scores[i]))
+                })
+                .collect();
+            local.sort_by_key(|&(l, r, _)| (l, r));
+            local
+        })
+        .collect();
+    let mut merges: Vec<(usize, usize, f32)> = per_piece.into_iter().flatten().collect();
     // Stable: equal scores keep the piece order above.
-    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let merges: Vec<(String, String)> = merges.iter().map(|&(l, r, _)| (tokens[l].to_string(), tokens[r].to_string())).collect();
+    merges.par_sort_by(|a, b| b.2.total_cmp(&a.2));
+    let merges: Vec<(String, String)> = merges.par_iter().map(|&(l, r, _)| (tokens[l].to_string(), tokens[r].to_string())).collect();
     let unk = types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| tokens[i].to_string());
     let byte_fallback = types.contains(&TYPE_BYTE);
     let add_prefix = bool_key(file, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
