@@ -79,7 +79,7 @@ impl KvData<'_> {
     /// Storage units per head vector of `dim` values.
     fn units(&self, dim: usize) -> usize {
         match self {
-            Self::Q8_0(_) => dim / crate::kv_cache::Q8_0_VALUES * crate::kv_cache::Q8_0_BYTES,
+            Self::Q8_0(_) => crate::kv_cache::KvDtype::Q8_0.units(dim),
             _ => dim,
         }
     }

@@ -11,7 +11,7 @@
 
 use half::{bf16, f16};
 
-use crate::kv_cache::{Q8_0_BYTES, Q8_0_VALUES};
+use crate::kv_cache::{KvDtype, Q8_0_BYTES, Q8_0_VALUES};
 
 /// A storage type of the cache, as the attention kernel reads it.
 pub trait KvFormat {
@@ -172,7 +172,7 @@ impl KvFormat for Q8s {
     const NARROW: bool = true;
 
     fn widen(src: &[u8], stride: usize, dim: usize, n: usize, out: &mut [f32], simd: bool) {
-        let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+        let width = KvDtype::Q8_0.units(dim);
         assert!(dim.is_multiple_of(Q8_0_VALUES) && out.len() >= n * dim);
         check_run(n, src.len(), stride, width);
         #[cfg(target_arch = "x86_64")]
@@ -194,7 +194,7 @@ impl KvFormat for Q8s {
         if scores.is_empty() {
             return;
         }
-        let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+        let width = KvDtype::Q8_0.units(dim);
         assert!(dim.is_multiple_of(Q8_0_VALUES));
         check_run(scores.len(), keys.len(), stride, width);
         #[cfg(target_arch = "x86_64")]
@@ -216,7 +216,7 @@ impl KvFormat for Q8s {
     }
 
     fn weighted_values(p: &[f32], values: &[u8], stride: usize, dim: usize, out: &mut [f32], add: bool, simd: bool) {
-        let width = dim / Q8_0_VALUES * Q8_0_BYTES;
+        let width = KvDtype::Q8_0.units(dim);
         assert!(!p.is_empty() && out.len() == dim && dim.is_multiple_of(Q8_0_VALUES));
         check_run(p.len(), values.len(), stride, width);
         #[cfg(target_arch = "x86_64")]
