@@ -1,7 +1,10 @@
-//! Text <-> token ids, on the `tokenizers` library, plus what the engine
-//! needs per token: its raw bytes (for logprobs).
+//! Text <-> token ids, on the `tokenizers` library (tokenizer.json and
+//! byte-level GGUF vocabularies) or on our own SentencePiece encoder (GGUF
+//! `llama` vocabularies), plus what the engine needs per token: its raw
+//! bytes (for logprobs).
 
 pub mod gguf;
+pub mod spm;
 
 use std::path::Path;
 
@@ -21,8 +24,14 @@ fn guarded<T>(f: impl FnOnce() -> tokenizers::Result<T>) -> std::result::Result<
     }
 }
 
+/// What turns text into ids and back.
+enum Codec {
+    Hf(Tokenizer),
+    Spm(spm::Spm),
+}
+
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    codec: Codec,
     /// Raw bytes of every token id, as OpenAI's logprobs `bytes` report them:
     /// token `i` is `bytes[ends[i - 1]..ends[i]]` (one buffer, not a
     /// vector per token, for 150k-token vocabularies).
@@ -93,6 +102,19 @@ impl TextTokenizer {
             .get_decoder()
             .and_then(|d| serde_json::to_string(d).ok())
             .is_some_and(|s| s.contains("\"ByteLevel\""));
+        let mut skipped: Vec<u32> =
+            inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        skipped.sort_unstable();
+        Self::from_parts(Codec::Hf(inner), pieces, byte_level, skipped)
+    }
+
+    /// A SentencePiece vocabulary; `pieces` as for `with_pieces`, and
+    /// `skipped` (sorted) the added tokens decoding drops.
+    pub fn sentencepiece<'a>(spm: spm::Spm, pieces: impl Iterator<Item = (&'a str, bool)>, skipped: Vec<u32>) -> Self {
+        Self::from_parts(Codec::Spm(spm), pieces, false, skipped)
+    }
+
+    fn from_parts<'a>(codec: Codec, pieces: impl Iterator<Item = (&'a str, bool)>, byte_level: bool, skipped: Vec<u32>) -> Self {
         let (mut bytes, mut ends, mut byte_pieces) = (Vec::new(), Vec::new(), Vec::new());
         for (id, (piece, added)) in pieces.enumerate() {
             if !added && !byte_level && parse_byte_piece(piece).is_some() {
@@ -105,10 +127,8 @@ impl TextTokenizer {
             }
             ends.push(bytes.len());
         }
-        let mut skipped: Vec<u32> =
-            inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
-        skipped.sort_unstable();
-        Self { inner, bytes, ends, unused: Vec::new(), special: Vec::new(), byte_pieces, skipped }
+        debug_assert!(skipped.is_sorted());
+        Self { codec, bytes, ends, unused: Vec::new(), special: Vec::new(), byte_pieces, skipped }
     }
 
     /// Tokens of a raw prompt with the tokenizer's own special-token rules
@@ -123,9 +143,14 @@ impl TextTokenizer {
     }
 
     fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let encoded = guarded(|| self.inner.encode_fast(text, add_special))
-            .map_err(|e| Error::invalid(format!("cannot tokenize the prompt: {e}")))?;
-        Ok(encoded.get_ids().to_vec())
+        match &self.codec {
+            Codec::Hf(inner) => {
+                let encoded = guarded(|| inner.encode_fast(text, add_special))
+                    .map_err(|e| Error::invalid(format!("cannot tokenize the prompt: {e}")))?;
+                Ok(encoded.get_ids().to_vec())
+            }
+            Codec::Spm(spm) => Ok(spm.encode(text, add_special)),
+        }
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
@@ -135,7 +160,11 @@ impl TextTokenizer {
                 self.ends.len()
             )));
         }
-        guarded(|| self.inner.decode(ids, skip_special)).map_err(|e| Error::runtime(format!("cannot decode tokens: {e}")))
+        match &self.codec {
+            Codec::Hf(inner) => guarded(|| inner.decode(ids, skip_special))
+                .map_err(|e| Error::runtime(format!("cannot decode tokens: {e}"))),
+            Codec::Spm(spm) => Ok(spm.decode(ids, |id| skip_special && self.is_skipped_in_text(id))),
+        }
     }
 
     /// The same tokenizer with `ids` marked as never to be sampled.
@@ -192,15 +221,17 @@ impl TextTokenizer {
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
-
-    pub fn inner(&self) -> &Tokenizer {
-        &self.inner
+        match &self.codec {
+            Codec::Hf(inner) => inner.token_to_id(token),
+            Codec::Spm(spm) => spm.id(token.as_bytes()),
+        }
     }
 
     pub fn token_str(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.codec {
+            Codec::Hf(inner) => inner.id_to_token(id),
+            Codec::Spm(spm) => ((id as usize) < spm.vocab_size()).then(|| spm.piece(id).to_string()),
+        }
     }
 }
 
