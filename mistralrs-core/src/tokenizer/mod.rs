@@ -10,6 +10,8 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
+use spm::parse_byte_piece;
+
 use crate::error::{Error, Result};
 
 
@@ -250,14 +252,6 @@ fn unicode_to_byte(c: char) -> Option<u8> {
 }
 
 /// SentencePiece pieces: `▁` is a space and `<0xNN>` a raw byte.
-/// The byte of a byte-fallback piece (`<0xE4>`).
-fn parse_byte_piece(piece: &str) -> Option<u8> {
-    if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
-        return u8::from_str_radix(&piece[3..5], 16).ok();
-    }
-    None
-}
-
 fn push_sentencepiece_bytes(piece: &str, out: &mut Vec<u8>) {
     if let Some(b) = parse_byte_piece(piece) {
         out.push(b);

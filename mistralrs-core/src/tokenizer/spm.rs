@@ -265,7 +265,7 @@ impl Spm {
         };
         for &id in ids.iter().filter(|&&id| !skip(id)) {
             let piece = self.piece(id);
-            if let Some(b) = super::parse_byte_piece(piece) {
+            if let Some(b) = parse_byte_piece(piece) {
                 run.push(b);
                 continue;
             }
@@ -280,6 +280,14 @@ impl Spm {
         }
         out
     }
+}
+
+/// The byte of a byte-fallback piece (`<0xE4>`).
+pub fn parse_byte_piece(piece: &str) -> Option<u8> {
+    if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
+        return u8::from_str_radix(&piece[3..5], 16).ok();
+    }
+    None
 }
 
 #[cfg(test)]
