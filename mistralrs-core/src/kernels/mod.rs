@@ -18,6 +18,7 @@ pub mod legacy_quant;
 pub mod kquant_panels;
 mod out_ptr;
 mod panel_product;
+pub mod quantize_kmin;
 pub mod quantize_q6k;
 pub mod report;
 pub mod select;

@@ -159,11 +159,15 @@ pub(crate) fn quantize_matrix(w: &QMatMul, dtype: GgmlDType) -> Result<Option<QM
     Ok(Some(QMatMul::from_qtensor(quantize_dense(&dense, dtype)?)?))
 }
 
-/// A dense (rows, cols) matrix quantized to `dtype`: ggml's own Q6_K
-/// quantizer (candle's is an older ggml's), candle's for the other types.
-fn quantize_dense(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+/// A dense (rows, cols) matrix quantized to `dtype` as ggml's reference
+/// quantizers write it (what llama.cpp's quantizer does without an
+/// importance matrix): our ports for Q2_K, Q4_K, Q5_K and Q6_K (candle's are
+/// an older ggml's), candle's for the types where it writes ggml's bytes
+/// (Q3_K and the legacy types; Q8_K, which llama.cpp does not write).
+pub fn quantize_dense(w: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     match dtype {
         GgmlDType::Q6K => crate::kernels::quantize_q6k::quantize_q6k(w),
+        GgmlDType::Q2K | GgmlDType::Q4K | GgmlDType::Q5K => crate::kernels::quantize_kmin::quantize_kmin(w, dtype),
         _ => QTensor::quantize(w, dtype),
     }
 }
