@@ -44,7 +44,7 @@ pub fn copy_fixture(dir: &Path, name: &str) {
 pub fn options() -> LoadOptions {
     // A local path never reaches the network, but make sure of it.
     std::env::set_var("HF_HUB_OFFLINE", "1");
-    LoadOptions { token_source: TokenSource::None, chat_template: None, device: candle_core::Device::Cpu, in_situ_quant: None }
+    LoadOptions { token_source: TokenSource::None, chat_template: None, device: candle_core::Device::Cpu, in_situ_quant: None, dtype: None }
 }
 
 pub fn gguf_spec(dir: &Path, name: &str, format: FileFormat, tok: Option<&Path>) -> ModelSpec {

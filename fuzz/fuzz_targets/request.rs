@@ -1,6 +1,7 @@
 //! Requests as a caller can build them (every field the Python classes
-//! pass to the engine, any value its type allows, grammars included), sent
-//! to one tiny model that must keep serving after each.
+//! pass to the engine, any value its type allows, grammars, tools, tool
+//! choices and tool-call / tool-result messages included), sent to one tiny
+//! model that must keep serving after each.
 #![no_main]
 
 #[path = "common.rs"]
@@ -11,10 +12,12 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use mistralrs_core::chat_template::ChatMessage;
+use mistralrs_core::chat_template::{ChatMessage, MessageFunction, MessageToolCall};
 use mistralrs_core::grammar::Grammar;
 use mistralrs_core::request::{GenerationRequest, PromptInput};
 use mistralrs_core::sampler::SamplingParams;
+use mistralrs_core::tools::ToolRequest;
+use serde_json::{json, Value};
 use mistralrs_core::Runner;
 
 fn runner() -> &'static Runner {
@@ -40,7 +43,34 @@ fn prompt(u: &mut Unstructured) -> Result<PromptInput> {
                     2 => "assistant".to_string(),
                     _ => u.arbitrary()?,
                 };
-                msgs.push(ChatMessage::new(&role, text(u)?));
+                let mut m = ChatMessage::new(&role, text(u)?);
+                match u.int_in_range(0..=5)? {
+                    // An assistant turn that called tools (content absent or not).
+                    0 => {
+                        m.role = "assistant".into();
+                        if u.arbitrary()? {
+                            m.content = None;
+                        }
+                        let calls = (0..u.int_in_range(0..=2)?)
+                            .map(|_| {
+                                Ok(MessageToolCall {
+                                    id: text(u)?,
+                                    kind: if u.arbitrary()? { "function".into() } else { text(u)? },
+                                    function: MessageFunction { name: text(u)?, arguments: json_value(u)? },
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        m.tool_calls = Some(calls);
+                    }
+                    // A tool's result, answering a call by id.
+                    1 => {
+                        m.role = "tool".into();
+                        m.tool_call_id = if u.arbitrary()? { Some(text(u)?) } else { None };
+                        m.name = if u.arbitrary()? { Some(text(u)?) } else { None };
+                    }
+                    _ => {}
+                }
+                msgs.push(m);
             }
             PromptInput::Messages(msgs)
         }
@@ -58,6 +88,52 @@ fn grammar(u: &mut Unstructured) -> Result<Option<Grammar>> {
         3 => Some(Grammar::JsonSchema(serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}}))),
         _ => None,
     })
+}
+
+/// Any JSON a client could send: parsed from arbitrary text, or a few
+/// shapes that reach further (objects, schemas).
+fn json_value(u: &mut Unstructured) -> Result<Value> {
+    Ok(match u.int_in_range(0..=3)? {
+        0 => serde_json::from_str(&text(u)?).unwrap_or(Value::Null),
+        1 => json!({"type": "object", "properties": {text(u)?: {"type": "string"}}, "required": [text(u)?]}),
+        2 => json!({ text(u)?: text(u)? }),
+        _ => Value::String(text(u)?),
+    })
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls` as a client sends them,
+/// through the same checks the Python classes and the server use; None when
+/// the request has none, or when the checks refuse them (which is their
+/// answer to a bad list, and exercised all the same).
+fn tools(u: &mut Unstructured) -> Result<Option<ToolRequest>> {
+    if u.ratio(1, 2)? {
+        return Ok(None);
+    }
+    let list = match u.int_in_range(0..=2)? {
+        0 => json_value(u)?,
+        _ => Value::Array(
+            (0..u.int_in_range(0..=3)?)
+                .map(|_| {
+                    let name = if u.arbitrary()? { format!("f{}", u.int_in_range(0..=3)?) } else { text(u)? };
+                    let params = if u.arbitrary()? {
+                        json!({"type": "object", "properties": {"x": {"type": "integer"}, "s": {"type": "string"}}, "required": ["x"]})
+                    } else {
+                        json_value(u)?
+                    };
+                    Ok(json!({"type": "function", "function": {"name": name, "description": text(u)?, "parameters": params}}))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    let choice = match u.int_in_range(0..=5)? {
+        0 => None,
+        1 => Some(json!("auto")),
+        2 => Some(json!("none")),
+        3 => Some(json!("required")),
+        4 => Some(json!({"type": "function", "function": {"name": format!("f{}", u.int_in_range(0..=3)?)}})),
+        _ => Some(json_value(u)?),
+    };
+    Ok(ToolRequest::new(Some(list), choice, u.arbitrary()?).ok().flatten())
 }
 
 fn sampling(u: &mut Unstructured) -> Result<SamplingParams> {
@@ -104,7 +180,7 @@ fn request(u: &mut Unstructured) -> Result<GenerationRequest> {
         logprobs: u.arbitrary()?,
         adapters: if u.ratio(1, 8)? { Some(u.arbitrary()?) } else { None },
         grammar: grammar(u)?,
-        tools: None,
+        tools: tools(u)?,
     })
 }
 
