@@ -4,6 +4,8 @@
 #
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (1800) each, FUZZ_JOBS (2) at a time
 #   scripts/fuzz.sh gguf request    just these
+#   scripts/fuzz.sh server_bodies   the server's JSON bodies (fuzz/server_bodies.py, atheris in
+#                                   $FUZZ_PYTHON, default .venv/bin/python: pip install atheris)
 #   FUZZ_SECONDS=60 scripts/fuzz.sh a short smoke run
 #
 # Each target starts from fuzz/corpus/<target>: the committed corpus
@@ -20,7 +22,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 SECONDS_EACH="${FUZZ_SECONDS:-1800}"
 JOBS="${FUZZ_JOBS:-2}"
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf ggml safetensors json request)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf ggml safetensors json request server_bodies)
+FUZZ_PYTHON="${FUZZ_PYTHON:-$PWD/../.venv/bin/python}"
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 
 # The coverage passes are stable codegen options; `--target` keeps them off
@@ -36,6 +39,15 @@ BIN="target/$TRIPLE/release"
 run_one() {
     local t="$1"
     mkdir -p "corpus/$t" "artifacts/$t" logs
+    if [ "$t" = server_bodies ]; then
+        # libFuzzer's merge re-runs argv[0], which a Python harness is not; its
+        # inputs are already reduced as it runs, so the corpus is kept as is.
+        "$FUZZ_PYTHON" server_bodies.py "corpus/$t" -max_total_time="$SECONDS_EACH" -timeout=30 -rss_limit_mb=4096 \
+            -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1
+        local rc=$?
+        echo "==> $t: exit $rc; $(grep -a 'stat::number_of_executed_units' "logs/$t.log" | tail -1)"
+        return $rc
+    fi
     # A child shell so the address-space cap holds for this target only.
     (
         ulimit -v $((8 << 20))
