@@ -92,6 +92,39 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// Each of a block's N sub-blocks of S values fitted on its own.
+struct Fits<const N: usize> {
+    scales: [f32; N],
+    mins: [f32; N],
+    max_scale: f32,
+    max_min: f32,
+}
+
+/// `make_qkx2_quants` on each S-value sub-block of `x` (candidates
+/// nmax + rmin + 0.1·is, is = 0..=nstep), with the weights `weights` gives
+/// it: its levels into `l`, its (scale, −min), and their maxima, which set
+/// the block's `d` and `dmin`.
+fn fit_sub_blocks<const N: usize, const S: usize>(
+    x: &[f32],
+    l: &mut [u8; QK_K],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    mad: bool,
+    weights: impl Fn(&[f32]) -> [f32; S],
+) -> Fits<N> {
+    let mut laux = [0u8; S];
+    let mut f = Fits { scales: [0.0; N], mins: [0.0; N], max_scale: 0.0, max_min: 0.0 };
+    for j in 0..N {
+        let xs = &x[S * j..S * (j + 1)];
+        let w = weights(xs);
+        (f.scales[j], f.mins[j]) = make_qkx2_quants(xs, &w, nmax, &mut l[S * j..S * (j + 1)], &mut laux, rmin, 0.1, nstep, mad);
+        f.max_scale = f.max_scale.max(f.scales[j]);
+        f.max_min = f.max_min.max(f.mins[j]);
+    }
+    f
+}
+
 /// Q4_K and Q5_K: eight 32-value sub-blocks, 6-bit scales and mins (12
 /// bytes, ggml's `get_scale_min_k4` packing) under f16 `d`, `dmin`; then the
 /// levels each sub-block's rounded scale and min give. `bits` 4 or 5.
@@ -99,18 +132,11 @@ fn quantize_q45k_block(x: &[f32], bits: u32, out: &mut [u8]) {
     let nmax = (1 << bits) - 1;
     let (rmin, nstep) = if bits == 4 { (-1.0, 20) } else { (-0.5, 15) };
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let sum_x2: f32 = xs.iter().fold(0.0, |s, &v| s + v * v);
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let w: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, nmax, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
-        max_scale = max_scale.max(scales[j]);
-        max_min = max_min.max(mins[j]);
-    }
+    // Weights: the sub-block's RMS plus each value's magnitude.
+    let Fits { scales, mins, max_scale, max_min } = fit_sub_blocks::<8, 32>(x, &mut l, nmax, rmin, nstep, false, |xs| {
+        let av_x = (xs.iter().fold(0.0, |s, &v| s + v * v) / 32.0).sqrt();
+        std::array::from_fn(|i| av_x + xs[i].abs())
+    });
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut sc = [0u8; 12];
@@ -176,16 +202,9 @@ fn quantize_q45k_block(x: &[f32], bits: u32, out: &mut [u8]) {
 fn quantize_q2k_block(x: &[f32], out: &mut [u8]) {
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
-    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let w: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, 3, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
-        max_scale = max_scale.max(scales[j]);
-        max_min = max_min.max(mins[j]);
-    }
+    // Weights: each value's magnitude; errors absolute.
+    let Fits { scales, mins, max_scale, max_min } =
+        fit_sub_blocks::<16, 16>(x, &mut l, 3, -0.5, 15, true, |xs| std::array::from_fn(|i| xs[i].abs()));
     let (sc, rest) = out.split_at_mut(16);
     let (qs, dd) = rest.split_at_mut(64);
     sc.fill(0);
