@@ -1,7 +1,9 @@
 //! OpenAI-shaped responses. With the `pyo3` feature these are the Python
 //! classes themselves (read-only attributes), so the binding needs no copy.
+//! They pickle through their JSON form, so they cross process boundaries
+//! (multiprocessing, Ray Serve replicas answering another process).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! py_value {
     ($($ty:ident),* $(,)?) => {$(
@@ -11,12 +13,27 @@ macro_rules! py_value {
             fn __repr__(&self) -> String {
                 format!("{self:?}")
             }
+
+            fn __reduce__<'py>(
+                slf: &pyo3::Bound<'py, Self>,
+            ) -> pyo3::PyResult<(pyo3::Bound<'py, pyo3::PyAny>, (String,))> {
+                use pyo3::types::PyAnyMethods;
+                let json = serde_json::to_string(slf.get())
+                    .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+                Ok((slf.get_type().getattr("_from_json")?, (json,)))
+            }
+
+            /// The inverse of pickling: the value whose JSON form `json` is.
+            #[staticmethod]
+            fn _from_json(json: &str) -> pyo3::PyResult<Self> {
+                serde_json::from_str(json).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+            }
         }
     )*};
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -35,13 +52,13 @@ pub struct Usage {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
@@ -50,7 +67,7 @@ pub struct TopLogprob {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResponseLogprob {
     pub token: String,
     pub logprob: f32,
@@ -60,14 +77,14 @@ pub struct ResponseLogprob {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Logprobs {
     pub content: Vec<ResponseLogprob>,
 }
 
 /// The function a tool call names, and its arguments as JSON text.
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionCall {
     pub name: String,
     pub arguments: String,
@@ -75,7 +92,7 @@ pub struct FunctionCall {
 
 /// A call the model made (OpenAI's `message.tool_calls[i]`).
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolCall {
     pub id: String,
     pub r#type: String,
@@ -84,7 +101,7 @@ pub struct ToolCall {
 
 /// A piece of a streamed call: `name` on its first delta, `arguments` fragments after.
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionCallDelta {
     pub name: Option<String>,
     pub arguments: String,
@@ -92,7 +109,7 @@ pub struct FunctionCallDelta {
 
 /// A streamed piece of tool call `index` of a choice: `id` and `type` on its first delta.
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolCallDelta {
     pub index: usize,
     pub id: Option<String>,
@@ -101,7 +118,7 @@ pub struct ToolCallDelta {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResponseMessage {
     pub role: String,
     /// None when the answer is only tool calls.
@@ -111,7 +128,7 @@ pub struct ResponseMessage {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Choice {
     pub index: usize,
     pub finish_reason: String,
@@ -120,7 +137,7 @@ pub struct Choice {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatCompletionResponse {
     pub id: String,
     pub object: String,
@@ -132,7 +149,7 @@ pub struct ChatCompletionResponse {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delta {
     pub role: String,
     /// None in a chunk that carries tool-call deltas or only the finish reason of a call.
@@ -141,7 +158,7 @@ pub struct Delta {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChunkChoice {
     pub index: usize,
     pub delta: Delta,
@@ -150,7 +167,7 @@ pub struct ChunkChoice {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatCompletionChunkResponse {
     pub id: String,
     pub object: String,
@@ -162,7 +179,7 @@ pub struct ChatCompletionChunkResponse {
 }
 
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
@@ -172,7 +189,7 @@ pub struct CompletionChoice {
 
 /// A completion, or with `stream=True` one chunk of it (`usage` on the last).
 #[cfg_attr(feature = "pyo3", pyo3::pyclass(get_all, frozen, module = "mistralrs"))]
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompletionResponse {
     pub id: String,
     pub object: String,
@@ -185,6 +202,7 @@ pub struct CompletionResponse {
 
 py_value!(
     Usage,
+    PromptTokensDetails,
     TopLogprob,
     ResponseLogprob,
     Logprobs,

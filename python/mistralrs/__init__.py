@@ -30,6 +30,7 @@ from mistralrs._mistralrs import (
     __version__,
     build_info,
 )
+from mistralrs import _pickling  # noqa: F401  (registers the requests' pickling)
 
 __all__ = [
     "Architecture",
