@@ -16,6 +16,7 @@ import logging
 import os
 import pathlib
 import sys
+from typing import Any
 
 from mistralrs import Architecture, Runner, Which
 from mistralrs.server.app import DEFAULT_MAX_BODY_BYTES, create_app
@@ -89,6 +90,27 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="(info)")
     s.add_argument("--no-access-log", action="store_true", help="do not log each request")
+
+    ray = p.add_argument_group("Ray Serve (pip install 'mistralrs[ray]'; docs/scaling.md)")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve replicas of the model on Ray Serve behind one endpoint (--host/--port)")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help='a running Ray cluster ("auto", "ray://host:10001"; default: $RAY_ADDRESS, else a local one)')
+    ray.add_argument("--replicas", type=int, default=1, help="replicas, each with its own runner (1)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale from this many replicas (default: --replicas)")
+    ray.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas (default: --replicas)")
+    ray.add_argument("--target-ongoing-requests", type=float,
+                     help="autoscaling: requests in flight per replica to aim for (default: --max-seqs)")
+    ray.add_argument("--upscale-delay-s", type=float, default=5.0,
+                     help="autoscaling: seconds the load must call for more replicas before they start (5)")
+    ray.add_argument("--downscale-delay-s", type=float, default=60.0,
+                     help="autoscaling: seconds the load must allow fewer replicas before one stops (60)")
+    ray.add_argument("--replica-cpus", type=float, default=1.0,
+                     help="CPUs Ray reserves for each replica; its engine runs that many threads (1)")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs Ray reserves for each replica (0)")
+    ray.add_argument("--router", choices=["prefix", "pow2"], default="prefix",
+                     help="prefix: to the replica most likely to hold the prompt's cached prefix unless it is "
+                          "much busier; pow2: Ray's default, the less busy of two random replicas (prefix)")
     return p
 
 
@@ -157,37 +179,51 @@ def model_name_of(args: argparse.Namespace) -> str:
     return name[: -len(".gguf")] if name.endswith(".gguf") else name
 
 
+def runner_options(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
+    """``Runner(**runner_options(args, p))``: what the flags load (a Ray replica builds its runner the same way)."""
+    return dict(
+        which=which_of(args, p),
+        max_seqs=args.max_seqs,
+        no_kv_cache=args.no_kv_cache,
+        prefix_cache_n=args.prefix_cache_n,
+        token_source=args.token_source,
+        speculative_gamma=args.speculative_gamma,
+        which_draft=draft_of(args, p),
+        chat_template=args.chat_template,
+        num_device_layers=args.num_device_layers,
+        in_situ_quant=args.in_situ_quant,
+        seed=args.seed,
+        device=args.device,
+        kv_cache_mb=args.kv_cache_mb,
+        kv_cache_dtype=args.kv_cache_dtype,
+        tool_call_format=args.tool_call_parser,
+    )
+
+
+def app_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``create_app(runner, **app_options(args))``."""
+    return dict(model_name=model_name_of(args), api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                max_stored_responses=args.max_stored_responses)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = parser(prog)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    which = which_of(args, p)
+    if args.ray:
+        from mistralrs.server import ray_serve  # Ray is an optional extra: imported only when asked for
+
+        return ray_serve.main(args, p)
+    options = runner_options(args, p)
     try:
-        runner = Runner(
-            which,
-            max_seqs=args.max_seqs,
-            no_kv_cache=args.no_kv_cache,
-            prefix_cache_n=args.prefix_cache_n,
-            token_source=args.token_source,
-            speculative_gamma=args.speculative_gamma,
-            which_draft=draft_of(args, p),
-            chat_template=args.chat_template,
-            num_device_layers=args.num_device_layers,
-            in_situ_quant=args.in_situ_quant,
-            seed=args.seed,
-            device=args.device,
-            kv_cache_mb=args.kv_cache_mb,
-            kv_cache_dtype=args.kv_cache_dtype,
-            tool_call_format=args.tool_call_parser,
-        )
+        runner = Runner(**options)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
         print(f"{p.prog}: cannot load the model: {e}", file=sys.stderr)
         return 1
-    name = model_name_of(args)
-    app = create_app(runner, model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
-                     max_stored_responses=args.max_stored_responses)
+    app = create_app(runner, **app_options(args))
     logging.getLogger("mistralrs.server").info(
-        "serving `%s` on http://%s:%d/v1%s", name, args.host, args.port, " (API key required)" if args.api_key else ""
+        "serving `%s` on http://%s:%d/v1%s", model_name_of(args), args.host, args.port,
+        " (API key required)" if args.api_key else ""
     )
     return serve(app, runner, host=args.host, port=args.port, grace=args.shutdown_grace,
                  log_level=args.log_level, access_log=not args.no_access_log)
