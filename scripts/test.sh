@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> installing build and test tools into $VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.7,<2" pytest numpy \
-    jsonschema fastapi uvicorn prometheus-client openai httpx openai-agents
+    jsonschema fastapi uvicorn prometheus-client openai httpx openai-agents "ray[serve]>=2.60,<3"
 
 echo "==> import graph of mistralrs-core: no cycle, no import pointing up (scripts/module_graph.py)"
 "$PYTHON" scripts/module_graph.py > /dev/null || "$PYTHON" scripts/module_graph.py

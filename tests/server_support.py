@@ -24,8 +24,8 @@ def free_port() -> int:
 class ServerProcess:
     """Starts the server with ``args`` and waits until ``/health`` answers."""
 
-    def __init__(self, args: list[str], *, ready_timeout: float = 60.0) -> None:
-        self.port = free_port()
+    def __init__(self, args: list[str], *, ready_timeout: float = 60.0, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # A file, not a pipe: nobody reads the log while tests run, and a full pipe would block the server.
         self.log = tempfile.NamedTemporaryFile(prefix="mistralrs-serve-", suffix=".log", delete=False)

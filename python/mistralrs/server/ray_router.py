@@ -1,0 +1,137 @@
+"""``PrefixAffinityRouter``: Ray Serve request routing that follows the replicas' prefix caches.
+
+A replica's engine keeps the KV blocks of prompts it has served (SPEC §6, the prefix cache), so a
+request is cheapest where its prompt's leading part was computed before: the second turn of a chat,
+or any request sharing a long system prompt. The router cannot see the replicas' token blocks (the
+prompt is tokenized only in the replica), so it predicts them from its own routing, as Ray's
+``PrefixCacheAffinityRouter`` and vLLM's production router do: each prompt is cut into segments (each
+message's text in pieces of ``segment_chars``, message boundaries always cut), the segments are
+chained by hash like the engine's blocks (a segment's key hashes every segment before it), and each
+key remembers the replica the last request holding it went to. A request goes to the replica owning
+its deepest known key, unless that replica has ``imbalance`` more requests in flight than the least
+busy one; then, and for requests without a known prefix, to the least busy replica.
+
+Routing state lives in the process of the handle (the ingress replica); with several ingress replicas
+each learns from the requests it routes.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from typing import Any, Optional
+
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+
+# The ``Model`` methods that generate; everything else (tokenize, stats) goes to the least busy.
+_GENERATING = frozenset({"generate", "stream"})
+
+
+def _canonical(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def prompt_segments(request: Any, segment_chars: int) -> list[str]:
+    """The pieces of what ``request`` (a ``ChatCompletionRequest`` or ``CompletionRequest``) puts at
+    the head of its prompt, in order: tools and each message for a chat, the text (or token ids) of a
+    completion."""
+    messages = getattr(request, "messages", None)
+    if messages is None:
+        parts = [_canonical(request.prompt)]
+    else:
+        tools = getattr(request, "tools", None)
+        parts = ([_canonical(tools)] if tools else []) + [
+            _canonical(m) if not isinstance(m, dict) else
+            f"{m.get('role')}\x1f{_canonical(m.get('content'))}\x1f{_canonical(m.get('tool_calls') or '')}"
+            for m in messages
+        ]
+    segments: list[str] = []
+    for part in parts:
+        segments += [part[i:i + segment_chars] for i in range(0, max(len(part), 1), segment_chars)]
+    return segments
+
+
+def prefix_keys(request: Any, segment_chars: int) -> list[bytes]:
+    """Chained keys of ``request``'s segments: key i identifies segments 0..i, as the engine's block
+    hashes identify a block with everything before it."""
+    keys: list[bytes] = []
+    previous = b""
+    for segment in prompt_segments(request, segment_chars):
+        previous = hashlib.blake2b(previous + segment.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        keys.append(previous)
+    return keys
+
+
+class PrefixAffinityRouter(FIFOMixin, RequestRouter):
+    """Routes a generation to the replica most likely to hold its prompt's prefix (see the module)."""
+
+    def initialize_state(self, imbalance: int = 8, segment_chars: int = 256, max_keys: int = 1_000_000) -> None:
+        self.imbalance = imbalance
+        self.segment_chars = segment_chars
+        self.max_keys = max_keys
+        # key -> replica id (unique_id), least recently routed first.
+        self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        # request id -> its keys, until it is routed (bounded: a request cancelled unrouted leaves its own)
+        self._keys_of: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        self.affinity_hits = 0
+        self.balanced = 0
+
+    def _load(self, replica: RunningReplica) -> int:
+        """Requests in flight at ``replica``: the router's own count, else what it last reported."""
+        ongoing = self.replica_queue_len_cache.get(replica.replica_id)
+        if ongoing is not None:
+            return int(ongoing)
+        stats = replica.routing_stats or {}
+        return int(stats.get("seqs_running", 0)) + int(stats.get("seqs_waiting", 0))
+
+    def _request(self, pending: PendingRequest) -> Optional[Any]:
+        if pending.metadata.call_method not in _GENERATING or not pending.args:
+            return None
+        return pending.args[0]
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: Optional[PendingRequest] = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        request = self._request(pending_request) if pending_request is not None else None
+        if request is None:
+            return [candidate_replicas]  # Ray picks the one with the shortest queue
+        request_id = pending_request.metadata.internal_request_id
+        keys = self._keys_of.get(request_id)
+        if keys is None:
+            keys = self._keys_of[request_id] = prefix_keys(request, self.segment_chars)
+            if len(self._keys_of) > 10_000:
+                self._keys_of.popitem(last=False)
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        owner: Optional[RunningReplica] = None
+        for key in reversed(keys):
+            owner = by_id.get(self._owners.get(key, ""))
+            if owner is not None:
+                break
+        if owner is None:
+            return [candidate_replicas]
+        loads = {r.replica_id.unique_id: self._load(r) for r in candidate_replicas}
+        if loads[owner.replica_id.unique_id] > min(loads.values()) + self.imbalance:
+            self.balanced += 1
+            return [candidate_replicas]
+        self.affinity_hits += 1
+        return [[owner], [r for r in candidate_replicas if r is not owner]]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
+        keys = self._keys_of.pop(pending_request.metadata.internal_request_id, None)
+        if not keys:
+            return
+        owner = replica_id.unique_id
+        for key in keys:
+            self._owners[key] = owner
+            self._owners.move_to_end(key)
+        while len(self._owners) > self.max_keys:
+            self._owners.popitem(last=False)
+
+    def on_replica_actor_died(self, replica_id: Any) -> None:
+        super().on_replica_actor_died(replica_id)
+        gone = replica_id.unique_id
+        for key in [k for k, v in self._owners.items() if v == gone]:
+            del self._owners[key]
