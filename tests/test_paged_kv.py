@@ -356,3 +356,40 @@ def test_64_mixed_requests_under_a_quarter_budget(smollm2_runner, smollm2_path):
     for i, (s, g) in enumerate(zip(sequential, got["texts"], strict=True)):
         assert g == s, f"request {i} ({lengths[i]} tokens): {g!r} != {s!r}"
     assert peak_mib < weights_mib + mb + 200
+
+
+def test_prefix_cache_mb_keeps_interleaved_conversations_between_turns(smollm2_which):
+    """Four conversations' first turns, then their second turns: a server's interleaving. Within
+    ``prefix_cache_mb`` every conversation's prefix survives the others; with 0, memory follows use
+    strictly and each new conversation reuses the blocks released longest ago, the first one's."""
+
+    def turns(runner) -> list[tuple[int, int]]:
+        convs = [[{"role": "user", "content": f"Conversation {i}: " + "tell me about rivers and lakes. " * 6}]
+                 for i in range(4)]
+        firsts = [runner.send_chat_completion_request(
+            ChatCompletionRequest(model="m", messages=m, max_tokens=8, temperature=0.0)) for m in convs]
+        out = []
+        for m, r in zip(convs, firsts):
+            m += [{"role": "assistant", "content": r.choices[0].message.content}, {"role": "user", "content": "More."}]
+            second = runner.send_chat_completion_request(
+                ChatCompletionRequest(model="m", messages=m, max_tokens=8, temperature=0.0))
+            out.append((r.usage.prompt_tokens // 16 * 16, second.usage.prompt_tokens_details.cached_tokens))
+        return out
+
+    roomy = Runner(which=smollm2_which, kv_cache_mb=256)
+    strict = Runner(which=smollm2_which, kv_cache_mb=256, prefix_cache_mb=0)
+    try:
+        kept, lost = turns(roomy), turns(strict)
+        assert all(cached >= whole > 0 for whole, cached in kept), kept
+        # The first conversation's blocks went to the second one's first turn.
+        assert lost[0][1] < lost[0][0], lost
+        assert strict.stats()["kv_blocks_resident"] < roomy.stats()["kv_blocks_resident"]
+    finally:
+        roomy.close()
+        strict.close()
+
+
+@pytest.mark.parametrize("mb", [-1, 2**70])
+def test_prefix_cache_mb_must_be_a_size(smollm2_which, mb):
+    with pytest.raises((ValueError, OverflowError), match="prefix_cache_mb|int too big"):
+        Runner(which=smollm2_which, prefix_cache_mb=mb)

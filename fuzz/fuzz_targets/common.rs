@@ -69,6 +69,7 @@ pub fn small_runner(spec: &ModelSpec) -> mistralrs_core::Result<Runner> {
         kv_cache_mb: Some(4),
         kv_cache_dtype: None,
         prefix_cache_n: 4,
+        prefix_cache_mb: None,
         repeat_last_n: 64,
         seed: Some(0),
         draft: None,

@@ -24,6 +24,12 @@ use crate::tools::{ToolCallFormat, ToolOutput};
 /// enough that decoding sequences wait at most about a second behind a prompt.
 const MAX_STEP_TOKENS: usize = 512;
 
+/// The prefix cache's own memory by default: enough for a few dozen
+/// prompts of a small model, little enough that a process serving one
+/// request at a time stays at weights + that request's cache. Servers with
+/// many concurrent conversations want more (`prefix_cache_mb`).
+pub const DEFAULT_PREFIX_CACHE_MB: usize = 64;
+
 pub struct RunnerConfig {
     pub max_seqs: usize,
     pub no_kv_cache: bool,
@@ -33,6 +39,9 @@ pub struct RunnerConfig {
     pub kv_cache_dtype: Option<KvDtype>,
     /// Released prefixes the prefix cache keeps (0 disables it).
     pub prefix_cache_n: usize,
+    /// Megabytes the prefix cache may keep beyond what running sequences
+    /// hold; None: `DEFAULT_PREFIX_CACHE_MB`.
+    pub prefix_cache_mb: Option<usize>,
     pub repeat_last_n: usize,
     pub seed: Option<u64>,
     /// Speculative decoding: a draft model with the target's vocabulary, and
@@ -149,6 +158,7 @@ impl Runner {
             EngineConfig {
                 max_seqs: cfg.max_seqs,
                 prefix_cache_n: cfg.prefix_cache_n,
+                prefix_cache_bytes: cfg.prefix_cache_mb.unwrap_or(DEFAULT_PREFIX_CACHE_MB) << 20,
                 kv_blocks,
                 kv_dtype,
                 max_step_tokens: MAX_STEP_TOKENS,

@@ -173,7 +173,8 @@ impl Runner {
     #[new]
     #[pyo3(signature = (which, max_seqs=16, no_kv_cache=false, prefix_cache_n=16, token_source="cache",
         speculative_gamma=32, which_draft=None, chat_template=None, num_device_layers=None, in_situ_quant=None,
-        seed=None, device=None, kv_cache_mb=None, dtype=None, tool_call_format=None, kv_cache_dtype=None))]
+        seed=None, device=None, kv_cache_mb=None, dtype=None, tool_call_format=None, kv_cache_dtype=None,
+        prefix_cache_mb=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -193,6 +194,7 @@ impl Runner {
         dtype: Option<String>,
         tool_call_format: Option<String>,
         kv_cache_dtype: Option<String>,
+        prefix_cache_mb: Option<i64>,
     ) -> PyResult<Self> {
         let kv_cache_mb = match kv_cache_mb {
             Some(mb) if mb < 1 => return Err(PyValueError::new_err(format!("kv_cache_mb must be at least 1, got {mb}"))),
@@ -202,6 +204,12 @@ impl Runner {
         if max_seqs < 1 {
             return Err(PyValueError::new_err(format!("max_seqs must be at least 1, got {max_seqs}")));
         }
+        let prefix_cache_mb = match prefix_cache_mb {
+            Some(mb) => Some(usize::try_from(mb).map_err(|_| {
+                PyValueError::new_err(format!("prefix_cache_mb must be >= 0 (and fit in memory), got {mb}"))
+            })?),
+            None => None,
+        };
         if prefix_cache_n < 0 {
             return Err(PyValueError::new_err(format!("prefix_cache_n must be >= 0, got {prefix_cache_n}")));
         }
@@ -243,6 +251,7 @@ impl Runner {
             kv_cache_mb,
             kv_cache_dtype,
             prefix_cache_n: prefix_cache_n as usize,
+            prefix_cache_mb,
             repeat_last_n: which.repeat_last_n(),
             seed: crate::requests::seed_of(seed)?,
             draft: match &which_draft {

@@ -616,6 +616,7 @@ class Runner:
         dtype: Literal["f32", "f16", "bf16", "auto"] | None = None,
         tool_call_format: Literal["hermes", "llama3_json", "mistral", "generic"] | None = None,
         kv_cache_dtype: Literal["auto", "f32", "f16", "bf16", "q8_0"] | None = None,
+        prefix_cache_mb: int | None = None,
     ) -> None:
         """``device``: ``"cpu"``, ``"cuda:N"`` or ``"metal"`` (default: the accelerator this build was compiled
         for, else the CPU); ValueError when the build lacks it or the device does not exist.
@@ -637,6 +638,14 @@ class Runner:
         ``kv_cache_mb``: megabytes of paged KV cache (blocks of 16 tokens) shared by all sequences; by
         default a quarter of the memory available at load (printed). When it runs out, the newest sequences
         are preempted and recomputed later; a request that cannot fit even alone raises ValueError.
+
+        ``prefix_cache_n`` / ``prefix_cache_mb``: the prefix cache keeps the full blocks of the last
+        ``prefix_cache_n`` finished (or preempted) sequences, so a request whose prompt starts the same way
+        (the next turn of a chat, a shared system prompt) skips computing that part
+        (``Usage.prompt_tokens_details.cached_tokens``). Its memory: up to ``prefix_cache_mb`` megabytes
+        (default 64) beyond the most the running sequences held at once; past that, a new block reuses the
+        cached block released longest ago. Servers with many concurrent conversations want more (their
+        prefixes are otherwise evicted between turns); all of it stays within ``kv_cache_mb``.
 
         ``which_draft``: a smaller model with the same vocabulary (ValueError otherwise) that proposes up to
         ``speculative_gamma`` tokens per decoding step; the target verifies them in one forward pass. Greedy

@@ -73,11 +73,6 @@ pub struct EngineStats {
     pub seqs_waiting: AtomicU64,
 }
 
-/// Below this much touched KV memory the prefix cache grows into untouched
-/// blocks rather than evicting; beyond it, memory follows use
-/// (`BlockAllocator::growing_below`).
-const PREFIX_CACHE_FLOOR_BYTES: usize = 64 << 20;
-
 /// Set to 1: sliding-window layers keep every block (for comparisons).
 pub const KEEP_WINDOWS_ENV: &str = "MISTRALRS_KV_KEEP_WINDOWS";
 
@@ -85,6 +80,10 @@ pub struct EngineConfig {
     pub max_seqs: usize,
     /// Released prefixes whose blocks the prefix cache keeps (0: none).
     pub prefix_cache_n: usize,
+    /// Below this much touched KV memory the prefix cache grows into
+    /// untouched blocks rather than evicting; beyond it, memory follows use
+    /// (`BlockAllocator::growing_below`).
+    pub prefix_cache_bytes: usize,
     /// Tokens one step runs at most: decoding sequences take one each, and
     /// prompts share the rest in chunks (so a long prompt does not stall
     /// running decodes for its whole length).
@@ -186,7 +185,7 @@ impl Engine {
         };
         let block_bytes = KvPool::block_bytes(model.cache_layers(), mc.num_kv_heads, mc.head_dim, cfg.kv_dtype);
         let alloc = BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n })
-            .growing_below((PREFIX_CACHE_FLOOR_BYTES / block_bytes.max(1)).max(1));
+            .growing_below((cfg.prefix_cache_bytes / block_bytes.max(1)).max(1));
         // Giving a block's pages back is a CPU pool's business (elsewhere the
         // pool is device memory); `MISTRALRS_KV_KEEP_WINDOWS=1` keeps every
         // block whole, to compare against.

@@ -56,6 +56,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every step")
     r.add_argument("--prefix-cache-n", type=int, default=16,
                    help="ended sequences whose prompt prefixes are kept (16; 0: off)")
+    r.add_argument("--prefix-cache-mb", type=int,
+                   help="memory the prefix cache keeps beyond what running sequences hold (64); more keeps more "
+                        "conversations' prefixes between turns, within --kv-cache-mb")
     r.add_argument("--token-source", default="cache",
                    help='hub token: "cache" (default), "none", "literal:<tok>", "env:<VAR>", "path:<file>"')
     r.add_argument("--chat-template", metavar="TEMPLATE", help="a .json / .jinja file or a literal Jinja template")
@@ -186,6 +189,7 @@ def runner_options(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict
         max_seqs=args.max_seqs,
         no_kv_cache=args.no_kv_cache,
         prefix_cache_n=args.prefix_cache_n,
+        prefix_cache_mb=args.prefix_cache_mb,
         token_source=args.token_source,
         speculative_gamma=args.speculative_gamma,
         which_draft=draft_of(args, p),
