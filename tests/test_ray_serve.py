@@ -259,6 +259,15 @@ def test_builder_flags_and_prefix_keys():
         "--router", "pow2", "--prefix-cache-n", "0"]
     with pytest.raises(SystemExit):  # the command line's own checks
         build({"gguf": "m.gguf", "model_id": "x"})
+    # The shipped examples' arguments are flags the command line takes.
+    import yaml
+
+    manifest = yaml.safe_load((REPO / "examples" / "ray" / "rayservice.yaml").read_text())
+    for config in (yaml.safe_load(manifest["spec"]["serveConfigV2"]),
+                   yaml.safe_load((REPO / "examples" / "ray" / "serve_config.yaml").read_text())):
+        app = config["applications"][0]
+        assert app["import_path"] == "mistralrs.server.ray_serve:build"
+        build(app["args"])
 
     def chat(*contents: str) -> ChatCompletionRequest:
         roles = ["system", "user", "assistant", "user"]

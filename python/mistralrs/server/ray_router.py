@@ -7,9 +7,11 @@ prompt is tokenized only in the replica), so it predicts them from its own routi
 ``PrefixCacheAffinityRouter`` and vLLM's production router do: each prompt is cut into segments (each
 message's text in pieces of ``segment_chars``, message boundaries always cut), the segments are
 chained by hash like the engine's blocks (a segment's key hashes every segment before it), and each
-key remembers the replica the last request holding it went to. A request goes to the replica owning
-its deepest known key, unless that replica has ``imbalance`` more requests in flight than the least
-busy one; then, and for requests without a known prefix, to the least busy replica.
+key remembers the replicas that requests holding it went to. A request goes to the least busy of the
+replicas holding its deepest known key, unless that one has ``imbalance`` more requests in flight than
+the least busy replica overall; then, and for requests without a known prefix, to the least busy
+replica. Keeping every holder, not only the last, matters for prefixes all requests share (a system
+prompt): once each replica has served one, they hold it alike and the load decides.
 
 Routing state lives in the process of the handle (the ingress replica); with several ingress replicas
 each learns from the requests it routes.
@@ -66,12 +68,12 @@ def prefix_keys(request: Any, segment_chars: int) -> list[bytes]:
 class PrefixAffinityRouter(FIFOMixin, RequestRouter):
     """Routes a generation to the replica most likely to hold its prompt's prefix (see the module)."""
 
-    def initialize_state(self, imbalance: int = 8, segment_chars: int = 256, max_keys: int = 1_000_000) -> None:
+    def initialize_state(self, imbalance: int = 4, segment_chars: int = 256, max_keys: int = 1_000_000) -> None:
         self.imbalance = imbalance
         self.segment_chars = segment_chars
         self.max_keys = max_keys
-        # key -> replica id (unique_id), least recently routed first.
-        self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        # key -> ids (unique_id) of the replicas it was routed to; least recently routed key first.
+        self._holders: collections.OrderedDict[bytes, set[str]] = collections.OrderedDict()
         # request id -> its keys, until it is routed (bounded: a request cancelled unrouted leaves its own)
         self._keys_of: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
         self.affinity_hits = 0
@@ -105,33 +107,36 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
             if len(self._keys_of) > 10_000:
                 self._keys_of.popitem(last=False)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        owner: Optional[RunningReplica] = None
+        holders: list[RunningReplica] = []
         for key in reversed(keys):
-            owner = by_id.get(self._owners.get(key, ""))
-            if owner is not None:
+            holders = [by_id[h] for h in self._holders.get(key, ()) if h in by_id]
+            if holders:
                 break
-        if owner is None:
+        if not holders:
             return [candidate_replicas]
         loads = {r.replica_id.unique_id: self._load(r) for r in candidate_replicas}
-        if loads[owner.replica_id.unique_id] > min(loads.values()) + self.imbalance:
+        best = min(holders, key=lambda r: loads[r.replica_id.unique_id])
+        if loads[best.replica_id.unique_id] > min(loads.values()) + self.imbalance:
             self.balanced += 1
             return [candidate_replicas]
         self.affinity_hits += 1
-        return [[owner], [r for r in candidate_replicas if r is not owner]]
+        return [[best], [r for r in candidate_replicas if r is not best]]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
         keys = self._keys_of.pop(pending_request.metadata.internal_request_id, None)
         if not keys:
             return
-        owner = replica_id.unique_id
+        replica = replica_id.unique_id
         for key in keys:
-            self._owners[key] = owner
-            self._owners.move_to_end(key)
-        while len(self._owners) > self.max_keys:
-            self._owners.popitem(last=False)
+            self._holders.setdefault(key, set()).add(replica)
+            self._holders.move_to_end(key)
+        while len(self._holders) > self.max_keys:
+            self._holders.popitem(last=False)
 
     def on_replica_actor_died(self, replica_id: Any) -> None:
         super().on_replica_actor_died(replica_id)
         gone = replica_id.unique_id
-        for key in [k for k, v in self._owners.items() if v == gone]:
-            del self._owners[key]
+        for key, holders in list(self._holders.items()):
+            holders.discard(gone)
+            if not holders:
+                del self._holders[key]
