@@ -110,6 +110,25 @@ def workload(url: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def second_turns(url: str, n: int = 16) -> int:
+    """``tests/test_ray_serve.py``'s check, as a figure: of ``n`` chats whose first turns were sent
+    together, how many second turns found the first turn's whole blocks in their replica's cache."""
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    firsts = [[{"role": "user", "content": f"Chat {i}: tell me a short fact about the number {i * 7 + 3}, "
+                                           f"and then one about the colour number {i}."}] for i in range(n)]
+
+    def ask(m: list[dict]) -> object:
+        return c.chat.completions.create(model="m", messages=m, max_tokens=12, temperature=0)
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        r1 = list(pool.map(ask, firsts))
+        r2 = list(pool.map(ask, [m + [{"role": "assistant", "content": r.choices[0].message.content},
+                                      {"role": "user", "content": "And another one, please."}]
+                                 for m, r in zip(firsts, r1)]))
+    return sum(b.usage.prompt_tokens_details.cached_tokens >= (a.usage.prompt_tokens // 16 - 1) * 16
+               for a, b in zip(r1, r2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -137,6 +156,7 @@ def main() -> None:
                                "--replica-cpus", str(args.replica_cpus), *CONFIGS[name], *shlex.split(args.serve_flags)]
                 with ServerProcess(server_args, ready_timeout=300, port=cluster.serve_port) as server:
                     r = workload(server.url, args)
+                    r["second_turns"] = second_turns(server.url)
             finally:
                 cluster.close()
             runs[name].append(r)
@@ -145,11 +165,12 @@ def main() -> None:
     print(f"\n{args.model}: {args.chats} chats x {args.turns} turns, {args.concurrency} clients, "
           f"system prompt ~{args.system_tokens} tokens, own context ~{args.context_tokens} tokens, {args.max_tokens} tokens per answer, "
           f"{args.replica_cpus} CPU per replica {args.serve_flags}; medians of {args.reps}\n")
-    print(f"| configuration | requests/s | TTFT p50 (s) | TTFT p90 (s) | prompt tokens from cache |")
-    print("|---|---|---|---|---|")
+    print("| configuration | requests/s | TTFT p50 (s) | TTFT p90 (s) | prompt tokens from cache | second turns from cache |")
+    print("|---|---|---|---|---|---|")
     for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        print(f"| {name} | {med['rps']:.2f} | {med['ttft_p50']:.3f} | {med['ttft_p90']:.3f} | {med['cached']:.0%} |")
+        print(f"| {name} | {med['rps']:.2f} | {med['ttft_p50']:.3f} | {med['ttft_p90']:.3f} | {med['cached']:.0%} "
+              f"| {med['second_turns']:.0f}/16 |")
 
 
 if __name__ == "__main__":

@@ -182,26 +182,18 @@ def model_name_of(args: argparse.Namespace) -> str:
     return name[: -len(".gguf")] if name.endswith(".gguf") else name
 
 
+# Runner(...) arguments whose flags have the same names.
+_RUNNER_ARGS = ("max_seqs", "no_kv_cache", "prefix_cache_n", "prefix_cache_mb", "token_source", "speculative_gamma",
+                "chat_template", "num_device_layers", "in_situ_quant", "seed", "device", "kv_cache_mb", "kv_cache_dtype")
+
+
 def runner_options(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
     """``Runner(**runner_options(args, p))``: what the flags load (a Ray replica builds its runner the same way)."""
-    return dict(
-        which=which_of(args, p),
-        max_seqs=args.max_seqs,
-        no_kv_cache=args.no_kv_cache,
-        prefix_cache_n=args.prefix_cache_n,
-        prefix_cache_mb=args.prefix_cache_mb,
-        token_source=args.token_source,
-        speculative_gamma=args.speculative_gamma,
-        which_draft=draft_of(args, p),
-        chat_template=args.chat_template,
-        num_device_layers=args.num_device_layers,
-        in_situ_quant=args.in_situ_quant,
-        seed=args.seed,
-        device=args.device,
-        kv_cache_mb=args.kv_cache_mb,
-        kv_cache_dtype=args.kv_cache_dtype,
-        tool_call_format=args.tool_call_parser,
-    )
+    return {name: getattr(args, name) for name in _RUNNER_ARGS} | {
+        "which": which_of(args, p),
+        "which_draft": draft_of(args, p),
+        "tool_call_format": args.tool_call_parser,
+    }
 
 
 def app_options(args: argparse.Namespace) -> dict[str, Any]:
