@@ -484,3 +484,18 @@ def test_sigterm_finishes_or_fails_in_flight_requests_and_exits_0(smollm2_path):
         assert isinstance(e, openai.APIError) and "closed" in str(e), outcomes
     # the whole request: 503 from the closing runner (or, if it raced the socket closing, a connection error)
     assert isinstance(outcomes["whole"], (openai.InternalServerError, openai.APIConnectionError)), outcomes
+
+
+def test_ray_flag_without_ray_installed_says_what_to_install(llama_tiny_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "ray"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray (this test hides it)')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "mistralrs", "serve", "--ray", "--model-id", str(llama_tiny_dir),
+                           "--arch", "llama"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "pip install 'mistralrs[ray]'" in proc.stderr

@@ -207,8 +207,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if args.ray:
-        from mistralrs.server import ray_serve  # Ray is an optional extra: imported only when asked for
-
+        try:  # Ray is an optional extra: imported only when asked for
+            from mistralrs.server import ray_serve
+        except ImportError as e:
+            p.error(f"--ray needs Ray Serve ({e}): pip install 'mistralrs[ray]'")
         return ray_serve.main(args, p)
     options = runner_options(args, p)
     try:
