@@ -74,11 +74,12 @@ def test_same_greedy_answers_as_one_process(cluster, llama_tiny_dir, smollm2_pat
             expected = answers(client(single), PROMPTS)
         with ray_server(cluster, ["--replicas", "2", *model]) as ray_app:
             got = answers(client(ray_app), PROMPTS)
-            # Errors keep their shape and status through the replicas.
-            with pytest.raises(openai.BadRequestError) as e:
-                client(ray_app).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
-                                                        temperature=-1)
-            assert e.value.body["param"] == "temperature"
+            # Errors keep their shape and status through the replicas, streamed or not.
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as e:
+                    client(ray_app).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
+                                                            temperature=-1, stream=stream)
+                assert e.value.body["param"] == "temperature"
         assert got == expected
         assert all(whole == streamed for whole, streamed, _ in got)
 
@@ -278,3 +279,54 @@ def test_builder_flags_and_prefix_keys():
     other = prefix_keys(chat(system, "Ho"), 256)
     assert len(first) == 4 and second[:4] == first and len(second) == 6
     assert other[:3] == first[:3] and other[3] != first[3]  # a shared system prompt, then apart
+
+
+def test_router_follows_conversations_and_spreads_a_shared_system_prompt():
+    """The routing decisions alone, on a router driven as Serve drives it: 8 conversations that share a
+    long system prompt arrive 2 replicas' way with their first turns, then their second turns."""
+    import asyncio
+    import dataclasses
+    import types
+
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    from mistralrs import ChatCompletionRequest
+    from mistralrs.server.ray_router import PrefixAffinityRouter
+
+    @dataclasses.dataclass(frozen=True)
+    class Rid:
+        unique_id: str
+
+    replicas = [types.SimpleNamespace(replica_id=Rid(n), routing_stats={}, max_ongoing_requests=64) for n in "ab"]
+    system = {"role": "system", "content": "You are the shop's assistant. " * 30}
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        router = PrefixAffinityRouter(DeploymentID(name="Model", app_name="mistralrs"), DeploymentHandleSource.UNKNOWN)
+        router.initialize_state(imbalance=8)
+        load = {"a": 0, "b": 0}
+
+        async def route(i: int, messages: list[dict]) -> str:
+            for r in replicas:
+                router.replica_queue_len_cache.update(r.replica_id, load[r.replica_id.unique_id])
+            pending = types.SimpleNamespace(args=[ChatCompletionRequest(model="m", messages=messages)], kwargs={},
+                                            metadata=types.SimpleNamespace(call_method="generate",
+                                                                           internal_request_id=f"{i}-{len(messages)}"))
+            ranks = await router.choose_replicas(replicas, pending)
+            # Serve takes the least busy replica of the first rank.
+            chosen = min(ranks[0], key=lambda r: load[r.replica_id.unique_id]).replica_id
+            router.on_request_routed(pending, chosen, None)
+            load[chosen.unique_id] += 1  # the conversations' turns overlap: every one stays in flight
+            return chosen.unique_id
+
+        convs = [[system, {"role": "user", "content": f"Customer {i}: where is my order {i * 37}?"}] for i in range(8)]
+        firsts = [await route(i, m) for i, m in enumerate(convs)]
+        load.update(a=0, b=0)
+        seconds = [await route(i, m + [{"role": "assistant", "content": "On its way."},
+                                       {"role": "user", "content": "When will it arrive?"}])
+                   for i, m in enumerate(convs)]
+        return firsts, seconds
+
+    firsts, seconds = asyncio.run(scenario())
+    # Remembering one holder per prefix with a lenient tolerance put all 8 on one replica.
+    assert sorted(firsts.count(r) for r in "ab") == [4, 4], firsts
+    assert seconds == firsts  # each conversation's second turn where its first is cached

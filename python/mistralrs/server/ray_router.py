@@ -8,10 +8,15 @@ prompt is tokenized only in the replica), so it predicts them from its own routi
 message's text in pieces of ``segment_chars``, message boundaries always cut), the segments are
 chained by hash like the engine's blocks (a segment's key hashes every segment before it), and each
 key remembers the replicas that requests holding it went to. A request goes to the least busy of the
-replicas holding its deepest known key, unless that one has ``imbalance`` more requests in flight than
-the least busy replica overall; then, and for requests without a known prefix, to the least busy
-replica. Keeping every holder, not only the last, matters for prefixes all requests share (a system
-prompt): once each replica has served one, they hold it alike and the load decides.
+replicas holding its deepest known key, unless that one has more requests in flight than the least
+busy replica overall by more than a tolerance; then, and for requests without a known prefix, to the
+least busy replica.
+
+The tolerance depends on whose prefix it is. A conversation's own history (its deepest key has been
+followed by one continuation only) is worth ``imbalance`` more requests in flight: the engine batches,
+and the cached prompt saves its whole prefill. A prefix many requests share (a system prompt: its key
+has been followed by different continuations) is worth one: it costs each replica one prefill to
+learn, and following it would pile every new conversation onto the replica that saw it first.
 
 Routing state lives in the process of the handle (the ingress replica); with several ingress replicas
 each learns from the requests it routes.
@@ -65,6 +70,18 @@ def prefix_keys(request: Any, segment_chars: int) -> list[bytes]:
     return keys
 
 
+class _Key:
+    """What routing learnt of one prefix key: the replicas it went to, and whether different
+    continuations have followed it (a shared prefix) or one only so far (``next``)."""
+
+    __slots__ = ("holders", "next", "shared")
+
+    def __init__(self) -> None:
+        self.holders: set[str] = set()
+        self.next: Optional[bytes] = None
+        self.shared = False
+
+
 class PrefixAffinityRouter(FIFOMixin, RequestRouter):
     """Routes a generation to the replica most likely to hold its prompt's prefix (see the module)."""
 
@@ -72,8 +89,8 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         self.imbalance = imbalance
         self.segment_chars = segment_chars
         self.max_keys = max_keys
-        # key -> ids (unique_id) of the replicas it was routed to; least recently routed key first.
-        self._holders: collections.OrderedDict[bytes, set[str]] = collections.OrderedDict()
+        # key -> what routing learnt of it; least recently routed key first.
+        self._keys: collections.OrderedDict[bytes, _Key] = collections.OrderedDict()
         # request id -> its keys, until it is routed (bounded: a request cancelled unrouted leaves its own)
         self._keys_of: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
         self.affinity_hits = 0
@@ -108,15 +125,18 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
                 self._keys_of.popitem(last=False)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         holders: list[RunningReplica] = []
+        known: Optional[_Key] = None
         for key in reversed(keys):
-            holders = [by_id[h] for h in self._holders.get(key, ()) if h in by_id]
+            known = self._keys.get(key)
+            holders = [by_id[h] for h in known.holders if h in by_id] if known else []
             if holders:
                 break
-        if not holders:
+        if not holders or known is None:
             return [candidate_replicas]
         loads = {r.replica_id.unique_id: self._load(r) for r in candidate_replicas}
         best = min(holders, key=lambda r: loads[r.replica_id.unique_id])
-        if loads[best.replica_id.unique_id] > min(loads.values()) + self.imbalance:
+        tolerance = 1 if known.shared else self.imbalance
+        if loads[best.replica_id.unique_id] > min(loads.values()) + tolerance:
             self.balanced += 1
             return [candidate_replicas]
         self.affinity_hits += 1
@@ -127,16 +147,25 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         if not keys:
             return
         replica = replica_id.unique_id
-        for key in keys:
-            self._holders.setdefault(key, set()).add(replica)
-            self._holders.move_to_end(key)
-        while len(self._holders) > self.max_keys:
-            self._holders.popitem(last=False)
+        for key, after in zip(keys, [*keys[1:], None]):
+            known = self._keys.get(key)
+            if known is None:
+                known = self._keys[key] = _Key()
+            else:
+                self._keys.move_to_end(key)
+            known.holders.add(replica)
+            if after is not None and not known.shared:
+                if known.next is None:
+                    known.next = after
+                elif known.next != after:
+                    known.shared = True
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
 
     def on_replica_actor_died(self, replica_id: Any) -> None:
         super().on_replica_actor_died(replica_id)
         gone = replica_id.unique_id
-        for key, holders in list(self._holders.items()):
-            holders.discard(gone)
-            if not holders:
-                del self._holders[key]
+        for key, known in list(self._keys.items()):
+            known.holders.discard(gone)
+            if not known.holders:
+                del self._keys[key]

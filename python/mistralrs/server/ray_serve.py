@@ -97,11 +97,13 @@ class Model:
         return await self._send(request)
 
     async def stream(self, request: Any) -> AsyncIterator[Any]:
-        """The chunks of a streamed response. Closing the generator (the ingress's client left)
-        cancels the request in the engine."""
+        """None once the engine has taken the request (a bad one raises instead, before anything is
+        yielded, so the client gets a 400 as from one process), then the chunks of the response.
+        Closing the generator (the ingress's client left) cancels the request in the engine."""
         self.requests += 1
         self._metrics.requests.inc()
         chunks = await self._send(request)
+        yield None
         try:
             async for chunk in chunks:
                 yield chunk
@@ -202,15 +204,33 @@ def _lost(e: BaseException) -> bool:
 
 class _RemoteStream:
     """The async iterator of a streamed response from a replica, as the runner's own streams behave:
-    ``aclose`` cancels the request there. A replica lost before the first chunk is retried once on
-    another; after it, the stream ends with ``ReplicaFailed`` (an error event for the client)."""
+    ``open`` returns once a replica's engine has taken the request (or raises its error), ``aclose``
+    cancels it there. A replica lost before the first chunk is replaced once by another; after it,
+    the stream ends with ``ReplicaFailed`` (an error event for the client)."""
 
     def __init__(self, remote: RemoteRunner, request: Any) -> None:
         self._remote = remote
         self._request = request
-        self._gen = remote._streaming.stream.remote(request)
+        self._gen: Any = None
         self._started = False
         self._retried = False
+
+    async def open(self) -> _RemoteStream:
+        self._gen = self._remote._streaming.stream.remote(self._request)
+        try:
+            await self._gen.__anext__()  # None: accepted
+        except StopAsyncIteration:
+            raise ReplicaFailed("the replica ended the stream before accepting the request") from None
+        except asyncio.CancelledError:
+            self._gen.cancel()
+            raise
+        except Exception as e:
+            if _lost(e) and not self._retried:
+                self._retried = True
+                log.warning("replica lost before it took the request, sending it to another: %s", e)
+                return await self.open()
+            raise _unwrap(e) from None
+        return self
 
     def __aiter__(self) -> _RemoteStream:
         return self
@@ -226,16 +246,17 @@ class _RemoteStream:
                 raise
             except Exception as e:
                 if _lost(e) and not self._started and not self._retried:
+                    log.warning("replica lost before the first chunk, sending the request to another: %s", e)
                     self._retried = True
-                    log.warning("replica lost before the first chunk, retrying on another: %s", e)
-                    self._gen = self._remote._streaming.stream.remote(self._request)
+                    await self.open()
                     continue
                 raise _unwrap(e) from None
             self._started = True
             return chunk
 
     async def aclose(self) -> None:
-        self._gen.cancel()
+        if self._gen is not None:
+            self._gen.cancel()
 
 
 class RemoteRunner:
@@ -248,7 +269,7 @@ class RemoteRunner:
 
     async def _generate(self, request: Any) -> Any:
         if request.stream:
-            return _RemoteStream(self, request)
+            return await _RemoteStream(self, request).open()
         for attempt in (0, 1):
             response = self._handle.generate.remote(request)
             try:
