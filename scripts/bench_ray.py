@@ -82,6 +82,9 @@ def one_request(c: openai.OpenAI, messages: list[dict], max_tokens: int) -> tupl
 def workload(url: str, args: argparse.Namespace) -> dict[str, float]:
     c = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
     system = system_prompt(args.system_tokens)
+    # The ingress learns of the replicas a moment after the application is ready: measure the
+    # steady state, not a first second in which one replica takes every conversation.
+    time.sleep(3)
     one_request(c, [{"role": "user", "content": "warm up"}], 2)
 
     def conversation(i: int) -> list[tuple[float, int, int]]:

@@ -303,30 +303,31 @@ def test_router_follows_conversations_and_spreads_a_shared_system_prompt():
     async def scenario() -> tuple[list[str], list[str]]:
         router = PrefixAffinityRouter(DeploymentID(name="Model", app_name="mistralrs"), DeploymentHandleSource.UNKNOWN)
         router.initialize_state(imbalance=8)
-        load = {"a": 0, "b": 0}
+        load = {"a": 0, "b": 0}  # requests Serve has sent to each replica and not seen finish
 
-        async def route(i: int, messages: list[dict]) -> str:
+        async def burst(turns: list[list[dict]]) -> list[str]:
+            """Serve chooses a replica for every request of a burst before it sends the first."""
             for r in replicas:
                 router.replica_queue_len_cache.update(r.replica_id, load[r.replica_id.unique_id])
-            pending = types.SimpleNamespace(args=[ChatCompletionRequest(model="m", messages=messages)], kwargs={},
-                                            metadata=types.SimpleNamespace(call_method="generate",
-                                                                           internal_request_id=f"{i}-{len(messages)}"))
-            ranks = await router.choose_replicas(replicas, pending)
-            # Serve takes the least busy replica of the first rank.
-            chosen = min(ranks[0], key=lambda r: load[r.replica_id.unique_id]).replica_id
-            router.on_request_routed(pending, chosen, None)
-            load[chosen.unique_id] += 1  # the conversations' turns overlap: every one stays in flight
-            return chosen.unique_id
+            pendings = [types.SimpleNamespace(
+                args=[ChatCompletionRequest(model="m", messages=m)], kwargs={},
+                metadata=types.SimpleNamespace(call_method="generate", internal_request_id=f"{i}-{len(m)}"))
+                for i, m in enumerate(turns)]
+            chosen = [(await router.choose_replicas(replicas, p))[0][0].replica_id for p in pendings]
+            for p, rid in zip(pendings, chosen):
+                router.on_request_routed(p, rid, None)
+                load[rid.unique_id] += 1  # every turn of the burst stays in flight
+            return [rid.unique_id for rid in chosen]
 
         convs = [[system, {"role": "user", "content": f"Customer {i}: where is my order {i * 37}?"}] for i in range(8)]
-        firsts = [await route(i, m) for i, m in enumerate(convs)]
+        firsts = await burst(convs)
         load.update(a=0, b=0)
-        seconds = [await route(i, m + [{"role": "assistant", "content": "On its way."},
-                                       {"role": "user", "content": "When will it arrive?"}])
-                   for i, m in enumerate(convs)]
+        seconds = await burst([m + [{"role": "assistant", "content": "On its way."},
+                                    {"role": "user", "content": "When will it arrive?"}] for m in convs])
         return firsts, seconds
 
     firsts, seconds = asyncio.run(scenario())
-    # Remembering one holder per prefix with a lenient tolerance put all 8 on one replica.
+    # Remembering one holder per prefix with a lenient tolerance, or deciding from Serve's queue lengths
+    # alone (which count only requests sent), put all 8 on one replica.
     assert sorted(firsts.count(r) for r in "ab") == [4, 4], firsts
     assert seconds == firsts  # each conversation's second turn where its first is cached

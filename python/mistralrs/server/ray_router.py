@@ -13,8 +13,9 @@ busy replica overall by more than a tolerance; then, and for requests without a 
 least busy replica.
 
 The tolerance depends on whose prefix it is. A conversation's own history (its deepest key has been
-followed by one continuation only) is worth ``imbalance`` more requests in flight: the engine batches,
-and the cached prompt saves its whole prefill. A prefix many requests share (a system prompt: its key
+followed by one continuation only) is worth ``imbalance`` (4) more requests in flight: the engine
+batches, and the cached prompt saves its whole prefill; but an idle replica next to a busy one (a
+replica that just started) must take conversations over. A prefix many requests share (a system prompt: its key
 has been followed by different continuations) is worth one: it costs each replica one prefill to
 learn, and following it would pile every new conversation onto the replica that saw it first.
 
@@ -91,23 +92,40 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         self.max_keys = max_keys
         # key -> what routing learnt of it; least recently routed key first.
         self._keys: collections.OrderedDict[bytes, _Key] = collections.OrderedDict()
-        # request id -> its keys, until it is routed (bounded: a request cancelled unrouted leaves its own)
-        self._keys_of: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
+        # request id -> (its keys, the replica chosen for it) until Serve has sent it (bounded: a
+        # request cancelled before that leaves its entry).
+        self._decided: collections.OrderedDict[str, tuple[list[bytes], str]] = collections.OrderedDict()
+        # Requests chosen for each replica and not sent yet. Serve decides for many requests before it
+        # sends any (a burst of new conversations), and its queue lengths count only those sent.
+        self._undelivered: collections.Counter[str] = collections.Counter()
         self.affinity_hits = 0
         self.balanced = 0
 
     def _load(self, replica: RunningReplica) -> int:
-        """Requests in flight at ``replica``: the router's own count, else what it last reported."""
+        """Requests in flight at ``replica`` (Serve's count, else what the replica last reported), plus
+        those this router has chosen it for and Serve has not sent yet."""
         ongoing = self.replica_queue_len_cache.get(replica.replica_id)
-        if ongoing is not None:
-            return int(ongoing)
-        stats = replica.routing_stats or {}
-        return int(stats.get("seqs_running", 0)) + int(stats.get("seqs_waiting", 0))
+        if ongoing is None:
+            stats = replica.routing_stats or {}
+            ongoing = int(stats.get("seqs_running", 0)) + int(stats.get("seqs_waiting", 0))
+        return int(ongoing) + self._undelivered[replica.replica_id.unique_id]
 
     def _request(self, pending: PendingRequest) -> Optional[Any]:
         if pending.metadata.call_method not in _GENERATING or not pending.args:
             return None
         return pending.args[0]
+
+    def _learn_continuations(self, keys: list[bytes]) -> None:
+        """Marks the keys that different requests continue differently (shared prefixes), as soon as
+        a request is seen: the requests of a burst must see each other."""
+        for key, after in zip(keys, keys[1:]):
+            known = self._keys.get(key)
+            if known is None or known.shared:
+                continue
+            if known.next is None:
+                known.next = after
+            elif known.next != after:
+                known.shared = True
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: Optional[PendingRequest] = None,
@@ -118,47 +136,52 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         if request is None:
             return [candidate_replicas]  # Ray picks the one with the shortest queue
         request_id = pending_request.metadata.internal_request_id
-        keys = self._keys_of.get(request_id)
-        if keys is None:
-            keys = self._keys_of[request_id] = prefix_keys(request, self.segment_chars)
-            if len(self._keys_of) > 10_000:
-                self._keys_of.popitem(last=False)
+        decided = self._decided.pop(request_id, None)
+        if decided is None:
+            keys = prefix_keys(request, self.segment_chars)
+            self._learn_continuations(keys)
+        else:  # Serve asks again (the replica chosen before was full): that choice is void
+            keys = decided[0]
+            self._undelivered[decided[1]] -= 1
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        holders: list[RunningReplica] = []
-        known: Optional[_Key] = None
+        loads = {rid: self._load(r) for rid, r in by_id.items()}
+        ranked = sorted(candidate_replicas, key=lambda r: loads[r.replica_id.unique_id])
+        choice = ranked[0]
         for key in reversed(keys):
             known = self._keys.get(key)
             holders = [by_id[h] for h in known.holders if h in by_id] if known else []
-            if holders:
-                break
-        if not holders or known is None:
-            return [candidate_replicas]
-        loads = {r.replica_id.unique_id: self._load(r) for r in candidate_replicas}
-        best = min(holders, key=lambda r: loads[r.replica_id.unique_id])
-        tolerance = 1 if known.shared else self.imbalance
-        if loads[best.replica_id.unique_id] > min(loads.values()) + tolerance:
-            self.balanced += 1
-            return [candidate_replicas]
-        self.affinity_hits += 1
-        return [[best], [r for r in candidate_replicas if r is not best]]
+            if not holders:
+                continue
+            best = min(holders, key=lambda r: loads[r.replica_id.unique_id])
+            tolerance = 1 if known.shared else self.imbalance
+            if loads[best.replica_id.unique_id] <= loads[choice.replica_id.unique_id] + tolerance:
+                choice = best
+                self.affinity_hits += 1
+            else:
+                self.balanced += 1
+            break
+        self._decided[request_id] = (keys, choice.replica_id.unique_id)
+        self._undelivered[choice.replica_id.unique_id] += 1
+        if len(self._decided) > 10_000:
+            _, (_, stale) = self._decided.popitem(last=False)
+            self._undelivered[stale] -= 1
+        return [[choice], [r for r in ranked if r is not choice]]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
-        keys = self._keys_of.pop(pending_request.metadata.internal_request_id, None)
-        if not keys:
+        decided = self._decided.pop(pending_request.metadata.internal_request_id, None)
+        if decided is None:
             return
+        keys, chosen = decided
+        self._undelivered[chosen] -= 1
         replica = replica_id.unique_id
-        for key, after in zip(keys, [*keys[1:], None]):
+        for key in keys:
             known = self._keys.get(key)
             if known is None:
                 known = self._keys[key] = _Key()
             else:
                 self._keys.move_to_end(key)
             known.holders.add(replica)
-            if after is not None and not known.shared:
-                if known.next is None:
-                    known.next = after
-                elif known.next != after:
-                    known.shared = True
+        self._learn_continuations(keys)  # the continuations of keys that were new until now
         while len(self._keys) > self.max_keys:
             self._keys.popitem(last=False)
 

@@ -380,11 +380,8 @@ def application(args: argparse.Namespace, argv: list[str], p: argparse.ArgumentP
     if args.router == "prefix":
         from ray.serve.config import RequestRouterConfig
 
-        # A replica batches up to --max-seqs sequences, so a few more in flight cost a cache hit
-        # little: half a batch more than the least busy replica is what affinity may add.
         model_options["request_router_config"] = RequestRouterConfig(
-            request_router_class=PrefixAffinityRouter, request_routing_stats_period_s=1.0,
-            request_router_kwargs={"imbalance": max(4, args.max_seqs // 2)})
+            request_router_class=PrefixAffinityRouter, request_routing_stats_period_s=1.0)
     model = serve.deployment(Model).options(**model_options)
     ingress = serve.deployment(serve.ingress()(OpenAIIngress)).options(
         name="OpenAIIngress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
