@@ -59,3 +59,21 @@ def test_corrupt_pickle_is_a_value_error():
 
     with pytest.raises(ValueError, match="missing field"):
         ChatCompletionResponse._from_json(json.dumps({"id": "x"}))
+
+
+def test_floats_come_back_to_the_last_bit():
+    """Python's own float parsing is the reference: serde_json's default parser is off by one unit in
+    the last place on some of these (it was, on the rates of a CI run)."""
+    from mistralrs import Usage
+
+    texts = ["11262.904825169213", "11829.349799788255", "12359.411692003461", "10725.470848170235", "1e-7",
+             "0.1", "123456.78901234567"]
+    for t in texts:
+        fields = dict(prompt_tokens=1, completion_tokens=2, total_tokens=3, avg_tok_per_sec=float(t),
+                      avg_prompt_tok_per_sec=0.0, avg_compl_tok_per_sec=float(t), total_time_sec=float(t),
+                      total_prompt_time_sec=0.0, total_completion_time_sec=0.0,
+                      prompt_tokens_details={"cached_tokens": 0}, acceptance_rate=None)
+        usage = Usage._from_json(json.dumps(fields))
+        assert usage.avg_tok_per_sec == float(t)
+        back = pickle.loads(pickle.dumps(usage))
+        assert (back.avg_tok_per_sec, back.total_time_sec) == (float(t), float(t))
