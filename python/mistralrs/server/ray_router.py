@@ -98,8 +98,6 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         # Requests chosen for each replica and not sent yet. Serve decides for many requests before it
         # sends any (a burst of new conversations), and its queue lengths count only those sent.
         self._undelivered: collections.Counter[str] = collections.Counter()
-        self.affinity_hits = 0
-        self.balanced = 0
 
     def _load(self, replica: RunningReplica) -> int:
         """Requests in flight at ``replica`` (Serve's count, else what the replica last reported), plus
@@ -156,9 +154,6 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
             tolerance = 1 if known.shared else self.imbalance
             if loads[best.replica_id.unique_id] <= loads[choice.replica_id.unique_id] + tolerance:
                 choice = best
-                self.affinity_hits += 1
-            else:
-                self.balanced += 1
             break
         self._decided[request_id] = (keys, choice.replica_id.unique_id)
         self._undelivered[choice.replica_id.unique_id] += 1

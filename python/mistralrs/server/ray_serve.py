@@ -125,7 +125,7 @@ class Model:
         return self.runner.apply_chat_template(messages, **kwargs)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.runner.stats(), "requests": self.requests, "replica": self.replica, "pid": os.getpid()}
+        return {**self.runner.stats(), "requests": self.requests, "replica": self.replica}
 
     def check_health(self) -> None:
         """Ray's health check: the runner answers (a closed or failed engine raises)."""
@@ -307,9 +307,6 @@ class RemoteRunner:
         # The ingress's /metrics keeps its HTTP metrics; each replica's engine metrics go through
         # Ray's metrics pipeline (tagged by replica), where one scrape sees them all.
         return {}
-
-    def close(self) -> None:
-        pass
 
 
 class OpenAIIngress:
