@@ -65,6 +65,29 @@ class LocalRayCluster:
                 pids.append(int(proc.name))
         return pids
 
+    def wait_serving(self, app: str, deployment: str, replicas: int, timeout: float) -> None:
+        """Until Serve reports ``app`` RUNNING with ``replicas`` of ``deployment`` RUNNING. The HTTP
+        front answers ``/health`` as soon as the ingress is up, while replicas may still be loading
+        their model; requests sent then all go to the replicas that are up."""
+        script = (
+            "import sys, time, ray\n"
+            "from ray import serve\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+            "deadline = time.monotonic() + float(sys.argv[5])\n"
+            "while time.monotonic() < deadline:\n"
+            "    a = serve.status().applications.get(sys.argv[2])\n"
+            "    d = a.deployments.get(sys.argv[3]) if a else None\n"
+            "    if a and a.status == 'RUNNING' and d and d.replica_states.get('RUNNING', 0) == int(sys.argv[4]):\n"
+            "        sys.exit(0)\n"
+            "    time.sleep(0.25)\n"
+            "print(serve.status(), flush=True)\n"
+            "sys.exit(1)\n")
+        done = subprocess.run([sys.executable, "-c", script, self.address, app, deployment, str(replicas),
+                               str(timeout)], capture_output=True, text=True, timeout=timeout + 60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{app}: not {replicas} {deployment} replicas running within {timeout}s:\n"
+                               f"{done.stdout}{done.stderr[-4000:]}")
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()

@@ -44,8 +44,19 @@ def cluster():
 
 
 def ray_server(cluster: LocalRayCluster, args: list[str]) -> ServerProcess:
-    return ServerProcess(["--ray", "--ray-address", cluster.address, "--replica-cpus", "1", *args],
-                         ready_timeout=READY_S, port=cluster.serve_port)
+    """The application on ``cluster``, once all its replicas serve (``--replicas``, or
+    ``--min-replicas`` when it autoscales)."""
+    server = ServerProcess(["--ray", "--ray-address", cluster.address, "--replica-cpus", "1", *args],
+                           ready_timeout=READY_S, port=cluster.serve_port)
+    flag = "--min-replicas" if "--min-replicas" in args else "--replicas"
+    replicas = int(args[args.index(flag) + 1]) if flag in args else 1
+    try:
+        cluster.wait_serving("mistralrs", "Model", replicas, READY_S)
+    except BaseException:
+        print(server.output())
+        server.stop()
+        raise
+    return server
 
 
 def client(server: ServerProcess) -> openai.OpenAI:
