@@ -73,7 +73,7 @@ fn repack_as<const BB: usize, const PBB: usize>(kind: Kind, src: &StoredRows, ro
         Kind::Q5_0 => (Some(2), 6),
         Kind::Q5_1 => (Some(4), 8),
     };
-    let (groups, flip) = if kind == Kind::Q8_0 { (8, 0x80) } else { (4, 0) };
+    let (groups, flip) = if kind == Kind::Q8_0 { (8, 0x8080_8080u32) } else { (4, 0) };
     out.par_chunks_mut(blocks * PBB).enumerate().for_each(|(p, panel)| {
         let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
         for (b, o) in panel.chunks_exact_mut(PBB).enumerate() {
@@ -99,13 +99,12 @@ fn repack_as<const BB: usize, const PBB: usize>(kind: Kind, src: &StoredRows, ro
                     at += 4;
                 }
             }
+            // The quants move 4 bytes at a time (lane r of vector g).
             for g in 0..groups {
-                for blk in &block {
-                    let q = &blk[qs_at + 4 * g..qs_at + 4 * g + 4];
-                    for k in 0..4 {
-                        o[at + k] = q[k] ^ flip;
-                    }
-                    at += 4;
+                for (r, blk) in block.iter().enumerate() {
+                    let q = u32::from_le_bytes(blk[qs_at + 4 * g..qs_at + 4 * g + 4].try_into().expect("4 bytes")) ^ flip;
+                    let to = at + 4 * (g * PANEL + r);
+                    o[to..to + 4].copy_from_slice(&q.to_le_bytes());
                 }
             }
         }
