@@ -132,8 +132,8 @@ impl WeightSource for AdaptedSource<'_> {
         self.inner.vector(name, len)
     }
 
-    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
-        self.inner.embedding(module, vocab, hidden)
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize, head: bool) -> Result<Embedding> {
+        self.inner.embedding(module, vocab, hidden, head)
     }
 
     fn has_module(&self, module: &str) -> bool {

@@ -2,7 +2,7 @@
 //! weight types candle's CPU backend only has scalar code for.
 //!
 //! Bottom to top: `select.rs` (which kernels may run) and the shared pieces
-//! (`stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `block_matrix.rs`:
+//! (`stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `row_dequant.rs`, `block_matrix.rs`:
 //! the one trait `Linear` sees the matrix kernels through, `panel_product.rs`);
 //! the kernels (`legacy_panels.rs`, `legacy_quant.rs`, `kquant_panels.rs`,
 //! `kv_formats.rs`, `attention.rs`); `dispatch.rs` (which kernel takes a weight type) and
@@ -21,6 +21,7 @@ mod panel_product;
 pub mod quantize_kmin;
 pub mod quantize_q6k;
 pub mod report;
+pub mod row_dequant;
 pub mod select;
 mod stored_rows;
 

@@ -47,11 +47,12 @@ pub struct Trunk {
 
 impl Trunk {
     pub fn load(cfg: &ModelConfig, w: &dyn WeightSource, embed_scale: Option<f64>, device: &Device) -> LoadResult<Self> {
-        let embed_tokens = w.embedding("model.embed_tokens", cfg.vocab_size, cfg.hidden_size)?;
-        let lm_head = if !cfg.tie_word_embeddings && w.has_module("lm_head") {
-            w.linear("lm_head", cfg.vocab_size, cfg.hidden_size, w.has_tensor("lm_head.bias"))?
+        let tied = cfg.tie_word_embeddings || !w.has_module("lm_head");
+        let embed_tokens = w.embedding("model.embed_tokens", cfg.vocab_size, cfg.hidden_size, tied)?;
+        let lm_head = if tied {
+            embed_tokens.as_output_head()?
         } else {
-            embed_tokens.as_output_head()
+            w.linear("lm_head", cfg.vocab_size, cfg.hidden_size, w.has_tensor("lm_head.bias"))?
         };
         let interleaved = cfg.extras.sliding_layers.is_some();
         let local = match (interleaved, cfg.sliding_window) {

@@ -88,8 +88,8 @@ impl WeightSource for QuantizingSource<'_> {
         self.inner.vector(name, len)
     }
 
-    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
-        let e = self.inner.embedding(module, vocab, hidden)?;
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize, head: bool) -> Result<Embedding> {
+        let e = self.inner.embedding(module, vocab, hidden, head)?;
         Ok(match isq_type(self.dtype, module, hidden) {
             Some(t) => e.quantized(t)?,
             None => e,

@@ -22,8 +22,10 @@ pub trait WeightSource {
     fn linear(&self, module: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear>;
     /// A dense 1-D tensor of the compute dtype (norm scales), `name` including `.weight`.
     fn vector(&self, name: &str, len: usize) -> Result<Tensor>;
-    /// The token embedding table `module` (vocab, hidden).
-    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding>;
+    /// The token embedding table `module` (vocab, hidden); `head`: the model
+    /// also multiplies by it as its output head (tied embeddings), else it is
+    /// only looked up by row.
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize, head: bool) -> Result<Embedding>;
     /// Whether the module's weight is present (e.g. an untied `lm_head`).
     fn has_module(&self, module: &str) -> bool;
     /// Whether tensor `name` (e.g. `lm_head.bias`) is present.

@@ -198,7 +198,7 @@ impl WeightSource for SafetensorsSource {
         self.load(name, &[len])
     }
 
-    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize, _head: bool) -> Result<Embedding> {
         let w = self.load(&format!("{module}.weight"), &[vocab, hidden])?;
         Ok(Embedding::new(QMatMul::Tensor(w)))
     }

@@ -1,13 +1,14 @@
 //! Tensor bytes as a weight file stores them, read through a memory map.
 //!
-//! Every weight is copied once at load (into its kernel's layout or candle's
-//! storage), so the map only saves the read buffers and the kernel-to-user
-//! copy of plain reads. Its pages would otherwise stay resident until the map
+//! Every weight but a lookup-only embedding table is copied once at load
+//! (into its kernel's layout or candle's storage), so the map only saves the
+//! read buffers and the kernel-to-user copy of plain reads. Its pages would otherwise stay resident until the map
 //! is dropped and count twice with the copies: a tensor's pages are released
 //! as soon as its copy exists, so peak memory stays near the model's size.
 
 use std::borrow::Cow;
 use std::fs::File;
+use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
 use memmap2::Mmap;
@@ -42,6 +43,33 @@ impl MappedFile {
             start,
             end,
         })
+    }
+}
+
+/// A range of a mapped file that keeps the map alive: a table read in place
+/// for as long as the model lives (an embedding only looked up by row).
+/// Its pages are resident while used and reclaimable as page cache. As with
+/// llama.cpp's maps, a file truncated in place while its model is loaded
+/// faults on the next lookup of a lost page (downloads replace files by
+/// renaming, which leaves the mapped one intact).
+pub struct MappedRange {
+    map: Arc<MappedFile>,
+    start: usize,
+    end: usize,
+}
+
+impl MappedRange {
+    /// None when the range falls outside the file.
+    pub fn new(map: Arc<MappedFile>, start: u64, len: usize) -> Option<Self> {
+        let start = usize::try_from(start).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= map.map.len()).then_some(Self { map, start, end })
+    }
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map.map[self.start..self.end]
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -11,15 +12,16 @@ use candle_core::Device;
 
 use super::header::{self, tensor_bytes};
 use crate::error::{Error, Result};
+use crate::layers::embedding::SharedBytes;
 use crate::weights::finite::check_finite;
-use crate::weights::stored::{MappedFile, StoredTensor};
+use crate::weights::stored::{MappedFile, MappedRange, StoredTensor};
 use crate::weights::tensor_file::TensorFile;
 
 /// A GGUF file opened for loading, its tensors read through a memory map
 /// (see `stored.rs`).
 pub struct GgufFile {
     pub path: PathBuf,
-    map: MappedFile,
+    map: Arc<MappedFile>,
     content: Content,
 }
 
@@ -42,7 +44,7 @@ impl GgufFile {
         let content = header::read(map.bytes(), path)?;
         // The header (with the tokenizer's vocabulary) is parsed: its pages can go.
         drop(map.pages(0, usize::try_from(content.tensor_data_offset).unwrap_or(0)));
-        Ok(Self { path: path.to_path_buf(), map, content })
+        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), content })
     }
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
@@ -109,6 +111,18 @@ impl GgufFile {
         Ok(StoredTensor::mapped(info.ggml_dtype, info.shape.dims().to_vec(), pages))
     }
 
+    /// Tensor `name`'s bytes kept in the map for as long as the returned
+    /// range lives (after the same checks as `stored`), with its type and
+    /// transformers-order shape.
+    pub fn mapped(&self, name: &str) -> Result<(MappedRange, GgmlDType, Vec<usize>)> {
+        let t = self.stored(name)?;
+        let info = &self.content.tensor_infos[name];
+        let start = self.content.tensor_data_offset + info.offset;
+        let range = MappedRange::new(self.map.clone(), start, t.bytes.len())
+            .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` lies outside the file")))?;
+        Ok((range, t.dtype, t.dims.clone()))
+    }
+
     /// Tensor `name` as a candle tensor on `device`.
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         TensorFile::qtensor(self, name, device)
@@ -151,5 +165,9 @@ impl TensorFile for GgufFile {
     }
     fn stored(&self, name: &str) -> Result<StoredTensor<'_>> {
         GgufFile::stored(self, name)
+    }
+    fn shared(&self, name: &str) -> Result<(SharedBytes, GgmlDType, Vec<usize>)> {
+        let (range, dtype, dims) = self.mapped(name)?;
+        Ok((Arc::new(range), dtype, dims))
     }
 }

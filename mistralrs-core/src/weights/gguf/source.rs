@@ -187,8 +187,18 @@ impl WeightSource for GgufSource {
         Ok(v)
     }
 
-    fn embedding(&self, module: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+    fn embedding(&self, module: &str, vocab: usize, hidden: usize, head: bool) -> Result<Embedding> {
         let name = format!("{}.weight", self.name(module)?);
+        if !head && self.device.is_cpu() {
+            // Only looked up: read in place, as llama.cpp does, rather than
+            // repacked for products that never happen (a 150k-token table is
+            // about a fifth of a small model's file).
+            let (bytes, dtype, dims) = self.file.shared(&name)?;
+            if dims != [vocab, hidden] {
+                return Err(Error::bad_file(self.file.path(), format!("tensor `{name}` has shape {dims:?}, the metadata implies {:?}", [vocab, hidden])));
+            }
+            return Ok(Embedding::stored(bytes, dtype, vocab, hidden)?);
+        }
         Ok(Embedding::from_table(self.matrix(&self.checked(&name, &[vocab, hidden])?, None, None)?))
     }
 
