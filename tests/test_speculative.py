@@ -179,6 +179,23 @@ def test_chat_requests_speculate(plain, spec):
     assert got.choices[0].message.content == want.choices[0].message.content
 
 
+def test_prompts_sharing_a_prefix_read_the_drafts_cached_blocks(plain, spec):
+    """The draft keeps a prefix cache as the target does: prompts repeating or extending a prefix of
+    several blocks start from its cached blocks, and the output stays the target's, token for token.
+    The same prompt again proposes as the first time did (the cached blocks hold what recomputing
+    them gives)."""
+    base = " ".join(["Once upon a time there was a b c d"] * 8)  # 80 tokens: five blocks
+    rates = []
+    for prompt in (base, base, base + " e f g", base[: len(base) // 2], base):
+        want = plain.send_completion_request(_req(prompt, max_tokens=24, logprobs=True))
+        got = spec.send_completion_request(_req(prompt, max_tokens=24, logprobs=True))
+        assert got.choices[0].text == want.choices[0].text
+        for g, w in zip(got.choices[0].logprobs.content, want.choices[0].logprobs.content, strict=True):
+            assert g.token == w.token and abs(g.logprob - w.logprob) < 1e-4
+        rates.append(got.usage.acceptance_rate)
+    assert rates[0] == pytest.approx(rates[1], abs=0.05) and rates[0] == pytest.approx(rates[4], abs=0.05), rates
+
+
 def test_a_draft_with_another_vocabulary_is_a_value_error():
     with pytest.raises(ValueError, match="vocabulary"):
         Runner(which=TARGET, which_draft=Which.Plain(model_id=str(FIXTURES / "phi3-tiny"), arch="phi3"))

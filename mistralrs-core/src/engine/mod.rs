@@ -180,6 +180,8 @@ impl Engine {
                 cfg.kv_blocks + cfg.max_seqs * (gamma.div_ceil(crate::kv_cache::BLOCK_SIZE) + 1),
                 &device,
                 cfg.kv_dtype,
+                if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n },
+                cfg.prefix_cache_bytes,
             )?),
             None => None,
         };

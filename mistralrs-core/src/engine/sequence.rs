@@ -205,6 +205,9 @@ pub struct Speculation {
     /// The draft model's cache blocks for this sequence, and the tokens they hold.
     pub blocks: BlockTable,
     pub computed: usize,
+    /// Prefix-cache keys of the draft's full blocks registered so far (its
+    /// cache is keyed by tokens alone: the draft has no adapters).
+    pub hashes: Vec<u64>,
     /// Tokens the draft proposes this step (set by the scheduler).
     pub proposals: usize,
     /// The draft's distribution for each proposal made this step (the first
@@ -224,5 +227,36 @@ impl Speculation {
     pub fn release(&mut self, alloc: &mut BlockAllocator) {
         self.blocks.release_all(alloc);
         self.computed = 0;
+        self.hashes.clear();
+    }
+
+    /// Before the draft first reads `tokens`: takes the draft's cached
+    /// blocks of their longest cached prefix (whole blocks, leaving at least
+    /// one token to compute, as the target does).
+    pub fn reuse_cached_prefix(&mut self, tokens: &[u32], alloc: &mut BlockAllocator) {
+        if self.computed > 0 || !self.blocks.blocks.is_empty() {
+            return;
+        }
+        for i in 0..tokens.len().saturating_sub(1) / BLOCK_SIZE {
+            let prev = self.hashes.last().copied().unwrap_or(0);
+            let h = block_hash(prev, &tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE], 0);
+            let Some(b) = alloc.lookup(h) else { break };
+            self.blocks.blocks.push(b);
+            self.hashes.push(h);
+        }
+        self.computed = self.blocks.blocks.len() * BLOCK_SIZE;
+    }
+
+    /// Registers the draft's blocks filled with `tokens` (the sequence's,
+    /// whose first `computed` the draft holds: prompt and accepted tokens
+    /// only, since verification rolls rejected proposals back).
+    pub fn register_full_blocks(&mut self, tokens: &[u32], alloc: &mut BlockAllocator) {
+        while self.hashes.len() < self.computed.min(tokens.len()) / BLOCK_SIZE {
+            let i = self.hashes.len();
+            let prev = self.hashes.last().copied().unwrap_or(0);
+            let h = block_hash(prev, &tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE], 0);
+            alloc.register(self.blocks.blocks[i], h);
+            self.hashes.push(h);
+        }
     }
 }

@@ -33,12 +33,26 @@ pub struct Draft {
 }
 
 impl Draft {
-    /// A draft model with a pool of `blocks` cache blocks.
-    pub fn new(model: Box<dyn CausalLm>, gamma: usize, blocks: usize, device: &Device, kv_dtype: KvDtype) -> Result<Self> {
+    /// A draft model with a pool of `blocks` cache blocks, keeping up to
+    /// `prefix_cache_n` prefixes in up to `prefix_cache_bytes` (as the
+    /// target's pool does: a system prompt shared by requests is read by the
+    /// draft once, not at every request's first proposal).
+    pub fn new(
+        model: Box<dyn CausalLm>,
+        gamma: usize,
+        blocks: usize,
+        device: &Device,
+        kv_dtype: KvDtype,
+        prefix_cache_n: usize,
+        prefix_cache_bytes: usize,
+    ) -> Result<Self> {
         let dc = model.config();
         let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, device, kv_dtype)
             .map_err(|e| Error::runtime(format!("cannot allocate the draft model's KV cache: {e}")))?;
-        Ok(Self { model, kv, alloc: BlockAllocator::new(blocks, 0), gamma })
+        let block_bytes = KvPool::block_bytes(model.cache_layers(), dc.num_kv_heads, dc.head_dim, kv_dtype);
+        let n = if model.keys_depend_on_length() { 0 } else { prefix_cache_n };
+        let alloc = BlockAllocator::new(blocks, n).growing_below((prefix_cache_bytes / block_bytes.max(1)).max(1));
+        Ok(Self { model, kv, alloc, gamma })
     }
 }
 
@@ -99,6 +113,8 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
         let need = BlockTable::blocks_for(s.tokens.len() + s.proposals() - 1);
         let Some(sp) = s.spec.as_mut() else { continue };
         sp.drafted = 0;
+        sp.reuse_cached_prefix(&s.tokens, &mut draft.alloc);
+        sp.register_full_blocks(&s.tokens, &mut draft.alloc);
         while sp.blocks.blocks.len() < need {
             let Some(b) = draft.alloc.allocate() else { break };
             sp.blocks.blocks.push(b);
