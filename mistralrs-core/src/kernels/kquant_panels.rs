@@ -126,9 +126,7 @@ fn packed_scales(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
 /// Q4_K: original blocks, row by row -> panels.
 fn repack_q4k(src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
     let mut out = vec![0u8; rows / PANEL * blocks * Q4K_PANEL_BLOCK_BYTES];
-    out.par_chunks_mut(blocks * Q4K_PANEL_BLOCK_BYTES)
-        .enumerate()
-        .for_each(|(p, panel)| {
+    src.repack_panels(&mut out, blocks * Q4K_PANEL_BLOCK_BYTES, |p, panel| {
             let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
             for (b, o) in panel.chunks_exact_mut(Q4K_PANEL_BLOCK_BYTES).enumerate() {
                 let o: &mut [u8; Q4K_PANEL_BLOCK_BYTES] = o.try_into().expect("panel-block");
@@ -187,9 +185,7 @@ fn dequantize_q4k(blk: &[u8], out: &mut [f32]) {
 /// Q6_K: original blocks (ql 128 | qh 64 | scales 16 | d 2), row by row -> panels.
 fn repack_q6k(src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
     let mut out = vec![0u8; rows / PANEL * blocks * Q6K_PANEL_BLOCK_BYTES];
-    out.par_chunks_mut(blocks * Q6K_PANEL_BLOCK_BYTES)
-        .enumerate()
-        .for_each(|(p, panel)| {
+    src.repack_panels(&mut out, blocks * Q6K_PANEL_BLOCK_BYTES, |p, panel| {
             let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
             for (b, o) in panel.chunks_exact_mut(Q6K_PANEL_BLOCK_BYTES).enumerate() {
                 let o: &mut [u8; Q6K_PANEL_BLOCK_BYTES] = o.try_into().expect("panel-block");

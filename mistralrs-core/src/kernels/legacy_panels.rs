@@ -64,7 +64,6 @@ pub(crate) fn repack(kind: Kind, src: &StoredRows, rows: usize, blocks: usize) -
 /// sizes known at compile time so the byte moves need no bounds checks
 /// (load time is mostly this loop).
 fn repack_as<const BB: usize, const PBB: usize>(kind: Kind, src: &StoredRows, rows: usize, blocks: usize) -> Vec<u8> {
-    use rayon::prelude::*;
     assert!(BB == kind.block_bytes() && PBB == panel_block_bytes(kind));
     let mut out = vec![0u8; rows * blocks * BB];
     let (qh_at, qs_at) = match kind {
@@ -74,7 +73,7 @@ fn repack_as<const BB: usize, const PBB: usize>(kind: Kind, src: &StoredRows, ro
         Kind::Q5_1 => (Some(4), 8),
     };
     let (groups, flip) = if kind == Kind::Q8_0 { (8, 0x8080_8080u32) } else { (4, 0) };
-    out.par_chunks_mut(blocks * PBB).enumerate().for_each(|(p, panel)| {
+    src.repack_panels(&mut out, blocks * PBB, |p, panel| {
         let row: [&[u8]; PANEL] = std::array::from_fn(|r| src.row(p * PANEL + r));
         for (b, o) in panel.chunks_exact_mut(PBB).enumerate() {
             let o: &mut [u8; PBB] = o.try_into().expect("panel-block");

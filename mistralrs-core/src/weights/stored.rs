@@ -84,24 +84,36 @@ impl<'a> Pages<'a> {
     pub fn bytes(&self) -> &'a [u8] {
         &self.map[self.start..self.end]
     }
+
+    /// Gives back the pages of `range` (offsets into `bytes()`) already read:
+    /// a large tensor read front to back keeps only a window of its file
+    /// pages resident. Reading them again faults them back from the page cache.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        release_pages(self.map, self.start + range.start, (self.start + range.end).min(self.end));
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+}
+
+/// MADV_DONTNEED on the pages wholly inside `start..end` of `map`: a
+/// neighbour's bytes stay put (releasing them would only cost a refault).
+#[cfg(unix)]
+fn release_pages(map: &Mmap, start: usize, end: usize) {
+    let page = page_size();
+    let first = start.div_ceil(page) * page;
+    let last = end / page * page;
+    if last > first {
+        // SAFETY: the map is a read-only file map, so dropped pages are read
+        // back from the file on the next access; nothing is lost.
+        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first) };
+    }
 }
 
 #[cfg(unix)]
 impl Drop for Pages<'_> {
     fn drop(&mut self) {
-        // Only pages wholly inside the range: a neighbour's bytes stay put
-        // (releasing them would only cost a refault from the page cache).
-        let page = page_size();
-        let first = self.start.div_ceil(page) * page;
-        let last = self.end / page * page;
-        if last > first {
-            // SAFETY: the map is a read-only file map, so dropped pages are
-            // read back from the file on the next access; nothing is lost.
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
-            };
-        }
+        release_pages(self.map, self.start, self.end);
     }
 }
 
@@ -142,6 +154,14 @@ impl<'a> StoredTensor<'a> {
             dims,
             bytes: Cow::Owned(bytes),
             _pages: None,
+        }
+    }
+
+    /// Gives back the file pages of `range` of `bytes` (see `Pages::release`);
+    /// nothing for a tensor read into memory.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let Some(p) = &self._pages {
+            p.release(range);
         }
     }
 

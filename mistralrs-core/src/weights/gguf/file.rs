@@ -17,6 +17,9 @@ use crate::weights::finite::check_finite;
 use crate::weights::stored::{MappedFile, MappedRange, StoredTensor};
 use crate::weights::tensor_file::TensorFile;
 
+/// How much of a tensor the finiteness check reads before giving its pages back.
+const CHECK_SLICE_BYTES: usize = 4 << 20;
+
 /// A GGUF file opened for loading, its tensors read through a memory map
 /// (see `stored.rs`).
 pub struct GgufFile {
@@ -107,7 +110,20 @@ impl GgufFile {
             .checked_add(info.offset)
             .and_then(|start| self.map.pages(start, len))
             .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` lies outside the file")))?;
-        check_finite(info.ggml_dtype, pages.bytes()).map_err(|why| Error::bad_file(&self.path, format!("tensor `{name}`: {why}")))?;
+        // Checked a slice at a time, each slice's pages given back once read:
+        // the kernels read them again as they repack (from the page cache),
+        // and a large tensor never has all its file pages resident at once.
+        let bytes = pages.bytes();
+        let unit = info.ggml_dtype.type_size();
+        let step = (CHECK_SLICE_BYTES / unit).max(1) * unit;
+        for at in (0..bytes.len()).step_by(step) {
+            let end = (at + step).min(bytes.len());
+            if check_finite(info.ggml_dtype, &bytes[at..end]).is_err() {
+                // Checked whole again for the message's element or block number.
+                check_finite(info.ggml_dtype, bytes).map_err(|why| Error::bad_file(&self.path, format!("tensor `{name}`: {why}")))?;
+            }
+            pages.release(at..end);
+        }
         Ok(StoredTensor::mapped(info.ggml_dtype, info.shape.dims().to_vec(), pages))
     }
 

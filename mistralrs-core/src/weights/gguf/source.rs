@@ -122,8 +122,10 @@ impl GgufSource {
         let [rows, cols] = t.dims[..] else {
             return Err(Error::bad_file(self.file.path(), format!("expected a matrix, got a {:?} tensor", t.dims)));
         };
+        let release = |r: std::ops::Range<usize>| t.release(r);
         let src = StoredRows::new(&t.bytes, t.row_bytes(), order)
-            .ok_or_else(|| Error::bad_file(self.file.path(), format!("a {:?} tensor of {} bytes is not whole rows", t.dims, t.bytes.len())))?;
+            .ok_or_else(|| Error::bad_file(self.file.path(), format!("a {:?} tensor of {} bytes is not whole rows", t.dims, t.bytes.len())))?
+            .with_release(&release);
         Ok(Linear::from_stored(t.dtype, &src, rows, cols, bias, &self.device)?.with_dense_dtype(self.dtype)?)
     }
 
