@@ -407,6 +407,11 @@ impl Engine {
         if let Some(draft) = self.draft.as_mut() {
             propose(draft, running, &self.tokenizer, &self.device)?;
         }
+        // A step of decoding sequences only (no prompt rows) times what a
+        // plain step and a verified proposal row cost (speculation's pace).
+        let decoding = active.iter().all(|&i| running[i].chunk == 1 + running[i].proposals() && running[i].uncomputed() == 1 + running[i].proposals());
+        let proposals: usize = active.iter().map(|&i| running[i].proposals()).sum();
+        let started = Instant::now();
         let (mut logits, vocab) = {
             let running = &self.sched.running;
             let inputs: Vec<(&[u32], usize)> = active.iter().map(|&i| running[i].step_input()).collect();
@@ -429,6 +434,10 @@ impl Engine {
             flat_logits(self.model.forward(&batch, &mut kv)?)?
         };
         let now = Instant::now();
+        if let Some(draft) = self.draft.as_mut().filter(|_| decoding) {
+            draft.costs.observe((now - started).as_secs_f64(), proposals);
+        }
+        let costs = self.draft.as_ref().map(|d| d.costs).unwrap_or_default();
         let (running, alloc) = (&mut self.sched.running, &mut self.sched.alloc);
         // The rows of the sequences that sample now: a prompt chunk that does
         // not reach the prompt's end samples nothing. Speculating sequences
@@ -458,7 +467,7 @@ impl Engine {
             let Some((group, req)) = self.groups.get_mut(&seq.group) else { continue };
             if !group.cancelled {
                 let tok = &self.tokenizer;
-                emit(seq, group, |seq, group| verify_and_accept(seq, seq_rows, vocab, group, req, tok, &self.eos));
+                emit(seq, group, |seq, group| verify_and_accept(seq, seq_rows, vocab, group, req, tok, &self.eos, &costs));
             }
             seq.register_full_blocks(alloc);
         }

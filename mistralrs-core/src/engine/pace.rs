@@ -1,28 +1,69 @@
-//! How many tokens a speculating sequence's draft proposes next, from how
-//! its last proposals fared (the scheduler asks, verification reports).
+//! How many tokens a speculating sequence's draft proposes next, from what
+//! its last proposals were worth (the scheduler asks, verification reports),
+//! and what a step costs on this machine (`Costs`, measured by the engine).
 
-/// The most steps a sequence goes without drafting after proposals failed
-/// (the draft then catches up on the skipped tokens in one pass).
-const MAX_BACKOFF: usize = 16;
+/// The most steps a sequence goes without drafting after drafting did not
+/// pay (the draft then catches up on the skipped tokens in one pass).
+const MAX_BACKOFF: usize = 128;
+
+/// A draft pass, a verified row and a target step, in seconds, as the
+/// engine measures them (moving averages over its steps): what a step of
+/// speculation costs a sequence and what its kept tokens save.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Costs {
+    /// A target step whose sequences all decode one token.
+    step: Option<f64>,
+    /// What each proposal row adds to such a step.
+    row: Option<f64>,
+}
+
+fn average(old: Option<f64>, x: f64) -> Option<f64> {
+    Some(old.map_or(x, |o| 0.8 * o + 0.2 * x))
+}
+
+impl Costs {
+    /// A target step of decoding sequences took `secs` with `proposals`
+    /// proposal rows among them.
+    pub fn observe(&mut self, secs: f64, proposals: usize) {
+        if proposals == 0 {
+            self.step = average(self.step, secs);
+        } else if let Some(step) = self.step {
+            self.row = average(self.row, ((secs - step) / proposals as f64).max(0.0));
+        }
+    }
+
+    /// Seconds a sequence's step of speculation saved (negative: lost):
+    /// `accepted` tokens it did not have to decode one step each, less its
+    /// share of the draft's passes (`draft`, catching up included) and the
+    /// verification of its `proposed` rows. Before any plain step is
+    /// measured, kept tokens count as free (the draft is tried).
+    pub fn value(&self, proposed: usize, accepted: usize, draft: f64) -> f64 {
+        let Some(step) = self.step else { return accepted as f64 };
+        accepted as f64 * step - draft - proposed as f64 * self.row.unwrap_or(0.0)
+    }
+}
 
 /// Per sequence, how many tokens the draft proposes next: up to `gamma`,
 /// grown by 2 after a step that kept every proposal and shrunk by 1 after
-/// one that did not (as transformers' assisted generation does); after a
-/// step that kept none (or where the draft was unsure of its first token)
-/// drafting pauses for 1, 2, 4, .. `MAX_BACKOFF` steps, so a draft that
-/// does not match the text (prose for a code model) costs next to nothing.
-/// One kept token barely pays for the draft passes it took, so only two or
-/// more end a pause's doubling.
+/// one that did not (as transformers' assisted generation does). Drafting
+/// pauses while it does not pay: when the moving value of its steps (what
+/// they saved less what they cost, `Costs::value`) is negative, for 1, 2,
+/// 4, .. `MAX_BACKOFF` steps, so a draft that does not match the text
+/// (prose for a code model) costs next to nothing; a step that pays again
+/// ends the pauses. The catch-up pass after a pause counts in its step's
+/// cost, so resuming where the draft keeps failing pauses longer.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     limit: usize,
     skip: usize,
     backoff: usize,
+    /// Moving value of this sequence's steps of speculation (seconds).
+    worth: f64,
 }
 
 impl Default for Pace {
     fn default() -> Self {
-        Self { limit: 4, skip: 0, backoff: 0 }
+        Self { limit: 4, skip: 0, backoff: 0, worth: 0.0 }
     }
 }
 
@@ -36,19 +77,54 @@ impl Pace {
         self.limit.clamp(1, gamma.max(1))
     }
 
-    /// `accepted` of `proposed` proposals (proposed > 0) were kept, or the
-    /// draft proposed nothing though asked to (proposed == 0).
-    pub fn update(&mut self, proposed: usize, accepted: usize) {
+    /// `accepted` of `proposed` proposals were kept (proposed == 0: the
+    /// draft was unsure of its first token), and the step was worth `value`
+    /// seconds (`Costs::value`).
+    pub fn update(&mut self, proposed: usize, accepted: usize, value: f64) {
         if proposed > 0 && accepted == proposed {
             self.limit += 2;
         } else {
             self.limit = self.limit.saturating_sub(1).max(1);
         }
-        if accepted == 0 {
+        self.worth = 0.5 * self.worth + 0.5 * value;
+        if self.worth < 0.0 {
             self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
             self.skip = self.backoff;
-        } else if accepted >= 2 {
+        } else {
             self.backoff = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_weigh_kept_tokens_against_draft_and_rows() {
+        let mut c = Costs::default();
+        assert_eq!(c.value(2, 2, 0.5), 2.0, "unmeasured: kept tokens count");
+        c.observe(0.040, 0);
+        c.observe(0.050, 2); // 5 ms a row
+        assert!((c.value(2, 2, 0.020) - (2.0 * 0.040 - 0.020 - 2.0 * 0.005)).abs() < 1e-12);
+        assert!(c.value(0, 0, 0.015) < 0.0);
+    }
+
+    #[test]
+    fn drafting_pauses_while_it_loses_and_resumes_when_it_pays() {
+        let mut p = Pace::default();
+        assert_eq!(p.next(8), 4);
+        let mut paused = Vec::new();
+        for _ in 0..4 {
+            p.update(0, 0, -0.015);
+            let mut skipped = 0;
+            while p.next(8) == 0 {
+                skipped += 1;
+            }
+            paused.push(skipped);
+        }
+        assert_eq!(paused, [1, 2, 4, 8]);
+        p.update(3, 3, 0.100);
+        assert_eq!(p.next(8), 3, "no pause after a step that pays; the limit grows from 1 by 2");
     }
 }

@@ -219,8 +219,10 @@ pub struct Speculation {
     /// The grammar as the draft's proposals advance it (a copy: the
     /// sequence's own matcher only ever takes accepted tokens).
     pub grammar: Option<Box<llguidance::Matcher>>,
-    /// How many tokens to propose next, from how the last proposals fared.
+    /// How many tokens to propose next, from what the last proposals were worth.
     pub pace: super::pace::Pace,
+    /// This step's share of the draft model's time (seconds).
+    pub draft_secs: f64,
 }
 
 impl Speculation {

@@ -16,6 +16,7 @@ use candle_core::Device;
 
 use super::emission::{dead_end, flat_logits, force, grammar_err, StopRules, GRAMMAR_DEAD_END};
 use super::group::Group;
+use super::pace::Costs;
 use super::sequence::Sequence;
 use crate::error::{Error, Result};
 use crate::kv_cache::{BlockAllocator, BlockTable, KvDtype, KvPool, SideState, StepKv};
@@ -30,6 +31,8 @@ pub struct Draft {
     pub alloc: BlockAllocator,
     /// Tokens proposed per sequence per step, at most.
     pub gamma: usize,
+    /// What speculation costs and saves here, measured step by step.
+    pub costs: Costs,
 }
 
 impl Draft {
@@ -52,7 +55,7 @@ impl Draft {
         let block_bytes = KvPool::block_bytes(model.cache_layers(), dc.num_kv_heads, dc.head_dim, kv_dtype);
         let n = if model.keys_depend_on_length() { 0 } else { prefix_cache_n };
         let alloc = BlockAllocator::new(blocks, n).growing_below((prefix_cache_bytes / block_bytes.max(1)).max(1));
-        Ok(Self { model, kv, alloc, gamma })
+        Ok(Self { model, kv, alloc, gamma, costs: Costs::default() })
     }
 }
 
@@ -107,6 +110,7 @@ pub fn verify(p: &[(u32, f32)], q: &[(u32, f32)], d: u32, u: f32) -> Verdict {
 /// to the sequences' tokens, to be verified by the target in this step's
 /// forward pass.
 pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer, device: &Device) -> Result<()> {
+    let start = std::time::Instant::now();
     let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].proposals() > 0).collect();
     for &i in &spec {
         let s = &mut running[i];
@@ -125,6 +129,9 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
             sp.proposals = 0;
         }
     }
+    // Sequences the draft reads this step (those with room in its pool).
+    let drafting: Vec<usize> = spec.iter().copied().filter(|&i| running[i].proposals() > 0).collect();
+    let mut unsure = Vec::new();
     let most = spec.iter().map(|&i| running[i].proposals()).max().unwrap_or(0);
     for round in 0..most {
         let members: Vec<usize> = spec.iter().copied().filter(|&i| running[i].proposals() > round).collect();
@@ -173,12 +180,23 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
                 s.chunk -= sp.proposals - sp.drafted;
                 sp.proposals = sp.drafted;
                 if sp.drafted == 0 {
-                    sp.pace.update(0, 0);
+                    unsure.push(i);
                 }
                 continue;
             }
             s.tokens.push(d);
             sp.drafted += 1;
+        }
+    }
+    // Each sequence's share of the draft's time this step, settled now for
+    // those that proposed nothing, at verification for the others.
+    let share = start.elapsed().as_secs_f64() / drafting.len().max(1) as f64;
+    for &i in &drafting {
+        if let Some(sp) = running[i].spec.as_mut() {
+            sp.draft_secs = share;
+            if unsure.contains(&i) {
+                sp.pace.update(0, 0, draft.costs.value(0, 0, share));
+            }
         }
     }
     Ok(())
@@ -198,6 +216,7 @@ pub fn verify_and_accept(
     req: &GenerationRequest,
     tok: &TextTokenizer,
     eos: &[u32],
+    costs: &Costs,
 ) -> Result<String> {
     let Some(mut sp) = seq.spec.take() else {
         return Err(Error::runtime("internal error: proposals to verify without a draft"));
@@ -252,7 +271,7 @@ pub fn verify_and_accept(
     group.spec_proposed += n;
     group.spec_accepted += accepted;
     if let Some(sp) = seq.spec.as_mut() {
-        sp.pace.update(n, accepted);
+        sp.pace.update(n, accepted, costs.value(n, accepted, sp.draft_secs));
     }
     let rules = StopRules::of(req, eos);
     let mut piece = String::new();
