@@ -407,10 +407,16 @@ impl Engine {
         if let Some(draft) = self.draft.as_mut() {
             propose(draft, running, &self.tokenizer, &self.device)?;
         }
-        // A step of decoding sequences only (no prompt rows) times what a
-        // plain step and a verified proposal row cost (speculation's pace).
-        let decoding = active.iter().all(|&i| running[i].chunk == 1 + running[i].proposals() && running[i].uncomputed() == 1 + running[i].proposals());
-        let proposals: usize = active.iter().map(|&i| running[i].proposals()).sum();
+        // With a draft, a step of decoding sequences only (no prompt rows)
+        // times what a plain step and a verified proposal row cost (its pace);
+        // None: not such a step, or no draft.
+        let timed = self.draft.is_some().then(|| {
+            let decoding = active.iter().all(|&i| {
+                let n = 1 + running[i].proposals();
+                running[i].chunk == n && running[i].uncomputed() == n
+            });
+            decoding.then(|| active.iter().map(|&i| running[i].proposals()).sum::<usize>())
+        }).flatten();
         let started = Instant::now();
         let (mut logits, vocab) = {
             let running = &self.sched.running;
@@ -434,7 +440,7 @@ impl Engine {
             flat_logits(self.model.forward(&batch, &mut kv)?)?
         };
         let now = Instant::now();
-        if let Some(draft) = self.draft.as_mut().filter(|_| decoding) {
+        if let (Some(draft), Some(proposals)) = (self.draft.as_mut(), timed) {
             draft.costs.observe((now - started).as_secs_f64(), proposals);
         }
         let costs = self.draft.as_ref().map(|d| d.costs).unwrap_or_default();
