@@ -500,8 +500,6 @@ mod vnni {
     use super::*;
     use std::arch::x86_64::*;
 
-    const PREFETCH_AHEAD: usize = 2048;
-
     /// `out[t * out_stride + r]` = panel row r . token t, for the T tokens of `acts`.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn tile_q4k<const T: usize>(
@@ -516,9 +514,7 @@ mod vnni {
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
-            for line in (0..Q4K_PANEL_BLOCK_BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
-            }
+            panel_product::prefetch_ahead(pb, Q4K_PANEL_BLOCK_BYTES);
             let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
             let mut isum = [_mm256_setzero_si256(); T];
             // One sub-block (one nibble half of 32 bytes) at a time, so that a
@@ -580,40 +576,51 @@ mod vnni {
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
-            for line in (0..Q6K_PANEL_BLOCK_BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
-            }
+            panel_product::prefetch_ahead(pb, Q6K_PANEL_BLOCK_BYTES);
             let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
             let mut isum = [_mm256_setzero_si256(); T];
             // One 16-weight sub-block at a time (half h, quarter j, positions
-            // 16·(sub % 2)..), so that a tile of eight tokens keeps its sums in registers.
-            for sub in 0..16 {
-                let (h, j, part) = (sub / 8, (sub % 8) / 2, sub % 2);
-                let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[sub] as i32));
-                for g in 4 * part..4 * part + 4 {
-                    let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + ((h * 2 + j % 2) * 8 + g) * 32) as *const __m256i);
-                    let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + (h * 8 + g) * 32) as *const __m256i);
-                    let lo = if j < 2 {
-                        _mm256_and_si256(ql, low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
-                    };
-                    // qh bits 2j, 2j+1 of each byte to bits 4, 5.
-                    let hi = match j {
-                        0 => _mm256_slli_epi16(qh, 4),
-                        1 => _mm256_slli_epi16(qh, 2),
-                        2 => qh,
-                        _ => _mm256_srli_epi16(qh, 2),
-                    };
-                    let w = _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits));
-                    for t in 0..T {
-                        let y = a[t].qs.as_ptr().add(128 * h + 32 * j + 4 * g) as *const i32;
-                        sums[t] = _mm256_dpbusd_epi32(sums[t], w, _mm256_set1_epi32(y.read_unaligned()));
+            // 16·part..), so that a tile of eight tokens keeps its sums in
+            // registers. The quarter is a literal in each expansion: its nibble
+            // and bit shifts fold to constants, where a loop over all sixteen
+            // sub-blocks compiled to a jump table per load (a third of the speed).
+            macro_rules! quarter {
+                ($h:expr, $part:expr, $j:literal) => {{
+                    let sub = 8 * $h + 2 * $j + $part;
+                    let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[sub] as i32));
+                    for g in 4 * $part..4 * $part + 4 {
+                        let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + (($h * 2 + $j % 2) * 8 + g) * 32) as *const __m256i);
+                        let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + ($h * 8 + g) * 32) as *const __m256i);
+                        let lo = if $j < 2 {
+                            _mm256_and_si256(ql, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
+                        };
+                        // qh bits 2j, 2j+1 of each byte to bits 4, 5.
+                        let hi = match $j {
+                            0 => _mm256_slli_epi16(qh, 4),
+                            1 => _mm256_slli_epi16(qh, 2),
+                            2 => qh,
+                            _ => _mm256_srli_epi16(qh, 2),
+                        };
+                        let w = _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits));
+                        for t in 0..T {
+                            let y = a[t].qs.as_ptr().add(128 * $h + 32 * $j + 4 * g) as *const i32;
+                            sums[t] = _mm256_dpbusd_epi32(sums[t], w, _mm256_set1_epi32(y.read_unaligned()));
+                        }
                     }
-                }
-                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * sub) as *const __m128i));
-                for t in 0..T {
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(sums[t], sc));
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * sub) as *const __m128i));
+                    for t in 0..T {
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(sums[t], sc));
+                    }
+                }};
+            }
+            for h in 0..2 {
+                for part in 0..2 {
+                    quarter!(h, part, 0);
+                    quarter!(h, part, 1);
+                    quarter!(h, part, 2);
+                    quarter!(h, part, 3);
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));

@@ -26,6 +26,7 @@ use super::legacy_blocks::{Kind, Q8Block};
 use super::stored_rows::StoredRows;
 
 pub(crate) use super::panel_product::{PANEL, TILE};
+use super::panel_product;
 
 /// Bytes of one panel-block (8 rows × one 32-weight block).
 pub(crate) fn panel_block_bytes(kind: Kind) -> usize {
@@ -219,9 +220,6 @@ mod vnni {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Bytes ahead of the panel-block being read that are prefetched.
-    const PREFETCH_AHEAD: usize = 2048;
-
     const fn kind_of(k: u8) -> Kind {
         match k {
             0 => Kind::Q4_0,
@@ -249,11 +247,7 @@ mod vnni {
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
-            // Decoding streams every weight once per token: ask for the bytes
-            // a few panel-blocks ahead so the loads below find them in cache.
-            for line in (0..pbb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
-            }
+            panel_product::prefetch_ahead(pb, pbb);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
             let mut at = 16;
             let m = if with_min {
