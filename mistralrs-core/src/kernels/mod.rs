@@ -2,12 +2,13 @@
 //! weight types candle's CPU backend only has scalar code for.
 //!
 //! Bottom to top: `select.rs` (which kernels may run) and the shared pieces
-//! (`stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `row_dequant.rs`, `block_matrix.rs`:
+//! (`vec_math.rs`, `stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `row_dequant.rs`, `block_matrix.rs`:
 //! the one trait `Linear` sees the matrix kernels through, `panel_product.rs`);
 //! the kernels (`legacy_panels.rs`, `legacy_quant.rs`, `kquant_panels.rs`,
-//! `kv_formats.rs`, `attention.rs`); `dispatch.rs` (which kernel takes a weight type) and
+//! `kv_formats.rs`, `attention.rs`, `activation.rs`); `dispatch.rs` (which kernel takes a weight type) and
 //! `report.rs`. No file imports one above it (`scripts/module_graph.py`).
 
+pub mod activation;
 pub mod attention;
 pub mod kv_formats;
 pub mod block_matrix;
@@ -24,6 +25,7 @@ pub mod report;
 pub mod row_dequant;
 pub mod select;
 mod stored_rows;
+mod vec_math;
 
 pub use block_matrix::BlockMatrix;
 pub use report::kernel_report;

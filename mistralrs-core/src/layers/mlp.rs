@@ -3,6 +3,8 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::kernels::activation::{self, GateAct};
+
 use super::linear::Linear;
 use super::step::StepContext;
 
@@ -32,6 +34,21 @@ impl Activation {
             Self::GeluTanh => x.gelu(),
             Self::Gelu => x.gelu_erf(),
         }
+    }
+
+    /// `act(gate) · up`: one fused pass where the CPU kernel takes it.
+    pub fn gated(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        let kernel = match self {
+            Self::Silu => Some(GateAct::Silu),
+            Self::GeluTanh => Some(GateAct::GeluTanh),
+            Self::Gelu => None,
+        };
+        if let Some(k) = kernel {
+            if let Some(y) = activation::gated_product(k, gate, up)? {
+                return Ok(y);
+            }
+        }
+        self.apply(gate)? * up
     }
 }
 
@@ -69,7 +86,7 @@ impl GatedMlp {
                 (y.narrow(1, 0, half)?, y.narrow(1, half, half)?)
             }
         };
-        lin(&self.down, &(self.act.apply(&gate)? * up)?)
+        lin(&self.down, &self.act.gated(&gate, &up)?)
     }
 }
 
