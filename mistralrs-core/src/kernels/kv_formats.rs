@@ -297,28 +297,47 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn weighted_values<T: Widen>(p: &[f32], values: &[T], stride: usize, dim: usize, out: &mut [f32], add: bool) {
-        let base = values.as_ptr();
-        // Up to 64 output dims in registers at a time.
+        // 64 output dims in registers at a time, then the rest. The width is
+        // a constant of each call so that the accumulators stay in registers:
+        // with a run-time width they lived on the stack, a load and a store
+        // per multiply-add, and their copy out was a memcpy per row and block.
         let mut c0 = 0;
-        while c0 < dim {
-            let width = (dim - c0).min(64) / 8;
-            let mut acc = [_mm256_setzero_ps(); 8];
-            if add {
-                for (c, a) in acc.iter_mut().enumerate().take(width) {
-                    *a = _mm256_loadu_ps(out.as_ptr().add(c0 + 8 * c));
-                }
+        while c0 + 64 <= dim {
+            weighted_columns::<T, 8>(p, values, stride, c0, out, add);
+            c0 += 64;
+        }
+        match (dim - c0) / 8 {
+            0 => {}
+            1 => weighted_columns::<T, 1>(p, values, stride, c0, out, add),
+            2 => weighted_columns::<T, 2>(p, values, stride, c0, out, add),
+            3 => weighted_columns::<T, 3>(p, values, stride, c0, out, add),
+            4 => weighted_columns::<T, 4>(p, values, stride, c0, out, add),
+            5 => weighted_columns::<T, 5>(p, values, stride, c0, out, add),
+            6 => weighted_columns::<T, 6>(p, values, stride, c0, out, add),
+            _ => weighted_columns::<T, 7>(p, values, stride, c0, out, add),
+        }
+    }
+
+    /// Output dims c0..c0 + 8W of `weighted_values`.
+    #[inline(always)]
+    unsafe fn weighted_columns<T: Widen, const W: usize>(p: &[f32], values: &[T], stride: usize, c0: usize, out: &mut [f32], add: bool) {
+        let base = values.as_ptr();
+        let o = out.as_mut_ptr().add(c0);
+        let mut acc = [_mm256_setzero_ps(); W];
+        if add {
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(o.add(8 * c));
             }
-            for (j, &pj) in p.iter().enumerate() {
-                let w = _mm256_set1_ps(pj);
-                let row = base.add(j * stride + c0);
-                for (c, a) in acc.iter_mut().enumerate().take(width) {
-                    *a = _mm256_fmadd_ps(w, T::load8(row.add(8 * c)), *a);
-                }
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            let w = _mm256_set1_ps(pj);
+            let row = base.add(j * stride + c0);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, T::load8(row.add(8 * c)), *a);
             }
-            for (c, a) in acc.iter().enumerate().take(width) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * c), *a);
-            }
-            c0 += 8 * width;
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.add(8 * c), *a);
         }
     }
 
@@ -401,33 +420,46 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_weighted_values(p: &[f32], values: &[u8], stride: usize, dim: usize, out: &mut [f32], add: bool) {
-        let base = values.as_ptr();
-        // Two blocks (64 output dims) in registers at a time.
-        let mut b0 = 0;
+        // Two blocks (64 output dims) in registers at a time; the count is a
+        // constant of each call, so the accumulators stay in registers.
         let blocks = dim / Q8_0_VALUES;
-        while b0 < blocks {
-            let nb = (blocks - b0).min(2);
-            let o = out.as_mut_ptr().add(b0 * Q8_0_VALUES);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            if add {
-                for (c, a) in acc.iter_mut().enumerate().take(4 * nb) {
-                    *a = _mm256_loadu_ps(o.add(8 * c));
+        let mut b0 = 0;
+        while b0 + 2 <= blocks {
+            q8_columns::<2>(p, values, stride, b0, out, add);
+            b0 += 2;
+        }
+        if b0 < blocks {
+            q8_columns::<1>(p, values, stride, b0, out, add);
+        }
+    }
+
+    /// Blocks b0..b0 + NB of `q8_weighted_values`.
+    #[inline(always)]
+    unsafe fn q8_columns<const NB: usize>(p: &[f32], values: &[u8], stride: usize, b0: usize, out: &mut [f32], add: bool) {
+        let base = values.as_ptr();
+        let o = out.as_mut_ptr().add(b0 * Q8_0_VALUES);
+        let mut acc = [[_mm256_setzero_ps(); 4]; NB];
+        if add {
+            for (bb, a) in acc.iter_mut().enumerate() {
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(o.add(Q8_0_VALUES * bb + 8 * c));
                 }
             }
-            for (j, &pj) in p.iter().enumerate() {
-                for bb in 0..nb {
-                    let block = base.add(j * stride + (b0 + bb) * Q8_0_BYTES);
-                    let w = _mm256_set1_ps(pj * scale_of(block));
-                    let qs = block.add(2);
-                    for c in 0..4 {
-                        acc[4 * bb + c] = _mm256_fmadd_ps(w, quants8(qs.add(8 * c)), acc[4 * bb + c]);
-                    }
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            for (bb, a) in acc.iter_mut().enumerate() {
+                let block = base.add(j * stride + (b0 + bb) * Q8_0_BYTES);
+                let w = _mm256_set1_ps(pj * scale_of(block));
+                let qs = block.add(2);
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, quants8(qs.add(8 * c)), *a);
                 }
             }
-            for (c, a) in acc.iter().enumerate().take(4 * nb) {
-                _mm256_storeu_ps(o.add(8 * c), *a);
+        }
+        for (bb, a) in acc.iter().enumerate() {
+            for (c, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(o.add(Q8_0_VALUES * bb + 8 * c), *a);
             }
-            b0 += nb;
         }
     }
 }
@@ -471,7 +503,9 @@ mod tests {
                 }
             }
         }
-        for dim in [32usize, 64, 96, 256] {
+        // Float heads of every width class of the SIMD loops (8 + 8k dims,
+        // 64 at a time), Q8_0 ones of one and two blocks at a time.
+        for dim in [8usize, 32, 48, 64, 96, 120, 256] {
             let n = 19;
             let raw = data(n * dim, 7);
             // Vectors at a stride of dim + 8 units (two heads' worth, say).
@@ -484,6 +518,9 @@ mod tests {
             let bf16s: Vec<bf16> = f32s.iter().map(|&x| bf16::from_f32(x)).collect();
             let wbf: Vec<f32> = raw.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
             check::<Bf16s>(dim, &bf16s, dim + 8, &wbf);
+            if dim % Q8_0_VALUES != 0 {
+                continue;
+            }
             let width = dim / Q8_0_VALUES * Q8_0_BYTES;
             let at = spread(width);
             let mut q8 = vec![0u8; at(n)];
