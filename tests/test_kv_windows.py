@@ -11,6 +11,8 @@ before the shared part's end was thinned, gets no cached prefix and equals a fre
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from conftest import model_path
 from mistralrs import CompletionRequest, Runner, Which
@@ -26,13 +28,13 @@ def text(n_words: int, seed: int) -> str:
     return " ".join(WORDS[(i * 7 + seed * 13 + i // 5) % len(WORDS)] for i in range(n_words))
 
 
-def runner(keep: bool) -> Runner:
+def runner(keep: bool, kv_cache_mb: int = 512, max_seqs: int = 2) -> Runner:
     p = model_path("gemma3-270m")
     old = os.environ.get("MISTRALRS_KV_KEEP_WINDOWS")
     os.environ["MISTRALRS_KV_KEEP_WINDOWS"] = "1" if keep else "0"
     try:
         return Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=str(p.parent), quantized_filename=p.name),
-                      kv_cache_mb=512, max_seqs=2)
+                      kv_cache_mb=kv_cache_mb, max_seqs=max_seqs)
     finally:
         if old is None:
             del os.environ["MISTRALRS_KV_KEEP_WINDOWS"]
@@ -88,6 +90,56 @@ def test_local_layers_keep_their_window_and_outputs_do_not_change():
             assert got_half == stream(fresh, half)[:2]
         finally:
             fresh.close()
+    finally:
+        thin.close()
+        keep.close()
+
+
+def concurrent(r: Runner, prompts: list[str]):
+    """Greedy texts of `prompts` sent at once, and what `r.stats()` showed while they ran: the most blocks
+    held, the most sequences running, and each poll's budget (bytes used + cached + free)."""
+    outs: list[str | None] = [None] * len(prompts)
+
+    def go(i: int) -> None:
+        req = CompletionRequest(prompt=prompts[i], model="m", max_tokens=8, temperature=0.0, ignore_eos=True)
+        outs[i] = r.send_completion_request(req).choices[0].text
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    held = running = 0
+    budgets = set()
+    while any(t.is_alive() for t in threads):
+        s = r.stats()
+        held, running = max(held, s["kv_blocks_used"]), max(running, s["seqs_running"])
+        budgets.add(s["kv_bytes_used"] + s["kv_bytes_cached"] + s["kv_bytes_free"])
+        time.sleep(0.005)
+    for t in threads:
+        t.join()
+    return outs, held, running, budgets
+
+
+def test_thinned_blocks_count_back_in_the_budget():
+    """96 MB holds 170 whole blocks (2,720 tokens) of Gemma 3 270M's f32 cache: one 1,900-token prompt at a
+    time with every layer kept. A thinned block costs only its 3 global layers of 18, so three such prompts
+    run together in the same budget, and answer as the engine that keeps every block does."""
+    thin, keep = runner(keep=False, kv_cache_mb=96, max_seqs=3), runner(keep=True, kv_cache_mb=96, max_seqs=3)
+    try:
+        prompts = [text(1900, seed) for seed in (3, 4, 5)]
+        assert all(1800 <= len(thin.tokenize(p)) <= 2000 for p in prompts)
+        total = thin.stats()["kv_blocks_total"]
+        budget = total * thin.stats()["kv_block_bytes"]
+        assert total == 96 * 2**20 // thin.stats()["kv_block_bytes"] == 170
+        got, held, running, budgets = concurrent(thin, prompts)
+        want, keep_held, _, _ = concurrent(keep, prompts)
+        assert got == want
+        # Together the three held far more blocks than the budget has whole ones, within the same bytes.
+        assert held > 1.5 * total and running == 3, (held, running)
+        assert budgets == {budget}
+        assert keep_held <= total
+        s, k = thin.stats(), keep.stats()
+        assert s["preemptions"] < k["preemptions"], (s["preemptions"], k["preemptions"])
+        assert s["kv_bytes_used"] == 0 and s["kv_bytes_cached"] + s["kv_bytes_free"] == budget
     finally:
         thin.close()
         keep.close()

@@ -704,7 +704,9 @@ class Runner:
         the prefix cache, held by none) / kv_blocks_resident (touched so far: the pool's memory in use) / kv_blocks_thinned (blocks whose
         sliding-window layers' keys and values, out of every window, were given back to the OS) /
         kv_block_tokens / kv_block_bytes (one block over all layers, keys and values, in the cache's storage
-        type; multiply for bytes), shared_prompts (choices
+        type; multiply for bytes), kv_bytes_used / kv_bytes_cached / kv_bytes_free (the KV budget in bytes: held
+        by sequences, kept by the prefix cache, left; a thinned block counts only its layers without a window,
+        so sequences of a sliding-window model can together hold more blocks than kv_blocks_total), shared_prompts (choices
         that started from another choice's prompt blocks), prefix_cache_hit_tokens, requests_cancelled
         (dropped by their callers before finishing), the gauges seqs_running / seqs_waiting (after the last
         step) and, for X-LoRA, xlora_scaling_passes (one per sequence per step that ran it)."""

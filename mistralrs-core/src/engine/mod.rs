@@ -62,6 +62,11 @@ pub struct EngineStats {
     pub kv_blocks_resident: AtomicU64,
     /// Blocks whose sliding-window layers' memory was given back (out of every window).
     pub kv_blocks_thinned: AtomicU64,
+    /// The KV budget in bytes: held by sequences, kept by the prefix cache
+    /// (nobody holds it), and left. A thinned block counts only the layers it keeps.
+    pub kv_bytes_used: AtomicU64,
+    pub kv_bytes_cached: AtomicU64,
+    pub kv_bytes_free: AtomicU64,
     /// Sibling choices that started from another choice's prompt blocks instead of their own.
     pub shared_prompts: AtomicU64,
     /// Prompt tokens whose keys and values came from the prefix cache.
@@ -144,7 +149,13 @@ pub struct Engine {
     /// The sliding window and the cache layers that use it, whose blocks are
     /// thinned once out of every future query's window (`thin_windows`).
     windowed: Option<(usize, Vec<usize>)>,
+    /// One layer's keys and values of one block (the budget's unit).
+    layer_block_bytes: u64,
 }
+
+/// At most this many block ids per whole block of the budget (with one
+/// layer in six global, as Gemma 3's, a thinned block costs a sixth).
+const MAX_ID_STRETCH: usize = 8;
 
 impl Engine {
     pub fn new(
@@ -169,8 +180,29 @@ impl Engine {
             cfg.max_step_tokens = usize::MAX;
         }
         let mc = model.config();
-        let kv = KvPool::new(model.cache_layers(), cfg.kv_blocks, mc.num_kv_heads, mc.head_dim, &device, cfg.kv_dtype)
-            .map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
+        // Giving a block's pages back is a CPU pool's business (elsewhere the
+        // pool is device memory); `MISTRALRS_KV_KEEP_WINDOWS=1` keeps every
+        // block whole, to compare against.
+        let keep = std::env::var_os(KEEP_WINDOWS_ENV).is_some_and(|v| v == "1");
+        let windowed = if device.is_cpu() && !cfg.no_kv_cache && !keep { model.windowed_cache_layers() } else { None };
+        let layers = model.cache_layers();
+        let kept = layers - windowed.as_ref().map_or(0, |w| w.1.len());
+        // A thinned block costs the budget only its layers without a window,
+        // so the pool has more block ids than the budget has whole blocks:
+        // the memory thinning gave back holds other blocks' global layers.
+        // Ids are virtual memory, backed only as written. A draft model's
+        // pool matches the target's tokens, so then ids stay one per block.
+        let ids = match (&windowed, &draft) {
+            (Some(_), None) => cfg.kv_blocks.saturating_mul(layers.div_ceil(kept.max(1)).min(MAX_ID_STRETCH)),
+            _ => cfg.kv_blocks,
+        };
+        let new_pool = |ids: usize| KvPool::new(layers, ids, mc.num_kv_heads, mc.head_dim, &device, cfg.kv_dtype);
+        // Where the address space is limited (an RLIMIT_AS), one id per block.
+        let (kv, ids) = match new_pool(ids) {
+            Err(_) if ids > cfg.kv_blocks => (new_pool(cfg.kv_blocks), cfg.kv_blocks),
+            kv => (kv, ids),
+        };
+        let kv = kv.map_err(|e| Error::runtime(format!("cannot allocate the KV cache ({} blocks): {e}", cfg.kv_blocks)))?;
         stats.kv_blocks_total.store(cfg.kv_blocks as u64, Ordering::Relaxed);
         let draft = match draft {
             // As many tokens as the target's pool, and room for every sequence's proposals.
@@ -185,14 +217,11 @@ impl Engine {
             )?),
             None => None,
         };
-        let block_bytes = KvPool::block_bytes(model.cache_layers(), mc.num_kv_heads, mc.head_dim, cfg.kv_dtype);
-        let alloc = BlockAllocator::new(cfg.kv_blocks, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n })
+        let block_bytes = KvPool::block_bytes(layers, mc.num_kv_heads, mc.head_dim, cfg.kv_dtype);
+        let alloc = BlockAllocator::new(ids, if cfg.no_kv_cache { 0 } else { cfg.prefix_cache_n })
+            .budgeted(cfg.kv_blocks, layers, kept)
             .growing_below((cfg.prefix_cache_bytes / block_bytes.max(1)).max(1));
-        // Giving a block's pages back is a CPU pool's business (elsewhere the
-        // pool is device memory); `MISTRALRS_KV_KEEP_WINDOWS=1` keeps every
-        // block whole, to compare against.
-        let keep = std::env::var_os(KEEP_WINDOWS_ENV).is_some_and(|v| v == "1");
-        let windowed = if device.is_cpu() && !cfg.no_kv_cache && !keep { model.windowed_cache_layers() } else { None };
+        stats.kv_bytes_free.store((cfg.kv_blocks * block_bytes) as u64, Ordering::Relaxed);
         let mut sched = Scheduler::new(alloc, cfg.max_seqs, cfg.max_step_tokens, cfg.no_kv_cache);
         sched.window = windowed.as_ref().map(|w| w.0);
         Ok(Self {
@@ -208,6 +237,7 @@ impl Engine {
             groups: HashMap::new(),
             next_group: 0,
             pool: Arc::new(pool),
+            layer_block_bytes: (block_bytes / layers.max(1)) as u64,
             stats,
         })
     }
@@ -285,6 +315,15 @@ impl Engine {
             }
         }
         self.stats.kv_blocks_thinned.store(alloc.thinned() as u64, Ordering::Relaxed);
+        self.record_budget();
+    }
+
+    fn record_budget(&self) {
+        let (used, cached, free) = self.sched.alloc.costs();
+        let b = self.layer_block_bytes;
+        self.stats.kv_bytes_used.store(used * b, Ordering::Relaxed);
+        self.stats.kv_bytes_cached.store(cached * b, Ordering::Relaxed);
+        self.stats.kv_bytes_free.store(free * b, Ordering::Relaxed);
     }
 
     /// Fails every request not yet answered: a closed runner never lets a
@@ -572,6 +611,7 @@ impl Engine {
                 }
             }
         }
+        self.record_budget();
     }
 
     fn fail_running(&mut self, e: Error) {

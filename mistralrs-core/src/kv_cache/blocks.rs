@@ -49,6 +49,17 @@ pub struct BlockAllocator {
     /// those layers' slots read as zeros until the block is handed out again.
     thinned: Vec<bool>,
     thinned_count: usize,
+    /// What the budget counts, in layer-blocks (one layer's keys and values
+    /// of one block): a whole block costs `full`, a thinned one `thin` (its
+    /// layers without a window). Held and idle cached blocks together never
+    /// cost more than `capacity`; ids can outnumber `capacity / full`, so the
+    /// memory thinning gives back serves other blocks.
+    full: u64,
+    thin: u64,
+    capacity: u64,
+    /// Layer-blocks of the held blocks, and of the idle cached ones.
+    held_cost: u64,
+    cached_cost: u64,
 }
 
 impl BlockAllocator {
@@ -68,7 +79,33 @@ impl BlockAllocator {
             idle_cached: 0,
             thinned: vec![false; total],
             thinned_count: 0,
+            full: 1,
+            thin: 1,
+            capacity: total as u64,
+            held_cost: 0,
+            cached_cost: 0,
         }
+    }
+
+    /// The same ids with a budget of `blocks` whole blocks of `layers`
+    /// layers each, of which a thinned block keeps `kept` (see `full`).
+    pub fn budgeted(self, blocks: usize, layers: usize, kept: usize) -> Self {
+        debug_assert!(kept <= layers && layers > 0);
+        Self { full: layers as u64, thin: kept as u64, capacity: (blocks * layers) as u64, ..self }
+    }
+
+    fn cost(&self, b: u32) -> u64 {
+        if self.thinned[b as usize] {
+            self.thin
+        } else {
+            self.full
+        }
+    }
+
+    /// Layer-blocks held by sequences, kept by the prefix cache, and left
+    /// (see `budgeted`; one each per whole block when it was not called).
+    pub fn costs(&self) -> (u64, u64, u64) {
+        (self.held_cost, self.cached_cost, self.capacity - self.held_cost - self.cached_cost)
     }
 
     /// Marks block `b` as thinned (its sliding-window layers' keys and values
@@ -81,6 +118,7 @@ impl BlockAllocator {
         }
         self.thinned[i] = true;
         self.thinned_count += 1;
+        self.held_cost -= self.full - self.thin;
         true
     }
 
@@ -113,9 +151,11 @@ impl BlockAllocator {
         self.refs.len()
     }
 
-    /// Blocks a sequence could get now: free ones and cached ones nobody holds.
+    /// Whole blocks a sequence could get now, from free ones and cached
+    /// ones nobody holds: as many as the ids and the budget both allow.
     pub fn free_count(&self) -> usize {
-        self.total() - self.held
+        let budget = (self.capacity - self.held_cost) / self.full;
+        (self.total() - self.held).min(budget as usize)
     }
 
     /// Blocks held by sequences.
@@ -127,6 +167,12 @@ impl BlockAllocator {
     /// free block, else the cached block released longest ago; past
     /// `grow_below` touched blocks, an untouched free block comes last.
     pub fn allocate(&mut self) -> Option<u32> {
+        // Within the budget first: idle cached blocks give theirs back, oldest first.
+        while self.held_cost + self.cached_cost + self.full > self.capacity {
+            let b = self.evict()?;
+            self.forget(b);
+            self.push_free(b);
+        }
         let warm_free = self.free.last().is_some_and(|&b| b < self.touched);
         let evict_first = !warm_free && self.touched as usize >= self.grow_below;
         let b = if evict_first {
@@ -149,6 +195,7 @@ impl BlockAllocator {
         self.touched = self.touched.max(b + 1);
         self.refs[b as usize] = 1;
         self.held += 1;
+        self.held_cost += self.full;
         Some(b)
     }
 
@@ -183,7 +230,10 @@ impl BlockAllocator {
         *r -= 1;
         if *r == 0 {
             self.held -= 1;
+            let c = self.cost(b);
+            self.held_cost -= c;
             if self.hash_of[b as usize].is_some() {
+                self.cached_cost += c;
                 self.idle_cached += 1;
                 self.evictable.push_back(b);
             } else {
@@ -203,6 +253,7 @@ impl BlockAllocator {
         if let Some(h) = self.hash_of[b as usize].take() {
             if self.refs[b as usize] == 0 {
                 self.idle_cached -= 1;
+                self.cached_cost -= self.cost(b);
             }
             if self.by_hash.get(&h) == Some(&b) {
                 self.by_hash.remove(&h);
@@ -226,6 +277,9 @@ impl BlockAllocator {
         if self.refs[b as usize] == 0 {
             self.held += 1;
             self.idle_cached -= 1;
+            let c = self.cost(b);
+            self.cached_cost -= c;
+            self.held_cost += c;
         }
         self.refs[b as usize] += 1;
         Some(b)
@@ -373,5 +427,32 @@ mod tests {
         // Nothing cached is left: untouched memory.
         assert_eq!(a.allocate(), Some(3));
         assert_eq!(a.resident(), 4);
+    }
+
+    #[test]
+    fn thinned_blocks_give_the_budget_back_their_window_layers() {
+        // 4 whole blocks of 6 layers, one without a window: 24 ids, budget 24 layer-blocks.
+        let mut a = BlockAllocator::new(24, 1).budgeted(4, 6, 1);
+        let mut t = BlockTable { blocks: (0..4).map(|_| a.allocate().unwrap()).collect() };
+        assert_eq!((a.free_count(), a.allocate()), (0, None));
+        // Thinning two blocks returns 2 × 5 layer-blocks: one more whole block fits.
+        assert!(a.thin(t.blocks[0]) && a.thin(t.blocks[1]));
+        assert_eq!(a.costs(), (14, 0, 10));
+        assert_eq!(a.free_count(), 1);
+        t.blocks.push(a.allocate().unwrap());
+        assert_eq!((a.used(), a.allocate()), (5, None));
+        // A cached thinned block keeps costing its one layer until evicted for room.
+        let h = block_hash(0, &[1; BLOCK_SIZE], 0);
+        a.register(t.blocks[0], h);
+        t.release_all(&mut a);
+        assert_eq!(a.costs(), (0, 1, 23));
+        let mut u = BlockTable { blocks: (0..3).map(|_| a.allocate().unwrap()).collect() };
+        assert_eq!((a.costs(), a.lookup(h)), ((18, 1, 5), Some(0)));
+        a.release(0);
+        // The fourth whole block needs the cached one's layer: it is evicted.
+        u.blocks.push(a.allocate().unwrap());
+        assert_eq!((a.costs(), a.lookup(h)), ((24, 0, 0), None));
+        u.release_all(&mut a);
+        assert_eq!(a.costs(), (0, 0, 24));
     }
 }

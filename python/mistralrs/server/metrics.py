@@ -28,6 +28,9 @@ _ENGINE_GAUGES = {
     "kv_blocks_cached": "Paged KV cache blocks kept by the prefix cache and held by no sequence",
     "kv_blocks_resident": "Paged KV cache blocks whose memory the pool has touched",
     "kv_blocks_thinned": "Paged KV cache blocks whose sliding-window layers' memory was given back",
+    "kv_bytes_used": "KV cache budget held by sequences, in bytes (a thinned block counts its kept layers)",
+    "kv_bytes_cached": "KV cache budget kept by the prefix cache and held by no sequence, in bytes",
+    "kv_bytes_free": "KV cache budget left, in bytes",
 }
 # ... and as counters (monotonic since the runner started).
 _ENGINE_COUNTERS = {
