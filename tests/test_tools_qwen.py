@@ -79,11 +79,15 @@ def test_two_cities_two_calls_or_one_when_not_parallel(c):
 def test_round_trip_and_stream(c):
     tools = [WEATHER, TIME]
     messages = [{"role": "user", "content": "What's the weather like in Paris?"}]
-    first = create(c, messages, tools)
+    # One call per turn, as in the agent test below: the answer's first token is a near tie between
+    # "```" and '{"' (0.03 nats apart in this engine before its vectorized SiLU, 0.26 in llama.cpp,
+    # which picks '{"'); after '{"' the 0.5B model, allowed several, lists bare calls until max_tokens,
+    # and a call cut off there leaves the whole answer as text.
+    first = create(c, messages, tools, parallel_tool_calls=False)
     msg = first.choices[0].message
     validate(msg, tools)
     with c.chat.completions.stream(model="qwen", messages=messages, tools=tools, temperature=0,
-                                   max_tokens=256) as stream:
+                                   max_tokens=256, parallel_tool_calls=False) as stream:
         for _ in stream:
             pass
         streamed = stream.get_final_completion().choices[0].message

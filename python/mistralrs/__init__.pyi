@@ -701,7 +701,7 @@ class Runner:
         """Engine counters: steps, sequence_steps, max_batch, mixed_adapter_steps (steps whose sequences used
         different adapter sets), preemptions (sequences whose KV blocks were taken back, to be recomputed),
         kv_blocks_total / kv_blocks_used (held by sequences after the last step) / kv_blocks_cached (kept by
-        the prefix cache, held by none) / kv_blocks_resident (touched so far: the pool's memory in use) / kv_blocks_thinned (blocks whose
+        the prefix cache, held by none) / kv_blocks_resident (touched so far: the pool's memory in use, at most; a thinned block keeps only its layers without a window) / kv_blocks_thinned (blocks whose
         sliding-window layers' keys and values, out of every window, were given back to the OS) /
         kv_block_tokens / kv_block_bytes (one block over all layers, keys and values, in the cache's storage
         type; multiply for bytes), kv_bytes_used / kv_bytes_cached / kv_bytes_free (the KV budget in bytes: held
