@@ -278,6 +278,23 @@ impl Engine {
             }
             self.retire();
             self.thin_windows();
+            self.unback_freed();
+        }
+    }
+
+    /// Gives the memory of blocks freed since the last step back to the OS
+    /// where the pool has more ids than whole blocks (`Engine::new`): free
+    /// blocks beyond the budget would otherwise stay resident. No step is
+    /// running, and none of these blocks was handed out again.
+    fn unback_freed(&mut self) {
+        let freed = self.sched.alloc.take_unbacked();
+        if freed.is_empty() {
+            return;
+        }
+        let all: Vec<usize> = (0..self.model.cache_layers()).collect();
+        for b in freed {
+            // Failing to give memory back costs memory, not correctness.
+            let _ = self.kv.release_pages(b, &all);
         }
     }
 

@@ -60,6 +60,12 @@ pub struct BlockAllocator {
     /// Layer-blocks of the held blocks, and of the idle cached ones.
     held_cost: u64,
     cached_cost: u64,
+    /// With more ids than whole blocks (`budgeted`), a free block's memory
+    /// goes back to the OS, so what stays resident is what the budget
+    /// counts: blocks freed since `take_unbacked`, unless handed out again.
+    unback_free: bool,
+    unbacked: Vec<u32>,
+    to_unback: Vec<bool>,
 }
 
 impl BlockAllocator {
@@ -84,6 +90,9 @@ impl BlockAllocator {
             capacity: total as u64,
             held_cost: 0,
             cached_cost: 0,
+            unback_free: false,
+            unbacked: Vec::new(),
+            to_unback: vec![false; total],
         }
     }
 
@@ -91,7 +100,8 @@ impl BlockAllocator {
     /// layers each, of which a thinned block keeps `kept` (see `full`).
     pub fn budgeted(self, blocks: usize, layers: usize, kept: usize) -> Self {
         debug_assert!(kept <= layers && layers > 0);
-        Self { full: layers as u64, thin: kept as u64, capacity: (blocks * layers) as u64, ..self }
+        let unback_free = self.total() > blocks;
+        Self { full: layers as u64, thin: kept as u64, capacity: (blocks * layers) as u64, unback_free, ..self }
     }
 
     fn cost(&self, b: u32) -> u64 {
@@ -100,6 +110,14 @@ impl BlockAllocator {
         } else {
             self.full
         }
+    }
+
+    /// Blocks freed since the last call whose memory the caller is to give
+    /// back to the OS (none unless ids outnumber the budget's whole blocks).
+    pub fn take_unbacked(&mut self) -> Vec<u32> {
+        let mut out = std::mem::take(&mut self.unbacked);
+        out.retain(|&b| std::mem::take(&mut self.to_unback[b as usize]));
+        out
     }
 
     /// Layer-blocks held by sequences, kept by the prefix cache, and left
@@ -192,6 +210,8 @@ impl BlockAllocator {
         if std::mem::take(&mut self.thinned[b as usize]) {
             self.thinned_count -= 1;
         }
+        // Handed out again before its memory was given back: it keeps it.
+        self.to_unback[b as usize] = false;
         self.touched = self.touched.max(b + 1);
         self.refs[b as usize] = 1;
         self.held += 1;
@@ -243,6 +263,10 @@ impl BlockAllocator {
     }
 
     fn push_free(&mut self, b: u32) {
+        if self.unback_free && !self.to_unback[b as usize] {
+            self.to_unback[b as usize] = true;
+            self.unbacked.push(b);
+        }
         // Keep the list sorted descending so the lowest id is reused first.
         let at = self.free.partition_point(|&f| f > b);
         self.free.insert(at, b);
@@ -454,5 +478,18 @@ mod tests {
         assert_eq!((a.costs(), a.lookup(h)), ((24, 0, 0), None));
         u.release_all(&mut a);
         assert_eq!(a.costs(), (0, 0, 24));
+        // Every block freed and not handed out again is to give its memory back, once.
+        let mut freed = a.take_unbacked();
+        freed.sort();
+        assert_eq!(freed, [0, 1, 2, 3, 4]);
+        let b = a.allocate().unwrap();
+        a.release(b);
+        let c = a.allocate().unwrap();
+        assert_eq!((b, c, a.take_unbacked()), (0, 0, vec![]));
+        // One id per whole block: free blocks keep their memory, as before.
+        let mut a = BlockAllocator::new(4, 0).budgeted(4, 6, 1);
+        let b = a.allocate().unwrap();
+        a.release(b);
+        assert!(a.take_unbacked().is_empty());
     }
 }

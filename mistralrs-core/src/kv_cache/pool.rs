@@ -41,12 +41,32 @@ fn zeroed<T: WithDType>(n: usize) -> Result<Vec<T>> {
 
 fn zeroed_tensor(dtype: DType, n: usize, shape: (usize, usize, usize), device: &Device) -> Result<Tensor> {
     match (device, dtype) {
-        (Device::Cpu, DType::F32) => Tensor::from_vec(zeroed::<f32>(n)?, shape, device),
-        (Device::Cpu, DType::F16) => Tensor::from_vec(zeroed::<half::f16>(n)?, shape, device),
-        (Device::Cpu, DType::BF16) => Tensor::from_vec(zeroed::<half::bf16>(n)?, shape, device),
-        (Device::Cpu, DType::U8) => Tensor::from_vec(zeroed::<u8>(n)?, shape, device),
+        (Device::Cpu, DType::F32) => page_aligned(zeroed::<f32>(n + page_size() / 4)?, n, shape),
+        (Device::Cpu, DType::F16) => page_aligned(zeroed::<half::f16>(n + page_size() / 2)?, n, shape),
+        (Device::Cpu, DType::BF16) => page_aligned(zeroed::<half::bf16>(n + page_size() / 2)?, n, shape),
+        (Device::Cpu, DType::U8) => page_aligned(zeroed::<u8>(n + page_size())?, n, shape),
         _ => Tensor::zeros(shape, dtype, device),
     }
+}
+
+/// `n` of the values of `v` (a page longer) as a tensor of `shape` that
+/// starts on a page: the allocator's header puts a large buffer a few
+/// bytes past one, and then every block straddled a page at each end, which
+/// `release_pages` must keep (a quarter to a half of a thinned block's
+/// memory, for Gemma 3's blocks).
+fn page_aligned<T: WithDType>(v: Vec<T>, n: usize, shape: (usize, usize, usize)) -> Result<Tensor> {
+    let size = std::mem::size_of::<T>();
+    let misaligned = v.as_ptr() as usize % page_size();
+    let skip = if misaligned % size == 0 { (page_size() - misaligned) % page_size() / size } else { 0 };
+    Tensor::from_vec(v, skip + n + (page_size() / size - skip), &Device::Cpu)?.narrow(0, skip, n)?.reshape(shape)
+}
+
+fn page_size() -> usize {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sysconf has no preconditions.
+    return (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize;
+    #[cfg(not(target_os = "linux"))]
+    4096
 }
 
 impl KvPool {
@@ -149,8 +169,7 @@ impl KvPool {
                 };
                 let block_bytes = BLOCK_SIZE * self.kv_heads * self.dtype.units(self.head_dim) * elem;
                 let start = base + layout.start_offset() * elem + block as usize * block_bytes;
-                // SAFETY: sysconf has no preconditions.
-                let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize;
+                let page = page_size();
                 let (from, to) = (start.next_multiple_of(page), (start + block_bytes) / page * page);
                 if to > from {
                     // SAFETY: [from, to) lies inside this layer's buffer (one block

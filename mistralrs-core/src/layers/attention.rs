@@ -289,11 +289,11 @@ mod tests {
                 let gathered = grouped_attention(&q, &kg, &vg, mask.as_ref(), scale, softcap).unwrap();
 
                 let (kp, vp) = pool.layer(0);
-                let (ks, _) = kp.storage_and_layout();
-                let (vs, _) = vp.storage_and_layout();
+                let (ks, kl) = kp.storage_and_layout();
+                let (vs, vl) = vp.storage_and_layout();
                 let mut out = vec![0f32; t * heads * dim];
                 let view = |d| KvView { data: d, blocks: &table.blocks };
-                let seq = SeqAttn { start: 0, len: t, past, k: view(kv_data(&ks, 0).unwrap()), v: view(kv_data(&vs, 0).unwrap()) };
+                let seq = SeqAttn { start: 0, len: t, past, k: view(kv_data(&ks, kl.start_offset()).unwrap()), v: view(kv_data(&vs, vl.start_offset()).unwrap()) };
                 attend(&shape, &qv, &[seq], &mut out);
                 drop((ks, vs));
                 let got = Tensor::from_vec(out, (t, heads * dim), &dev).unwrap();
