@@ -5,7 +5,10 @@ never has its file pages and its repacked copy resident at once. Before, loading
 the loaded process.
 
 The bound comes from the file: the peak during load may exceed the loaded process's resident memory
-by at most a third of the largest tensor (slices of a few MiB, the tokenizer's build, allocator steps).
+by at most half of the largest tensor (slices of a few MiB, the tokenizer's build, allocator steps).
+Typically 25-35 MiB; one CI run under load measured 62 MiB (the tokenizer, built on another thread,
+peaking with the embedding's repack), so the bound is not a third (57 MiB) but half (85 MiB), which
+the old load's 128 MiB still fails.
 """
 
 from __future__ import annotations
@@ -38,4 +41,4 @@ def test_gguf_load_peaks_near_the_loaded_size():
                                                  text=True, check=True).stdout.split())
     largest = _largest_tensor_bytes(path)
     print(f"\nloaded {rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, largest tensor {largest / 2**20:.0f} MiB")
-    assert peak - rss < largest / 3
+    assert peak - rss < largest / 2
