@@ -279,6 +279,7 @@ impl Engine {
             self.retire();
             self.thin_windows();
             self.unback_freed();
+            self.record_budget();
         }
     }
 
@@ -332,9 +333,9 @@ impl Engine {
             }
         }
         self.stats.kv_blocks_thinned.store(alloc.thinned() as u64, Ordering::Relaxed);
-        self.record_budget();
     }
 
+    /// The budget's bytes in the stats, once per step (after retiring and thinning).
     fn record_budget(&self) {
         let (used, cached, free) = self.sched.alloc.costs();
         let b = self.layer_block_bytes;
@@ -628,7 +629,6 @@ impl Engine {
                 }
             }
         }
-        self.record_budget();
     }
 
     fn fail_running(&mut self, e: Error) {
