@@ -51,12 +51,9 @@ pub struct GgufVocab {
 
 /// A string array of the metadata, borrowed.
 fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
-    match file.get(key) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.to_string().map(String::as_str).map_err(|_| Error::bad_file(&file.path, format!("`{key}` holds a non-string"))))
-            .collect(),
-        Some(_) => Err(Error::bad_file(&file.path, format!("`{key}` is not an array"))),
+    match file.get_strings(key) {
+        Some(items) => items,
+        None if file.get(key).is_some() => Err(Error::bad_file(&file.path, format!("`{key}` is not an array of strings"))),
         None => Err(Error::bad_file(&file.path, format!("missing metadata key `{key}`; pass tok_model_id or tokenizer_json"))),
     }
 }

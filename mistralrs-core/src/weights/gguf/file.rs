@@ -9,16 +9,21 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
+use rayon::prelude::*;
 
-use super::header::{self, tensor_bytes};
+use super::header::{self, tensor_bytes, Header, StrArray};
 use crate::error::{Error, Result};
 use crate::layers::embedding::SharedBytes;
 use crate::weights::finite::check_finite;
 use crate::weights::stored::{MappedFile, MappedRange, StoredTensor};
 use crate::weights::tensor_file::TensorFile;
 
-/// How much of a tensor the finiteness check reads before giving its pages back.
-const CHECK_SLICE_BYTES: usize = 4 << 20;
+/// How much of a tensor the finiteness check reads before giving its pages
+/// back: also the unit of its parallel pass, small enough that most of a
+/// model's matrices split across the threads.
+const CHECK_SLICE_BYTES: usize = 512 << 10;
+/// Tensors up to this size stay mapped from the check to their repack.
+const KEEP_MAPPED_BYTES: usize = 8 << 20;
 
 /// A GGUF file opened for loading, its tensors read through a memory map
 /// (see `stored.rs`).
@@ -26,6 +31,8 @@ pub struct GgufFile {
     pub path: PathBuf,
     map: Arc<MappedFile>,
     content: Content,
+    /// The metadata's arrays of strings (not in `content.metadata`).
+    strings: HashMap<String, StrArray>,
 }
 
 impl GgufFile {
@@ -44,10 +51,11 @@ impl GgufFile {
             return Err(Error::bad_file(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
         }
         let map = MappedFile::new(&file).map_err(|e| Error::bad_file(path, format!("cannot map the file: {e}")))?;
-        let content = header::read(map.bytes(), path)?;
-        // The header (with the tokenizer's vocabulary) is parsed: its pages can go.
+        let Header { content, strings } = header::read(map.bytes(), path)?;
+        // The header is parsed: its pages can go (the tokenizer reads its
+        // vocabulary's back from the page cache).
         drop(map.pages(0, usize::try_from(content.tensor_data_offset).unwrap_or(0)));
-        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), content })
+        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), content, strings })
     }
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
@@ -56,6 +64,13 @@ impl GgufFile {
 
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)
+    }
+
+    /// The metadata array of strings `key`, borrowed from the file; None
+    /// when `key` is missing or holds something else.
+    pub fn get_strings(&self, key: &str) -> Option<Result<Vec<&str>>> {
+        let array = self.strings.get(key)?;
+        Some(array.items(self.map.bytes()).map_err(|why| Error::bad_file(&self.path, format!("metadata key `{key}`: {why}"))))
     }
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
@@ -110,19 +125,27 @@ impl GgufFile {
             .checked_add(info.offset)
             .and_then(|start| self.map.pages(start, len))
             .ok_or_else(|| Error::bad_file(&self.path, format!("tensor `{name}` lies outside the file")))?;
-        // Checked a slice at a time, each slice's pages given back once read:
-        // the kernels read them again as they repack (from the page cache),
-        // and a large tensor never has all its file pages resident at once.
+        // Checked a slice at a time. A large tensor's slices give their pages
+        // back once read, so it never has all its file pages resident at once
+        // (the kernels read them again, from the page cache, as they repack).
+        // A small one keeps them for the repack, which then reads them from
+        // the CPU's caches instead of faulting them in a second time.
+        // The slices are checked in parallel: tensors load one after another,
+        // so the repacking threads would otherwise wait on this pass.
         let bytes = pages.bytes();
         let unit = info.ggml_dtype.type_size();
         let step = (CHECK_SLICE_BYTES / unit).max(1) * unit;
-        for at in (0..bytes.len()).step_by(step) {
-            let end = (at + step).min(bytes.len());
-            if check_finite(info.ggml_dtype, &bytes[at..end]).is_err() {
-                // Checked whole again for the message's element or block number.
-                check_finite(info.ggml_dtype, bytes).map_err(|why| Error::bad_file(&self.path, format!("tensor `{name}`: {why}")))?;
+        let release = bytes.len() > KEEP_MAPPED_BYTES;
+        let all_finite = bytes.par_chunks(step).enumerate().all(|(i, slice)| {
+            let ok = check_finite(info.ggml_dtype, slice).is_ok();
+            if release {
+                pages.release(i * step..i * step + slice.len());
             }
-            pages.release(at..end);
+            ok
+        });
+        if !all_finite {
+            // Checked whole again for the message's element or block number.
+            check_finite(info.ggml_dtype, bytes).map_err(|why| Error::bad_file(&self.path, format!("tensor `{name}`: {why}")))?;
         }
         Ok(StoredTensor::mapped(info.ggml_dtype, info.shape.dims().to_vec(), pages))
     }

@@ -70,16 +70,72 @@ impl<'a> Cursor<'a> {
     /// A length-prefixed UTF-8 string (trailing NULs dropped, as some
     /// writers add one).
     fn string(&mut self, what: &dyn Fn() -> String) -> std::result::Result<String, String> {
+        let (at, n) = self.str_span(what)?;
+        // Checked UTF-8 by `str_span`, so nothing is replaced.
+        Ok(String::from_utf8_lossy(&self.bytes[at..at + n as usize]).into_owned())
+    }
+    /// Where the next string lies: (start, length), checked as `string` does.
+    fn str_span(&mut self, what: &dyn Fn() -> String) -> std::result::Result<(usize, u32), String> {
         let n = self.u64(what)?;
         if n > self.remaining() {
             return Err(format!("{}: a string of {n} bytes, but only {} bytes are left in the file", what(), self.remaining()));
         }
+        let n = u32::try_from(n).map_err(|_| format!("{}: a string of {n} bytes", what()))?;
+        let at = self.pos;
         let raw = self.take(n as usize, what)?;
         let end = raw.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        std::str::from_utf8(&raw[..end])
-            .map(str::to_owned)
-            .map_err(|e| format!("{}: not valid UTF-8 ({e})", what()))
+        std::str::from_utf8(&raw[..end]).map_err(|e| format!("{}: not valid UTF-8 ({e})", what()))?;
+        Ok((at, end as u32))
     }
+}
+
+/// A metadata array of strings, kept as where its items lie in the file.
+/// A vocabulary and its merges are 150k strings each: as separate
+/// allocations they were made one by one before any weight loaded and
+/// freed one by one after, together a third of a Qwen2.5-0.5B load.
+#[derive(Debug, Default)]
+pub struct StrArray {
+    spans: Vec<(usize, u32)>,
+}
+
+impl StrArray {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The items, borrowed from `bytes`: the file the header was read from.
+    /// Err if `bytes` no longer holds the UTF-8 that was checked (the file
+    /// changed under its memory map).
+    pub fn items<'a>(&self, bytes: &'a [u8]) -> std::result::Result<Vec<&'a str>, String> {
+        self.spans
+            .iter()
+            .enumerate()
+            .map(|(i, &(at, n))| {
+                bytes
+                    .get(at..at + n as usize)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .ok_or_else(|| format!("element {i} changed since the file was opened"))
+            })
+            .collect()
+    }
+}
+
+/// What the header holds: candle's `Content`, less its string arrays.
+#[derive(Debug)]
+pub struct Header {
+    pub content: Content,
+    /// Arrays of strings by key (not in `content.metadata`).
+    pub strings: HashMap<String, StrArray>,
+}
+
+/// One metadata value as read.
+enum Item {
+    Value(Value),
+    Strings(StrArray),
 }
 
 /// Bytes one value of GGUF type `ty` takes at least (to bound array counts).
@@ -115,11 +171,11 @@ fn scalar(c: &mut Cursor, ty: u32, what: &dyn Fn() -> String) -> std::result::Re
     })
 }
 
-fn value(c: &mut Cursor, key: &str) -> std::result::Result<Value, String> {
+fn value(c: &mut Cursor, key: &str) -> std::result::Result<Item, String> {
     let here = || format!("metadata key `{key}`");
     let ty = c.u32(&here)?;
     if ty != 9 {
-        return scalar(c, ty, &here);
+        return scalar(c, ty, &here).map(Item::Value);
     }
     let elem = c.u32(&here)?;
     let n = c.u64(&here)?;
@@ -129,12 +185,19 @@ fn value(c: &mut Cursor, key: &str) -> std::result::Result<Value, String> {
             c.remaining()
         ));
     }
+    if elem == 8 {
+        let mut spans = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            spans.push(c.str_span(&|| format!("metadata key `{key}` (element {i})"))?);
+        }
+        return Ok(Item::Strings(StrArray { spans }));
+    }
     let mut items = Vec::with_capacity(n as usize);
     for i in 0..n {
         let at = || format!("metadata key `{key}` (element {i})");
         items.push(scalar(c, elem, &at)?);
     }
-    Ok(Value::Array(items))
+    Ok(Item::Value(Value::Array(items)))
 }
 
 /// The alignment `general.alignment` sets (32 by default): an unsigned
@@ -163,11 +226,11 @@ pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
 
 /// Reads and checks the header of the GGUF file `bytes` (the whole file, so
 /// tensor data can be checked against its length).
-pub fn read(bytes: &[u8], path: &Path) -> Result<Content> {
+pub fn read(bytes: &[u8], path: &Path) -> Result<Header> {
     parse(bytes).map_err(|why| Error::bad_file(path, why))
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<Content, String> {
+fn parse(bytes: &[u8]) -> std::result::Result<Header, String> {
     let mut c = Cursor { bytes, pos: 0 };
     let head = || "the file header".to_string();
     if c.array::<4>(&head)? != *b"GGUF" {
@@ -188,11 +251,19 @@ fn parse(bytes: &[u8]) -> std::result::Result<Content, String> {
         ));
     }
     let mut metadata = HashMap::with_capacity(n_kv as usize);
+    let mut strings = HashMap::new();
     for i in 0..n_kv {
         let key = c.string(&|| format!("metadata key #{i}"))?;
-        let v = value(&mut c, &key)?;
-        if metadata.insert(key.clone(), v).is_some() {
+        if metadata.contains_key(&key) || strings.contains_key(&key) {
             return Err(format!("duplicate metadata key `{key}`"));
+        }
+        match value(&mut c, &key)? {
+            Item::Value(v) => {
+                metadata.insert(key, v);
+            }
+            Item::Strings(a) => {
+                strings.insert(key, a);
+            }
         }
     }
     let align = alignment(&metadata)?;
@@ -292,7 +363,8 @@ fn parse(bytes: &[u8]) -> std::result::Result<Content, String> {
             .and_then(|s| expected.checked_add(s))
             .ok_or_else(|| format!("tensor `{name}`: data offsets overflow"))?;
     }
-    Ok(Content { magic, metadata, tensor_infos: order.into_iter().collect(), tensor_data_offset: data_start })
+    let content = Content { magic, metadata, tensor_infos: order.into_iter().collect(), tensor_data_offset: data_start };
+    Ok(Header { content, strings })
 }
 
 #[cfg(test)]
@@ -331,6 +403,17 @@ mod tests {
         b
     }
 
+    /// The value of a metadata array of strings (after its type, 9).
+    fn str_array(items: &[&[u8]]) -> Vec<u8> {
+        let mut v = 8u32.to_le_bytes().to_vec();
+        v.extend((items.len() as u64).to_le_bytes());
+        for it in items {
+            v.extend((it.len() as u64).to_le_bytes());
+            v.extend(*it);
+        }
+        v
+    }
+
     fn two(second_offset: u64, second_type: u32) -> Vec<u8> {
         file(&[], &[("a", vec![32, 2], 0, 0), ("b", vec![32], second_type, second_offset)], 256 + 128)
     }
@@ -341,10 +424,21 @@ mod tests {
 
     #[test]
     fn a_well_formed_file_reads() {
-        let c = parse(&two(256, 0)).unwrap();
+        let c = parse(&two(256, 0)).unwrap().content;
         assert_eq!(c.tensor_infos["a"].shape.dims(), &[2, 32]);
         assert_eq!(c.tensor_infos["b"].offset, 256);
         assert_eq!(c.tensor_data_offset % 32, 0);
+    }
+
+    #[test]
+    fn string_arrays_read_back_from_the_file() {
+        let b = file(&[("tokenizer.ggml.tokens", 9, str_array(&[b"hello", b"", b"\xc4\xa0w\0"]))], &[], 0);
+        let h = parse(&b).unwrap();
+        assert!(!h.content.metadata.contains_key("tokenizer.ggml.tokens"));
+        // The trailing NUL is dropped, as for single strings.
+        assert_eq!(h.strings["tokenizer.ggml.tokens"].items(&b).unwrap(), ["hello", "", "\u{120}w"]);
+        let dup = file(&[("general.architecture", 9, str_array(&[]))], &[], 0);
+        assert!(err(&dup).contains("duplicate metadata key"));
     }
 
     #[test]
@@ -394,6 +488,7 @@ mod tests {
         assert!(err(&file(&[("k", 9, arr)], &[], 0)).contains("array of 1099511627776"));
         let bad = [2u64.to_le_bytes().to_vec(), vec![0xff, 0xfe]].concat();
         assert!(err(&file(&[("tokenizer.ggml.tokens", 8, bad)], &[], 0)).contains("UTF-8"));
+        assert!(err(&file(&[("tokenizer.ggml.merges", 9, str_array(&[b"a b", &[0xff]]))], &[], 0)).contains("(element 1): not valid UTF-8"));
         let nested = [9u32.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec()].concat();
         assert!(err(&file(&[("k", 9, nested)], &[], 64)).contains("arrays of arrays"));
     }
