@@ -5,7 +5,7 @@
 //! from the code's `crate::`/`super::` paths and fails on any cycle, between
 //! these modules or between the files of any directory.
 //!
-//! 0. `error`, `kv_cache`, `response`, `sampler`, `template_namespaces`: nothing
+//! 0. `error`, `kv_cache`, `response`, `sampler`, `step_alloc`, `template_namespaces`: nothing
 //! 1. `architecture`, `device`, `hub`: error; `chat_template`: error, template_namespaces;
 //!    `kernels`: kv_cache (the block size its attention kernel reads by)
 //! 2. `layers`: kernels, kv_cache
@@ -41,6 +41,7 @@ pub mod request;
 pub mod response;
 pub mod runner;
 pub mod sampler;
+pub mod step_alloc;
 pub mod template_namespaces;
 pub mod tokenizer;
 pub mod tools;

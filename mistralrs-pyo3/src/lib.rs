@@ -11,6 +11,11 @@ mod runner;
 mod wake;
 mod which;
 
+/// Large blocks freed during a model step are reused within it (see
+/// `mistralrs_core::step_alloc`); everything else is `System`'s.
+#[global_allocator]
+static ALLOCATOR: mistralrs_core::step_alloc::StepAllocator = mistralrs_core::step_alloc::StepAllocator;
+
 #[pymodule]
 fn _mistralrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     use mistralrs_core::response::*;

@@ -267,7 +267,7 @@ impl Engine {
             self.schedule();
             // A panic in a step fails the requests of that step, never the process.
             let pool = self.pool.clone();
-            let outcome = catch_unwind(AssertUnwindSafe(|| pool.install(|| self.step())));
+            let outcome = catch_unwind(AssertUnwindSafe(|| crate::step_alloc::during_step(|| pool.install(|| self.step()))));
             let err = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
