@@ -14,6 +14,7 @@ import os
 import threading
 import time
 
+import pytest
 from conftest import model_path
 from mistralrs import CompletionRequest, Runner, Which
 
@@ -143,3 +144,34 @@ def test_thinned_blocks_count_back_in_the_budget():
     finally:
         thin.close()
         keep.close()
+
+
+def test_one_prompt_longer_than_the_whole_blocks_runs_alone():
+    """The same 96 MB holds 2,720 tokens with every block whole. One 4,000-token prompt is admitted all the
+    same: beyond two windows and a step's tokens its blocks cost only their 3 global layers of 18, so it can
+    always finish alone. It answers as the engine that keeps every block does in a budget that holds it
+    whole. Where blocks stay whole (every block kept, or two choices sharing the prompt's blocks) the same
+    request is refused when sent, as before."""
+    thin, keep_small, keep_big = (runner(keep=False, kv_cache_mb=96), runner(keep=True, kv_cache_mb=96),
+                                  runner(keep=True, kv_cache_mb=512))
+    try:
+        prompt = text(4000, 6)
+        n = len(thin.tokenize(prompt))
+        assert 2720 + 512 < n < 5000, n
+
+        def ask(r: Runner, **kw):
+            req = CompletionRequest(prompt=prompt, model="m", max_tokens=24, temperature=0.0, ignore_eos=True,
+                                    logprobs=True, **kw)
+            c = r.send_completion_request(req).choices[0]
+            return c.text, [round(lp.logprob, 4) for lp in c.logprobs.content]
+
+        got = ask(thin)
+        assert got == ask(keep_big)
+        s = thin.stats()
+        assert s["kv_blocks_thinned"] > 0 and s["preemptions"] == 0
+        for r, kw in ((keep_small, {}), (thin, {"n_choices": 2})):
+            with pytest.raises(ValueError, match="does not fit in the KV cache"):
+                ask(r, **kw)
+    finally:
+        for r in (thin, keep_small, keep_big):
+            r.close()

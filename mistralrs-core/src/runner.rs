@@ -57,8 +57,11 @@ pub struct Runner {
     tokenizer: Arc<TextTokenizer>,
     chat_template: Option<ChatTemplate>,
     context_len: usize,
-    /// Tokens the KV cache holds in all: no sequence can be longer.
+    /// Tokens the KV cache holds in all, every block whole.
     kv_tokens: usize,
+    /// Tokens one sequence running alone can hold: more than `kv_tokens`
+    /// where sliding-window layers give its old blocks back (`Engine::lone_tokens`).
+    lone_tokens: usize,
     /// How keys and values are stored, and the bytes of one block over all layers.
     kv_dtype: KvDtype,
     kv_block_bytes: usize,
@@ -169,6 +172,7 @@ impl Runner {
             stats.clone(),
             draft,
         )?;
+        let lone_tokens = engine.lone_tokens();
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("mistralrs-engine".into())
@@ -183,6 +187,7 @@ impl Runner {
             chat_template: loaded.chat_template,
             context_len: loaded.context_len,
             kv_tokens: kv_blocks * BLOCK_SIZE,
+            lone_tokens,
             kv_dtype,
             kv_block_bytes: block_bytes,
             fingerprint: format!("mistralrs-{}-{device_kind}", env!("CARGO_PKG_VERSION")),
@@ -382,7 +387,11 @@ impl Runner {
         }
         // The KV cache bounds a sequence as the context length does: one that
         // could not fit even alone is refused now rather than never finishing.
-        let room = self.context_len.min(self.kv_tokens).saturating_sub(prompt.len());
+        // A request of several choices is bounded by whole blocks (its
+        // sequences share blocks, which stay whole); one sequence alone by
+        // what thinning its windowed layers leaves it.
+        let kv_tokens = if req.best_of.max(req.n_choices) <= 1 { self.lone_tokens } else { self.kv_tokens };
+        let room = self.context_len.min(kv_tokens).saturating_sub(prompt.len());
         let max_new = match req.max_tokens {
             Some(0) => return Err(Error::invalid_field("max_tokens", "max_tokens must be at least 1")),
             Some(m) if prompt.len() + m as usize > self.context_len => {
@@ -392,21 +401,19 @@ impl Runner {
                     self.context_len
                 )))
             }
-            Some(m) if prompt.len() + m as usize > self.kv_tokens => {
+            Some(m) if prompt.len() + m as usize > kv_tokens => {
                 return Err(Error::invalid(format!(
-                    "the prompt ({} tokens) plus max_tokens ({m}) does not fit in the KV cache, which holds {} tokens \
+                    "the prompt ({} tokens) plus max_tokens ({m}) does not fit in the KV cache, which holds {kv_tokens} tokens \
                      (raise Runner(kv_cache_mb=...))",
                     prompt.len(),
-                    self.kv_tokens
                 )))
             }
             Some(m) => m as usize,
             None if room == 0 => {
                 return Err(Error::context_length_exceeded(format!(
-                    "the prompt ({} tokens) fills the model's context length ({}) or the KV cache ({} tokens)",
+                    "the prompt ({} tokens) fills the model's context length ({}) or the KV cache ({kv_tokens} tokens)",
                     prompt.len(),
                     self.context_len,
-                    self.kv_tokens
                 )))
             }
             None => room,

@@ -151,6 +151,8 @@ pub struct Engine {
     windowed: Option<(usize, Vec<usize>)>,
     /// One layer's keys and values of one block (the budget's unit).
     layer_block_bytes: u64,
+    /// Tokens one sequence can hold running alone (`lone_blocks`).
+    lone_tokens: usize,
 }
 
 /// At most this many block ids per whole block of the budget (with one
@@ -222,6 +224,8 @@ impl Engine {
             .budgeted(cfg.kv_blocks, layers, kept)
             .growing_below((cfg.prefix_cache_bytes / block_bytes.max(1)).max(1));
         stats.kv_bytes_free.store((cfg.kv_blocks * block_bytes) as u64, Ordering::Relaxed);
+        let thinning = windowed.as_ref().filter(|_| !cfg.no_kv_cache).map(|w| (w.0, kept, cfg.max_step_tokens));
+        let lone_tokens = scheduler::lone_blocks(cfg.kv_blocks, layers, ids, thinning) * BLOCK_SIZE;
         let mut sched = Scheduler::new(alloc, cfg.max_seqs, cfg.max_step_tokens, cfg.no_kv_cache);
         sched.window = windowed.as_ref().map(|w| w.0);
         Ok(Self {
@@ -238,8 +242,14 @@ impl Engine {
             next_group: 0,
             pool: Arc::new(pool),
             layer_block_bytes: (block_bytes / layers.max(1)) as u64,
+            lone_tokens,
             stats,
         })
+    }
+
+    /// Tokens one sequence can hold running alone (see `lone_blocks`).
+    pub fn lone_tokens(&self) -> usize {
+        self.lone_tokens
     }
 
     pub fn run(mut self, rx: Receiver<Message>) {

@@ -191,3 +191,48 @@ impl Scheduler {
         self.waiting.retain_mut(|s| keep(s));
     }
 }
+
+/// Blocks one sequence can hold running alone in a budget of `budget` whole
+/// blocks of `layers` layers and a pool of `ids` blocks, when `thinning`
+/// (window, layers kept whole, tokens per step) applies.
+///
+/// `thin_windows` keeps whole at most the blocks of two windows (the
+/// current one and the prompt's last, which the prefix cache reuses) plus
+/// a step's new tokens: every other block costs only its `kept` layers.
+/// So T blocks cost at most T·kept + min(T, whole)·(layers − kept), and the
+/// largest T within the budget always fits as the sequence grows. A
+/// sequence among others is not promised this: the scheduler preempts the
+/// newest when they outgrow the pool.
+pub fn lone_blocks(budget: usize, layers: usize, ids: usize, thinning: Option<(usize, usize, usize)>) -> usize {
+    let Some((window, kept, step)) = thinning.filter(|&(_, kept, _)| kept > 0 && kept < layers) else {
+        return budget.min(ids);
+    };
+    // Each window spans at most window/16 + 3 blocks as `thin_windows` counts.
+    let whole = 2 * (window / BLOCK_SIZE + 3) + step.min(1 << 30) / BLOCK_SIZE + 1;
+    if budget <= whole {
+        return budget.min(ids);
+    }
+    (whole + (budget - whole) * layers / kept).min(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lone_blocks;
+
+    #[test]
+    fn a_lone_sequence_holds_its_thinned_blocks_within_the_budget() {
+        // Gemma 3 270M in 96 MB: 170 whole blocks of 18 layers, 3 without a window of 512.
+        let whole = 2 * (512 / 16 + 3) + 512 / 16 + 1;
+        let t = lone_blocks(170, 18, 1020, Some((512, 3, 512)));
+        assert_eq!(t, whole + (170 - whole) * 6);
+        // The worst case: `whole` blocks whole and the rest thinned, within the budget's layer-blocks.
+        assert!(whole * 18 + (t - whole) * 3 <= 170 * 18);
+        // The pool's ids, a budget smaller than the whole part, or no thinning: whole blocks.
+        assert_eq!(lone_blocks(170, 18, 340, Some((512, 3, 512))), 340);
+        assert_eq!(lone_blocks(60, 18, 360, Some((512, 3, 512))), 60);
+        assert_eq!(lone_blocks(170, 18, 1020, None), 170);
+        assert_eq!(lone_blocks(170, 18, 170, Some((512, 18, 512))), 170);
+        // A model that never chunks its prompt keeps its steps' blocks whole, without overflowing.
+        assert_eq!(lone_blocks(170, 18, 1020, Some((512, 3, usize::MAX))), 170);
+    }
+}
