@@ -198,7 +198,7 @@ impl Engine {
             (Some(_), None) => cfg.kv_blocks.saturating_mul(layers.div_ceil(kept.max(1)).min(MAX_ID_STRETCH)),
             _ => cfg.kv_blocks,
         };
-        let new_pool = |ids: usize| KvPool::new(layers, ids, mc.num_kv_heads, mc.head_dim, &device, cfg.kv_dtype);
+        let new_pool = |ids: usize| KvPool::new(layers, ids, mc.num_kv_heads, mc.head_dim, &device, cfg.kv_dtype, windowed.is_some());
         // Where the address space is limited (an RLIMIT_AS), one id per block.
         let (kv, ids) = match new_pool(ids) {
             Err(_) if ids > cfg.kv_blocks => (new_pool(cfg.kv_blocks), cfg.kv_blocks),

@@ -50,7 +50,7 @@ impl Draft {
         prefix_cache_bytes: usize,
     ) -> Result<Self> {
         let dc = model.config();
-        let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, device, kv_dtype)
+        let kv = KvPool::new(model.cache_layers(), blocks, dc.num_kv_heads, dc.head_dim, device, kv_dtype, false)
             .map_err(|e| Error::runtime(format!("cannot allocate the draft model's KV cache: {e}")))?;
         let block_bytes = KvPool::block_bytes(model.cache_layers(), dc.num_kv_heads, dc.head_dim, kv_dtype);
         let n = if model.keys_depend_on_length() { 0 } else { prefix_cache_n };

@@ -275,7 +275,7 @@ mod tests {
             // tensor ops over what `gather` widens agree on the stored values;
             // against the f32 history, a narrower type costs its own rounding only.
             for (dtype, bound) in [(KvDtype::F32, 1e-4f32), (KvDtype::F16, 0.05), (KvDtype::BF16, 0.5), (KvDtype::Q8_0, 0.5)] {
-                let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev, dtype).unwrap();
+                let pool = KvPool::new(1, 2 * n + 1, kv_heads, dim, &dev, dtype, true).unwrap();
                 let table = BlockTable { blocks: (0..n as u32).map(|b| 2 * n as u32 - 2 * b).collect() };
                 let (kt, vt) = (k.transpose(0, 1).unwrap(), v.transpose(0, 1).unwrap());
                 // The history in two writes, as a cached past and a step's new tokens.
