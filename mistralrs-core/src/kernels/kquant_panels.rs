@@ -1,4 +1,4 @@
-//! Q4_K and Q6_K on AVX-512 VNNI, with the weights repacked at load into
+//! Q4_K and Q6_K on AVX-512 VNNI or AVX2, with the weights repacked at load into
 //! panels of 8 rows as the legacy types are (`legacy_panels.rs`), replacing
 //! candle's kernels, which keep a second, repacked copy of every Q4_K weight
 //! (and of every Q6_K weight once a prompt has run).
@@ -356,7 +356,7 @@ impl KQuantMatrix {
     /// kernels run and the rows fill panels; None otherwise.
     pub fn from_stored(dtype: GgmlDType, src: &StoredRows, rows: usize, cols: usize) -> Option<Self> {
         let kind = kind_of(dtype)?;
-        let runs = select::avx512_vnni() || select::choice() == select::KernelChoice::Scalar;
+        let runs = select::avx2() || select::choice() == select::KernelChoice::Scalar;
         if !runs || rows % PANEL != 0 || cols % QK_K != 0 || src.rows() != rows {
             return None;
         }
@@ -459,11 +459,20 @@ impl KQuantMatrix {
         );
     }
 
-    /// The panels against every token, tiles of 8 then a remainder as 4 + 2 + 1.
+    /// The panels against every token, on the widest path the CPU has.
     fn product(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
-        if !select::avx512_vnni() {
-            return self.product_scalar(acts, m, out);
+        if select::avx512_vnni() {
+            self.product_on(Path::Vnni, acts, m, out)
+        } else if select::avx2() {
+            self.product_on(Path::Avx2, acts, m, out)
+        } else {
+            self.product_scalar(acts, m, out)
         }
+    }
+
+    /// The panels against every token on a SIMD path: tiles of its widest
+    /// size, then a remainder in halves down to one token.
+    fn product_on(&self, path: Path, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
         let blocks = self.cols / QK_K;
         let panel_bytes = blocks * self.kind.panel_block_bytes();
         let (kind, rows) = (self.kind, self.rows);
@@ -471,13 +480,29 @@ impl KQuantMatrix {
             let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
             let mut done = 0;
             while done < tokens {
-                let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= tokens - done).unwrap_or(1);
+                let widest = match path {
+                    Path::Vnni => TILE,
+                    Path::Avx2 => avx2::TILE,
+                };
+                let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= widest && h <= tokens - done).unwrap_or(1);
                 let a = &acts[(first + done) * blocks..(first + done + n) * blocks];
                 let o = cell.at(done * rows);
-                // SAFETY: panels are only built where the CPU has the features
-                // (`from_qtensor`); the driver hands each call its own cells.
+                // SAFETY: the caller checked that the CPU has the path's
+                // features; the driver hands each call its own cells.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
+                    if path == Path::Avx2 {
+                        match (kind, n) {
+                            (KKind::Q4K, 4) => avx2::tile_q4k::<4>(panel, a, blocks, o, rows),
+                            (KKind::Q4K, 2) => avx2::tile_q4k::<2>(panel, a, blocks, o, rows),
+                            (KKind::Q4K, _) => avx2::tile_q4k::<1>(panel, a, blocks, o, rows),
+                            (KKind::Q6K, 4) => avx2::tile_q6k::<4>(panel, a, blocks, o, rows),
+                            (KKind::Q6K, 2) => avx2::tile_q6k::<2>(panel, a, blocks, o, rows),
+                            (KKind::Q6K, _) => avx2::tile_q6k::<1>(panel, a, blocks, o, rows),
+                        }
+                        done += n;
+                        continue;
+                    }
                     match (kind, n) {
                         (KKind::Q4K, 8) => vnni::tile_q4k::<8>(panel, a, blocks, o, rows),
                         (KKind::Q4K, 4) => vnni::tile_q4k::<4>(panel, a, blocks, o, rows),
@@ -493,6 +518,15 @@ impl KQuantMatrix {
             }
         });
     }
+}
+
+/// The SIMD bodies of `product_on`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// AVX-512 VNNI (`vnni`): `vpdpbusd` takes four byte products a lane.
+    Vnni,
+    /// AVX2 (`avx2`): the same sums in two steps, for CPUs without VNNI.
+    Avx2,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -639,6 +673,166 @@ mod vnni {
     }
 }
 
+/// The VNNI tiles' sums with AVX2 alone. `vpmaddubsw` multiplies weight
+/// bytes (unsigned) by activation bytes (signed) and adds adjacent pairs
+/// into i16 lanes; `vpmaddwd` then adds pairs of those into i32, taking the
+/// sub-block scales as its second factor, so one instruction applies the
+/// scale and finishes the sum (VNNI's `vpdpbusd` plus `vpmulld`). The i16
+/// stage holds as many pairs as cannot overflow: a pair is at most
+/// 2·15·127 = 3,810 for Q4_K (eight fit a 32-weight sub-block) and
+/// 2·63·127 = 16,002 for Q6_K (two, so a 16-weight sub-block takes two
+/// `vpmaddwd`). Only 16 vector registers: tiles of four tokens.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Tokens a tile takes at most.
+    pub const TILE: usize = 4;
+
+    /// Eight values (one per row, widened to i32 lanes) as i16 pairs: each
+    /// row's value in both halves of its lane, for `vpmaddwd` to scale a
+    /// pair sum with. The odd halves come from the lanes shifted up (an OR
+    /// would keep a negative value's sign bits there).
+    #[inline(always)]
+    unsafe fn row_pairs(lanes: __m256i) -> __m256i {
+        _mm256_blend_epi16::<0b1010_1010>(lanes, _mm256_slli_epi32(lanes, 16))
+    }
+
+    /// `out[t * out_stride + r]` = panel row r . token t, for the T tokens of `acts`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_q4k<const T: usize>(
+        panel: &[u8],
+        acts: &[Q8KBlock],
+        blocks: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        debug_assert!(panel.len() >= blocks * Q4K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut pb = panel.as_ptr();
+        for b in 0..blocks {
+            panel_product::prefetch_ahead(pb, Q4K_PANEL_BLOCK_BYTES);
+            let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
+            let mut isum = [_mm256_setzero_si256(); T];
+            for sub in 0..8 {
+                let (p, half) = (sub / 2, sub % 2);
+                let mut sums = [_mm256_setzero_si256(); T];
+                for g in 0..8 {
+                    let w = _mm256_loadu_si256(pb.add(QS_AT + (p * 8 + g) * 32) as *const __m256i);
+                    let w = if half == 0 {
+                        _mm256_and_si256(w, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(w, 4), low)
+                    };
+                    for t in 0..T {
+                        let y = a[t].qs.as_ptr().add(64 * p + 32 * half + 4 * g) as *const i32;
+                        sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(w, _mm256_set1_epi32(y.read_unaligned())));
+                    }
+                }
+                let sc = row_pairs(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pb.add(SC_AT + 8 * sub) as *const __m128i)));
+                for t in 0..T {
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(sums[t], sc));
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i));
+            for t in 0..T {
+                let ys = a[t].ysum.as_ptr() as *const i32;
+                let mut msum = _mm256_setzero_si256();
+                for k in 0..4 {
+                    let mk = _mm256_cvtepu8_epi16(_mm_loadu_si128(pb.add(MIN_AT + 16 * k) as *const __m128i));
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mk, _mm256_set1_epi32(ys.add(k).read_unaligned())));
+                }
+                let dy = _mm256_set1_ps(a[t].d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
+            }
+            pb = pb.add(Q4K_PANEL_BLOCK_BYTES);
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * out_stride), *acc_t);
+        }
+    }
+
+    /// As `tile_q4k`, for Q6_K panels. The −32 of each weight is the
+    /// sub-block's −32·Σy, scaled by `vpmaddwd` like the rest: −16·Σy in
+    /// both halves of a lane (|Σy| ≤ 16·127, so it fits an i16).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_q6k<const T: usize>(
+        panel: &[u8],
+        acts: &[Q8KBlock],
+        blocks: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        debug_assert!(panel.len() >= blocks * Q6K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
+        let low = _mm256_set1_epi8(0x0F);
+        let two_bits = _mm256_set1_epi8(0x30);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut pb = panel.as_ptr();
+        for b in 0..blocks {
+            panel_product::prefetch_ahead(pb, Q6K_PANEL_BLOCK_BYTES);
+            let a: [&Q8KBlock; T] = std::array::from_fn(|t| &*acts.as_ptr().add(t * blocks + b));
+            let mut isum = [_mm256_setzero_si256(); T];
+            // As in the VNNI tile, the quarter is a literal in each expansion.
+            macro_rules! quarter {
+                ($h:expr, $part:expr, $j:literal) => {{
+                    let sub = 8 * $h + 2 * $j + $part;
+                    let w: [__m256i; 4] = std::array::from_fn(|i| {
+                        let g = 4 * $part + i;
+                        let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + (($h * 2 + $j % 2) * 8 + g) * 32) as *const __m256i);
+                        let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + ($h * 8 + g) * 32) as *const __m256i);
+                        let lo = if $j < 2 {
+                            _mm256_and_si256(ql, low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
+                        };
+                        let hi = match $j {
+                            0 => _mm256_slli_epi16(qh, 4),
+                            1 => _mm256_slli_epi16(qh, 2),
+                            2 => qh,
+                            _ => _mm256_srli_epi16(qh, 2),
+                        };
+                        _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits))
+                    });
+                    let sc = row_pairs(_mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * sub) as *const __m128i)));
+                    for t in 0..T {
+                        let y = a[t].qs.as_ptr().add(128 * $h + 32 * $j + 16 * $part) as *const i32;
+                        let prod = |i: usize| _mm256_maddubs_epi16(w[i], _mm256_set1_epi32(y.add(i).read_unaligned()));
+                        let pair0 = _mm256_add_epi16(prod(0), prod(1));
+                        let pair1 = _mm256_add_epi16(prod(2), prod(3));
+                        let offset = _mm256_set1_epi16(-16 * a[t].bsum[sub]);
+                        let s = _mm256_add_epi32(_mm256_madd_epi16(pair0, sc), _mm256_madd_epi16(pair1, sc));
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(s, _mm256_madd_epi16(offset, sc)));
+                    }
+                }};
+            }
+            for h in 0..2 {
+                for part in 0..2 {
+                    quarter!(h, part, 0);
+                    quarter!(h, part, 1);
+                    quarter!(h, part, 2);
+                    quarter!(h, part, 3);
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+            for t in 0..T {
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(isum[t]),
+                    _mm256_mul_ps(d, _mm256_set1_ps(a[t].d)),
+                    acc[t],
+                );
+            }
+            pb = pb.add(Q6K_PANEL_BLOCK_BYTES);
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * out_stride), *acc_t);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,9 +881,25 @@ mod tests {
         Tensor::from_vec(v, shape, dev).unwrap()
     }
 
+    /// `mat · xᵀ` on one SIMD path.
+    fn product_with(mat: &KQuantMatrix, x: &Tensor, path: Path) -> Tensor {
+        let (m, cols) = x.dims2().unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let acts: Vec<Q8KBlock> = xs.chunks_exact(QK_K).map(quantize_q8k).collect();
+        let mut out = vec![0f32; m * mat.rows];
+        assert_eq!(cols, mat.cols);
+        mat.product_on(path, &acts, m, &mut out);
+        Tensor::from_vec(out, (m, mat.rows), &Device::Cpu).unwrap()
+    }
+
+    /// Every SIMD path this CPU has, each checked whatever `product` picks.
     #[test]
     fn kquant_panels_match_candle_and_f32() {
-        if !select::avx512_vnni() {
+        let paths: Vec<Path> = [(select::avx512_vnni(), Path::Vnni), (select::avx2(), Path::Avx2)]
+            .into_iter()
+            .filter_map(|(has, path)| has.then_some(path))
+            .collect();
+        if paths.is_empty() {
             return;
         }
         let dev = Device::Cpu;
@@ -707,22 +917,25 @@ mod tests {
                 );
 
                 let x = normal((m, 512), 100 + m as u64, &dev);
-                let got = mat.matmul(&x).unwrap();
                 let candle =
                     candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
                 let theirs = candle_core::Module::forward(&candle, &x).unwrap();
-                let scale = max_abs(&theirs);
-                let err = max_abs(&(&got - &theirs).unwrap());
-                assert!(
-                    err < 1e-4 * scale,
-                    "{dtype:?} {rows}x{m}: {err} from candle's product (scale {scale})"
-                );
                 let exact = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
-                let err = max_abs(&(&got - &exact).unwrap());
-                assert!(
-                    err < 0.02 * scale,
-                    "{dtype:?} {rows}x{m}: {err} from the f32 product (scale {scale})"
-                );
+                let scale = max_abs(&theirs);
+                let mut results = vec![("matmul".to_string(), mat.matmul(&x).unwrap())];
+                results.extend(paths.iter().map(|&p| (format!("{p:?}"), product_with(&mat, &x, p))));
+                for (how, got) in results {
+                    let err = max_abs(&(&got - &theirs).unwrap());
+                    assert!(
+                        err < 1e-4 * scale,
+                        "{dtype:?} {rows}x{m} {how}: {err} from candle's product (scale {scale})"
+                    );
+                    let err = max_abs(&(&got - &exact).unwrap());
+                    assert!(
+                        err < 0.02 * scale,
+                        "{dtype:?} {rows}x{m} {how}: {err} from the f32 product (scale {scale})"
+                    );
+                }
             }
         }
     }

@@ -38,25 +38,22 @@ pub fn kernel_report() -> Vec<(&'static str, String)> {
     for t in ["Q2_K", "Q3_K", "Q5_K", "Q8_K"] {
         v.push((t, candle_dot.into()));
     }
-    let scalar = super::select::choice() == super::select::KernelChoice::Scalar;
-    let q4k = if super::select::avx512_vnni() {
-        "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8_K activations)".to_string()
-    } else if scalar {
-        "mistralrs scalar (llama.cpp's Q8_K activations)".to_string()
+    // Our K-quant panels where the CPU has AVX2 (`kquant_panels.rs`), else candle's.
+    let ours = if super::select::avx512_vnni() {
+        Some("mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8_K activations)")
+    } else if super::select::avx2() {
+        Some("mistralrs AVX2 8-row panels (llama.cpp's Q8_K activations)")
+    } else if super::select::choice() == super::select::KernelChoice::Scalar {
+        Some("mistralrs scalar (llama.cpp's Q8_K activations)")
     } else {
-        tiles("").unwrap_or_else(|| candle_dot.into())
+        None
     };
+    let q4k = ours.map(String::from).unwrap_or_else(|| tiles("").unwrap_or_else(|| candle_dot.into()));
     v.push(("Q4_K", q4k));
-    let q6k = if super::select::avx512_vnni() {
-        "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8_K activations)".to_string()
-    } else if scalar {
-        "mistralrs scalar (llama.cpp's Q8_K activations)".to_string()
-    } else {
-        match tiles(" for several rows") {
-            Some(t) => format!("{t}, {candle_dot} for one row"),
-            None => candle_dot.into(),
-        }
-    };
+    let q6k = ours.map(String::from).unwrap_or_else(|| match tiles(" for several rows") {
+        Some(t) => format!("{t}, {candle_dot} for one row"),
+        None => candle_dot.into(),
+    });
     v.push(("Q6_K", q6k));
     v
 }
