@@ -38,7 +38,7 @@ use rayon::prelude::*;
 
 use super::block_matrix::BlockMatrix;
 use super::out_ptr::OutPtr;
-use super::panel_product::{self, PANEL, TILE};
+use super::panel_product::{self, PanelSimd, PANEL, TILE};
 use super::select;
 use super::stored_rows::StoredRows;
 
@@ -459,20 +459,17 @@ impl KQuantMatrix {
         );
     }
 
-    /// The panels against every token, on the widest path the CPU has.
+    /// The panels against every token, on the widest SIMD the CPU has.
     fn product(&self, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
-        if select::avx512_vnni() {
-            self.product_on(Path::Vnni, acts, m, out)
-        } else if select::avx2() {
-            self.product_on(Path::Avx2, acts, m, out)
-        } else {
-            self.product_scalar(acts, m, out)
+        match PanelSimd::widest() {
+            Some(simd) => self.product_on(simd, acts, m, out),
+            None => self.product_scalar(acts, m, out),
         }
     }
 
-    /// The panels against every token on a SIMD path: tiles of its widest
+    /// The panels against every token with `simd`: tiles of its widest
     /// size, then a remainder in halves down to one token.
-    fn product_on(&self, path: Path, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
+    fn product_on(&self, simd: PanelSimd, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
         let blocks = self.cols / QK_K;
         let panel_bytes = blocks * self.kind.panel_block_bytes();
         let (kind, rows) = (self.kind, self.rows);
@@ -480,18 +477,14 @@ impl KQuantMatrix {
             let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
             let mut done = 0;
             while done < tokens {
-                let widest = match path {
-                    Path::Vnni => TILE,
-                    Path::Avx2 => avx2::TILE,
-                };
-                let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= widest && h <= tokens - done).unwrap_or(1);
+                let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= simd.tile() && h <= tokens - done).unwrap_or(1);
                 let a = &acts[(first + done) * blocks..(first + done + n) * blocks];
                 let o = cell.at(done * rows);
                 // SAFETY: the caller checked that the CPU has the path's
                 // features; the driver hands each call its own cells.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    if path == Path::Avx2 {
+                    if simd == PanelSimd::Avx2 {
                         match (kind, n) {
                             (KKind::Q4K, 4) => avx2::tile_q4k::<4>(panel, a, blocks, o, rows),
                             (KKind::Q4K, 2) => avx2::tile_q4k::<2>(panel, a, blocks, o, rows),
@@ -518,15 +511,6 @@ impl KQuantMatrix {
             }
         });
     }
-}
-
-/// The SIMD bodies of `product_on`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Path {
-    /// AVX-512 VNNI (`vnni`): `vpdpbusd` takes four byte products a lane.
-    Vnni,
-    /// AVX2 (`avx2`): the same sums in two steps, for CPUs without VNNI.
-    Avx2,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -681,23 +665,12 @@ mod vnni {
 /// stage holds as many pairs as cannot overflow: a pair is at most
 /// 2·15·127 = 3,810 for Q4_K (eight fit a 32-weight sub-block) and
 /// 2·63·127 = 16,002 for Q6_K (two, so a 16-weight sub-block takes two
-/// `vpmaddwd`). Only 16 vector registers: tiles of four tokens.
+/// `vpmaddwd`).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
+    use crate::kernels::panel_product::row_pairs;
     use std::arch::x86_64::*;
-
-    /// Tokens a tile takes at most.
-    pub const TILE: usize = 4;
-
-    /// Eight values (one per row, widened to i32 lanes) as i16 pairs: each
-    /// row's value in both halves of its lane, for `vpmaddwd` to scale a
-    /// pair sum with. The odd halves come from the lanes shifted up (an OR
-    /// would keep a negative value's sign bits there).
-    #[inline(always)]
-    unsafe fn row_pairs(lanes: __m256i) -> __m256i {
-        _mm256_blend_epi16::<0b1010_1010>(lanes, _mm256_slli_epi32(lanes, 16))
-    }
 
     /// `out[t * out_stride + r]` = panel row r . token t, for the T tokens of `acts`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -882,7 +855,7 @@ mod tests {
     }
 
     /// `mat · xᵀ` on one SIMD path.
-    fn product_with(mat: &KQuantMatrix, x: &Tensor, path: Path) -> Tensor {
+    fn product_with(mat: &KQuantMatrix, x: &Tensor, path: PanelSimd) -> Tensor {
         let (m, cols) = x.dims2().unwrap();
         let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let acts: Vec<Q8KBlock> = xs.chunks_exact(QK_K).map(quantize_q8k).collect();
@@ -895,10 +868,7 @@ mod tests {
     /// Every SIMD path this CPU has, each checked whatever `product` picks.
     #[test]
     fn kquant_panels_match_candle_and_f32() {
-        let paths: Vec<Path> = [(select::avx512_vnni(), Path::Vnni), (select::avx2(), Path::Avx2)]
-            .into_iter()
-            .filter_map(|(has, path)| has.then_some(path))
-            .collect();
+        let paths = PanelSimd::all();
         if paths.is_empty() {
             return;
         }

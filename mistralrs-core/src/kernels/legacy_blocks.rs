@@ -50,3 +50,16 @@ pub(crate) struct Q8Block {
     pub bias: i32,
     pub qs: [i8; QK],
 }
+
+/// 32 bits -> 32 bytes, 0xFF where the bit is set (byte i for bit i): Q5's
+/// fifth bits as a byte mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn bytes_from_bits(bits: u32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+    let x = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
+    let mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfeu64 as i64);
+    let x = _mm256_or_si256(x, mask);
+    _mm256_cmpeq_epi8(x, _mm256_set1_epi64x(-1))
+}

@@ -1,5 +1,5 @@
-//! The legacy block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on AVX-512 VNNI,
-//! with the weights repacked at load into panels of 8 rows.
+//! The legacy block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on AVX-512 VNNI
+//! or AVX2, with the weights repacked at load into panels of 8 rows.
 //!
 //! Why repack: in the row layout each 32-weight block gives a vector of 8
 //! partial sums that must be scaled, converted and summed on its own, so the
@@ -21,11 +21,12 @@
 //! `vpdpbusd` multiplies unsigned weights by signed activations, so the
 //! types whose quants are offset (Q4_0 by 8, Q5_0 by 16, Q8_0 by the +128)
 //! start each block's sum at -offset·Σy, precomputed with the activations.
+//! AVX2 has no `vpdpbusd`; its tiles are in `avx2` below.
 
 use super::legacy_blocks::{Kind, Q8Block};
 use super::stored_rows::StoredRows;
 
-pub(crate) use super::panel_product::{PANEL, TILE};
+pub(crate) use super::panel_product::{PanelSimd, PANEL, TILE};
 use super::panel_product;
 
 /// Bytes of one panel-block (8 rows × one 32-weight block).
@@ -41,11 +42,6 @@ pub(crate) fn panel_offset(kind: Kind) -> i32 {
         Kind::Q8_0 => 128,
         Kind::Q4_1 | Kind::Q5_1 => 0,
     }
-}
-
-/// Whether this CPU runs the panel kernels.
-pub(crate) fn available() -> bool {
-    super::select::avx512_vnni()
 }
 
 /// `src`: (rows, blocks) original blocks, `rows` a multiple of
@@ -162,9 +158,11 @@ pub(crate) fn row_blocks(kind: Kind, panels: &[u8], r: usize, blocks: usize, out
 /// blocks each, token after token).
 ///
 /// # Safety
-/// `available()` must be true; `panel` holds `blocks` panel-blocks of
+/// The CPU has `simd`'s features; `panel` holds `blocks` panel-blocks of
 /// `kind`; `out` is valid for the writes described.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn panel_dot(
+    simd: PanelSimd,
     kind: Kind,
     panel: &[u8],
     acts: &[Q8Block],
@@ -184,16 +182,22 @@ pub(crate) unsafe fn panel_dot(
         // accumulators stay in registers; a partial tile runs as 4 + 2 + 1.
         let mut t0 = 0;
         for height in [8, 4, 2, 1] {
+            if height > simd.tile() {
+                continue;
+            }
             while tokens - t0 >= height {
                 let a = &acts[t0 * blocks..];
                 let o = out.add(t0 * out_stride);
                 macro_rules! go {
                     ($k:expr) => {
-                        match height {
-                            8 => vnni::tile::<$k, 8>(panel, a, blocks, o, out_stride),
-                            4 => vnni::tile::<$k, 4>(panel, a, blocks, o, out_stride),
-                            2 => vnni::tile::<$k, 2>(panel, a, blocks, o, out_stride),
-                            _ => vnni::tile::<$k, 1>(panel, a, blocks, o, out_stride),
+                        match (simd, height) {
+                            (PanelSimd::Avx2, 4) => avx2::tile::<$k, 4>(panel, a, blocks, o, out_stride),
+                            (PanelSimd::Avx2, 2) => avx2::tile::<$k, 2>(panel, a, blocks, o, out_stride),
+                            (PanelSimd::Avx2, _) => avx2::tile::<$k, 1>(panel, a, blocks, o, out_stride),
+                            (PanelSimd::Vnni, 8) => vnni::tile::<$k, 8>(panel, a, blocks, o, out_stride),
+                            (PanelSimd::Vnni, 4) => vnni::tile::<$k, 4>(panel, a, blocks, o, out_stride),
+                            (PanelSimd::Vnni, 2) => vnni::tile::<$k, 2>(panel, a, blocks, o, out_stride),
+                            (PanelSimd::Vnni, _) => vnni::tile::<$k, 1>(panel, a, blocks, o, out_stride),
                         }
                     };
                 }
@@ -210,8 +214,19 @@ pub(crate) unsafe fn panel_dot(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, panel, acts, blocks, tokens, out, out_stride);
-        unreachable!("panel kernels need AVX-512 VNNI");
+        let _ = (simd, kind, panel, acts, blocks, tokens, out, out_stride);
+        unreachable!("panel kernels need AVX2");
+    }
+}
+
+/// The kind a tile's `K` parameter stands for.
+const fn kind_of(k: u8) -> Kind {
+    match k {
+        0 => Kind::Q4_0,
+        1 => Kind::Q4_1,
+        2 => Kind::Q5_0,
+        3 => Kind::Q5_1,
+        _ => Kind::Q8_0,
     }
 }
 
@@ -219,16 +234,6 @@ pub(crate) unsafe fn panel_dot(
 mod vnni {
     use super::*;
     use std::arch::x86_64::*;
-
-    const fn kind_of(k: u8) -> Kind {
-        match k {
-            0 => Kind::Q4_0,
-            1 => Kind::Q4_1,
-            2 => Kind::Q5_0,
-            3 => Kind::Q5_1,
-            _ => Kind::Q8_0,
-        }
-    }
 
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn tile<const K: u8, const T: usize>(
@@ -294,6 +299,109 @@ mod vnni {
                     );
                 }
                 let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                *acc_t = _mm256_fmadd_ps(sum, _mm256_mul_ps(d, _mm256_set1_ps(a.d)), *acc_t);
+                if with_min {
+                    *acc_t = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), *acc_t);
+                }
+            }
+            pb = pb.add(pbb);
+        }
+        for (t, acc_t) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * out_stride), *acc_t);
+        }
+    }
+}
+
+/// The VNNI tile with AVX2 alone: `vpmaddubsw` adds pairs of byte products
+/// into i16 lanes, as many pairs as cannot overflow (a pair of Q4 weights
+/// against activations is at most 2·15·127 = 3,810, so all eight of a
+/// block; Q5's 2·31·127 = 7,874, four), then `vpmaddwd` by ones adds each
+/// row's i16 lanes into its i32 lane. Q8_0's stored bytes (quant + 128) do
+/// not fit that product: it takes the signed quant's magnitude and moves its
+/// sign onto the activation (`vpsignb`), which needs no −128·Σy start.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use crate::kernels::legacy_blocks::bytes_from_bits;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<const K: u8, const T: usize>(
+        panel: &[u8],
+        acts: &[Q8Block],
+        blocks: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let kind = kind_of(K);
+        let q5 = matches!(kind, Kind::Q5_0 | Kind::Q5_1);
+        let with_min = kind.with_sum();
+        let pbb = panel_block_bytes(kind);
+        let low = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut pb = panel.as_ptr();
+        for b in 0..blocks {
+            panel_product::prefetch_ahead(pb, pbb);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+            let mut at = 16;
+            let m = if with_min {
+                at += 16;
+                _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i))
+            } else {
+                _mm256_setzero_ps()
+            };
+            let qh = pb.add(at) as *const u32;
+            if q5 {
+                at += 32;
+            }
+            let mut w = [_mm256_setzero_si256(); 8];
+            if kind == Kind::Q8_0 {
+                for (j, wj) in w.iter_mut().enumerate() {
+                    // The signed quants back (stored + 128).
+                    *wj = _mm256_xor_si256(_mm256_loadu_si256(pb.add(at + 32 * j) as *const __m256i), flip);
+                }
+            } else {
+                for g in 0..4 {
+                    let p = _mm256_loadu_si256(pb.add(at + 32 * g) as *const __m256i);
+                    w[g] = _mm256_and_si256(p, low);
+                    w[g + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                }
+                if q5 {
+                    for (j, wj) in w.iter_mut().enumerate() {
+                        // The nibbles leave bit 4 clear.
+                        let high = _mm256_and_si256(bytes_from_bits(qh.add(j).read_unaligned()), bit4);
+                        *wj = _mm256_or_si256(*wj, high);
+                    }
+                }
+            }
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let a = &*acts.as_ptr().add(t * blocks + b);
+                let y = |j: usize| _mm256_set1_epi32((a.qs.as_ptr() as *const i32).add(j).read_unaligned());
+                let sum = if kind == Kind::Q8_0 {
+                    let mut s = _mm256_setzero_si256();
+                    for (j, wj) in w.iter().enumerate() {
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*wj), _mm256_sign_epi8(y(j), *wj));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    s
+                } else {
+                    // Two chains of four, so consecutive products need not wait on each other.
+                    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for j in (0..8).step_by(2) {
+                        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w[j], y(j)));
+                        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w[j + 1], y(j + 1)));
+                    }
+                    let s = if q5 {
+                        _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones))
+                    } else {
+                        _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones)
+                    };
+                    _mm256_add_epi32(s, _mm256_set1_epi32(a.bias))
+                };
+                let sum = _mm256_cvtepi32_ps(sum);
                 *acc_t = _mm256_fmadd_ps(sum, _mm256_mul_ps(d, _mm256_set1_ps(a.d)), *acc_t);
                 if with_min {
                     *acc_t = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), *acc_t);

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::block_matrix::BlockMatrix;
 use super::legacy_blocks::{Kind, Q8Block, QK};
-use super::legacy_panels::{self, PANEL};
+use super::legacy_panels::{self, PanelSimd, PANEL};
 use super::panel_product;
 use super::stored_rows::StoredRows;
 
@@ -27,8 +27,9 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Path {
     Scalar,
+    /// AVX2 on the row layout (rows that do not fill panels).
     Avx2,
-    Panels,
+    Panels(PanelSimd),
 }
 
 /// A (rows, cols) weight matrix of one of the legacy types.
@@ -81,8 +82,8 @@ impl LegacyQuantMatrix {
 
     fn build(kind: Kind, src: &StoredRows, rows: usize, cols: usize, path: Path) -> Self {
         let (path, data) = match path {
-            Path::Panels if rows % PANEL == 0 => (path, legacy_panels::repack(kind, src, rows, cols / QK)),
-            Path::Panels => (if has_avx2() { Path::Avx2 } else { Path::Scalar }, src.in_order().into_owned()),
+            Path::Panels(_) if rows % PANEL == 0 => (path, legacy_panels::repack(kind, src, rows, cols / QK)),
+            Path::Panels(_) => (if has_avx2() { Path::Avx2 } else { Path::Scalar }, src.in_order().into_owned()),
             _ => (path, src.in_order().into_owned()),
         };
         Self { kind, data, rows, cols, path }
@@ -100,7 +101,7 @@ impl BlockMatrix for LegacyQuantMatrix {
             Kind::Q5_1 => GgmlDType::Q5_1,
         };
         let rows = match self.path {
-            Path::Panels => std::borrow::Cow::Owned(legacy_panels::unpack(
+            Path::Panels(_) => std::borrow::Cow::Owned(legacy_panels::unpack(
                 self.kind,
                 &self.data,
                 self.rows,
@@ -130,7 +131,7 @@ impl BlockMatrix for LegacyQuantMatrix {
                 candle_core::bail!("token id {r} is outside the embedding table ({} rows)", self.rows);
             }
             let row: &[u8] = match self.path {
-                Path::Panels => {
+                Path::Panels(_) => {
                     legacy_panels::row_blocks(self.kind, &self.data, r, blocks, &mut raw);
                     &raw
                 }
@@ -151,8 +152,8 @@ impl BlockMatrix for LegacyQuantMatrix {
     fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (acts, m) = panel_product::with_f32_rows(x, self.cols, |xs, m| (self.quantize_acts(xs), m))?;
         let mut out = vec![0f32; m * self.rows];
-        if self.path == Path::Panels {
-            self.panel_product(&acts, m, &mut out);
+        if let Path::Panels(simd) = self.path {
+            self.panel_product(simd, &acts, m, &mut out);
         } else {
             self.row_product(&acts, m, &mut out);
         }
@@ -175,14 +176,14 @@ impl LegacyQuantMatrix {
 
     /// `out` (m, rows) from the panel layout: each task takes a range of
     /// panels and walks it once per chunk of tokens.
-    fn panel_product(&self, acts: &[Q8Block], m: usize, out: &mut [f32]) {
+    fn panel_product(&self, simd: PanelSimd, acts: &[Q8Block], m: usize, out: &mut [f32]) {
         let blocks = self.cols / QK;
         let panel_bytes = blocks * legacy_panels::panel_block_bytes(self.kind);
         panel_product::for_each_tile(self.rows, self.cols, m, out, |p, first, tokens, cell| {
             let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
             // SAFETY: the path is only chosen where the CPU has the features;
             // the driver hands each call its own (tokens, 8-row) cells.
-            unsafe { legacy_panels::panel_dot(self.kind, panel, &acts[first * blocks..], blocks, tokens, cell.0, self.rows) };
+            unsafe { legacy_panels::panel_dot(simd, self.kind, panel, &acts[first * blocks..], blocks, tokens, cell.0, self.rows) };
         });
     }
 
@@ -232,19 +233,17 @@ impl LegacyQuantMatrix {
 }
 
 fn best_path() -> Path {
-    if legacy_panels::available() {
-        Path::Panels
-    } else if has_avx2() {
-        Path::Avx2
-    } else {
-        Path::Scalar
+    match PanelSimd::widest() {
+        Some(simd) => Path::Panels(simd),
+        None => Path::Scalar,
     }
 }
 
 /// The kernel the legacy types run on here, for `build_info()`.
 pub(crate) fn path_name() -> &'static str {
     match best_path() {
-        Path::Panels => "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8 activations)",
+        Path::Panels(PanelSimd::Vnni) => "mistralrs AVX-512 VNNI 8-row panels (llama.cpp's Q8 activations)",
+        Path::Panels(PanelSimd::Avx2) => "mistralrs AVX2 8-row panels (llama.cpp's Q8 activations)",
         Path::Avx2 => "mistralrs AVX2 (llama.cpp's Q8 activations)",
         Path::Scalar => "mistralrs scalar (llama.cpp's Q8 activations)",
     }
@@ -343,20 +342,7 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// 32 bits -> 32 bytes, 0xFF where the bit is set.
-    #[target_feature(enable = "avx2")]
-    unsafe fn bytes_from_bits(bits: u32) -> __m256i {
-        let shuf = _mm256_setr_epi64x(
-            0,
-            0x0101_0101_0101_0101,
-            0x0202_0202_0202_0202,
-            0x0303_0303_0303_0303,
-        );
-        let x = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
-        let mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfeu64 as i64);
-        let x = _mm256_or_si256(x, mask);
-        _mm256_cmpeq_epi8(x, _mm256_set1_epi64x(-1))
-    }
+    use crate::kernels::legacy_blocks::bytes_from_bits;
 
     /// `super::quantize_q8` with 8 lanes: the same scale, rounding and sums.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -510,9 +496,7 @@ mod tests {
         if has_avx2() {
             v.push(Path::Avx2);
         }
-        if legacy_panels::available() {
-            v.push(Path::Panels);
-        }
+        v.extend(PanelSimd::all().into_iter().map(Path::Panels));
         v
     }
 

@@ -12,6 +12,51 @@ use super::out_ptr::OutPtr;
 /// Rows in a panel.
 pub(crate) const PANEL: usize = 8;
 
+/// The SIMD bodies of the panel kernels. Both read the same panels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PanelSimd {
+    /// AVX-512 VNNI: `vpdpbusd` adds four byte products into each row's lane.
+    Vnni,
+    /// AVX2 alone: the same sums by `vpmaddubsw` (byte pairs into i16) and
+    /// `vpmaddwd` (pairs of those into i32), in tiles of `AVX2_TILE` tokens
+    /// (16 vector registers against AVX-512's 32).
+    Avx2,
+}
+
+/// Tokens an AVX2 tile takes at most.
+pub(crate) const AVX2_TILE: usize = 4;
+
+impl PanelSimd {
+    /// The widest this CPU runs, None without AVX2 (or where
+    /// `MISTRALRS_CPU_KERNELS` turns SIMD off).
+    pub(crate) fn widest() -> Option<Self> {
+        if super::select::avx512_vnni() {
+            Some(Self::Vnni)
+        } else if super::select::avx2() {
+            Some(Self::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Every one this CPU runs (for tests that check each).
+    #[cfg(test)]
+    pub(crate) fn all() -> Vec<Self> {
+        [(super::select::avx512_vnni(), Self::Vnni), (super::select::avx2(), Self::Avx2)]
+            .into_iter()
+            .filter_map(|(has, simd)| has.then_some(simd))
+            .collect()
+    }
+
+    /// Tokens a tile takes at most.
+    pub(crate) fn tile(self) -> usize {
+        match self {
+            Self::Vnni => TILE,
+            Self::Avx2 => AVX2_TILE,
+        }
+    }
+}
+
 /// Tokens a kernel call takes at most.
 pub(crate) const TILE: usize = 8;
 
@@ -42,6 +87,17 @@ pub(crate) fn prefetch_ahead(block: *const u8, bytes: usize) {
         // keeps the pointer arithmetic defined past the end of the panels.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(block.wrapping_add(PREFETCH_AHEAD + line) as *const i8) };
     }
+}
+
+/// Eight values (one per row, widened to i32 lanes) as i16 pairs: each
+/// row's value in both halves of its lane, for `vpmaddwd` to scale or add
+/// a row's pair sums with. The odd halves come from the lanes shifted up
+/// (an OR would keep a negative value's sign bits there).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn row_pairs(lanes: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_blend_epi16::<0b1010_1010>(lanes, _mm256_slli_epi32(lanes, 16))
 }
 
 /// For every panel `p` and tile of at most TILE tokens from `first` on,
