@@ -513,6 +513,68 @@ impl KQuantMatrix {
     }
 }
 
+/// Lane r of a Q4_K panel-block's quant vector (p, g), `half` 0 or 1: row
+/// r's weights 64p + 32·half + 4g.. (one nibble of each byte).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q4k_weights(pb: *const u8, p: usize, g: usize, half: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let w = _mm256_loadu_si256(pb.add(QS_AT + (p * 8 + g) * 32) as *const __m256i);
+    let w = if half == 0 { w } else { _mm256_srli_epi16(w, 4) };
+    _mm256_and_si256(w, _mm256_set1_epi8(0x0F))
+}
+
+/// The end of a Q4_K panel-block for each token t: its scaled quant sums
+/// `isum[t]` times d·dy, less the mins' Σ m·ysum times dmin·dy, into
+/// `acc[t]`. `dot2(s, m, y)` is s + the products of i16 pairs (`vpdpwssd`,
+/// or `vpmaddwd` and an add).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q4k_block_end<const T: usize>(
+    pb: *const u8,
+    a: &[&Q8KBlock; T],
+    isum: &[std::arch::x86_64::__m256i; T],
+    acc: &mut [std::arch::x86_64::__m256; T],
+    dot2: impl Fn(std::arch::x86_64::__m256i, std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i));
+    // Sub-blocks 2k, 2k+1's mins of each row, as i16 pairs.
+    let mins: [__m256i; 4] =
+        std::array::from_fn(|k| _mm256_cvtepu8_epi16(_mm_loadu_si128(pb.add(MIN_AT + 16 * k) as *const __m128i)));
+    for t in 0..T {
+        let ys = a[t].ysum.as_ptr() as *const i32;
+        let mut msum = _mm256_setzero_si256();
+        for (k, mk) in mins.iter().enumerate() {
+            msum = dot2(msum, *mk, _mm256_set1_epi32(ys.add(k).read_unaligned()));
+        }
+        let dy = _mm256_set1_ps(a[t].d);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
+    }
+}
+
+/// Lane r of a Q6_K panel-block's weights 128h + 32j + 4g.. of row r, as
+/// unsigned 6-bit values. Called with literal h and j, so that the shifts
+/// fold to constants once inlined.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q6k_weights(pb: *const u8, h: usize, j: usize, g: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + ((h * 2 + j % 2) * 8 + g) * 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + (h * 8 + g) * 32) as *const __m256i);
+    let lo = if j < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+    // qh bits 2j, 2j+1 of each byte to bits 4, 5.
+    let hi = match j {
+        0 => _mm256_slli_epi16(qh, 4),
+        1 => _mm256_slli_epi16(qh, 2),
+        2 => qh,
+        _ => _mm256_srli_epi16(qh, 2),
+    };
+    _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi8(0x0F)), _mm256_and_si256(hi, _mm256_set1_epi8(0x30)))
+}
+
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::*;
@@ -528,7 +590,6 @@ mod vnni {
         out_stride: usize,
     ) {
         debug_assert!(panel.len() >= blocks * Q4K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
-        let low = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
@@ -541,12 +602,7 @@ mod vnni {
                 let (p, half) = (sub / 2, sub % 2);
                 let mut sums = [_mm256_setzero_si256(); T];
                 for g in 0..8 {
-                    let w = _mm256_loadu_si256(pb.add(QS_AT + (p * 8 + g) * 32) as *const __m256i);
-                    let w = if half == 0 {
-                        _mm256_and_si256(w, low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16(w, 4), low)
-                    };
+                    let w = q4k_weights(pb, p, g, half);
                     for t in 0..T {
                         let y = a[t].qs.as_ptr().add(64 * p + 32 * half + 4 * g) as *const i32;
                         sums[t] = _mm256_dpbusd_epi32(sums[t], w, _mm256_set1_epi32(y.read_unaligned()));
@@ -557,21 +613,7 @@ mod vnni {
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(sums[t], sc));
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i));
-            let mins: [__m256i; 4] = std::array::from_fn(|k| {
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(pb.add(MIN_AT + 16 * k) as *const __m128i))
-            });
-            for t in 0..T {
-                let ys = a[t].ysum.as_ptr() as *const i32;
-                let mut msum = _mm256_setzero_si256();
-                for (k, mk) in mins.iter().enumerate() {
-                    msum = _mm256_dpwssd_epi32(msum, *mk, _mm256_set1_epi32(ys.add(k).read_unaligned()));
-                }
-                let dy = _mm256_set1_ps(a[t].d);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
-                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
-            }
+            q4k_block_end(pb, &a, &isum, &mut acc, |s, m, y| _mm256_dpwssd_epi32(s, m, y));
             pb = pb.add(Q4K_PANEL_BLOCK_BYTES);
         }
         for (t, acc_t) in acc.iter().enumerate() {
@@ -589,8 +631,6 @@ mod vnni {
         out_stride: usize,
     ) {
         debug_assert!(panel.len() >= blocks * Q6K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
-        let low = _mm256_set1_epi8(0x0F);
-        let two_bits = _mm256_set1_epi8(0x30);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
@@ -607,21 +647,7 @@ mod vnni {
                     let sub = 8 * $h + 2 * $j + $part;
                     let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-32 * a[t].bsum[sub] as i32));
                     for g in 4 * $part..4 * $part + 4 {
-                        let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + (($h * 2 + $j % 2) * 8 + g) * 32) as *const __m256i);
-                        let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + ($h * 8 + g) * 32) as *const __m256i);
-                        let lo = if $j < 2 {
-                            _mm256_and_si256(ql, low)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
-                        };
-                        // qh bits 2j, 2j+1 of each byte to bits 4, 5.
-                        let hi = match $j {
-                            0 => _mm256_slli_epi16(qh, 4),
-                            1 => _mm256_slli_epi16(qh, 2),
-                            2 => qh,
-                            _ => _mm256_srli_epi16(qh, 2),
-                        };
-                        let w = _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits));
+                        let w = q6k_weights(pb, $h, $j, g);
                         for t in 0..T {
                             let y = a[t].qs.as_ptr().add(128 * $h + 32 * $j + 4 * g) as *const i32;
                             sums[t] = _mm256_dpbusd_epi32(sums[t], w, _mm256_set1_epi32(y.read_unaligned()));
@@ -682,7 +708,6 @@ mod avx2 {
         out_stride: usize,
     ) {
         debug_assert!(panel.len() >= blocks * Q4K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
-        let low = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
@@ -693,12 +718,7 @@ mod avx2 {
                 let (p, half) = (sub / 2, sub % 2);
                 let mut sums = [_mm256_setzero_si256(); T];
                 for g in 0..8 {
-                    let w = _mm256_loadu_si256(pb.add(QS_AT + (p * 8 + g) * 32) as *const __m256i);
-                    let w = if half == 0 {
-                        _mm256_and_si256(w, low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16(w, 4), low)
-                    };
+                    let w = q4k_weights(pb, p, g, half);
                     for t in 0..T {
                         let y = a[t].qs.as_ptr().add(64 * p + 32 * half + 4 * g) as *const i32;
                         sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(w, _mm256_set1_epi32(y.read_unaligned())));
@@ -709,19 +729,7 @@ mod avx2 {
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(sums[t], sc));
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i));
-            for t in 0..T {
-                let ys = a[t].ysum.as_ptr() as *const i32;
-                let mut msum = _mm256_setzero_si256();
-                for k in 0..4 {
-                    let mk = _mm256_cvtepu8_epi16(_mm_loadu_si128(pb.add(MIN_AT + 16 * k) as *const __m128i));
-                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mk, _mm256_set1_epi32(ys.add(k).read_unaligned())));
-                }
-                let dy = _mm256_set1_ps(a[t].d);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
-                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
-            }
+            q4k_block_end(pb, &a, &isum, &mut acc, |s, m, y| _mm256_add_epi32(s, _mm256_madd_epi16(m, y)));
             pb = pb.add(Q4K_PANEL_BLOCK_BYTES);
         }
         for (t, acc_t) in acc.iter().enumerate() {
@@ -741,8 +749,6 @@ mod avx2 {
         out_stride: usize,
     ) {
         debug_assert!(panel.len() >= blocks * Q6K_PANEL_BLOCK_BYTES && acts.len() >= T * blocks);
-        let low = _mm256_set1_epi8(0x0F);
-        let two_bits = _mm256_set1_epi8(0x30);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
@@ -753,23 +759,7 @@ mod avx2 {
             macro_rules! quarter {
                 ($h:expr, $part:expr, $j:literal) => {{
                     let sub = 8 * $h + 2 * $j + $part;
-                    let w: [__m256i; 4] = std::array::from_fn(|i| {
-                        let g = 4 * $part + i;
-                        let ql = _mm256_loadu_si256(pb.add(Q6_QL_AT + (($h * 2 + $j % 2) * 8 + g) * 32) as *const __m256i);
-                        let qh = _mm256_loadu_si256(pb.add(Q6_QH_AT + ($h * 8 + g) * 32) as *const __m256i);
-                        let lo = if $j < 2 {
-                            _mm256_and_si256(ql, low)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), low)
-                        };
-                        let hi = match $j {
-                            0 => _mm256_slli_epi16(qh, 4),
-                            1 => _mm256_slli_epi16(qh, 2),
-                            2 => qh,
-                            _ => _mm256_srli_epi16(qh, 2),
-                        };
-                        _mm256_or_si256(lo, _mm256_and_si256(hi, two_bits))
-                    });
+                    let w: [__m256i; 4] = std::array::from_fn(|i| q6k_weights(pb, $h, $j, 4 * $part + i));
                     let sc = row_pairs(_mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(Q6_SC_AT + 8 * sub) as *const __m128i)));
                     for t in 0..T {
                         let y = a[t].qs.as_ptr().add(128 * $h + 32 * $j + 16 * $part) as *const i32;

@@ -230,6 +230,52 @@ const fn kind_of(k: u8) -> Kind {
     }
 }
 
+/// A panel-block's `d` and `m` (zero for types without a minimum) for the
+/// 8 rows, and its eight quant vectors, lane r of vector j = row r's quants
+/// 4j..4j+3 as stored: unsigned, Q8_0's + 128. `fifth(w, bits)` sets bit 4
+/// of the bytes of `w` whose bits are set in `bits` (Q5's fifth bits).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_weights(
+    kind: Kind,
+    pb: *const u8,
+    fifth: impl Fn(std::arch::x86_64::__m256i, u32) -> std::arch::x86_64::__m256i,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256, [std::arch::x86_64::__m256i; 8]) {
+    use std::arch::x86_64::*;
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
+    let mut at = 16;
+    let m = if kind.with_sum() {
+        at += 16;
+        _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i))
+    } else {
+        _mm256_setzero_ps()
+    };
+    let qh = pb.add(at) as *const u32;
+    let q5 = matches!(kind, Kind::Q5_0 | Kind::Q5_1);
+    if q5 {
+        at += 32;
+    }
+    let mut w = [_mm256_setzero_si256(); 8];
+    if kind == Kind::Q8_0 {
+        for (j, wj) in w.iter_mut().enumerate() {
+            *wj = _mm256_loadu_si256(pb.add(at + 32 * j) as *const __m256i);
+        }
+        return (d, m, w);
+    }
+    let low = _mm256_set1_epi8(0x0F);
+    for g in 0..4 {
+        let p = _mm256_loadu_si256(pb.add(at + 32 * g) as *const __m256i);
+        w[g] = _mm256_and_si256(p, low);
+        w[g + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+    }
+    if q5 {
+        for (j, wj) in w.iter_mut().enumerate() {
+            *wj = fifth(*wj, qh.add(j).read_unaligned());
+        }
+    }
+    (d, m, w)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::*;
@@ -244,45 +290,15 @@ mod vnni {
         out_stride: usize,
     ) {
         let kind = kind_of(K);
-        let q5 = matches!(kind, Kind::Q5_0 | Kind::Q5_1);
         let with_min = kind.with_sum();
         let pbb = panel_block_bytes(kind);
-        let low = _mm256_set1_epi8(0x0F);
         let bit4 = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
             panel_product::prefetch_ahead(pb, pbb);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
-            let mut at = 16;
-            let m = if with_min {
-                at += 16;
-                _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i))
-            } else {
-                _mm256_setzero_ps()
-            };
-            let qh = pb.add(at) as *const u32;
-            if q5 {
-                at += 32;
-            }
-            let mut w = [_mm256_setzero_si256(); 8];
-            if kind == Kind::Q8_0 {
-                for (j, wj) in w.iter_mut().enumerate() {
-                    *wj = _mm256_loadu_si256(pb.add(at + 32 * j) as *const __m256i);
-                }
-            } else {
-                for g in 0..4 {
-                    let p = _mm256_loadu_si256(pb.add(at + 32 * g) as *const __m256i);
-                    w[g] = _mm256_and_si256(p, low);
-                    w[g + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
-                }
-                if q5 {
-                    for (j, wj) in w.iter_mut().enumerate() {
-                        // The nibbles leave bit 4 clear, so adding 0x10 sets it.
-                        *wj = _mm256_mask_add_epi8(*wj, qh.add(j).read_unaligned(), *wj, bit4);
-                    }
-                }
-            }
+            // The nibbles leave bit 4 clear, so adding 0x10 sets it.
+            let (d, m, w) = block_weights(kind, pb, |w, bits| _mm256_mask_add_epi8(w, bits, w, bit4));
             for (t, acc_t) in acc.iter_mut().enumerate() {
                 let a = &*acts.as_ptr().add(t * blocks + b);
                 let y = a.qs.as_ptr() as *const i32;
@@ -337,7 +353,6 @@ mod avx2 {
         let q5 = matches!(kind, Kind::Q5_0 | Kind::Q5_1);
         let with_min = kind.with_sum();
         let pbb = panel_block_bytes(kind);
-        let low = _mm256_set1_epi8(0x0F);
         let bit4 = _mm256_set1_epi8(0x10);
         let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
@@ -345,37 +360,11 @@ mod avx2 {
         let mut pb = panel.as_ptr();
         for b in 0..blocks {
             panel_product::prefetch_ahead(pb, pbb);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(pb as *const __m128i));
-            let mut at = 16;
-            let m = if with_min {
-                at += 16;
-                _mm256_cvtph_ps(_mm_loadu_si128(pb.add(16) as *const __m128i))
-            } else {
-                _mm256_setzero_ps()
-            };
-            let qh = pb.add(at) as *const u32;
-            if q5 {
-                at += 32;
-            }
-            let mut w = [_mm256_setzero_si256(); 8];
+            let (d, m, mut w) =
+                block_weights(kind, pb, |w, bits| _mm256_or_si256(w, _mm256_and_si256(bytes_from_bits(bits), bit4)));
             if kind == Kind::Q8_0 {
-                for (j, wj) in w.iter_mut().enumerate() {
-                    // The signed quants back (stored + 128).
-                    *wj = _mm256_xor_si256(_mm256_loadu_si256(pb.add(at + 32 * j) as *const __m256i), flip);
-                }
-            } else {
-                for g in 0..4 {
-                    let p = _mm256_loadu_si256(pb.add(at + 32 * g) as *const __m256i);
-                    w[g] = _mm256_and_si256(p, low);
-                    w[g + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
-                }
-                if q5 {
-                    for (j, wj) in w.iter_mut().enumerate() {
-                        // The nibbles leave bit 4 clear.
-                        let high = _mm256_and_si256(bytes_from_bits(qh.add(j).read_unaligned()), bit4);
-                        *wj = _mm256_or_si256(*wj, high);
-                    }
-                }
+                // The signed quants back (stored + 128).
+                w.iter_mut().for_each(|wj| *wj = _mm256_xor_si256(*wj, flip));
             }
             for (t, acc_t) in acc.iter_mut().enumerate() {
                 let a = &*acts.as_ptr().add(t * blocks + b);
