@@ -42,7 +42,7 @@ REVIEWED = {
     ("kernels/legacy_panels.rs", '.expect("panel-block")'): "chunks_exact of the panel block size",
     ("kernels/legacy_panels.rs", '.expect("block")'): "slices of exactly one block",
     ("kernels/legacy_panels.rs", '.expect("4 bytes")'): "4-byte slices of a fixed-size block",
-    ("kernels/legacy_panels.rs", 'unreachable!("panel kernels need AVX-512 VNNI")'): "callers check the CPU features first",
+    ("kernels/legacy_panels.rs", 'unreachable!("panel kernels need AVX2")'): "callers check the CPU features first",
     ("kernels/legacy_quant.rs", 'unreachable!("handled above")'): "Q8_0 returns before this match",
     ("kv_cache/blocks.rs", '.expect("longer than n")'): "pops only while the list is longer than n",
     ("layers/attention.rs", '.expect("one output")'): "inside `if outs.len() == 1`",
