@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use half::{bf16, f16};
 
 use super::kv_formats::{Bf16s, F16s, F32s, KvFormat, Q8s};
+use super::kv_rows::{self, Run};
 use super::out_ptr::OutPtr;
 use crate::kv_cache::BLOCK_SIZE;
 
@@ -233,9 +234,17 @@ fn attend_in<F: Typed>(shape: &AttnShape, q: &[f32], seqs: &[SeqAttn], out: &mut
             None => Sink::Out(out_ptr),
         };
         SCRATCH.with(|sc| {
+            // A decode token's query heads of one KV head all see the same
+            // keys (`decode_rows`); without grouped heads there is one row.
             // SAFETY: tasks write disjoint (token, head) rows of `out`, or
             // disjoint stretches of `partials`.
-            unsafe { head_tile::<F>(shape, q, &seqs[t.i], data[t.i], t, sink, &mut sc.borrow_mut(), simd) }
+            unsafe {
+                if t.tokens == 1 && group > 1 {
+                    decode_rows::<F>(shape, q, &seqs[t.i], data[t.i], t, sink, &mut sc.borrow_mut(), simd)
+                } else {
+                    head_tile::<F>(shape, q, &seqs[t.i], data[t.i], t, sink, &mut sc.borrow_mut(), simd)
+                }
+            }
         });
     };
     if parallel {
@@ -414,25 +423,115 @@ unsafe fn head_tile<F: Typed>(
         }
         j0 = j1;
     }
-    if let Sink::Partial(to, at) = sink {
-        let to = std::slice::from_raw_parts_mut(to.at(at), rows * (dim + 2));
-        to[..rows * dim].copy_from_slice(&acc[..rows * dim]);
-        to[rows * dim..rows * (dim + 1)].copy_from_slice(&maxes[..rows]);
-        to[rows * (dim + 1)..].copy_from_slice(&sums[..rows]);
-        return;
-    }
-    let Sink::Out(out) = sink else { return };
-    for t in 0..tokens {
-        let r = s.start + first + t;
-        for hh in 0..group {
-            let x = t * group + hh;
-            let inv = 1.0 / sums[x];
-            let o = std::slice::from_raw_parts_mut(out.at((r * shape.heads + g * group + hh) * dim), dim);
-            for (o, a) in o.iter_mut().zip(&acc[x * dim..(x + 1) * dim]) {
-                *o = a * inv;
+    finish(shape, s, task, sink, &acc[..rows * dim], &maxes[..rows], &sums[..rows]);
+}
+
+/// A task's rows out: normalized into the step's output, or its softmax
+/// state (unnormalized rows, maxima, sums) into the partials.
+///
+/// # Safety
+/// As for `head_tile`.
+unsafe fn finish(shape: &AttnShape, s: &SeqAttn, task: &Task, sink: Sink, acc: &[f32], maxes: &[f32], sums: &[f32]) {
+    let Task { first, tokens, g, .. } = *task;
+    let dim = shape.head_dim;
+    let group = shape.heads / shape.kv_heads;
+    let rows = tokens * group;
+    match sink {
+        Sink::Partial(to, at) => {
+            let to = std::slice::from_raw_parts_mut(to.at(at), rows * (dim + 2));
+            to[..rows * dim].copy_from_slice(acc);
+            to[rows * dim..rows * (dim + 1)].copy_from_slice(maxes);
+            to[rows * (dim + 1)..].copy_from_slice(sums);
+        }
+        Sink::Out(out) => {
+            for t in 0..tokens {
+                let r = s.start + first + t;
+                for hh in 0..group {
+                    let x = t * group + hh;
+                    let inv = 1.0 / sums[x];
+                    let o = std::slice::from_raw_parts_mut(out.at((r * shape.heads + g * group + hh) * dim), dim);
+                    for (o, a) in o.iter_mut().zip(&acc[x * dim..(x + 1) * dim]) {
+                        *o = a * inv;
+                    }
+                }
             }
         }
     }
+}
+
+/// One decode token's task (`tokens == 1`): the query heads of KV head `g`
+/// all see the same keys, so each cache block's run of them is taken for
+/// every row at once (`kv_rows.rs`: each stored key and value widened once
+/// for all rows, where a row at a time widened it once per row). Each row's
+/// arithmetic is `head_tile`'s, operation for operation (the same runs, the
+/// same products, the same online softmax), so its output is bit for bit
+/// what the prompt path gives the same token: a sequence preempted and
+/// recomputed as a prompt continues exactly as it would have.
+///
+/// # Safety
+/// As for `head_tile`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_rows<F: Typed>(
+    shape: &AttnShape,
+    q: &[f32],
+    s: &SeqAttn,
+    (k_data, v_data): (&[F::Unit], &[F::Unit]),
+    task: &Task,
+    sink: Sink,
+    scratch: &mut Vec<f32>,
+    simd: bool,
+) {
+    let Task { first, g, keys, .. } = *task;
+    debug_assert_eq!(task.tokens, 1);
+    let dim = shape.head_dim;
+    let rows = shape.heads / shape.kv_heads;
+    let units = s.k.data.units(dim);
+    let row = shape.kv_heads * units;
+    let g_off = g * units;
+    if scratch.len() < rows * (dim + 2 + BLOCK_SIZE) {
+        scratch.resize(rows * (dim + 2 + BLOCK_SIZE), 0.0);
+    }
+    let (acc, rest) = scratch.split_at_mut(rows * dim);
+    let (maxes, rest) = rest.split_at_mut(rows);
+    let (sums, rest) = rest.split_at_mut(rows);
+    let scores = &mut rest[..rows * BLOCK_SIZE];
+    acc.fill(0.0);
+    maxes.fill(f32::NEG_INFINITY);
+    sums.fill(0.0);
+    let r = s.start + first;
+    // The group's query heads are consecutive rows of the token's queries.
+    let qrows = &q[(r * shape.heads + g * rows) * dim..][..rows * dim];
+    let (lo, hi) = visible(s.past + first, shape.window);
+    let (lo, hi) = (lo.max(keys.0), hi.min(keys.1));
+    let mut j0 = lo;
+    while j0 < hi {
+        // One block's run of keys, contiguous in the pool for both K and V.
+        let j1 = hi.min((j0 / BLOCK_SIZE + 1) * BLOCK_SIZE);
+        let n = j1 - j0;
+        let k_run = Run { at: slot(s.k.blocks, j0, row, g_off), len: n };
+        let v_run = Run { at: slot(s.v.blocks, j0, row, g_off), len: n };
+        kv_rows::scores_rows::<F>(qrows, rows, k_data, k_run, row, dim, shape.scale, scores, BLOCK_SIZE, simd);
+        for x in 0..rows {
+            let sc = &mut scores[x * BLOCK_SIZE..x * BLOCK_SIZE + n];
+            if let Some(cap) = shape.softcap {
+                sc.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            }
+            // `online_update`'s steps, the values' product left for all rows together.
+            let m = sc.iter().fold(maxes[x], |m, &v| m.max(v));
+            if m > maxes[x] && maxes[x] > f32::NEG_INFINITY {
+                let c = (maxes[x] - m).exp();
+                acc[x * dim..(x + 1) * dim].iter_mut().for_each(|v| *v *= c);
+                sums[x] *= c;
+            }
+            let fresh = maxes[x] == f32::NEG_INFINITY;
+            maxes[x] = m;
+            let block_sum = exp_shifted(sc, m, simd);
+            sums[x] = if fresh { block_sum } else { sums[x] + block_sum };
+        }
+        kv_rows::weighted_rows::<F>(scores, BLOCK_SIZE, rows, v_data, v_run, row, dim, acc, simd);
+        j0 = j1;
+    }
+    finish(shape, s, task, sink, acc, maxes, sums);
 }
 
 /// Folds one run of keys into a row's running softmax: `scores` (consumed)
@@ -536,6 +635,54 @@ mod tests {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 500.0 - 2.0).collect()
     }
 
+    /// A token's attention as a decode step (`decode_rows`) is bit for bit
+    /// its row in a prompt's tile (`head_tile`), for every storage type and
+    /// grouped heads, so a preempted sequence recomputed as a prompt goes on
+    /// as it would have. (Below 512 keys neither is split into parts.)
+    #[test]
+    fn decode_rows_equal_prompt_rows_bit_for_bit() {
+        for (heads, kv_heads, dim, past, window, softcap) in [
+            (9usize, 3usize, 64usize, 300usize, None, None),
+            (14, 2, 64, 77, None, None),
+            (4, 1, 256, 200, Some(64), None),
+            (8, 4, 32, 45, None, Some(2.0)),
+            (16, 1, 32, 130, None, None),
+        ] {
+            let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), softcap, window };
+            let t = 5; // the prompt's last 5 tokens, the decode token the last of them
+            let n = (past + 1).div_ceil(BLOCK_SIZE);
+            let blocks: Vec<u32> = (0..n as u32).rev().collect();
+            let row = kv_heads * dim;
+            let (k_raw, v_raw) = (data(n * BLOCK_SIZE * row, 2), data(n * BLOCK_SIZE * row, 3));
+            let q = data(t * heads * dim, 1);
+            let (k16, v16) = (k_raw.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>(), v_raw.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>());
+            let q8 = |x: &[f32]| {
+                let mut b = vec![0u8; x.len() / 32 * 34];
+                crate::kv_cache::quantize_q8_0(x, &mut b);
+                b
+            };
+            let (k8, v8) = (q8(&k_raw), q8(&v_raw));
+            let (kb, vb) = (k_raw.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>(), v_raw.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>());
+            let formats = [
+                ("f32", KvData::F32(&k_raw), KvData::F32(&v_raw)),
+                ("f16", KvData::F16(&k16), KvData::F16(&v16)),
+                ("bf16", KvData::Bf16(&kb), KvData::Bf16(&vb)),
+                ("q8_0", KvData::Q8_0(&k8), KvData::Q8_0(&v8)),
+            ];
+            for (name, kd, vd) in formats {
+                for simd in [false, crate::kernels::select::avx2()] {
+                    let view = |d| KvView { data: d, blocks: &blocks };
+                    let mut prompt = vec![0f32; t * heads * dim];
+                    attend_on(&shape, &q, &[SeqAttn { start: 0, len: t, past: past + 1 - t, k: view(kd), v: view(vd) }], &mut prompt, simd);
+                    let mut decode = vec![0f32; heads * dim];
+                    let last = &q[(t - 1) * heads * dim..];
+                    attend_on(&shape, last, &[SeqAttn { start: 0, len: 1, past, k: view(kd), v: view(vd) }], &mut decode, simd);
+                    assert_eq!(decode, prompt[(t - 1) * heads * dim..], "{heads}/{kv_heads} heads, dim {dim}, {name}, simd {simd}");
+                }
+            }
+        }
+    }
+
     /// Decode and prompt tiles, grouped heads, head sizes that do and do not
     /// fill SIMD registers, a sliding window, and a step large enough to run
     /// on the thread pool; each case runs as one sequence of a step together
@@ -553,6 +700,9 @@ mod tests {
             (4, 2, 64, 70, 5, Some(20), None), // several query tiles, each window starting mid-block
             (9, 3, 64, 1, 2000, None, None),    // a long decode: its keys split into parts, merged
             (4, 2, 64, 3, 3000, Some(1000), Some(4.0)), // split parts of a window
+            (14, 2, 64, 1, 600, None, None),             // decode: 7 rows per KV head
+            (16, 1, 32, 1, 300, Some(100), Some(2.0)),   // decode: 16 rows, two passes of the 8-row bodies
+            (12, 2, 128, 1, 5000, None, None),           // decode: split parts of several passes each
         ] {
             let shape = AttnShape { heads, kv_heads, head_dim: dim, scale: 1.0 / (dim as f32).sqrt(), softcap, window };
             let (n_a, n_b) = ((past + t as usize).div_ceil(BLOCK_SIZE), 20usize.div_ceil(BLOCK_SIZE));
@@ -620,3 +770,4 @@ mod tests {
         }
     }
 }
+

@@ -22,6 +22,18 @@ pub trait KvFormat {
     fn widen(src: &[Self::Unit], stride: usize, dim: usize, n: usize, out: &mut [f32], simd: bool);
     /// Whether the SIMD bodies can take vectors of `dim` values.
     fn simd_dim(dim: usize) -> bool;
+    /// Stored units of a vector of `dim` values.
+    fn units(dim: usize) -> usize;
+    /// Values 8c..8c + 8 of the vector stored at `v`, widened to f32 lanes
+    /// as `widen` widens them (the several-rows bodies of `kv_rows.rs` read
+    /// through it, with the float products of `scores_row` and
+    /// `weighted_values`, so each row's results are theirs bit for bit).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present, and the vector at `v` is stored whole
+    /// with more than 8c values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn chunk8(v: *const Self::Unit, c: usize) -> std::arch::x86_64::__m256;
     /// `scores[j]` = scale · q · key j.
     fn scores_row(q: &[f32], keys: &[Self::Unit], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool);
     /// `out` (+)= Σ_j p[j] · value j; `add` keeps what `out` holds, else it is overwritten.
@@ -148,6 +160,14 @@ macro_rules! float_format {
             fn simd_dim(dim: usize) -> bool {
                 dim.is_multiple_of(8)
             }
+            fn units(dim: usize) -> usize {
+                dim
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            unsafe fn chunk8(v: *const $t, c: usize) -> std::arch::x86_64::__m256 {
+                <$t as Widen>::load8(v.add(8 * c))
+            }
             fn scores_row(q: &[f32], keys: &[$t], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
                 float_scores(q, keys, stride, dim, scale, scores, simd)
             }
@@ -162,11 +182,20 @@ float_format!(F32s, f32, false);
 float_format!(F16s, f16, true);
 float_format!(Bf16s, bf16, true);
 
-fn q8_scale(block: &[u8]) -> f32 {
-    f16::from_le_bytes([block[0], block[1]]).to_f32()
+/// The values of a Q8_0 vector widened to f32, each its block's scale times
+/// its quant (as `dequantize_q8_0`).
+fn q8_values(v: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    v.chunks_exact(Q8_0_BYTES).flat_map(|block| {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        block[2..].iter().map(move |&b| d * (b as i8) as f32)
+    })
 }
 
-/// Q8_0: a vector of `dim` values is dim / 32 blocks of 34 bytes.
+/// Q8_0: a vector of `dim` values is dim / 32 blocks of 34 bytes. Its
+/// products are the float formats' over its values widened to f32 (scale
+/// times quant, rounded once), the same arithmetic whether a run is read in
+/// place or widened first (`widen`), so a token's attention is the same bit
+/// for bit on every path (see `kv_rows.rs`).
 impl KvFormat for Q8s {
     type Unit = u8;
     const NARROW: bool = true;
@@ -189,6 +218,14 @@ impl KvFormat for Q8s {
     fn simd_dim(_dim: usize) -> bool {
         true
     }
+    fn units(dim: usize) -> usize {
+        KvDtype::Q8_0.units(dim)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn chunk8(v: *const u8, c: usize) -> std::arch::x86_64::__m256 {
+        avx2::q8_chunk(v, c)
+    }
 
     fn scores_row(q: &[f32], keys: &[u8], stride: usize, dim: usize, scale: f32, scores: &mut [f32], simd: bool) {
         if scores.is_empty() {
@@ -206,12 +243,7 @@ impl KvFormat for Q8s {
         let _ = simd;
         for (j, s) in scores.iter_mut().enumerate() {
             let key = &keys[j * stride..j * stride + width];
-            let mut dot = 0f32;
-            for (block, qs) in key.chunks_exact(Q8_0_BYTES).zip(q.chunks_exact(Q8_0_VALUES)) {
-                let part: f32 = qs.iter().zip(&block[2..]).map(|(a, &b)| a * (b as i8) as f32).sum();
-                dot += q8_scale(block) * part;
-            }
-            *s = scale * dot;
+            *s = scale * q.iter().zip(q8_values(key)).map(|(a, b)| a * b).sum::<f32>();
         }
     }
 
@@ -230,19 +262,15 @@ impl KvFormat for Q8s {
             out.fill(0.0);
         }
         for (j, &pj) in p.iter().enumerate() {
-            let value = &values[j * stride..j * stride + width];
-            for (block, os) in value.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(Q8_0_VALUES)) {
-                let w = pj * q8_scale(block);
-                for (o, &b) in os.iter_mut().zip(&block[2..]) {
-                    *o += w * (b as i8) as f32;
-                }
+            for (o, x) in out.iter_mut().zip(q8_values(&values[j * stride..j * stride + width])) {
+                *o += pj * x;
             }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Widen;
@@ -250,7 +278,7 @@ mod avx2 {
 
     /// Sum of the 8 lanes of each of 8 vectors, as one vector.
     #[inline(always)]
-    unsafe fn hsum8(a: [__m256; 8]) -> __m256 {
+    pub(crate) unsafe fn hsum8(a: [__m256; 8]) -> __m256 {
         let t0 = _mm256_hadd_ps(a[0], a[1]);
         let t1 = _mm256_hadd_ps(a[2], a[3]);
         let t2 = _mm256_hadd_ps(a[4], a[5]);
@@ -261,7 +289,7 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn hsum(a: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(a: __m256) -> f32 {
         let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
         let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
@@ -378,41 +406,37 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     }
 
-    /// q · (the 32 quants of `block`), unscaled.
+    /// Values 8c..8c + 8 of the Q8_0 vector at `v`, widened: quarter c % 4
+    /// of block c / 4 times the block's scale (as `q8_widen`).
     #[inline(always)]
-    unsafe fn block_dot(q: &[__m256; 4], block: *const u8) -> __m256 {
-        let qs = block.add(2);
-        let mut t = _mm256_mul_ps(q[0], quants8(qs));
-        t = _mm256_fmadd_ps(q[1], quants8(qs.add(8)), t);
-        t = _mm256_fmadd_ps(q[2], quants8(qs.add(16)), t);
-        _mm256_fmadd_ps(q[3], quants8(qs.add(24)), t)
+    pub unsafe fn q8_chunk(v: *const u8, c: usize) -> __m256 {
+        let block = v.add(c / 4 * Q8_0_BYTES);
+        _mm256_mul_ps(_mm256_set1_ps(scale_of(block)), quants8(block.add(2 + 8 * (c % 4))))
     }
 
+    /// `scores_row` over Q8_0 keys widened chunk by chunk.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_scores_row(q: &[f32], keys: &[u8], stride: usize, dim: usize, scale: f32, scores: &mut [f32]) {
         let n = scores.len();
         let base = keys.as_ptr();
         let qp = q.as_ptr();
-        let blocks = dim / Q8_0_VALUES;
-        let load_q = |b: usize| [0, 8, 16, 24].map(|o| _mm256_loadu_ps(qp.add(b * Q8_0_VALUES + o)));
+        let sc = _mm256_set1_ps(scale);
         let mut j = 0;
         while j + 8 <= n {
             let mut acc = [_mm256_setzero_ps(); 8];
-            for b in 0..blocks {
-                let qv = load_q(b);
+            for c in 0..dim / 8 {
+                let qc = _mm256_loadu_ps(qp.add(8 * c));
                 for (kk, a) in acc.iter_mut().enumerate() {
-                    let block = base.add((j + kk) * stride + b * Q8_0_BYTES);
-                    *a = _mm256_fmadd_ps(block_dot(&qv, block), _mm256_set1_ps(scale_of(block)), *a);
+                    *a = _mm256_fmadd_ps(qc, q8_chunk(base.add((j + kk) * stride), c), *a);
                 }
             }
-            _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale)));
+            _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_mul_ps(hsum8(acc), sc));
             j += 8;
         }
         for (jj, s) in scores.iter_mut().enumerate().skip(j) {
             let mut a = _mm256_setzero_ps();
-            for b in 0..blocks {
-                let block = base.add(jj * stride + b * Q8_0_BYTES);
-                a = _mm256_fmadd_ps(block_dot(&load_q(b), block), _mm256_set1_ps(scale_of(block)), a);
+            for c in 0..dim / 8 {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8 * c)), q8_chunk(base.add(jj * stride), c), a);
             }
             *s = hsum(a) * scale;
         }
@@ -447,12 +471,10 @@ mod avx2 {
             }
         }
         for (j, &pj) in p.iter().enumerate() {
+            let w = _mm256_set1_ps(pj);
             for (bb, a) in acc.iter_mut().enumerate() {
-                let block = base.add(j * stride + (b0 + bb) * Q8_0_BYTES);
-                let w = _mm256_set1_ps(pj * scale_of(block));
-                let qs = block.add(2);
                 for (c, a) in a.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(w, quants8(qs.add(8 * c)), *a);
+                    *a = _mm256_fmadd_ps(w, q8_chunk(base.add(j * stride), 4 * (b0 + bb) + c), *a);
                 }
             }
         }

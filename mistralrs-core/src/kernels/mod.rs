@@ -5,12 +5,13 @@
 //! (`vec_math.rs`, `stored_rows.rs`, `out_ptr.rs`, `legacy_blocks.rs`, `row_dequant.rs`, `block_matrix.rs`:
 //! the one trait `Linear` sees the matrix kernels through, `panel_product.rs`);
 //! the kernels (`legacy_panels.rs`, `legacy_quant.rs`, `kquant_panels.rs`,
-//! `kv_formats.rs`, `attention.rs`, `activation.rs`); `dispatch.rs` (which kernel takes a weight type) and
+//! `kv_formats.rs`, `kv_rows.rs`, `attention.rs`, `activation.rs`); `dispatch.rs` (which kernel takes a weight type) and
 //! `report.rs`. No file imports one above it (`scripts/module_graph.py`).
 
 pub mod activation;
 pub mod attention;
 pub mod kv_formats;
+pub mod kv_rows;
 pub mod block_matrix;
 pub mod dispatch;
 mod legacy_blocks;
