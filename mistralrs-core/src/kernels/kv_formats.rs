@@ -90,7 +90,7 @@ impl Widen for bf16 {
     }
 }
 
-fn check_run(n: usize, len: usize, stride: usize, width: usize) {
+pub(crate) fn check_run(n: usize, len: usize, stride: usize, width: usize) {
     assert!(stride >= width && (n == 0 || len >= (n - 1) * stride + width), "run outside its buffer");
 }
 
@@ -382,13 +382,9 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_widen(src: &[u8], stride: usize, dim: usize, n: usize, out: &mut [f32]) {
         for j in 0..n {
-            for b in 0..dim / Q8_0_VALUES {
-                let block = src.as_ptr().add(j * stride + b * Q8_0_BYTES);
-                let d = _mm256_set1_ps(scale_of(block));
-                let o = out.as_mut_ptr().add(j * dim + b * Q8_0_VALUES);
-                for c in 0..4 {
-                    _mm256_storeu_ps(o.add(8 * c), _mm256_mul_ps(d, quants8(block.add(2 + 8 * c))));
-                }
+            let (v, o) = (src.as_ptr().add(j * stride), out.as_mut_ptr().add(j * dim));
+            for c in 0..dim / 8 {
+                _mm256_storeu_ps(o.add(8 * c), q8_chunk(v, c));
             }
         }
     }

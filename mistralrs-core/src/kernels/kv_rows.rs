@@ -18,7 +18,7 @@
 use super::kv_formats::KvFormat;
 
 /// `len` stored vectors, the first at unit `at`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Run {
     pub at: usize,
     pub len: usize,
@@ -28,8 +28,8 @@ pub struct Run {
 const MAX_ROWS: usize = 8;
 
 fn check_run<F: KvFormat>(data_len: usize, run: Run, stride: usize, dim: usize) {
-    let width = F::units(dim);
-    assert!(stride >= width && run.len > 0 && data_len >= run.at + (run.len - 1) * stride + width, "run outside its buffer");
+    assert!(run.len > 0 && run.at <= data_len);
+    super::kv_formats::check_run(run.len, data_len - run.at, stride, F::units(dim));
 }
 
 /// Calls `$body` with the const `R` (rows of the SIMD body) for `$rows` (1..=8).
