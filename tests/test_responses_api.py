@@ -399,6 +399,10 @@ TOOL_QUESTION = "What's the weather in Paris and in Rome?"
 TIME_QUESTION = "What time is it in Tokyo?"
 
 
+class TimeAnswer(pydantic.BaseModel):
+    time: str = pydantic.Field(max_length=40)
+
+
 def calls_of(r) -> list:
     return [o for o in r.output if o.type == "function_call"]
 
@@ -501,7 +505,12 @@ def test_the_agents_sdk_runs_tools_on_its_default_responses_model(server):
     that must call its tool gets the call, runs it and stops with its result; a second agent answers
     from that conversation, sent as items (function_call, function_call_output) or as the tool output
     after ``previous_response_id`` (the same answer both ways). Tool_choice stays required only for the
-    first agent: SmolLM2 calls tools again and again in auto mode."""
+    first agent: SmolLM2 calls tools again and again in auto mode.
+
+    The second agent answers in its ``output_type`` (the SDK sends it as a strict ``text.format``
+    json_schema), whose ``maxLength`` bounds the answer: the call ids the server draws at random are in
+    the prompt, so a free-text answer's length changes from run to run, and the SDK raises on a
+    ``max_output_tokens`` stop."""
     agents = pytest.importorskip("agents")
     calls = []
 
@@ -523,7 +532,7 @@ def test_the_agents_sdk_runs_tools_on_its_default_responses_model(server):
         async for _ in streamed.stream_events():
             pass
         answerer = agents.Agent(name="answerer", instructions="Answer the question from the tool results.", model=model,
-                                model_settings=agents.ModelSettings(temperature=0, max_tokens=160))
+                                output_type=TimeAnswer, model_settings=agents.ModelSettings(temperature=0, max_tokens=160))
         by_items = await agents.Runner.run(answerer, first.to_input_list())
         outputs = [i.to_input_item() for i in first.new_items if isinstance(i, agents.ToolCallOutputItem)]
         chained = await agents.Runner.run(answerer, outputs, previous_response_id=first.last_response_id)
@@ -533,5 +542,5 @@ def test_the_agents_sdk_runs_tools_on_its_default_responses_model(server):
     first, streamed, by_items, chained = asyncio.run(run())
     assert len(calls) == 2 and first.final_output == streamed.final_output == "It is 14:05."
     assert [i["type"] for i in first.to_input_list()[1:]] == ["function_call", "function_call_output"]
-    assert isinstance(by_items.final_output, str) and by_items.final_output
+    assert isinstance(by_items.final_output, TimeAnswer) and by_items.final_output.time
     assert chained.final_output == by_items.final_output
