@@ -44,6 +44,10 @@ const PARALLEL_MIN_SCORES: usize = 1 << 14;
 const SPLIT_TASKS_PER_THREAD: usize = 8;
 const SPLIT_MIN_KEYS: usize = 256;
 
+/// How many cache blocks ahead a decode task asks for its keys and values
+/// (`prefetch_block`).
+const PREFETCH_BLOCKS: usize = 2;
+
 /// Head layout and masking of one attention layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -338,6 +342,37 @@ fn slot(blocks: &[u32], j: usize, row: usize, g_off: usize) -> usize {
     (blocks[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE) * row + g_off
 }
 
+/// Asks for the stored vectors of KV head offset `g_off` in the block that
+/// holds token `j`, up to token `hi` (exclusive), to be brought into L2: a
+/// hint that reads nothing and waits for nothing.
+///
+/// Why: a decode step's cache comes from DRAM (every layer's weights pass
+/// through the caches between two reads of it), and each block of one KV
+/// head is 16 short runs a row apart, with its keys and values in two
+/// separate tensors; left to the hardware prefetcher, the loop waited on
+/// those loads. Qwen2.5-Coder-1.5B decoding after 4,096 tokens spent 15.2 ms
+/// a token in attention without this and 12.3 ms with it (the same process,
+/// alternating). Into L1 instead (`_MM_HINT_T0`) it gained nothing: a
+/// block's 128 lines of keys and values outnumber L1's outstanding misses.
+fn prefetch_block<T>(data: &[T], blocks: &[u32], j: usize, hi: usize, row: usize, g_off: usize, units: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let first = j / BLOCK_SIZE * BLOCK_SIZE;
+        let bytes = units * std::mem::size_of::<T>();
+        for t in first..hi.min(first + BLOCK_SIZE) {
+            // `wrapping_add`: the address is only a hint, never dereferenced.
+            let start = data.as_ptr().wrapping_add(slot(blocks, t, row, g_off)) as usize;
+            for line in (start & !63..start + bytes).step_by(64) {
+                // SAFETY: a prefetch reads no memory and cannot fault; SSE is in every x86-64.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, blocks, j, hi, row, g_off, units);
+}
+
 /// Tokens `first..first + tokens` of sequence `s`'s new ones, for the query
 /// heads of KV head `g`, flash-attention style: the keys go by in blocks,
 /// and each block is used by every row of the tile (query token × grouped
@@ -510,6 +545,11 @@ unsafe fn decode_rows<F: Typed>(
         let n = j1 - j0;
         let k_run = Run { at: slot(s.k.blocks, j0, row, g_off), len: n };
         let v_run = Run { at: slot(s.v.blocks, j0, row, g_off), len: n };
+        let ahead = (j0 / BLOCK_SIZE + PREFETCH_BLOCKS) * BLOCK_SIZE;
+        if ahead < hi {
+            prefetch_block(k_data, s.k.blocks, ahead, hi, row, g_off, units);
+            prefetch_block(v_data, s.v.blocks, ahead, hi, row, g_off, units);
+        }
         kv_rows::scores_rows::<F>(qrows, rows, k_data, k_run, row, dim, shape.scale, scores, BLOCK_SIZE, simd);
         for x in 0..rows {
             let sc = &mut scores[x * BLOCK_SIZE..x * BLOCK_SIZE + n];
