@@ -538,6 +538,18 @@ unsafe fn decode_rows<F: Typed>(
     let qrows = &q[(r * shape.heads + g * rows) * dim..][..rows * dim];
     let (lo, hi) = visible(s.past + first, shape.window);
     let (lo, hi) = (lo.max(keys.0), hi.min(keys.1));
+    // The loop below asks for the block PREFETCH_BLOCKS ahead of the one it
+    // computes; the task's first blocks are asked for here. At 2,048 tokens
+    // a decode task has 16 blocks, and the first two came cold from DRAM:
+    // Qwen2.5-Coder-1.5B's attention took 5.5 ms a token with this, against
+    // 6.0 without (medians of 6 alternating runs in one process).
+    for b in 0..PREFETCH_BLOCKS {
+        let j = (lo / BLOCK_SIZE + b) * BLOCK_SIZE;
+        if j < hi {
+            prefetch_block(k_data, s.k.blocks, j, hi, row, g_off, units);
+            prefetch_block(v_data, s.v.blocks, j, hi, row, g_off, units);
+        }
+    }
     let mut j0 = lo;
     while j0 < hi {
         // One block's run of keys, contiguous in the pool for both K and V.
