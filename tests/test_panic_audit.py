@@ -38,6 +38,7 @@ REVIEWED = {
     ("engine/mod.rs", '.expect("filtered on it")'): "iterates only sequences that have a grammar",
     ("kernels/kquant_panels.rs", '.expect("panel-block")'): "chunks_exact of the panel block size",
     ("kernels/kquant_panels.rs", '.expect("block")'): "slices of exactly one block (rows are whole blocks, checked at load)",
+    ("kernels/kquant_panels.rs", '.expect("4 bytes")'): "the slice is at..at + 4, exactly 4 bytes",
     ("kernels/kquant_panels.rs", '.expect("amax is one of the values")'): "amax is the max of the finite |x|; NaN is skipped by f32::max and all-NaN returns early",
     ("kernels/legacy_panels.rs", '.expect("panel-block")'): "chunks_exact of the panel block size",
     ("kernels/legacy_panels.rs", '.expect("block")'): "slices of exactly one block",
