@@ -219,7 +219,7 @@ const LOW6: u32 = 0x3F3F_3F3F;
 fn q6k_to_lane(blk: &[u8; Q6K_BLOCK], r: usize, o: &mut [u8; Q6K_PANEL_BLOCK_BYTES]) {
     o[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
     for s in 0..16 {
-        o[Q6_SC_AT + 16 * (s / 2) + 2 * r + s % 2] = blk[192 + s];
+        o[q6k_sc_at(s, r)] = blk[192 + s];
     }
     let word = |at: usize| u32::from_le_bytes(blk[at..at + 4].try_into().expect("4 bytes"));
     for h in 0..2 {
@@ -242,7 +242,7 @@ fn q6k_to_lane(blk: &[u8; Q6K_BLOCK], r: usize, o: &mut [u8; Q6K_PANEL_BLOCK_BYT
 fn q6k_from_lane(o: &[u8], r: usize, blk: &mut [u8]) {
     blk[208..210].copy_from_slice(&o[2 * r..2 * r + 2]);
     for s in 0..16 {
-        blk[192 + s] = o[Q6_SC_AT + 16 * (s / 2) + 2 * r + s % 2];
+        blk[192 + s] = o[q6k_sc_at(s, r)];
     }
     for h in 0..2 {
         for g in 0..8 {
@@ -258,6 +258,11 @@ fn q6k_from_lane(o: &[u8], r: usize, blk: &mut [u8]) {
             }
         }
     }
+}
+
+/// Offset in a panel-block of lane `r`'s scale of sub-block `s` (pairs of sub-blocks per row).
+fn q6k_sc_at(s: usize, r: usize) -> usize {
+    Q6_SC_AT + 16 * (s / 2) + 2 * r + s % 2
 }
 
 /// Offset in a panel-block of lane `r`'s 4 bytes v = 0 for positions 4g.. of half `h`.
@@ -838,7 +843,7 @@ mod avx2 {
                 ($h:expr, $j:literal) => {{
                     let k = 4 * $h + $j;
                     let pairs = q6k_scale_pairs(pb, k);
-                    quarter!($h, 0, $j, _mm256_blend_epi16::<0b1010_1010>(pairs, _mm256_slli_epi32(pairs, 16)));
+                    quarter!($h, 0, $j, row_pairs(pairs));
                     quarter!($h, 1, $j, _mm256_blend_epi16::<0b1010_1010>(_mm256_srli_epi32(pairs, 16), pairs));
                     for t in 0..T {
                         let ys = _mm256_set1_epi32((a[t].bsum.as_ptr().add(2 * k) as *const i32).read_unaligned());
