@@ -48,7 +48,7 @@ use rayon::prelude::*;
 
 use super::block_matrix::BlockMatrix;
 use super::out_ptr::OutPtr;
-use super::panel_product::{self, PanelSimd, PANEL, TILE};
+use super::panel_product::{self, tile_height, PanelSimd, PANEL};
 use super::select;
 use super::stored_rows::StoredRows;
 
@@ -512,7 +512,7 @@ impl KQuantMatrix {
     }
 
     /// The panels against every token with `simd`: tiles of its widest
-    /// size, then a remainder in halves down to one token.
+    /// size, then the remainder (`tile_height`).
     fn product_on(&self, simd: PanelSimd, acts: &[Q8KBlock], m: usize, out: &mut [f32]) {
         let blocks = self.cols / QK_K;
         let panel_bytes = blocks * self.kind.panel_block_bytes();
@@ -521,7 +521,7 @@ impl KQuantMatrix {
             let panel = &self.data[p * panel_bytes..(p + 1) * panel_bytes];
             let mut done = 0;
             while done < tokens {
-                let n = [TILE, 4, 2, 1].into_iter().find(|&h| h <= simd.tile() && h <= tokens - done).unwrap_or(1);
+                let n = tile_height(simd, tokens - done);
                 let a = &acts[(first + done) * blocks..(first + done + n) * blocks];
                 let o = cell.at(done * rows);
                 // SAFETY: the caller checked that the CPU has the path's
@@ -531,9 +531,11 @@ impl KQuantMatrix {
                     if simd == PanelSimd::Avx2 {
                         match (kind, n) {
                             (KKind::Q4K, 4) => avx2::tile_q4k::<4>(panel, a, blocks, o, rows),
+                            (KKind::Q4K, 3) => avx2::tile_q4k::<3>(panel, a, blocks, o, rows),
                             (KKind::Q4K, 2) => avx2::tile_q4k::<2>(panel, a, blocks, o, rows),
                             (KKind::Q4K, _) => avx2::tile_q4k::<1>(panel, a, blocks, o, rows),
                             (KKind::Q6K, 4) => avx2::tile_q6k::<4>(panel, a, blocks, o, rows),
+                            (KKind::Q6K, 3) => avx2::tile_q6k::<3>(panel, a, blocks, o, rows),
                             (KKind::Q6K, 2) => avx2::tile_q6k::<2>(panel, a, blocks, o, rows),
                             (KKind::Q6K, _) => avx2::tile_q6k::<1>(panel, a, blocks, o, rows),
                         }
@@ -996,7 +998,7 @@ mod tests {
         }
         let dev = Device::Cpu;
         for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            for (rows, m) in [(16, 1), (24, 3), (8, 4), (64, 70)] {
+            for (rows, m) in [(16, 1), (24, 3), (8, 4), (8, 7), (64, 70)] {
                 let w = normal((rows, 512), 1 + rows as u64, &dev);
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let mat = KQuantMatrix::from_qtensor(&q).unwrap().unwrap();

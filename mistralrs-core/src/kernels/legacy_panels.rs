@@ -179,37 +179,34 @@ pub(crate) unsafe fn panel_dot(
     #[cfg(target_arch = "x86_64")]
     {
         // Monomorphic per type and tile height so the loops unroll and the
-        // accumulators stay in registers; a partial tile runs as 4 + 2 + 1.
+        // accumulators stay in registers; heights as `tile_height` picks them.
         let mut t0 = 0;
-        for height in [8, 4, 2, 1] {
-            if height > simd.tile() {
-                continue;
+        while t0 < tokens {
+            let height = panel_product::tile_height(simd, tokens - t0);
+            let a = &acts[t0 * blocks..];
+            let o = out.add(t0 * out_stride);
+            macro_rules! go {
+                ($k:expr) => {
+                    match (simd, height) {
+                        (PanelSimd::Avx2, 4) => avx2::tile::<$k, 4>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Avx2, 3) => avx2::tile::<$k, 3>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Avx2, 2) => avx2::tile::<$k, 2>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Avx2, _) => avx2::tile::<$k, 1>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Vnni, 8) => vnni::tile::<$k, 8>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Vnni, 4) => vnni::tile::<$k, 4>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Vnni, 2) => vnni::tile::<$k, 2>(panel, a, blocks, o, out_stride),
+                        (PanelSimd::Vnni, _) => vnni::tile::<$k, 1>(panel, a, blocks, o, out_stride),
+                    }
+                };
             }
-            while tokens - t0 >= height {
-                let a = &acts[t0 * blocks..];
-                let o = out.add(t0 * out_stride);
-                macro_rules! go {
-                    ($k:expr) => {
-                        match (simd, height) {
-                            (PanelSimd::Avx2, 4) => avx2::tile::<$k, 4>(panel, a, blocks, o, out_stride),
-                            (PanelSimd::Avx2, 2) => avx2::tile::<$k, 2>(panel, a, blocks, o, out_stride),
-                            (PanelSimd::Avx2, _) => avx2::tile::<$k, 1>(panel, a, blocks, o, out_stride),
-                            (PanelSimd::Vnni, 8) => vnni::tile::<$k, 8>(panel, a, blocks, o, out_stride),
-                            (PanelSimd::Vnni, 4) => vnni::tile::<$k, 4>(panel, a, blocks, o, out_stride),
-                            (PanelSimd::Vnni, 2) => vnni::tile::<$k, 2>(panel, a, blocks, o, out_stride),
-                            (PanelSimd::Vnni, _) => vnni::tile::<$k, 1>(panel, a, blocks, o, out_stride),
-                        }
-                    };
-                }
-                match kind {
-                    Kind::Q4_0 => go!(0),
-                    Kind::Q4_1 => go!(1),
-                    Kind::Q5_0 => go!(2),
-                    Kind::Q5_1 => go!(3),
-                    Kind::Q8_0 => go!(4),
-                }
-                t0 += height;
+            match kind {
+                Kind::Q4_0 => go!(0),
+                Kind::Q4_1 => go!(1),
+                Kind::Q5_0 => go!(2),
+                Kind::Q5_1 => go!(3),
+                Kind::Q8_0 => go!(4),
             }
+            t0 += height;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
