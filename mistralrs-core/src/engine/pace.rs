@@ -6,6 +6,12 @@
 /// pay (the draft then catches up on the skipped tokens in one pass).
 const MAX_BACKOFF: usize = 128;
 
+/// A speculating sequence's decoding steps 0, PLAIN_EVERY, 2 PLAIN_EVERY ..
+/// propose nothing: once the draft proposes at every step, a plain step is
+/// otherwise never seen, and its cost is what each kept token saves. Counted
+/// per sequence, so that the same request drafts the same way each time.
+const PLAIN_EVERY: usize = 64;
+
 /// A draft pass, a verified row and a target step, in seconds, as the
 /// engine measures them (moving averages over its steps): what a step of
 /// speculation costs a sequence and what its kept tokens save.
@@ -15,13 +21,27 @@ pub struct Costs {
     step: Option<f64>,
     /// What each proposal row adds to such a step.
     row: Option<f64>,
+    /// A sequence's share of a draft pass that reads a step's tokens (not
+    /// one catching up).
+    pass: Option<f64>,
+    /// Times are not weighed (`NO_PAUSES_ENV`): drafting never pauses.
+    untimed: bool,
 }
+
+/// Set to 1: drafting never pauses, so that where a request drafts depends
+/// on its text alone, not on measured times (for comparisons).
+pub const NO_PAUSES_ENV: &str = "MISTRALRS_SPEC_NO_PAUSES";
 
 fn average(old: Option<f64>, x: f64) -> Option<f64> {
     Some(old.map_or(x, |o| 0.8 * o + 0.2 * x))
 }
 
 impl Costs {
+    /// Costs still to measure; untimed where `NO_PAUSES_ENV` says so.
+    pub fn from_env() -> Self {
+        Self { untimed: std::env::var_os(NO_PAUSES_ENV).is_some_and(|v| v == "1"), ..Self::default() }
+    }
+
     /// A target step of decoding sequences took `secs` with `proposals`
     /// proposal rows among them.
     pub fn observe(&mut self, secs: f64, proposals: usize) {
@@ -32,13 +52,24 @@ impl Costs {
         }
     }
 
+    /// A sequence's share of a step's draft pass took `secs`; returns it.
+    pub fn observe_pass(&mut self, secs: f64) -> f64 {
+        self.pass = average(self.pass, secs);
+        secs
+    }
+
+    /// What a sequence's share of a step's draft pass takes, once measured.
+    pub fn pass(&self) -> Option<f64> {
+        self.pass
+    }
+
     /// Seconds a sequence's step of speculation saved (negative: lost):
     /// `accepted` tokens it did not have to decode one step each, less its
-    /// share of the draft's passes (`draft`, catching up included) and the
-    /// verification of its `proposed` rows. Before any plain step is
-    /// measured, kept tokens count as free (the draft is tried).
+    /// share of the draft's passes (`draft`, each charged as a step's
+    /// pass) and the verification of its `proposed` rows. Before any plain step is
+    /// measured (or untimed), kept tokens count as free (the draft is tried).
     pub fn value(&self, proposed: usize, accepted: usize, draft: f64) -> f64 {
-        let Some(step) = self.step else { return accepted as f64 };
+        let Some(step) = self.step.filter(|_| !self.untimed) else { return accepted as f64 };
         accepted as f64 * step - draft - proposed as f64 * self.row.unwrap_or(0.0)
     }
 }
@@ -49,9 +80,11 @@ impl Costs {
 /// pauses while it does not pay: when the moving value of its steps (what
 /// they saved less what they cost, `Costs::value`) is negative, for 1, 2,
 /// 4, .. `MAX_BACKOFF` steps, so a draft that does not match the text
-/// (prose for a code model) costs next to nothing; a step that pays again
-/// ends the pauses. The catch-up pass after a pause counts in its step's
-/// cost, so resuming where the draft keeps failing pauses longer.
+/// costs little; a step that pays again ends the pauses. The catch-up pass
+/// after a pause is charged as a step's pass: what it reads past that is
+/// spent whatever the pace does next, and charging it made one slow resume
+/// look like a failing draft (Qwen2.5-Coder 0.5B for 1.5B on prose paused
+/// for ever longer, then caught up on every skipped token).
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     limit: usize,
@@ -59,17 +92,24 @@ pub struct Pace {
     backoff: usize,
     /// Moving value of this sequence's steps of speculation (seconds).
     worth: f64,
+    /// Decoding steps planned so far.
+    planned: usize,
 }
 
 impl Default for Pace {
     fn default() -> Self {
-        Self { limit: 4, skip: 0, backoff: 0, worth: 0.0 }
+        Self { limit: 4, skip: 0, backoff: 0, worth: 0.0, planned: 0 }
     }
 }
 
 impl Pace {
-    /// Tokens to propose this step (0 while paused), at most `gamma`.
+    /// Tokens to propose this step (0 while paused, and at every
+    /// PLAIN_EVERY-th step from the first), at most `gamma`.
     pub fn next(&mut self, gamma: usize) -> usize {
+        self.planned += 1;
+        if (self.planned - 1).is_multiple_of(PLAIN_EVERY) {
+            return 0;
+        }
         if self.skip > 0 {
             self.skip -= 1;
             return 0;
@@ -111,8 +151,16 @@ mod tests {
     }
 
     #[test]
+    fn plain_steps_come_first_then_one_in_plain_every() {
+        let mut p = Pace::default();
+        let plain: Vec<usize> = (0..3 * PLAIN_EVERY).filter(|_| p.next(8) == 0).collect();
+        assert_eq!(plain, [0, PLAIN_EVERY, 2 * PLAIN_EVERY]);
+    }
+
+    #[test]
     fn drafting_pauses_while_it_loses_and_resumes_when_it_pays() {
         let mut p = Pace::default();
+        assert_eq!(p.next(8), 0, "the first step is plain");
         assert_eq!(p.next(8), 4);
         let mut paused = Vec::new();
         for _ in 0..4 {

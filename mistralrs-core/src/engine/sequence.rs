@@ -223,6 +223,9 @@ pub struct Speculation {
     pub pace: super::pace::Pace,
     /// This step's share of the draft model's time (seconds).
     pub draft_secs: f64,
+    /// The draft's probability that every proposal made this step is kept
+    /// (the product of its probabilities for them).
+    pub chance: f32,
 }
 
 impl Speculation {

@@ -55,15 +55,23 @@ impl Draft {
         let block_bytes = KvPool::block_bytes(model.cache_layers(), dc.num_kv_heads, dc.head_dim, kv_dtype);
         let n = if model.keys_depend_on_length() { 0 } else { prefix_cache_n };
         let alloc = BlockAllocator::new(blocks, n).growing_below((prefix_cache_bytes / block_bytes.max(1)).max(1));
-        Ok(Self { model, kv, alloc, gamma, costs: Costs::default() })
+        Ok(Self { model, kv, alloc, gamma, costs: Costs::from_env() })
     }
 }
 
-/// The draft stops proposing at a token it gives less than this
-/// probability (llama.cpp's `--draft-p-min` default): the target would
-/// likely reject it, and every proposal costs a draft pass and a row of the
-/// target's step.
+/// The draft stops proposing once its chance that every proposal so far is
+/// kept (the product of its probabilities for them) falls below this, as
+/// llama.cpp's `--draft-p-min` (this default) stops at one unsure token. The
+/// token that crosses the line is still proposed: its pass is paid for and
+/// its row costs the target little, and the draft's unsure first tokens
+/// are kept about half the time (Qwen2.5-Coder 0.5B for 1.5B: 35–75% from
+/// probability 0.1 to 0.75), where dropping them wasted the pass.
 const P_MIN: f32 = 0.75;
+
+/// A pass in which some sequence reads more than this many tokens is the
+/// draft catching up (on the prompt, or after a pause); a step of
+/// speculation reads its last proposal and the target's token after it.
+const STEP_READ: usize = 2;
 
 /// The probability softmax(`logits`) gives token `t`.
 fn prob_of(logits: &[f32], t: u32) -> f32 {
@@ -110,7 +118,6 @@ pub fn verify(p: &[(u32, f32)], q: &[(u32, f32)], d: u32, u: f32) -> Verdict {
 /// to the sequences' tokens, to be verified by the target in this step's
 /// forward pass.
 pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer, device: &Device) -> Result<()> {
-    let start = std::time::Instant::now();
     let spec: Vec<usize> = (0..running.len()).filter(|&i| running[i].proposals() > 0).collect();
     for &i in &spec {
         let s = &mut running[i];
@@ -131,13 +138,22 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
     }
     // Sequences the draft reads this step (those with room in its pool).
     let drafting: Vec<usize> = spec.iter().copied().filter(|&i| running[i].proposals() > 0).collect();
-    let mut unsure = Vec::new();
+    for &i in &drafting {
+        if let Some(sp) = running[i].spec.as_mut() {
+            sp.draft_secs = 0.0;
+            sp.chance = 1.0;
+        }
+    }
+    let mut empty = Vec::new();
     let most = spec.iter().map(|&i| running[i].proposals()).max().unwrap_or(0);
     for round in 0..most {
         let members: Vec<usize> = spec.iter().copied().filter(|&i| running[i].proposals() > round).collect();
         if members.is_empty() {
             break;
         }
+        let unread = |i: usize| running[i].tokens.len() - running[i].spec.as_ref().map_or(0, |sp| sp.computed);
+        let catching_up = members.iter().any(|&i| unread(i) > STEP_READ);
+        let started = std::time::Instant::now();
         let (mut logits, vocab) = {
             let inputs: Vec<(&[u32], usize)> = members
                 .iter()
@@ -154,9 +170,15 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
             let mut kv = StepKv::new(&draft.kv, tables, sides.iter_mut().collect());
             flat_logits(draft.model.forward(&batch, &mut kv)?)?
         };
+        // Each member's share of the pass. A catching-up pass is charged as a
+        // step's pass would be: what it reads past that is the same whether
+        // the draft goes on or not, so it would only skew the pacing.
+        let share = started.elapsed().as_secs_f64() / members.len() as f64;
+        let charge = if catching_up { draft.costs.pass().unwrap_or(share) } else { draft.costs.observe_pass(share) };
         for (&i, row) in members.iter().zip(logits.chunks_exact_mut(vocab)) {
             let s = &mut running[i];
             let Some(sp) = s.spec.as_mut() else { continue };
+            sp.draft_secs += charge;
             sp.computed = s.tokens.len();
             tok.mask_unsampleable(row);
             if round == 0 {
@@ -173,30 +195,29 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
             let q = &mut sp.dists[sp.drafted];
             s.sampler.distribution(row, &s.tokens, q);
             let d = s.sampler.draw_from(q);
-            // An unsure draft (or a grammar that fails on the draft's side) stops here:
-            // what was proposed so far is verified.
-            let taken = masked && prob_of(row, d) >= P_MIN && sp.grammar.as_mut().is_none_or(|m| m.consume_token(d).is_ok());
-            if !taken {
+            // A token the grammar refuses on the draft's side stops the draft
+            // before it: what was proposed so far is verified.
+            if !masked || sp.grammar.as_mut().is_some_and(|m| m.consume_token(d).is_err()) {
                 s.chunk -= sp.proposals - sp.drafted;
                 sp.proposals = sp.drafted;
                 if sp.drafted == 0 {
-                    unsure.push(i);
+                    empty.push(i);
                 }
                 continue;
             }
             s.tokens.push(d);
             sp.drafted += 1;
+            sp.chance *= prob_of(row, d);
+            if sp.chance < P_MIN {
+                s.chunk -= sp.proposals - sp.drafted;
+                sp.proposals = sp.drafted;
+            }
         }
     }
-    // Each sequence's share of the draft's time this step, settled now for
-    // those that proposed nothing, at verification for the others.
-    let share = start.elapsed().as_secs_f64() / drafting.len().max(1) as f64;
-    for &i in &drafting {
+    // A sequence that proposed nothing settles its step now, the others at verification.
+    for &i in &empty {
         if let Some(sp) = running[i].spec.as_mut() {
-            sp.draft_secs = share;
-            if unsure.contains(&i) {
-                sp.pace.update(0, 0, draft.costs.value(0, 0, share));
-            }
+            sp.pace.update(0, 0, draft.costs.value(0, 0, sp.draft_secs));
         }
     }
     Ok(())
