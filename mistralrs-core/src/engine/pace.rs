@@ -66,8 +66,9 @@ impl Costs {
     /// Seconds a sequence's step of speculation saved (negative: lost):
     /// `accepted` tokens it did not have to decode one step each, less its
     /// share of the draft's passes (`draft`, each charged as a step's
-    /// pass) and the verification of its `proposed` rows. Before any plain step is
-    /// measured (or untimed), kept tokens count as free (the draft is tried).
+    /// pass) and the verification of its `proposed` rows. Before any plain
+    /// step is measured (or untimed), kept tokens count as free (the draft
+    /// is tried).
     pub fn value(&self, proposed: usize, accepted: usize, draft: f64) -> f64 {
         let Some(step) = self.step.filter(|_| !self.untimed) else { return accepted as f64 };
         accepted as f64 * step - draft - proposed as f64 * self.row.unwrap_or(0.0)
