@@ -52,10 +52,9 @@ impl Costs {
         }
     }
 
-    /// A sequence's share of a step's draft pass took `secs`; returns it.
-    pub fn observe_pass(&mut self, secs: f64) -> f64 {
+    /// A sequence's share of a step's draft pass took `secs`.
+    pub fn observe_pass(&mut self, secs: f64) {
         self.pass = average(self.pass, secs);
-        secs
     }
 
     /// What a sequence's share of a step's draft pass takes, once measured.

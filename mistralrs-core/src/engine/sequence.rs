@@ -114,6 +114,14 @@ impl Sequence {
         self.spec.as_ref().map_or(0, |s| s.proposals)
     }
 
+    /// Proposes no more this step than the draft has drafted so far.
+    pub fn stop_drafting(&mut self) {
+        if let Some(sp) = self.spec.as_mut() {
+            self.chunk -= sp.proposals - sp.drafted;
+            sp.proposals = sp.drafted;
+        }
+    }
+
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
@@ -223,9 +231,6 @@ pub struct Speculation {
     pub pace: super::pace::Pace,
     /// This step's share of the draft model's time (seconds).
     pub draft_secs: f64,
-    /// The draft's probability that every proposal made this step is kept
-    /// (the product of its probabilities for them).
-    pub chance: f32,
 }
 
 impl Speculation {

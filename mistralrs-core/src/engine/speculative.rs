@@ -124,6 +124,7 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
         let need = BlockTable::blocks_for(s.tokens.len() + s.proposals() - 1);
         let Some(sp) = s.spec.as_mut() else { continue };
         sp.drafted = 0;
+        sp.draft_secs = 0.0;
         sp.reuse_cached_prefix(&s.tokens, &mut draft.alloc);
         sp.register_full_blocks(&s.tokens, &mut draft.alloc);
         while sp.blocks.blocks.len() < need {
@@ -132,18 +133,12 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
         }
         if sp.blocks.blocks.len() < need {
             // No room in the draft's pool: this sequence decodes plainly.
-            s.chunk -= sp.proposals;
-            sp.proposals = 0;
+            s.stop_drafting();
         }
     }
-    // Sequences the draft reads this step (those with room in its pool).
-    let drafting: Vec<usize> = spec.iter().copied().filter(|&i| running[i].proposals() > 0).collect();
-    for &i in &drafting {
-        if let Some(sp) = running[i].spec.as_mut() {
-            sp.draft_secs = 0.0;
-            sp.chance = 1.0;
-        }
-    }
+    // Per sequence, the draft's chance that every proposal made so far is
+    // kept (the product of its probabilities for them).
+    let mut chance = vec![1f32; running.len()];
     let mut empty = Vec::new();
     let most = spec.iter().map(|&i| running[i].proposals()).max().unwrap_or(0);
     for round in 0..most {
@@ -174,7 +169,12 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
         // step's pass would be: what it reads past that is the same whether
         // the draft goes on or not, so it would only skew the pacing.
         let share = started.elapsed().as_secs_f64() / members.len() as f64;
-        let charge = if catching_up { draft.costs.pass().unwrap_or(share) } else { draft.costs.observe_pass(share) };
+        let charge = if catching_up {
+            draft.costs.pass().unwrap_or(share)
+        } else {
+            draft.costs.observe_pass(share);
+            share
+        };
         for (&i, row) in members.iter().zip(logits.chunks_exact_mut(vocab)) {
             let s = &mut running[i];
             let Some(sp) = s.spec.as_mut() else { continue };
@@ -198,19 +198,17 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
             // A token the grammar refuses on the draft's side stops the draft
             // before it: what was proposed so far is verified.
             if !masked || sp.grammar.as_mut().is_some_and(|m| m.consume_token(d).is_err()) {
-                s.chunk -= sp.proposals - sp.drafted;
-                sp.proposals = sp.drafted;
                 if sp.drafted == 0 {
                     empty.push(i);
                 }
+                s.stop_drafting();
                 continue;
             }
-            s.tokens.push(d);
             sp.drafted += 1;
-            sp.chance *= prob_of(row, d);
-            if sp.chance < P_MIN {
-                s.chunk -= sp.proposals - sp.drafted;
-                sp.proposals = sp.drafted;
+            s.tokens.push(d);
+            chance[i] *= prob_of(row, d);
+            if chance[i] < P_MIN {
+                s.stop_drafting();
             }
         }
     }
