@@ -52,14 +52,17 @@ impl Costs {
         }
     }
 
-    /// A sequence's share of a step's draft pass took `secs`.
-    pub fn observe_pass(&mut self, secs: f64) {
-        self.pass = average(self.pass, secs);
-    }
-
-    /// What a sequence's share of a step's draft pass takes, once measured.
-    pub fn pass(&self) -> Option<f64> {
-        self.pass
+    /// What a sequence is charged for its `share` of a draft pass (seconds).
+    /// A pass `catching_up` (on a prompt, or after a pause) is charged as a
+    /// step's pass, once one is measured: what it reads past that is spent
+    /// whatever the pace does next, so it would only skew the pacing. A
+    /// step's pass is charged what it took, and measured.
+    pub fn charge_pass(&mut self, share: f64, catching_up: bool) -> f64 {
+        if catching_up {
+            return self.pass.unwrap_or(share);
+        }
+        self.pass = average(self.pass, share);
+        share
     }
 
     /// Seconds a sequence's step of speculation saved (negative: lost):

@@ -146,10 +146,8 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
         if members.is_empty() {
             break;
         }
-        let unread = |i: usize| running[i].tokens.len() - running[i].spec.as_ref().map_or(0, |sp| sp.computed);
-        let catching_up = members.iter().any(|&i| unread(i) > STEP_READ);
         let started = std::time::Instant::now();
-        let (mut logits, vocab) = {
+        let (mut logits, vocab, catching_up) = {
             let inputs: Vec<(&[u32], usize)> = members
                 .iter()
                 .map(|&i| {
@@ -157,24 +155,18 @@ pub fn propose(draft: &mut Draft, running: &mut [Sequence], tok: &TextTokenizer,
                     (&running[i].tokens[at..], at)
                 })
                 .collect();
+            let catching_up = inputs.iter().any(|(t, _)| t.len() > STEP_READ);
             let batch = ForwardBatch::new(&inputs, device)?;
             drop(inputs);
             let mut sides = vec![SideState::default(); members.len()];
             // Members propose, so each has its speculative state.
             let tables: Vec<&BlockTable> = members.iter().filter_map(|&i| running[i].spec.as_ref().map(|sp| &sp.blocks)).collect();
             let mut kv = StepKv::new(&draft.kv, tables, sides.iter_mut().collect());
-            flat_logits(draft.model.forward(&batch, &mut kv)?)?
+            let (logits, vocab) = flat_logits(draft.model.forward(&batch, &mut kv)?)?;
+            (logits, vocab, catching_up)
         };
-        // Each member's share of the pass. A catching-up pass is charged as a
-        // step's pass would be: what it reads past that is the same whether
-        // the draft goes on or not, so it would only skew the pacing.
-        let share = started.elapsed().as_secs_f64() / members.len() as f64;
-        let charge = if catching_up {
-            draft.costs.pass().unwrap_or(share)
-        } else {
-            draft.costs.observe_pass(share);
-            share
-        };
+        // Each member's share of the pass (`Costs::charge_pass`).
+        let charge = draft.costs.charge_pass(started.elapsed().as_secs_f64() / members.len() as f64, catching_up);
         for (&i, row) in members.iter().zip(logits.chunks_exact_mut(vocab)) {
             let s = &mut running[i];
             let Some(sp) = s.spec.as_mut() else { continue };
